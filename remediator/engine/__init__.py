@@ -1,0 +1,1 @@
+"""Executor: locks, dedup, cooldowns, circuit breaker, verification, timeline."""

@@ -1,0 +1,1 @@
+"""HTTP intake (webhooks, API, health, metrics)."""

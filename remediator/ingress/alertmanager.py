@@ -1,0 +1,141 @@
+"""Alertmanager webhook payload (version 4): validation and mapping to Signals."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+
+from remediator.domain.errors import InvalidInput
+from remediator.domain.signals import Signal, Source, Status, alert_key, resolve_label
+
+SUPPORTED_VERSION = "4"
+# Alertmanager marks "no end yet" with Go's zero time.
+_GO_ZERO_YEAR = 1
+
+
+def _timestamp_string(value: object) -> object:
+    # Lax datetime parsing would take a number as epoch seconds; Alertmanager sends RFC 3339.
+    if not isinstance(value, str):
+        raise ValueError("expected an RFC 3339 timestamp string")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp_string), Strict(False)]
+
+
+class AmAlert(BaseModel):
+    # strict: a label value of 5 or a status of true is a broken sender, not something to coerce.
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = {}
+    startsAt: Timestamp
+    endsAt: Timestamp | None = None
+    generatorURL: str = ""
+    fingerprint: str = ""
+
+
+class AmPayload(BaseModel):
+    """https://prometheus.io/docs/alerting/latest/configuration/#webhook_config"""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    version: str
+    receiver: str
+    status: Literal["firing", "resolved"]
+    alerts: list[AmAlert]
+    groupKey: str = ""
+    truncatedAlerts: int = 0
+    groupLabels: dict[str, str] = {}
+    commonLabels: dict[str, str] = {}
+    commonAnnotations: dict[str, str] = {}
+    externalURL: str = ""
+
+
+def parse_payload(body: bytes) -> tuple[AmPayload, dict[str, Any]]:
+    """Parse and validate in one pass; InvalidInput names the offending field."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"not valid JSON ({exc})", where="body") from exc
+    if not isinstance(document, dict):
+        raise InvalidInput(f"expected a JSON object, got {type(document).__name__}", where="body")
+    version = document.get("version")
+    if version != SUPPORTED_VERSION:
+        raise InvalidInput(
+            f'unsupported webhook payload version {version!r}; expected "{SUPPORTED_VERSION}"',
+            where="version",
+        )
+    try:
+        payload = AmPayload.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidInput(f"{message}{more}", where=field_path(first["loc"])) from exc
+    return payload, document
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """('alerts', 3, 'startsAt') -> 'alerts[3].startsAt'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def label_fingerprint(labels: dict[str, str]) -> str:
+    """Stand-in when a sender omits ``fingerprint``: stable over the label set."""
+    return hashlib.blake2b(
+        orjson.dumps(labels, option=orjson.OPT_SORT_KEYS), digest_size=8
+    ).hexdigest()
+
+
+def to_signals(
+    payload: AmPayload,
+    document: dict[str, Any],
+    *,
+    received_at: datetime,
+    service_labels: Sequence[str],
+    namespace_labels: Sequence[str],
+) -> list[Signal]:
+    raw_alerts = document["alerts"]
+    context = {
+        "receiver": payload.receiver,
+        "groupKey": payload.groupKey,
+        "externalURL": payload.externalURL,
+    }
+    signals = []
+    for alert, raw in zip(payload.alerts, raw_alerts, strict=True):
+        starts_at = alert.startsAt.astimezone(UTC)
+        ends_at = alert.endsAt
+        if ends_at is not None and ends_at.year == _GO_ZERO_YEAR:
+            ends_at = None
+        signals.append(
+            Signal(
+                key=alert_key(
+                    receiver=payload.receiver,
+                    fingerprint=alert.fingerprint or label_fingerprint(alert.labels),
+                    starts_at=starts_at.isoformat(),
+                    status=alert.status,
+                ),
+                source=Source.ALERTMANAGER,
+                kind=alert.labels.get("alertname", ""),
+                status=Status(alert.status),
+                service=resolve_label(alert.labels, service_labels),
+                namespace=resolve_label(alert.labels, namespace_labels),
+                labels=alert.labels,
+                annotations=alert.annotations,
+                starts_at=starts_at,
+                ends_at=ends_at,
+                received_at=received_at,
+                raw={**context, "alert": raw},
+            )
+        )
+    return signals

@@ -1,0 +1,258 @@
+"""The OpenAPI 3.1 description of the HTTP API. tests/unit/test_openapi.py keeps it true."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import remediator
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
+}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = {"description": description, **_json(_ERROR)}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_UNAUTHORIZED = _error(
+    "Missing or wrong credentials.",
+    {"WWW-Authenticate": {"description": "Accepted schemes.", "schema": {"type": "string"}}},
+)
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "What was wrong, and where."}},
+    },
+    "WebhookAccepted": {
+        "type": "object",
+        "required": ["accepted", "duplicates", "signal_ids"],
+        "properties": {
+            "accepted": {"type": "integer", "minimum": 0, "description": "Alerts newly journaled."},
+            "duplicates": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Alerts whose idempotency key was already journaled.",
+            },
+            "signal_ids": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "One id per alert, in payload order (duplicates included).",
+            },
+        },
+    },
+    "AlertmanagerAlert": {
+        "type": "object",
+        "required": ["status", "labels", "startsAt"],
+        "properties": {
+            "status": {"enum": ["firing", "resolved"]},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            "startsAt": {"type": "string", "format": "date-time"},
+            "endsAt": {"type": "string", "format": "date-time"},
+            "generatorURL": {"type": "string"},
+            "fingerprint": {"type": "string"},
+        },
+    },
+    "AlertmanagerPayload": {
+        "type": "object",
+        "description": "Alertmanager webhook payload, version 4. Unknown fields are ignored.",
+        "required": ["version", "receiver", "status", "alerts"],
+        "properties": {
+            "version": {"const": "4"},
+            "groupKey": {"type": "string"},
+            "truncatedAlerts": {"type": "integer", "minimum": 0},
+            "status": {"enum": ["firing", "resolved"]},
+            "receiver": {"type": "string"},
+            "groupLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "commonLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "commonAnnotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            "externalURL": {"type": "string"},
+            "alerts": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/AlertmanagerAlert"},
+            },
+        },
+    },
+    "Signal": {
+        "type": "object",
+        "required": [
+            "id",
+            "source",
+            "kind",
+            "status",
+            "service",
+            "namespace",
+            "routable",
+            "labels",
+            "annotations",
+            "starts_at",
+            "ends_at",
+            "received_at",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "source": {"enum": ["alertmanager", "kafka", "manual"]},
+            "kind": {"type": "string", "description": "alertname or event type"},
+            "status": {"enum": ["firing", "resolved", "event"]},
+            "service": {"type": ["string", "null"]},
+            "namespace": {"type": ["string", "null"]},
+            "routable": {"type": "boolean", "description": "false when no service was resolved"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            "starts_at": {"type": ["string", "null"], "format": "date-time"},
+            "ends_at": {"type": ["string", "null"], "format": "date-time"},
+            "received_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "SignalPage": {
+        "type": "object",
+        "required": ["items", "next"],
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Signal"}},
+            "next": {
+                "type": ["string", "null"],
+                "description": "Pass as `cursor` for the next (older) page; null on the last.",
+            },
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"enum": ["ok", "unavailable"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "remediator",
+            "version": remediator.__version__,
+            "description": "Alert-to-remediation daemon: webhook intake and read API.",
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic"},
+            },
+        },
+        "paths": {
+            "/api/v1/webhooks/alertmanager": {
+                "post": {
+                    "summary": "Receive an Alertmanager webhook notification.",
+                    "description": (
+                        "Answers 200 only once every alert is durably journaled. Replays are "
+                        "idempotent: an alert's key is receiver + fingerprint + startsAt + status."
+                    ),
+                    "security": [{"bearer": []}, {"basic": []}],
+                    "requestBody": {
+                        "required": True,
+                        **_json({"$ref": "#/components/schemas/AlertmanagerPayload"}),
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Every alert is journaled (or was already).",
+                            **_json({"$ref": "#/components/schemas/WebhookAccepted"}),
+                        },
+                        "400": _error("Can never be valid; the message names the field."),
+                        "401": _UNAUTHORIZED,
+                        "413": _error("The body is larger than http.body_limit_bytes."),
+                        "503": _error(
+                            "Journal unavailable or draining: retry later.", _RETRY_AFTER
+                        ),
+                    },
+                }
+            },
+            "/api/v1/signals": {
+                "get": {
+                    "summary": "List journaled signals, newest first.",
+                    "security": [{"bearer": []}, {"basic": []}],
+                    "parameters": [
+                        {"name": "service", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 1000,
+                                "default": 50,
+                            },
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "One page of signals.",
+                            **_json({"$ref": "#/components/schemas/SignalPage"}),
+                        },
+                        "400": _error("A query parameter is invalid; the message names it."),
+                        "401": _UNAUTHORIZED,
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                }
+            },
+            "/api/v1/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "responses": {
+                        "200": {"description": "OpenAPI 3.1 document.", **_json({"type": "object"})}
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness: the process serves HTTP.",
+                    "responses": {
+                        "200": {
+                            "description": "Alive.",
+                            **_json({"$ref": "#/components/schemas/Health"}),
+                        }
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: the journal is writable and the daemon is not draining.",
+                    "responses": {
+                        "200": {
+                            "description": "Ready.",
+                            **_json({"$ref": "#/components/schemas/Health"}),
+                        },
+                        "503": {
+                            "description": "Not ready (journal not writable, or draining).",
+                            "headers": _RETRY_AFTER,
+                            **_json({"oneOf": [{"$ref": "#/components/schemas/Health"}, _ERROR]}),
+                        },
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text exposition format).",
+                    "responses": {
+                        "200": {
+                            "description": "Metrics.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }

@@ -1,0 +1,52 @@
+"""Prometheus metrics, on a registry owned by the runtime (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.webhook_requests = Counter(
+            "remediator_webhook_requests",
+            "Webhook requests answered, by HTTP status code.",
+            ["code"],
+            registry=r,
+        )
+        self.alerts_received = Counter(
+            "remediator_alerts_received",
+            "Alerts received from Alertmanager, by alert status.",
+            ["status"],
+            registry=r,
+        )
+        self.alerts_duplicate = Counter(
+            "remediator_alerts_duplicate",
+            "Alerts whose idempotency key was already journaled (replays, HA peers).",
+            registry=r,
+        )
+        self.alerts_unroutable = Counter(
+            "remediator_alerts_unroutable",
+            "Alerts journaled without a resolvable service label.",
+            registry=r,
+        )
+        self.alerts_truncated = Counter(
+            "remediator_alerts_truncated",
+            "Alerts Alertmanager dropped from payloads (truncatedAlerts; raise max_alerts).",
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "remediator_webhook_request_duration_seconds",
+            "Time to answer a webhook request, journal write included.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.journal_write_duration = Histogram(
+            "remediator_journal_write_duration_seconds",
+            "Time from handing signals to the journal until they are durable.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )

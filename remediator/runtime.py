@@ -1,0 +1,162 @@
+"""Builds everything from Settings, supervises the root tasks, drains on SIGTERM.
+
+Drain order: stop intake (webhooks answer 503, /readyz fails), let in-flight
+requests finish within ``http.drain_timeout_seconds``, close the listener, close
+the journal. Every request answered 200 was journaled before its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from remediator.domain.errors import ConfigError, TemporaryError
+from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
+from remediator.journal import journal_from_url
+from remediator.metrics import Metrics
+from remediator.ports import Journal
+from remediator.settings import Settings, is_loopback
+
+log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_SECONDS = 3600.0
+
+
+def auth_from_settings(settings: Settings) -> AuthConfig:
+    return AuthConfig(
+        bearer_token=settings.webhook_token.get_secret_value() if settings.webhook_token else None,
+        basic_user=settings.webhook_username,
+        basic_password=(
+            settings.webhook_password.get_secret_value() if settings.webhook_password else None
+        ),
+    )
+
+
+def check_bind_is_safe(settings: Settings) -> None:
+    """Without credentials anyone who reaches the port could trigger rollbacks."""
+    host = settings.http.host
+    if settings.auth_configured or is_loopback(host) or settings.http.insecure_no_auth:
+        return
+    raise ConfigError(
+        f"refusing to listen on {settings.http.listen} without credentials: set "
+        "REMEDIATOR_WEBHOOK_TOKEN (or REMEDIATOR_WEBHOOK_TOKEN_FILE, or basic auth), "
+        "listen on 127.0.0.1, or pass --insecure-no-auth"
+    )
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, journal: Journal | None = None) -> None:
+        self.settings = settings
+        self.journal = journal or journal_from_url(
+            settings.journal.url, max_batch=settings.journal.max_batch
+        )
+        self.metrics = Metrics()
+        self.state = IntakeState()
+        self.stopping = asyncio.Event()
+        self.bound_port: int | None = None
+
+    def request_stop(self) -> None:
+        """Signal handlers only set this flag; the supervisor does the work."""
+        self.stopping.set()
+
+    async def run(self) -> int:
+        settings = self.settings
+        check_bind_is_safe(settings)
+        if not settings.auth_configured:
+            log.warning("no webhook credential configured: anyone reaching %s may post alerts",
+                        settings.http.listen)  # fmt: skip
+        await self.journal.open()
+        intake = IntakeApp(
+            journal=self.journal,
+            metrics=self.metrics,
+            auth=auth_from_settings(settings),
+            state=self.state,
+            service_labels=settings.signals.service_labels,
+            namespace_labels=settings.signals.namespace_labels,
+            body_limit_bytes=settings.http.body_limit_bytes,
+            retry_after_seconds=settings.http.retry_after_seconds,
+        )
+        runner = web.AppRunner(
+            intake.build(),
+            access_log=None,
+            shutdown_timeout=settings.http.drain_timeout_seconds,
+            handle_signals=False,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.http.host, settings.http.port, backlog=1024)
+            await site.start()
+            self.bound_port = _bound_port(runner, settings.http.port)
+            self._install_signal_handlers()
+            log.info(
+                "remediator listening on http://%s:%d (journal %s, dry_run=%s)",
+                settings.http.host, self.bound_port, settings.journal.url, settings.dry_run,
+            )  # fmt: skip
+            exit_code = await self._supervise({"journal-pruner": self._prune_forever})
+        finally:
+            await self._drain(runner)
+        return exit_code
+
+    async def _supervise(self, roots: dict[str, Callable[[], Coroutine[Any, Any, None]]]) -> int:
+        tasks: dict[asyncio.Task[Any], str] = {
+            asyncio.create_task(fn(), name=name): name for name, fn in roots.items()
+        }
+        stop_wait: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait(), name="stop-signal")
+        exit_code = 0
+        try:
+            done, _ = await asyncio.wait({*tasks, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is stop_wait:
+                    log.info("stop requested: draining")
+                    continue
+                exc = task.exception()
+                log.error("root task %s ended unexpectedly: %r; shutting down", tasks[task], exc)
+                exit_code = 1
+        finally:
+            for task in [*tasks, stop_wait]:
+                task.cancel()
+            await asyncio.gather(*tasks, stop_wait, return_exceptions=True)
+        return exit_code
+
+    async def _drain(self, runner: web.AppRunner) -> None:
+        self.state.draining = True
+        timeout = self.settings.http.drain_timeout_seconds
+        try:
+            await asyncio.wait_for(self.state.wait_idle(), timeout=timeout)
+        except TimeoutError:
+            log.warning("%d request(s) still in flight after %.0fs; closing anyway",
+                        self.state.in_flight, timeout)  # fmt: skip
+        await runner.cleanup()
+        await self.journal.close()
+        log.info("drained and stopped")
+
+    async def _prune_forever(self) -> None:
+        retention = self.settings.journal.retention_hours * 3600
+        while True:
+            try:
+                deleted = await self.journal.prune(older_than_seconds=retention)
+            except TemporaryError as exc:
+                log.warning("journal prune failed, will retry: %s", exc)
+            else:
+                if deleted:
+                    log.info("pruned %d signal(s) older than %.0fh", deleted, retention / 3600)
+            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured

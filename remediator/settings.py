@@ -1,0 +1,213 @@
+"""Settings: built once at the entry point, then passed down.
+
+Precedence, highest first: command-line flags, environment (``REMEDIATOR_`` prefix,
+``__`` between nested names), the YAML file given with ``--config``, defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from remediator.domain.errors import ConfigError
+from remediator.domain.signals import DEFAULT_NAMESPACE_LABELS, DEFAULT_SERVICE_LABELS
+
+DEFAULT_LISTEN = "127.0.0.1:9095"
+DEFAULT_JOURNAL = "sqlite:///var/remediator.db"
+MIB = 1024 * 1024
+
+_config_file: ContextVar[Path | None] = ContextVar("remediator_config_file", default=None)
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HttpSettings(_Group):
+    listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT the HTTP server binds.")
+    # Alertmanager never retries a 4xx, so a 413 on an alert storm loses alerts:
+    # the limit sits far above aiohttp's 1 MiB default.
+    body_limit_bytes: int = Field(16 * MIB, gt=0, description="Largest request body accepted.")
+    drain_timeout_seconds: float = Field(
+        10.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+    retry_after_seconds: int = Field(
+        5, ge=1, description="Retry-After sent with 503 (journal unavailable or draining)."
+    )
+    insecure_no_auth: bool = Field(
+        False, description="Allow binding a non-loopback address without any credential."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        host_port(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        return host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return host_port(self.listen)[1]
+
+
+class JournalSettings(_Group):
+    url: str = Field(
+        DEFAULT_JOURNAL,
+        description="sqlite:///relative/path, sqlite:////absolute/path (PostgreSQL comes later).",
+    )
+    # Alertmanager resends for as long as an alert fires; keys must outlive a day of resends.
+    retention_hours: float = Field(
+        24.0 * 7, ge=24.0, description="How long signals and their idempotency keys are kept."
+    )
+    max_batch: int = Field(
+        5000, ge=1, description="Most alerts written in one transaction (group commit)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith("sqlite:///"):
+            raise ValueError(
+                "journal URL must start with sqlite:/// (e.g. sqlite:///var/remediator.db)"
+            )
+        return value
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.url.removeprefix("sqlite:///"))
+
+
+class SignalSettings(_Group):
+    service_labels: tuple[str, ...] = Field(
+        DEFAULT_SERVICE_LABELS, min_length=1, description="Labels naming the service, in order."
+    )
+    namespace_labels: tuple[str, ...] = Field(
+        DEFAULT_NAMESPACE_LABELS, min_length=1, description="Labels naming the namespace."
+    )
+
+
+class LogSettings(_Group):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """Everything the daemon reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REMEDIATOR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    http: HttpSettings = HttpSettings()
+    journal: JournalSettings = JournalSettings()
+    signals: SignalSettings = SignalSettings()
+    log: LogSettings = LogSettings()
+    rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
+    dry_run: bool = Field(False, description="Decide and record, but change nothing.")
+    webhook_token: SecretStr | None = Field(None, description="Bearer token webhook callers send.")
+    webhook_token_file: Path | None = Field(
+        None, description="File holding the bearer token (a mounted Secret)."
+    )
+    webhook_username: str | None = Field(None, description="Basic-auth user for webhook callers.")
+    webhook_password: SecretStr | None = None
+    webhook_password_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name in ("webhook_token", "webhook_password"):
+            path = data.get(f"{name}_file")
+            if path and not data.get(name):
+                data = {**data, name: _read_secret(Path(path), name)}
+        return data
+
+    @model_validator(mode="after")
+    def _auth_is_consistent(self) -> Settings:
+        if (self.webhook_username is None) != (self.webhook_password is None):
+            raise ValueError("webhook_username and webhook_password must be set together")
+        if self.webhook_token is not None and not self.webhook_token.get_secret_value():
+            raise ValueError("webhook_token is empty")
+        return self
+
+    @property
+    def auth_configured(self) -> bool:
+        return self.webhook_token is not None or self.webhook_username is not None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-able view for ``config show`` and start-up logs: secrets masked."""
+        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+
+
+def _read_secret(path: Path, name: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{name}_file {path}: {exc.strerror}") from exc
+    if not value:
+        raise ValueError(f"{name}_file {path} is empty")
+    return value
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(
+    *, config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build Settings once; raise ConfigError naming what is wrong and where it came from."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"--config {config_file}: no such file")
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**(overrides or {}))
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        origin = f" (config file {config_file})" if config_file else ""
+        raise ConfigError(f"invalid settings{origin}:\n{exc}") from exc
+    finally:
+        _config_file.reset(token)

@@ -1,0 +1,107 @@
+"""Runs ``python -m remediator run`` as a real process for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.env.base import free_port, tail
+
+TOKEN = "e2e-token-5f2c"
+
+
+class Daemon:
+    def __init__(
+        self, workdir: Path, *, token: str = TOKEN, extra_env: dict[str, str] | None = None
+    ):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.token = token
+        self.journal = workdir / "journal.db"
+        self.log_path = workdir / "daemon.log"
+        self.port = free_port()
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}/api/v1/webhooks/alertmanager"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATOR_")}
+        env.update({"REMEDIATOR_WEBHOOK_TOKEN": self.token, **self.extra_env})
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "remediator", "run", "--listen", f"127.0.0.1:{self.port}",
+             "--journal", f"sqlite:///{self.journal}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            cwd=self.workdir,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{tail(self.log_path)}")
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"daemon not ready in 30s:\n{tail(self.log_path)}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return code
+
+    def get(self, path: str, *, auth: bool = True) -> tuple[int, Any]:
+        request = urllib.request.Request(self.url + path)  # noqa: S310 - loopback http
+        if auth:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+                body = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as err:
+            body, status = err.read(), err.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode()
+
+    def signals(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor = ""
+        while True:
+            status, page = self.get(f"/api/v1/signals?limit=1000{cursor}")
+            assert status == 200, page
+            items += page["items"]
+            if page["next"] is None:
+                return items
+            cursor = f"&cursor={page['next']}"
+
+    def metric(self, name: str) -> float:
+        """Sum of every sample of a metric family line-matched by exact series prefix."""
+        status, text = self.get("/metrics", auth=False)
+        assert status == 200
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total

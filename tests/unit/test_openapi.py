@@ -1,0 +1,98 @@
+"""The OpenAPI document must describe exactly the routes served, and real responses must fit it."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from jsonschema import Draft202012Validator
+
+from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
+from remediator.ingress.openapi import openapi_document
+from remediator.journal.sqlite import SqliteJournal
+from remediator.metrics import Metrics
+from tests.unit.payloads import alert, payload
+
+AUTH = {"Authorization": "Bearer t"}
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
+    journal = SqliteJournal(path=tmp_path / "j.db")
+    await journal.open()
+    intake = IntakeApp(
+        journal=journal,
+        metrics=Metrics(),
+        auth=AuthConfig(bearer_token="t"),
+        state=IntakeState(),
+        service_labels=("service",),
+        namespace_labels=("namespace",),
+        body_limit_bytes=4096,
+        retry_after_seconds=1,
+    )
+    c = TestClient(TestServer(intake.build()))
+    await c.start_server()
+    yield c
+    await c.close()
+    await journal.close()
+
+
+def check(doc: dict[str, Any], path: str, method: str, status: int, body: Any) -> None:
+    operation = doc["paths"][path][method]
+    response = operation["responses"][str(status)]  # KeyError: undocumented status
+    schema = next(iter(response["content"].values()))["schema"]
+    validator = Draft202012Validator({**schema, "components": doc["components"]})
+    errors = list(validator.iter_errors(body))
+    assert not errors, f"{method.upper()} {path} {status}: {errors[0].message}"
+
+
+async def test_documented_paths_are_exactly_the_served_routes(client: TestClient) -> None:
+    doc = openapi_document()
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in client.server.app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert served == documented
+
+
+async def test_served_document_is_the_document(client: TestClient) -> None:
+    resp = await client.get("/api/v1/openapi.json")
+    assert resp.status == 200
+    assert await resp.json() == orjson.loads(orjson.dumps(openapi_document()))
+    Draft202012Validator.check_schema({"$defs": openapi_document()["components"]["schemas"]})
+
+
+async def test_real_responses_match_their_schemas(client: TestClient) -> None:
+    doc = openapi_document()
+    hook = "/api/v1/webhooks/alertmanager"
+
+    async def post(body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        resp = await client.post(hook, data=io.BytesIO(body), headers=headers)
+        return resp.status, await resp.json()
+
+    good = orjson.dumps(payload([alert(fingerprint="a")]))
+    for status, body in [
+        await post(good, AUTH),
+        await post(b"{", AUTH),
+        await post(good, {}),
+        await post(b"x" * 5000, AUTH),
+    ]:
+        check(doc, hook, "post", status, body)
+    assert {s for s, _ in [await post(good, AUTH)]} == {200}
+
+    for params, expected in [({}, 200), ({"limit": "0"}, 400)]:
+        resp = await client.get("/api/v1/signals", params=params, headers=AUTH)
+        assert resp.status == expected
+        check(doc, "/api/v1/signals", "get", resp.status, await resp.json())
+    for path in ("/healthz", "/readyz"):
+        resp = await client.get(path)
+        check(doc, path, "get", resp.status, await resp.json())
+    metrics = await client.get("/metrics")
+    assert metrics.status == 200 and metrics.content_type == "text/plain"

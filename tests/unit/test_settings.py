@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from remediator.domain.errors import ConfigError
+from remediator.runtime import check_bind_is_safe
+from remediator.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("REMEDIATOR_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.http.listen == "127.0.0.1:9095"
+    assert s.journal.url == "sqlite:///var/remediator.db"
+    assert s.rules_path == Path("rules")
+    assert s.http.body_limit_bytes == 16 * 1024 * 1024
+    assert not s.auth_configured
+
+
+def test_precedence_flags_over_env_over_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "http:\n  listen: 10.0.0.1:1\n  body_limit_bytes: 1000\njournal:\n  url: sqlite:///file.db\n"
+        "log:\n  format: json\n"
+    )
+    monkeypatch.setenv("REMEDIATOR_HTTP__BODY_LIMIT_BYTES", "2000")
+    monkeypatch.setenv("REMEDIATOR_JOURNAL__URL", "sqlite:///env.db")
+    s = load_settings(config_file=config, overrides={"journal": {"url": "sqlite:///flag.db"}})
+    assert s.journal.url == "sqlite:///flag.db"  # flag beats env
+    assert s.http.body_limit_bytes == 2000  # env beats file
+    assert s.http.listen == "10.0.0.1:1"  # file beats default
+    assert s.log.format == "json"
+
+
+def test_token_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMEDIATOR_WEBHOOK_TOKEN", "from-env")
+    assert load_settings().webhook_token.get_secret_value() == "from-env"  # type: ignore[union-attr]
+    monkeypatch.delenv("REMEDIATOR_WEBHOOK_TOKEN")
+    secret = tmp_path / "token"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("REMEDIATOR_WEBHOOK_TOKEN_FILE", str(secret))
+    assert load_settings().webhook_token.get_secret_value() == "from-file"  # type: ignore[union-attr]
+
+
+def test_secrets_are_redacted() -> None:
+    s = load_settings(
+        overrides={"webhook_token": "tok", "webhook_username": "u", "webhook_password": "pw"}
+    )
+    shown = repr(s.redacted()) + repr(s) + str(s)
+    assert "tok" not in shown.replace("token", "") and "pw" not in shown
+    assert s.redacted()["webhook_token"] == "**********"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"http": {"listen": "nope"}}, "listen"),
+        ({"journal": {"url": "mysql://x"}}, "sqlite:///"),
+        ({"journal": {"retention_hours": 1}}, "retention_hours"),
+        ({"webhook_username": "u"}, "together"),
+        ({"http": {"bogus": 1}}, "bogus"),
+    ],
+)
+def test_invalid_settings_name_the_field(overrides: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(overrides=overrides)
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
+        load_settings(config_file=tmp_path / "nope.yaml")
+
+
+def test_missing_token_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing-token"):
+        load_settings(overrides={"webhook_token_file": str(tmp_path / "missing-token")})
+
+
+def test_non_loopback_without_credentials_is_refused() -> None:
+    with pytest.raises(ConfigError, match="insecure-no-auth"):
+        check_bind_is_safe(load_settings(overrides={"http": {"listen": "0.0.0.0:9095"}}))
+    check_bind_is_safe(
+        load_settings(overrides={"http": {"listen": "0.0.0.0:9095", "insecure_no_auth": True}})
+    )
+    check_bind_is_safe(
+        load_settings(overrides={"http": {"listen": "0.0.0.0:9095"}, "webhook_token": "t"})
+    )
+    check_bind_is_safe(load_settings(overrides={"http": {"listen": "[::1]:9095"}}))
