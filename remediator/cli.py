@@ -1,4 +1,4 @@
-"""Command line: ``remediator run|signals|config show|version``."""
+"""Command line: run, signals, remediations, circuit, rules, config show, version."""
 
 from __future__ import annotations
 
@@ -7,18 +7,21 @@ import asyncio
 import logging
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 import remediator
+from remediator import cli_rules
 from remediator.domain.errors import ConfigError, RemediatorError
 from remediator.logs import configure_logging
+from remediator.ports import CircuitRecord, Journal
 from remediator.settings import DEFAULT_JOURNAL, DEFAULT_LISTEN, Settings, load_settings
 
 log = logging.getLogger("remediator")
+_T = TypeVar("_T")
 
 EPILOG = textwrap.dedent(
     """\
@@ -27,7 +30,12 @@ EPILOG = textwrap.dedent(
       REMEDIATOR_WEBHOOK_TOKEN=s3cret remediator run --listen 0.0.0.0:9095
       remediator run --config /etc/remediator/config.yaml --dry-run
       remediator signals --service checkout --limit 20
+      remediator remediations --status skipped        # what was decided, and why
+      remediator remediations rem_0123abcd            # one decision in full
+      remediator circuit reset                        # close the circuit breaker
       remediator config show                          # effective settings, secrets masked
+      remediator rules check rules/                   # validate rule files, exit 1 on problems
+      remediator rules explain --rules rules/ --alert alert.json
 
     Every setting can also come from the environment (REMEDIATOR_ prefix, __ between
     nested names, e.g. REMEDIATOR_HTTP__BODY_LIMIT_BYTES) or from the --config YAML
@@ -85,11 +93,42 @@ def build_parser() -> argparse.ArgumentParser:
     signals.add_argument("--json", action="store_true", help="One JSON object per line.")
     signals.set_defaults(func=cmd_signals)
 
+    rems = sub.add_parser(
+        "remediations",
+        help="List decisions that opened or skipped a remediation, newest first.",
+        description="List remediations (planned, dry-run, skipped with reason, ...), or show "
+        "one with its full decision and explanation.",
+    )
+    _add_settings_flags(rems)
+    rems.add_argument("id", nargs="?", help="Show this remediation in full.")
+    rems.add_argument("--service", help="Only this service.")
+    rems.add_argument("--status", help="Only this status (planned, dry-run, skipped, ...).")
+    rems.add_argument("--limit", type=int, default=20, help="How many (default 20).")
+    rems.add_argument("--json", action="store_true", help="JSON output.")
+    rems.set_defaults(func=cmd_remediations)
+
+    circuit = sub.add_parser(
+        "circuit",
+        help="Show or reset the global circuit breaker.",
+        description="While the breaker is open, rules only notify. It opens after too many "
+        "automated actions in a window or too many failed remediations in a row; only a "
+        "reset closes it.",
+    )
+    circuit_sub = circuit.add_subparsers(
+        dest="circuit_command", metavar="SUBCOMMAND", required=True
+    )
+    for name, helptext in (("status", "Show the breaker."), ("reset", "Close the breaker.")):
+        cmd = circuit_sub.add_parser(name, help=helptext)
+        _add_settings_flags(cmd)
+        cmd.set_defaults(func=cmd_circuit)
+
     config = sub.add_parser("config", help="Inspect settings.")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = config_sub.add_parser("show", help="Print the effective settings, secrets masked.")
     _add_settings_flags(show)
     show.set_defaults(func=cmd_config_show)
+
+    cli_rules.register(sub)
 
     version = sub.add_parser("version", help="Print the version.")
     version.set_defaults(func=cmd_version)
@@ -130,19 +169,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_signals(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    from remediator.journal import journal_from_url
-
-    async def fetch() -> list[dict[str, Any]]:
-        journal = journal_from_url(settings.journal.url)
-        await journal.open()
-        try:
-            page = await journal.list_signals(service=args.service, limit=args.limit)
-        finally:
-            await journal.close()
+    async def fetch(journal: Journal) -> list[dict[str, Any]]:
+        page = await journal.list_signals(service=args.service, limit=args.limit)
         return list(page.items)
 
-    items = asyncio.run(fetch())
+    items = _with_journal(args, fetch)
     if args.json:
         for item in items:
             sys.stdout.write(orjson.dumps(item).decode() + "\n")
@@ -157,6 +188,76 @@ def cmd_signals(args: argparse.Namespace) -> int:
             f"{item['received_at']:27} {item['source']:12} {item['status']:8} "
             f"{service:20} {item['namespace'] or '-':15} {item['kind']}"
         )
+    return 0
+
+
+def _with_journal(args: argparse.Namespace, work: Callable[[Journal], Awaitable[_T]]) -> _T:
+    settings = _settings(args)
+    from remediator.journal import journal_from_url
+
+    async def run() -> _T:
+        journal = journal_from_url(settings.journal.url)
+        await journal.open()
+        try:
+            return await work(journal)
+        finally:
+            await journal.close()
+
+    return asyncio.run(run())
+
+
+def cmd_remediations(args: argparse.Namespace) -> int:
+    if args.id:
+        item = _with_journal(args, lambda j: j.get_remediation(args.id))
+        if item is None:
+            print(f"remediator: no remediation {args.id!r}", file=sys.stderr)
+            return 1
+        if args.json:
+            sys.stdout.write(orjson.dumps(item, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            print(f"{item['id']}  {item['status']}  {item['service']}  rule={item['rule']}")
+            print(f"created {item['created_at']}  signal {item['signal_id']}\n")
+            print(item["explanation"])
+        return 0
+
+    async def fetch(journal: Journal) -> list[dict[str, Any]]:
+        page = await journal.list_remediations(
+            service=args.service, status=args.status, limit=args.limit
+        )
+        return list(page.items)
+
+    items = _with_journal(args, fetch)
+    if args.json:
+        for item in items:
+            sys.stdout.write(orjson.dumps(item).decode() + "\n")
+        return 0
+    if not items:
+        print("no remediations")
+        return 0
+    print(f"{'CREATED':27} {'ID':28} {'STATUS':9} {'SERVICE':16} {'ACTION':12} REASON")
+    for item in items:
+        print(
+            f"{item['created_at']:27} {item['id']:28} {item['status']:9} {item['service']:16} "
+            f"{item['action'] or '-':12} {item['reason'] or ''}"
+        )
+    return 0
+
+
+def cmd_circuit(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    async def work(journal: Journal) -> CircuitRecord:
+        if args.circuit_command == "reset":
+            await journal.set_circuit(open=False, reason=None, at=datetime.now(UTC))
+        return await journal.circuit()
+
+    record = _with_journal(args, work)
+    state = "OPEN: rules only notify" if record.open else "closed"
+    print(f"circuit breaker {state}")
+    if record.reason:
+        print(f"reason: {record.reason}")
+    if record.changed_at:
+        print(f"since: {record.changed_at.isoformat()}")
     return 0
 
 

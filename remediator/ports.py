@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from remediator.domain.signals import Signal
@@ -21,6 +22,78 @@ class RecordResult:
 class SignalPage:
     items: Sequence[dict[str, Any]]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredSignal:
+    seq: int  # journal order; the engine decides signals in this order
+    signal: Signal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRemediation:
+    id: str
+    signal_id: str
+    service: str
+    namespace: str | None
+    rule: str | None
+    action: str | None
+    status: str  # planned | dry-run | skipped (later running | succeeded | failed | needs_human)
+    reason: str | None
+    manual: bool
+    automated: bool  # counts toward the circuit breaker's action budget
+    created_at: datetime
+    decision: dict[str, Any]
+    explanation: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionRecord:
+    """One signal's decision; written with the remediation it opened, if any."""
+
+    signal_seq: int
+    signal_id: str
+    service: str | None
+    outcome: str  # plan | no_action
+    reason: str | None
+    rule: str | None
+    decided_at: datetime
+    explanation: str
+    remediation: NewRemediation | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemediationSummary:
+    """What the decision needs to know about a past remediation of a service."""
+
+    id: str
+    action: str | None
+    status: str
+    rule: str | None
+    manual: bool
+    automated: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitRecord:
+    open: bool
+    reason: str | None
+    changed_at: datetime | None  # last open or reset; actions before a reset don't count
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page:
+    items: Sequence[dict[str, Any]]
+    next_cursor: str | None
+
+
+class ServiceFacts(Protocol):
+    """Live facts about a workload (Kubernetes); ``None`` when unknown."""
+
+    async def replicas(self, *, service: str, namespace: str) -> tuple[int, int | None] | None:
+        """(current replicas, ceiling such as the HPA's max or None)."""
+        ...
 
 
 class Journal(Protocol):
@@ -55,3 +128,43 @@ class Journal(Protocol):
     async def prune(self, *, older_than_seconds: float) -> int:
         """Forget signals (and their keys) received longer ago than this; return how many."""
         ...
+
+    # -- decisions -------------------------------------------------------------------
+    async def undecided_signals(self, *, limit: int) -> list[StoredSignal]:
+        """Signals after the engine's cursor, oldest first."""
+        ...
+
+    async def record_decisions(
+        self, decisions: Sequence[DecisionRecord], *, through_seq: int
+    ) -> None:
+        """Store decisions and their remediations and move the cursor, atomically."""
+        ...
+
+    async def remediation_history(
+        self, *, service: str, since: datetime
+    ) -> list[RemediationSummary]:
+        """Remediations of a service created since ``since`` (skipped ones excluded)."""
+        ...
+
+    async def automated_actions_since(self, *, since: datetime | None) -> list[datetime]:
+        """Creation times of automated, non-skipped remediations on any service."""
+        ...
+
+    async def consecutive_failures(self, *, since: datetime | None) -> int:
+        """Finished remediations that failed in a row, newest first, since ``since``."""
+        ...
+
+    async def circuit(self) -> CircuitRecord: ...
+
+    async def set_circuit(self, *, open: bool, reason: str | None, at: datetime) -> None: ...
+
+    async def list_remediations(
+        self,
+        *,
+        service: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page: ...
+
+    async def get_remediation(self, remediation_id: str) -> dict[str, Any] | None: ...

@@ -17,10 +17,13 @@ from typing import Any
 from aiohttp import web
 
 from remediator.domain.errors import ConfigError, TemporaryError
+from remediator.domain.rules import RulePack
+from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
 from remediator.journal import journal_from_url
 from remediator.metrics import Metrics
-from remediator.ports import Journal
+from remediator.ports import Journal, ServiceFacts
+from remediator.rulefiles import load_rule_pack_from_path
 from remediator.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
@@ -51,11 +54,21 @@ def check_bind_is_safe(settings: Settings) -> None:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        journal: Journal | None = None,
+        pack: RulePack | None = None,
+        facts: ServiceFacts | None = None,
+    ) -> None:
         self.settings = settings
         self.journal = journal or journal_from_url(
             settings.journal.url, max_batch=settings.journal.max_batch
         )
+        # Rule problems are start-up errors: refuse to run on rules nobody can trust.
+        self.pack = pack or load_rule_pack_from_path(settings.rules_path)
+        self.facts: ServiceFacts = facts or UnknownFacts()
         self.metrics = Metrics()
         self.state = IntakeState()
         self.stopping = asyncio.Event()
@@ -72,6 +85,9 @@ class Runtime:
             log.warning("no webhook credential configured: anyone reaching %s may post alerts",
                         settings.http.listen)  # fmt: skip
         await self.journal.open()
+        engine = DecisionEngine(
+            journal=self.journal, pack=self.pack, facts=self.facts, dry_run=settings.dry_run
+        )
         intake = IntakeApp(
             journal=self.journal,
             metrics=self.metrics,
@@ -81,6 +97,7 @@ class Runtime:
             namespace_labels=settings.signals.namespace_labels,
             body_limit_bytes=settings.http.body_limit_bytes,
             retry_after_seconds=settings.http.retry_after_seconds,
+            on_new_signals=engine.wake,
         )
         runner = web.AppRunner(
             intake.build(),
@@ -95,10 +112,19 @@ class Runtime:
             self.bound_port = _bound_port(runner, settings.http.port)
             self._install_signal_handlers()
             log.info(
-                "remediator listening on http://%s:%d (journal %s, dry_run=%s)",
-                settings.http.host, self.bound_port, settings.journal.url, settings.dry_run,
+                "remediator listening on http://%s:%d (journal %s, rules %s: %d services, "
+                "%d rules, dry_run=%s)",
+                settings.http.host, self.bound_port, settings.journal.url, settings.rules_path,
+                len(self.pack.services), len(self.pack.rules), settings.dry_run,
             )  # fmt: skip
-            exit_code = await self._supervise({"journal-pruner": self._prune_forever})
+            if isinstance(self.facts, UnknownFacts):
+                log.warning(
+                    "no Kubernetes connection yet: replica counts are unknown, so scale-up "
+                    "decisions are skipped as not_applicable and plans stay 'planned'"
+                )
+            exit_code = await self._supervise(
+                {"decision-engine": engine.run, "journal-pruner": self._prune_forever}
+            )
         finally:
             await self._drain(runner)
         return exit_code

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
@@ -16,6 +16,7 @@ from remediator.domain.signals import Signal, Source, Status, alert_key, resolve
 SUPPORTED_VERSION = "4"
 # Alertmanager marks "no end yet" with Go's zero time.
 _GO_ZERO_YEAR = 1
+_ZERO = timedelta(0)
 
 
 def _timestamp_string(value: object) -> object:
@@ -58,7 +59,7 @@ class AmPayload(BaseModel):
     externalURL: str = ""
 
 
-def parse_payload(body: bytes) -> tuple[AmPayload, dict[str, Any]]:
+def parse_payload(body: bytes) -> AmPayload:
     """Parse and validate in one pass; InvalidInput names the offending field."""
     try:
         document = orjson.loads(body)
@@ -79,7 +80,7 @@ def parse_payload(body: bytes) -> tuple[AmPayload, dict[str, Any]]:
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidInput(f"{message}{more}", where=field_path(first["loc"])) from exc
-    return payload, document
+    return payload
 
 
 def field_path(loc: Sequence[int | str]) -> str:
@@ -99,21 +100,16 @@ def label_fingerprint(labels: dict[str, str]) -> str:
 
 def to_signals(
     payload: AmPayload,
-    document: dict[str, Any],
     *,
     received_at: datetime,
     service_labels: Sequence[str],
     namespace_labels: Sequence[str],
 ) -> list[Signal]:
-    raw_alerts = document["alerts"]
-    context = {
-        "receiver": payload.receiver,
-        "groupKey": payload.groupKey,
-        "externalURL": payload.externalURL,
-    }
     signals = []
-    for alert, raw in zip(payload.alerts, raw_alerts, strict=True):
-        starts_at = alert.startsAt.astimezone(UTC)
+    for alert in payload.alerts:
+        starts_at = alert.startsAt
+        if starts_at.utcoffset() != _ZERO:
+            starts_at = starts_at.astimezone(UTC)
         ends_at = alert.endsAt
         if ends_at is not None and ends_at.year == _GO_ZERO_YEAR:
             ends_at = None
@@ -135,7 +131,14 @@ def to_signals(
                 starts_at=starts_at,
                 ends_at=ends_at,
                 received_at=received_at,
-                raw={**context, "alert": raw},
+                # labels, annotations, status and times have columns of their own
+                raw={
+                    "receiver": payload.receiver,
+                    "groupKey": payload.groupKey,
+                    "externalURL": payload.externalURL,
+                    "generatorURL": alert.generatorURL,
+                    "fingerprint": alert.fingerprint,
+                },
             )
         )
     return signals

@@ -8,7 +8,7 @@ import binascii
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from remediator.domain.signals import Status
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.ingress.openapi import openapi_document
 from remediator.metrics import Metrics
-from remediator.ports import Journal
+from remediator.ports import CircuitRecord, Journal
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ class IntakeApp:
         body_limit_bytes: int,
         retry_after_seconds: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_new_signals: Callable[[], None] | None = None,
     ) -> None:
         self.journal = journal
         self.metrics = metrics
@@ -133,11 +134,16 @@ class IntakeApp:
         self.body_limit_bytes = body_limit_bytes
         self.retry_after = str(retry_after_seconds)
         self.clock = clock
+        self.on_new_signals = on_new_signals
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=self.body_limit_bytes)
         app.router.add_post("/api/v1/webhooks/alertmanager", self.alertmanager_webhook)
         app.router.add_get("/api/v1/signals", self._authenticated(self.list_signals))
+        app.router.add_get("/api/v1/remediations", self._authenticated(self.list_remediations))
+        app.router.add_get("/api/v1/remediations/{id}", self._authenticated(self.get_remediation))
+        app.router.add_get("/api/v1/circuit", self._authenticated(self.get_circuit))
+        app.router.add_post("/api/v1/circuit/reset", self._authenticated(self.reset_circuit))
         app.router.add_get("/api/v1/openapi.json", self.openapi)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -181,7 +187,7 @@ class IntakeApp:
             return self._unauthorized()
         body = await request.read()
         try:
-            payload, document = parse_payload(body)
+            payload = parse_payload(body)
         except InvalidInput as exc:
             log.warning("rejected Alertmanager payload from %s: %s", request.remote, exc)
             return error_response(400, str(exc))
@@ -195,7 +201,6 @@ class IntakeApp:
             )
         signals = to_signals(
             payload,
-            document,
             received_at=self.clock(),
             service_labels=self.service_labels,
             namespace_labels=self.namespace_labels,
@@ -228,6 +233,8 @@ class IntakeApp:
                 unroutable[0],
             )
         accepted = len(signals) - duplicates
+        if accepted and self.on_new_signals is not None:
+            self.on_new_signals()
         firing = sum(1 for s in signals if s.status is Status.FIRING)
         log.debug(
             "receiver=%s group=%s alerts=%d firing=%d accepted=%d duplicates=%d",
@@ -244,12 +251,9 @@ class IntakeApp:
     # -- read API ------------------------------------------------------------------
     async def list_signals(self, request: web.Request) -> web.StreamResponse:
         query = request.query
-        try:
-            limit = int(query.get("limit", "50"))
-        except ValueError:
-            return error_response(400, f"limit: expected an integer, got {query['limit']!r}")
-        if not 1 <= limit <= MAX_PAGE:
-            return error_response(400, f"limit: must be between 1 and {MAX_PAGE}, got {limit}")
+        limit = _limit(query)
+        if isinstance(limit, web.Response):
+            return limit
         try:
             page = await self.journal.list_signals(
                 service=query.get("service") or None, limit=limit, cursor=query.get("cursor")
@@ -259,6 +263,56 @@ class IntakeApp:
         except TemporaryError as exc:
             return self._unavailable(f"journal unavailable: {exc}")
         return json_response({"items": list(page.items), "next": page.next_cursor})
+
+    async def list_remediations(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        limit = _limit(query)
+        if isinstance(limit, web.Response):
+            return limit
+        status = query.get("status") or None
+        if status is not None and status not in REMEDIATION_STATUSES:
+            return error_response(
+                400, f"status: must be one of {', '.join(REMEDIATION_STATUSES)}, got {status!r}"
+            )
+        try:
+            page = await self.journal.list_remediations(
+                service=query.get("service") or None,
+                status=status,
+                limit=limit,
+                cursor=query.get("cursor"),
+            )
+        except PermanentError as exc:
+            return error_response(400, f"cursor: {exc}")
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
+        return json_response({"items": list(page.items), "next": page.next_cursor})
+
+    async def get_remediation(self, request: web.Request) -> web.StreamResponse:
+        rid = request.match_info["id"]
+        try:
+            item = await self.journal.get_remediation(rid)
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
+        if item is None:
+            return error_response(404, f"id: no remediation {rid!r}")
+        return json_response(item)
+
+    async def get_circuit(self, request: web.Request) -> web.StreamResponse:
+        try:
+            record = await self.journal.circuit()
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
+        return json_response(_circuit_body(record))
+
+    async def reset_circuit(self, request: web.Request) -> web.StreamResponse:
+        """Close the breaker; automated actions before now no longer count toward it."""
+        try:
+            await self.journal.set_circuit(open=False, reason=None, at=self.clock())
+            record = await self.journal.circuit()
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
+        log.warning("circuit breaker reset through the API by %s", request.remote)
+        return json_response(_circuit_body(record))
 
     # -- operations ----------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.StreamResponse:
@@ -285,3 +339,26 @@ class IntakeApp:
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return json_response(openapi_document())
+
+
+REMEDIATION_STATUSES = (
+    "planned", "dry-run", "skipped", "running", "succeeded", "failed", "needs_human",
+)  # fmt: skip
+
+
+def _limit(query: Mapping[str, str]) -> int | web.Response:
+    try:
+        limit = int(query.get("limit", "50"))
+    except ValueError:
+        return error_response(400, f"limit: expected an integer, got {query['limit']!r}")
+    if not 1 <= limit <= MAX_PAGE:
+        return error_response(400, f"limit: must be between 1 and {MAX_PAGE}, got {limit}")
+    return limit
+
+
+def _circuit_body(record: CircuitRecord) -> dict[str, Any]:
+    return {
+        "open": record.open,
+        "reason": record.reason,
+        "changed_at": record.changed_at.isoformat() if record.changed_at else None,
+    }

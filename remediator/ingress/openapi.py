@@ -28,6 +28,14 @@ _UNAUTHORIZED = _error(
     {"WWW-Authenticate": {"description": "Accepted schemes.", "schema": {"type": "string"}}},
 )
 
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+}
+_CIRCUIT = {"$ref": "#/components/schemas/Circuit"}
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -126,6 +134,70 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "Remediation": {
+        "type": "object",
+        "required": [
+            "id",
+            "signal_id",
+            "service",
+            "namespace",
+            "rule",
+            "action",
+            "status",
+            "reason",
+            "manual",
+            "automated",
+            "created_at",
+            "updated_at",
+            "explanation",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "signal_id": {"type": "string", "description": "The signal that led here."},
+            "service": {"type": "string"},
+            "namespace": {"type": ["string", "null"]},
+            "rule": {"type": ["string", "null"]},
+            "action": {"type": ["string", "null"], "description": "rollback, scale_up, ..."},
+            "status": {
+                "enum": [
+                    "planned",
+                    "dry-run",
+                    "skipped",
+                    "running",
+                    "succeeded",
+                    "failed",
+                    "needs_human",
+                ]
+            },
+            "reason": {"type": ["string", "null"], "description": "Why it was skipped."},
+            "manual": {"type": "boolean"},
+            "automated": {"type": "boolean"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "explanation": {"type": "string", "description": "As `rules explain` prints it."},
+            "decision": {
+                "type": "object",
+                "description": "The full decision (plan steps with reasons); detail view only.",
+            },
+        },
+    },
+    "RemediationPage": {
+        "type": "object",
+        "required": ["items", "next"],
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Remediation"}},
+            "next": {"type": ["string", "null"]},
+        },
+    },
+    "Circuit": {
+        "type": "object",
+        "required": ["open", "reason", "changed_at"],
+        "properties": {
+            "open": {"type": "boolean", "description": "While open, rules only notify."},
+            "reason": {"type": ["string", "null"]},
+            "changed_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -203,6 +275,67 @@ def openapi_document() -> dict[str, Any]:
                             **_json({"$ref": "#/components/schemas/SignalPage"}),
                         },
                         "400": _error("A query parameter is invalid; the message names it."),
+                        "401": _UNAUTHORIZED,
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                }
+            },
+            "/api/v1/remediations": {
+                "get": {
+                    "summary": "List remediations (plans, dry-runs, skips), newest first.",
+                    "security": _SECURED,
+                    "parameters": [
+                        {"name": "service", "in": "query", "schema": {"type": "string"}},
+                        {"name": "status", "in": "query", "schema": {"type": "string"}},
+                        _LIMIT,
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "One page of remediations.",
+                            **_json({"$ref": "#/components/schemas/RemediationPage"}),
+                        },
+                        "400": _error("A query parameter is invalid; the message names it."),
+                        "401": _UNAUTHORIZED,
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                }
+            },
+            "/api/v1/remediations/{id}": {
+                "get": {
+                    "summary": "One remediation with its full decision.",
+                    "security": _SECURED,
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The remediation.",
+                            **_json({"$ref": "#/components/schemas/Remediation"}),
+                        },
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No remediation with that id."),
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                }
+            },
+            "/api/v1/circuit": {
+                "get": {
+                    "summary": "The global circuit breaker.",
+                    "security": _SECURED,
+                    "responses": {
+                        "200": {"description": "State.", **_json(_CIRCUIT)},
+                        "401": _UNAUTHORIZED,
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                }
+            },
+            "/api/v1/circuit/reset": {
+                "post": {
+                    "summary": "Close the circuit breaker; earlier actions stop counting.",
+                    "security": _SECURED,
+                    "responses": {
+                        "200": {"description": "State after the reset.", **_json(_CIRCUIT)},
                         "401": _UNAUTHORIZED,
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },

@@ -25,21 +25,34 @@ from typing import Any
 import orjson
 
 from remediator.domain.errors import PermanentError, TemporaryError
-from remediator.domain.signals import Signal
-from remediator.ports import RecordResult, SignalPage
+from remediator.domain.signals import Signal, Source, Status
+from remediator.ports import (
+    CircuitRecord,
+    DecisionRecord,
+    Page,
+    RecordResult,
+    RemediationSummary,
+    SignalPage,
+    StoredSignal,
+)
 
 log = logging.getLogger(__name__)
 
 # Short waits for a lock held by another process are absorbed here; past this the
 # caller gets TemporaryError (the webhook answers 503 and Alertmanager retries).
 BUSY_TIMEOUT_MS = 2000
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_ZERO = timedelta(0)
 
 
 def _ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime(TIME_FORMAT)
+    return None if value is None else _utc_text(value)
+
+
+def _utc_text(value: datetime) -> str:
+    """Fixed-width UTC text ('2026-11-27T10:00:00.000000Z'): sorts like the instants."""
+    if value.utcoffset() != _ZERO:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(slots=True)
@@ -168,12 +181,21 @@ class SqliteJournal:
             conn.close()
 
     def _commit_signals(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[list[RecordResult]] = []
+        signals = [s for job in batch for s in job.signals or ()]
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for job in batch:
-                    outcomes.append([_insert_signal(conn, s) for s in job.signals or ()])
+                known = _existing_ids(conn, [s.id for s in signals])
+                fresh: dict[str, Signal] = {}
+                for signal in signals:
+                    if signal.id not in known:
+                        fresh.setdefault(signal.id, signal)
+                # A request's signals share one received_at: format it once per request.
+                stamps = {id(s.received_at): _utc_text(s.received_at) for s in fresh.values()}
+                conn.executemany(
+                    INSERT_SIGNAL,
+                    (_signal_row(s, stamps[id(s.received_at)]) for s in fresh.values()),
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -185,8 +207,17 @@ class SqliteJournal:
             for job in batch:
                 job.loop.call_soon_threadsafe(_settle, job.future, None, error)
             return
-        self.last_batch_size = sum(len(job.signals or ()) for job in batch)
-        for job, results in zip(batch, outcomes, strict=True):
+        self.last_batch_size = len(signals)
+        # The first occurrence of a fresh id in this batch is the one stored; every
+        # other occurrence (earlier commit or same batch) is a duplicate.
+        claimed: set[str] = set()
+        for job in batch:
+            results = []
+            for signal in job.signals or ():
+                new = signal.id in fresh and signal.id not in claimed
+                if new:
+                    claimed.add(signal.id)
+                results.append(RecordResult(signal_id=signal.id, duplicate=not new))
             job.loop.call_soon_threadsafe(_settle, job.future, results, None)
 
     @staticmethod
@@ -231,11 +262,17 @@ class SqliteJournal:
         await self._submit(lambda fut: _Job(loop=loop, future=fut, action=probe))
 
     async def prune(self, *, older_than_seconds: float) -> int:
-        cutoff = _ts(datetime.now(UTC) - timedelta(seconds=older_than_seconds))
+        cutoff = _utc_text(datetime.now(UTC) - timedelta(seconds=older_than_seconds))
 
         def delete(conn: sqlite3.Connection) -> int:
-            cur = conn.execute("DELETE FROM signals WHERE received_at < ?", (cutoff,))
-            return cur.rowcount
+            # No index on received_at (it would tax every insert); seq grows with
+            # received_at, so find the newest old row once and delete by rowid.
+            row = conn.execute(
+                "SELECT max(seq) FROM signals WHERE received_at < ?", (cutoff,)
+            ).fetchone()
+            if row[0] is None:
+                return 0
+            return conn.execute("DELETE FROM signals WHERE seq <= ?", (row[0],)).rowcount
 
         loop = asyncio.get_running_loop()
         deleted: int = await self._submit(lambda fut: _Job(loop=loop, future=fut, action=delete))
@@ -264,8 +301,8 @@ class SqliteJournal:
             params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
-            "SELECT seq, id, source, kind, status, service, namespace, routable, labels,"
-            f" annotations, starts_at, ends_at, received_at FROM signals {where}"
+            "SELECT seq, id, source, kind, status, service, namespace, starts_at, ends_at,"
+            f" received_at, body FROM signals {where}"
             " ORDER BY seq DESC LIMIT ?"
         )
         if self._reader is None:
@@ -279,35 +316,306 @@ class SqliteJournal:
         next_cursor = str(rows[limit - 1][0]) if len(rows) > limit else None
         return SignalPage(items=items, next_cursor=next_cursor)
 
+    # -- helpers -------------------------------------------------------------------
+    async def _write(self, action: Callable[[sqlite3.Connection], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await self._submit(lambda fut: _Job(loop=loop, future=fut, action=action))
 
-def _insert_signal(conn: sqlite3.Connection, signal: Signal) -> RecordResult:
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO signals (id, key, source, kind, status, service, namespace,"
-        " routable, labels, annotations, starts_at, ends_at, received_at, raw)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            signal.id,
-            signal.key,
-            signal.source.value,
-            signal.kind,
-            signal.status.value,
-            signal.service,
-            signal.namespace,
-            int(signal.routable),
-            orjson.dumps(signal.labels).decode(),
-            orjson.dumps(signal.annotations).decode(),
-            _ts(signal.starts_at),
-            _ts(signal.ends_at),
-            _ts(signal.received_at),
-            orjson.dumps(signal.raw).decode(),
+    async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+        def run() -> Any:
+            if self._reader is None:
+                raise TemporaryError("journal is not open", delay=1.0)
+            try:
+                with self._reader_lock:
+                    return query(self._reader)
+            except sqlite3.Error as exc:
+                raise TemporaryError(f"journal read failed: {exc}", delay=1.0) from exc
+
+        return await asyncio.to_thread(run)
+
+    # -- decisions -------------------------------------------------------------------
+    async def undecided_signals(self, *, limit: int) -> list[StoredSignal]:
+        def query(conn: sqlite3.Connection) -> list[StoredSignal]:
+            (cursor,) = conn.execute(
+                "SELECT value FROM engine_state WHERE name = 'decided_seq'"
+            ).fetchone()
+            rows = conn.execute(
+                "SELECT seq, id, key, source, kind, status, service, namespace, starts_at,"
+                " ends_at, received_at, body FROM signals WHERE seq > ? ORDER BY seq LIMIT ?",
+                (int(cursor), limit),
+            ).fetchall()
+            return [_row_to_stored(row) for row in rows]
+
+        result: list[StoredSignal] = await self._read(query)
+        return result
+
+    async def record_decisions(
+        self, decisions: Sequence[DecisionRecord], *, through_seq: int
+    ) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO decisions (signal_seq, signal_id, service, outcome,"
+                    " reason, rule, remediation_id, decided_at, explanation)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (d.signal_seq, d.signal_id, d.service, d.outcome, d.reason, d.rule,
+                         d.remediation.id if d.remediation else None, _utc_text(d.decided_at),
+                         d.explanation)
+                        for d in decisions
+                    ],
+                )  # fmt: skip
+                conn.executemany(
+                    "INSERT OR IGNORE INTO remediations (id, signal_id, service, namespace, rule,"
+                    " action, status, reason, manual, automated, created_at, updated_at,"
+                    " decision, explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.id, r.signal_id, r.service, r.namespace, r.rule, r.action, r.status,
+                         r.reason, int(r.manual), int(r.automated), _utc_text(r.created_at),
+                         _utc_text(r.created_at), orjson.dumps(r.decision).decode(),
+                         r.explanation)
+                        for r in (d.remediation for d in decisions)
+                        if r is not None
+                    ],
+                )  # fmt: skip
+                conn.execute(
+                    "UPDATE engine_state SET value = ? WHERE name = 'decided_seq'",
+                    (str(through_seq),),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._write(write)
+
+    async def remediation_history(
+        self, *, service: str, since: datetime
+    ) -> list[RemediationSummary]:
+        def query(conn: sqlite3.Connection) -> list[RemediationSummary]:
+            rows = conn.execute(
+                "SELECT id, action, status, rule, manual, automated, created_at FROM remediations"
+                " WHERE service = ? AND created_at >= ? AND status != 'skipped' ORDER BY seq",
+                (service, _utc_text(since)),
+            ).fetchall()
+            return [
+                RemediationSummary(
+                    id=r[0],
+                    action=r[1],
+                    status=r[2],
+                    rule=r[3],
+                    manual=bool(r[4]),
+                    automated=bool(r[5]),
+                    created_at=_parse_utc(r[6]),
+                )
+                for r in rows
+            ]
+
+        result: list[RemediationSummary] = await self._read(query)
+        return result
+
+    async def automated_actions_since(self, *, since: datetime | None) -> list[datetime]:
+        def query(conn: sqlite3.Connection) -> list[datetime]:
+            rows = conn.execute(
+                "SELECT created_at FROM remediations WHERE automated = 1"
+                " AND status NOT IN ('skipped', 'dry-run') AND created_at >= ?",
+                (_utc_text(since) if since else "",),
+            ).fetchall()
+            return [_parse_utc(r[0]) for r in rows]
+
+        result: list[datetime] = await self._read(query)
+        return result
+
+    async def consecutive_failures(self, *, since: datetime | None) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                "SELECT status FROM remediations WHERE status IN ('succeeded', 'failed')"
+                " AND updated_at >= ? ORDER BY updated_at DESC LIMIT 100",
+                (_utc_text(since) if since else "",),
+            ).fetchall()
+            count = 0
+            for (status,) in rows:
+                if status != "failed":
+                    break
+                count += 1
+            return count
+
+        result: int = await self._read(query)
+        return result
+
+    async def circuit(self) -> CircuitRecord:
+        def query(conn: sqlite3.Connection) -> CircuitRecord:
+            (value,) = conn.execute(
+                "SELECT value FROM engine_state WHERE name = 'circuit'"
+            ).fetchone()
+            doc = orjson.loads(value)
+            changed = doc.get("changed_at")
+            return CircuitRecord(
+                open=bool(doc["open"]),
+                reason=doc.get("reason"),
+                changed_at=_parse_utc(changed) if changed else None,
+            )
+
+        result: CircuitRecord = await self._read(query)
+        return result
+
+    async def set_circuit(self, *, open: bool, reason: str | None, at: datetime) -> None:
+        value = orjson.dumps({"open": open, "reason": reason, "changed_at": _utc_text(at)})
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE engine_state SET value = ? WHERE name = 'circuit'", (value.decode(),)
+            )
+
+        await self._write(write)
+
+    async def list_remediations(
+        self,
+        *,
+        service: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        if limit < 1:
+            raise PermanentError("limit must be at least 1")
+        if cursor is not None and not cursor.isdigit():
+            raise PermanentError(f"cursor {cursor!r} is not one this server issued")
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("service", service), ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if cursor is not None:
+            clauses.append("seq < ?")
+            params.append(int(cursor))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def query(conn: sqlite3.Connection) -> Page:
+            rows = conn.execute(
+                f"SELECT {_REMEDIATION_COLUMNS} FROM remediations {where}"
+                " ORDER BY seq DESC LIMIT ?",
+                (*params, limit + 1),
+            ).fetchall()
+            items = [_remediation_item(row) for row in rows[:limit]]
+            next_cursor = str(rows[limit - 1][0]) if len(rows) > limit else None
+            return Page(items=items, next_cursor=next_cursor)
+
+        result: Page = await self._read(query)
+        return result
+
+    async def get_remediation(self, remediation_id: str) -> dict[str, Any] | None:
+        def query(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                f"SELECT {_REMEDIATION_COLUMNS} FROM remediations WHERE id = ?",
+                (remediation_id,),
+            ).fetchone()
+            return None if row is None else _remediation_item(row, full=True)
+
+        result: dict[str, Any] | None = await self._read(query)
+        return result
+
+
+_REMEDIATION_COLUMNS = (
+    "seq, id, signal_id, service, namespace, rule, action, status, reason, manual, automated,"
+    " created_at, updated_at, decision, explanation"
+)
+
+
+def _remediation_item(row: tuple[Any, ...], *, full: bool = False) -> dict[str, Any]:
+    (_, rid, signal_id, service, namespace, rule, action, status, reason, manual, automated,
+     created_at, updated_at, decision, explanation) = row  # fmt: skip
+    item: dict[str, Any] = {
+        "id": rid,
+        "signal_id": signal_id,
+        "service": service,
+        "namespace": namespace,
+        "rule": rule,
+        "action": action,
+        "status": status,
+        "reason": reason,
+        "manual": bool(manual),
+        "automated": bool(automated),
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "explanation": explanation,
+    }
+    if full:
+        item["decision"] = orjson.loads(decision)
+    return item
+
+
+def _parse_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
+
+
+def _row_to_stored(row: tuple[Any, ...]) -> StoredSignal:
+    (seq, sid, key, source, kind, status, service, namespace, starts_at, ends_at, received_at,
+     body) = row  # fmt: skip
+    doc = orjson.loads(body)
+    return StoredSignal(
+        seq=seq,
+        signal=Signal(
+            id=sid,
+            key=key,
+            source=Source(source),
+            kind=kind,
+            status=Status(status),
+            service=service,
+            namespace=namespace,
+            labels=doc["labels"],
+            annotations=doc["annotations"],
+            starts_at=_parse_utc(starts_at) if starts_at else None,
+            ends_at=_parse_utc(ends_at) if ends_at else None,
+            received_at=_parse_utc(received_at),
+            raw=doc["raw"],
         ),
     )
-    return RecordResult(signal_id=signal.id, duplicate=cur.rowcount == 0)
+
+
+INSERT_SIGNAL = (
+    "INSERT INTO signals (id, key, source, kind, status, service, namespace, starts_at,"
+    " ends_at, received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# SQLite's default limit on host parameters is 999 before 3.32 and 32766 after.
+_LOOKUP_CHUNK = 900
+
+
+def _existing_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = ids[start : start + _LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            row[0] for row in conn.execute(f"SELECT id FROM signals WHERE id IN ({marks})", chunk)
+        )
+    return found
+
+
+def _signal_row(signal: Signal, received_at: str) -> tuple[Any, ...]:
+    return (
+        signal.id,
+        signal.key,
+        signal.source.value,
+        signal.kind,
+        signal.status.value,
+        signal.service,
+        signal.namespace,
+        _ts(signal.starts_at),
+        _ts(signal.ends_at),
+        received_at,
+        orjson.dumps(
+            {"labels": signal.labels, "annotations": signal.annotations, "raw": signal.raw}
+        ).decode(),
+    )
 
 
 def _row_to_item(row: tuple[Any, ...]) -> dict[str, Any]:
-    (_, sid, source, kind, status, service, namespace, routable, labels, annotations,
-     starts_at, ends_at, received_at) = row  # fmt: skip
+    (_, sid, source, kind, status, service, namespace, starts_at, ends_at, received_at,
+     body) = row  # fmt: skip
+    doc = orjson.loads(body)
     return {
         "id": sid,
         "source": source,
@@ -315,9 +623,9 @@ def _row_to_item(row: tuple[Any, ...]) -> dict[str, Any]:
         "status": status,
         "service": service,
         "namespace": namespace,
-        "routable": bool(routable),
-        "labels": orjson.loads(labels),
-        "annotations": orjson.loads(annotations),
+        "routable": service is not None,
+        "labels": doc["labels"],
+        "annotations": doc["annotations"],
         "starts_at": starts_at,
         "ends_at": ends_at,
         "received_at": received_at,
@@ -339,7 +647,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         sql = entry.read_text()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in filter(None, (s.strip() for s in sql.split(";"))):
+            for statement in _statements(sql):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
@@ -347,3 +655,18 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
             raise
         log.info("journal schema migrated to version %d (%s)", version, entry.name)
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a script into statements (executescript would commit on its own)."""
+    statements, buffer = [], ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not all(
+        part.strip().startswith("--") or not part.strip() for part in buffer.splitlines()
+    ):
+        raise PermanentError(f"incomplete SQL statement in migration: {buffer.strip()[:80]}")
+    return statements

@@ -16,6 +16,7 @@ from typing import Any
 from tests.env.base import free_port, tail
 
 TOKEN = "e2e-token-5f2c"
+RULES = Path(__file__).resolve().parents[2] / "rules"
 
 
 class Daemon:
@@ -45,7 +46,7 @@ class Daemon:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remediator", "run", "--listen", f"127.0.0.1:{self.port}",
-             "--journal", f"sqlite:///{self.journal}"],
+             "--journal", f"sqlite:///{self.journal}", "--rules", str(RULES)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             cwd=self.workdir,
         )  # fmt: skip

@@ -14,10 +14,8 @@ NOW = datetime(2026, 11, 27, 10, 5, tzinfo=UTC)
 
 
 def signals_of(body: dict[str, object], **kwargs: object) -> list:
-    parsed, document = parse_payload(orjson.dumps(body))
     return to_signals(
-        parsed,
-        document,
+        parse_payload(orjson.dumps(body)),
         received_at=NOW,
         service_labels=kwargs.get("service_labels", DEFAULT_SERVICE_LABELS),
         namespace_labels=kwargs.get("namespace_labels", DEFAULT_NAMESPACE_LABELS),
@@ -32,7 +30,7 @@ def test_firing_alert_becomes_a_routable_signal() -> None:
     assert signal.routable
     assert signal.ends_at is None  # Go's zero time means "still firing"
     assert signal.starts_at == datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=UTC)
-    assert signal.raw["alert"]["fingerprint"] == "abc"
+    assert signal.raw["fingerprint"] == "abc"
     assert signal.raw["receiver"] == "remediator"
 
 

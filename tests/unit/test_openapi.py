@@ -91,6 +91,22 @@ async def test_real_responses_match_their_schemas(client: TestClient) -> None:
         resp = await client.get("/api/v1/signals", params=params, headers=AUTH)
         assert resp.status == expected
         check(doc, "/api/v1/signals", "get", resp.status, await resp.json())
+    resp = await client.get("/api/v1/remediations", params={"status": "planned"}, headers=AUTH)
+    assert resp.status == 200
+    check(doc, "/api/v1/remediations", "get", 200, await resp.json())
+    resp = await client.get("/api/v1/remediations", params={"status": "bogus"}, headers=AUTH)
+    assert resp.status == 400
+    assert "status: must be one of" in (await resp.json())["error"]
+    check(doc, "/api/v1/remediations", "get", 400, await resp.json())
+    resp = await client.get("/api/v1/remediations/rem_nope", headers=AUTH)
+    assert resp.status == 404
+    check(doc, "/api/v1/remediations/{id}", "get", 404, await resp.json())
+    resp = await client.get("/api/v1/circuit", headers=AUTH)
+    check(doc, "/api/v1/circuit", "get", resp.status, await resp.json())
+    resp = await client.post("/api/v1/circuit/reset", headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 200 and body["open"] is False and body["changed_at"]
+    check(doc, "/api/v1/circuit/reset", "post", resp.status, body)
     for path in ("/healthz", "/readyz"):
         resp = await client.get(path)
         check(doc, path, "get", resp.status, await resp.json())

@@ -1,0 +1,278 @@
+"""Decides every journaled signal, in journal order, exactly once.
+
+The engine reads signals after its cursor, builds each service's state from the
+journal (past remediations, the circuit breaker) and live facts (replicas), asks the
+pure ``decide`` function, and writes the decisions, the remediations they open and
+the new cursor in one transaction. A crash between decide and write re-decides the
+same signals on restart; ids derived from the signal id make that write idempotent.
+
+One engine task decides serially, so two signals for one service never race: in
+an alert storm the first opens a remediation and the rest see it as in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from remediator.domain.errors import TemporaryError
+from remediator.domain.plans import ActionKind, Decision, NoActionReason, Plan, explain
+from remediator.domain.rules import (
+    CircuitState,
+    RemediationRecord,
+    RemediationStatus,
+    RulePack,
+    ServiceState,
+    circuit_trip_reason,
+    decide,
+)
+from remediator.domain.signals import Signal, Source, Status
+from remediator.ports import (
+    DecisionRecord,
+    Journal,
+    NewRemediation,
+    RemediationSummary,
+    ServiceFacts,
+    StoredSignal,
+)
+
+log = logging.getLogger(__name__)
+
+# Remediations older than this don't shape a decision: longer than the 24 h rate
+# limit and any sane cooldown. (Plans stay `planned` until the executor lands, and
+# would otherwise block their service forever.)
+HISTORY_WINDOW = timedelta(days=2)
+# Decisions that need no remediation row: nothing matched, or nothing could.
+_NOT_REMEDIATIONS = {NoActionReason.RESOLVED, NoActionReason.NO_RULE, NoActionReason.UNROUTABLE}
+_STATUS_FOR_HISTORY = {
+    "planned": RemediationStatus.OPEN,
+    "running": RemediationStatus.OPEN,
+    "needs_human": RemediationStatus.OPEN,  # blocks automation until people close it
+    "dry-run": RemediationStatus.SUCCEEDED,  # a simulation ends at once; cooldown applies
+    "succeeded": RemediationStatus.SUCCEEDED,
+    "failed": RemediationStatus.FAILED,
+    "cancelled": RemediationStatus.CANCELLED,
+}
+
+
+class UnknownFacts:
+    """ServiceFacts when no cluster is configured: replicas unknown."""
+
+    async def replicas(self, *, service: str, namespace: str) -> tuple[int, int | None] | None:
+        return None
+
+
+def remediation_id(signal_id: str) -> str:
+    return "rem_" + hashlib.blake2b(signal_id.encode(), digest_size=10).hexdigest()
+
+
+class DecisionEngine:
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        pack: RulePack,
+        facts: ServiceFacts,
+        dry_run: bool,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        batch_size: int = 500,
+        on_decision: Callable[[Decision], None] | None = None,
+    ) -> None:
+        self._journal = journal
+        self._pack = pack
+        self._facts = facts
+        self._dry_run = dry_run
+        self._clock = clock
+        self._batch_size = batch_size
+        self._on_decision = on_decision
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New signals were journaled (called by intake)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Root task: decide until cancelled; back off while the journal is unavailable."""
+        while True:
+            self._wake.clear()
+            try:
+                decided = await self.run_once()
+            except TemporaryError as exc:
+                log.warning("deciding paused, journal unavailable: %s", exc)
+                await asyncio.sleep(exc.delay)
+                continue
+            if decided == 0:
+                await self._wake.wait()
+
+    async def run_once(self) -> int:
+        """Decide one batch of undecided signals; return how many."""
+        stored = await self._journal.undecided_signals(limit=self._batch_size)
+        if not stored:
+            return 0
+        now = self._clock()
+        circuit = await self._circuit_state()
+        histories: dict[str, list[RemediationRecord]] = {}
+        records: list[DecisionRecord] = []
+        for item in stored:
+            signal = item.signal
+            history = await self._history(signal, histories, now=now)
+            state = await self._state(signal, history, circuit)
+            decision = decide(signal, pack=self._pack, state=state, now=now, dry_run=self._dry_run)
+            record = self._record(item, decision, now=now)
+            records.append(record)
+            remediation = record.remediation
+            if (
+                remediation is not None
+                and remediation.status != "skipped"
+                and remediation.action is not None
+                and signal.service
+            ):
+                status = _STATUS_FOR_HISTORY[remediation.status]
+                histories[signal.service].append(
+                    RemediationRecord(
+                        action=ActionKind(remediation.action),
+                        started_at=now,
+                        status=status,
+                        rule=remediation.rule,
+                        manual=remediation.manual,
+                    )
+                )
+                if remediation.automated and remediation.status == "planned":
+                    circuit = circuit.model_copy(
+                        update={"automated_action_times": (*circuit.automated_action_times, now)}
+                    )
+            if self._on_decision is not None:
+                self._on_decision(decision)
+        await self._journal.record_decisions(records, through_seq=stored[-1].seq)
+        await self._latch_circuit(circuit, now=now)
+        return len(stored)
+
+    # -- state -------------------------------------------------------------------------
+    async def _history(
+        self, signal: Signal, cache: dict[str, list[RemediationRecord]], *, now: datetime
+    ) -> list[RemediationRecord]:
+        if signal.service is None:
+            return []
+        if signal.service not in cache:
+            rows = await self._journal.remediation_history(
+                service=signal.service, since=now - HISTORY_WINDOW
+            )
+            cache[signal.service] = [r for r in map(_history_record, rows) if r is not None]
+        return cache[signal.service]
+
+    async def _state(
+        self, signal: Signal, history: list[RemediationRecord], circuit: CircuitState
+    ) -> ServiceState:
+        current: int | None = None
+        ceiling: int | None = None
+        spec = self._pack.services.get(signal.service) if signal.service else None
+        # Replicas only matter when an action could follow; resolved alerts never act.
+        if spec is not None and signal.service is not None and signal.status is not Status.RESOLVED:
+            facts = await self._facts.replicas(service=signal.service, namespace=spec.namespace)
+            if facts is not None:
+                current, ceiling = facts
+        return ServiceState(
+            current_replicas=current,
+            max_replicas=ceiling,
+            remediations=tuple(history),
+            circuit=circuit,
+        )
+
+    async def _circuit_state(self) -> CircuitState:
+        record = await self._journal.circuit()
+        since = record.changed_at
+        return CircuitState(
+            open=record.open,
+            automated_action_times=tuple(await self._journal.automated_actions_since(since=since)),
+            consecutive_failures=await self._journal.consecutive_failures(since=since),
+        )
+
+    async def _latch_circuit(self, circuit: CircuitState, *, now: datetime) -> None:
+        if circuit.open:
+            return
+        reason = circuit_trip_reason(circuit, limits=self._pack.defaults.circuit_breaker, now=now)
+        if reason is not None:
+            log.warning("circuit breaker opened: %s; only notifying until reset", reason)
+            await self._journal.set_circuit(open=True, reason=reason, at=now)
+
+    # -- records -----------------------------------------------------------------------
+    def _record(self, item: StoredSignal, decision: Decision, *, now: datetime) -> DecisionRecord:
+        signal = item.signal
+        text = explain(decision)
+        remediation: NewRemediation | None = None
+        reason: str | None
+        rule: str | None
+        if isinstance(decision, Plan):
+            outcome, reason, rule = "plan", None, decision.rule
+            remediation = self._remediation(
+                signal, decision, plan=decision, status="planned", reason=None, now=now, text=text
+            )
+        else:
+            outcome, reason, rule = "no_action", decision.reason.value, decision.rule
+            if decision.reason not in _NOT_REMEDIATIONS and signal.service is not None:
+                status = "dry-run" if decision.reason is NoActionReason.DRY_RUN else "skipped"
+                remediation = self._remediation(
+                    signal, decision, plan=decision.plan, status=status, reason=reason, now=now,
+                    text=text,
+                )  # fmt: skip
+        if outcome == "plan" or (remediation is not None and remediation.status == "dry-run"):
+            log.info("signal %s (%s, %s): %s", signal.id, signal.kind, signal.service,
+                     text.splitlines()[0])  # fmt: skip
+        return DecisionRecord(
+            signal_seq=item.seq,
+            signal_id=signal.id,
+            service=signal.service,
+            outcome=outcome,
+            reason=reason,
+            rule=rule,
+            decided_at=now,
+            explanation=text,
+            remediation=remediation,
+        )
+
+    def _remediation(
+        self,
+        signal: Signal,
+        decision: Decision,
+        *,
+        plan: Plan | None,
+        status: str,
+        reason: str | None,
+        now: datetime,
+        text: str,
+    ) -> NewRemediation:
+        assert signal.service is not None
+        manual = signal.source is Source.MANUAL
+        action = plan.action.value if plan is not None else None
+        spec = self._pack.services.get(signal.service)
+        return NewRemediation(
+            id=remediation_id(signal.id),
+            signal_id=signal.id,
+            service=signal.service,
+            namespace=plan.namespace if plan else (spec.namespace if spec else signal.namespace),
+            rule=decision.rule,
+            action=action,
+            status=status,
+            reason=reason,
+            manual=manual,
+            automated=not manual and action not in (None, ActionKind.NOTIFY_ONLY.value),
+            created_at=now,
+            decision=decision.to_dict(),
+            explanation=text,
+        )
+
+
+def _history_record(row: RemediationSummary) -> RemediationRecord | None:
+    status = _STATUS_FOR_HISTORY.get(row.status)
+    if status is None or row.action is None:
+        return None
+    return RemediationRecord(
+        action=ActionKind(row.action),
+        started_at=row.created_at,
+        status=status,
+        rule=row.rule,
+        manual=row.manual,
+    )
