@@ -1,0 +1,556 @@
+"""The decision: signal + rule pack + service state -> ``Plan`` or ``NoAction``.
+
+Pure: no clock (``now`` is passed in), no I/O. The engine persists what happens next
+(open remediations, the breaker) and feeds it back through ``ServiceState``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from remediator.domain.plans import (
+    ActionKind,
+    Decision,
+    NoAction,
+    NoActionReason,
+    ParamValue,
+    Plan,
+    Step,
+    StepKind,
+)
+from remediator.domain.rules.durations import format_duration
+from remediator.domain.rules.matchers import first_mismatch
+from remediator.domain.rules.model import (
+    BlueGreenRollback,
+    CanaryRollback,
+    Defaults,
+    HelmRollback,
+    RollingRollback,
+    Rule,
+    RulePack,
+    ServiceSpec,
+)
+from remediator.domain.rules.state import (
+    DeployRecord,
+    MigrationStatus,
+    RemediationStatus,
+    ServiceState,
+    circuit_trip_reason,
+    count_since,
+)
+from remediator.domain.signals import Signal, Source, Status
+
+_DAY = timedelta(days=1)
+
+
+def rule_mismatch(rule: Rule, signal: Signal) -> str | None:
+    """Why ``rule`` does not match ``signal`` (``None`` when it matches). Status is not
+    considered: a resolved alert still names its rule so the engine can close a watch."""
+    if not rule.enabled:
+        return "rule is disabled"
+    if signal.source is not rule.match.source:
+        return f"source is {signal.source.value}, rule wants {rule.match.source.value}"
+    if rule.match.kinds and signal.kind not in rule.match.kinds:
+        return f"{signal.kind!r} is not one of {list(rule.match.kinds)}"
+    if rule.match.services and signal.service not in rule.match.services:
+        return f"service {signal.service!r} is not one of {list(rule.match.services)}"
+    failed = first_mismatch(rule.match.matchers, signal.labels)
+    if failed is not None:
+        return f"matcher {failed} fails (label is {signal.labels.get(failed.name, '')!r})"
+    return None
+
+
+def match_rule(signal: Signal, *, pack: RulePack) -> Rule | None:
+    """The first matching rule in pack order (files in the order given, rules in file order)."""
+    return next((rule for rule in pack.rules if rule_mismatch(rule, signal) is None), None)
+
+
+def decide(
+    signal: Signal,
+    *,
+    pack: RulePack,
+    state: ServiceState,
+    now: datetime,
+    dry_run: bool = False,
+) -> Decision:
+    """Decide what to do about one signal.
+
+    ``dry_run`` is the daemon-wide switch; the pack's ``defaults.dry_run`` and the
+    rule's ``dry_run`` may also turn it on (a rule may turn the pack default off, never
+    the daemon-wide switch).
+    """
+    rule = match_rule(signal, pack=pack)
+    rule_name = rule.name if rule else None
+
+    def skip(reason: NoActionReason, detail: str, **extra: object) -> NoAction:
+        return NoAction.model_validate(
+            {
+                "reason": reason,
+                "detail": detail,
+                "rule": rule_name,
+                "service": signal.service,
+                "signal_id": signal.id,
+                **extra,
+            }
+        )
+
+    if signal.status is Status.RESOLVED:
+        return skip(
+            NoActionReason.RESOLVED,
+            f"{_describe(signal)} is resolved; resolved alerts never start actions",
+        )
+    if signal.service is None:
+        return skip(NoActionReason.UNROUTABLE, f"{_describe(signal)} names no service")
+    if rule is None:
+        return skip(NoActionReason.NO_RULE, f"no enabled rule matches {_describe(signal)}")
+    spec = pack.services.get(signal.service)
+    if spec is None:
+        return skip(NoActionReason.UNROUTABLE, f"service {signal.service!r} is not in the catalog")
+    if signal.namespace and signal.namespace != spec.namespace:
+        return skip(
+            NoActionReason.UNROUTABLE,
+            f"{_describe(signal)} is in namespace {signal.namespace!r}, but the catalog "
+            f"places {signal.service!r} in {spec.namespace!r}",
+        )
+
+    manual = signal.source is Source.MANUAL
+    automated = rule.action is not ActionKind.NOTIFY_ONLY and not manual
+    defaults = pack.defaults
+    if automated:
+        tripped = circuit_trip_reason(state.circuit, limits=defaults.circuit_breaker, now=now)
+        if tripped is not None:
+            return skip(
+                NoActionReason.CIRCUIT_OPEN,
+                f"{tripped}; only notifying about {_describe(signal)}",
+                notify=True,
+            )
+    open_ones = [r for r in state.remediations if r.status is RemediationStatus.OPEN]
+    if open_ones:
+        current = max(open_ones, key=lambda record: record.started_at)
+        return skip(
+            NoActionReason.IN_PROGRESS,
+            f"a {current.action.value} remediation for {signal.service!r} started "
+            f"{current.started_at.isoformat()} is still open",
+        )
+
+    built = _Context(signal=signal, rule=rule, spec=spec, state=state, pack=pack).build()
+    if isinstance(built, NoAction):
+        return built
+    if not manual:
+        held = _cooldown_detail(built, rule=rule, state=state, defaults=defaults, now=now)
+        if held is not None:
+            return skip(NoActionReason.COOLDOWN, held, plan=built)
+    if automated and built.automated:
+        held = _rate_limit_detail(built, state=state, defaults=defaults, now=now)
+        if held is not None:
+            return skip(NoActionReason.RATE_LIMITED, held, plan=built, notify=True)
+    dry_run_source = _dry_run_source(rule=rule, defaults=defaults, daemon_dry_run=dry_run)
+    if dry_run_source is not None:
+        return skip(
+            NoActionReason.DRY_RUN,
+            f"{dry_run_source}; the plan is recorded, not executed",
+            plan=built.model_copy(update={"dry_run": True}),
+        )
+    return built
+
+
+def _cooldown_detail(
+    plan: Plan, *, rule: Rule, state: ServiceState, defaults: Defaults, now: datetime
+) -> str | None:
+    """Why the same action may not run again yet for this service, if it may not."""
+    cooldown = rule.cooldown if rule.cooldown is not None else defaults.cooldown
+    last = max((r.started_at for r in state.remediations if r.action is plan.action), default=None)
+    if last is None or now - last >= cooldown:
+        return None
+    return (
+        f"{plan.action.value} ran for {plan.service!r} at {last.isoformat()}, "
+        f"within the {format_duration(cooldown)} cooldown"
+    )
+
+
+def _rate_limit_detail(
+    plan: Plan, *, state: ServiceState, defaults: Defaults, now: datetime
+) -> str | None:
+    """Why the service has had enough actions for a day, if it has."""
+    limit = defaults.max_actions_per_service_per_day
+    started = tuple(
+        r.started_at
+        for r in state.remediations
+        if r.action is not ActionKind.NOTIFY_ONLY and r.status is not RemediationStatus.CANCELLED
+    )
+    recent = count_since(started, now=now, window=_DAY)
+    if recent < limit:
+        return None
+    return f"{recent} actions for {plan.service!r} in the last 24h (limit {limit})"
+
+
+def _dry_run_source(*, rule: Rule, defaults: Defaults, daemon_dry_run: bool) -> str | None:
+    """Who asked for dry-run, if anyone. A rule may lift the pack default, not the daemon's."""
+    if daemon_dry_run:
+        return "the daemon runs in dry-run mode"
+    if rule.dry_run:
+        return f"rule {rule.name} is dry-run"
+    if defaults.dry_run and rule.dry_run is not False:
+        return "the rule pack defaults to dry-run"
+    return None
+
+
+def _describe(signal: Signal) -> str:
+    target = f"{signal.namespace or '?'}/{signal.service or '?'}"
+    if signal.source is Source.ALERTMANAGER:
+        return f"alert {signal.kind} ({signal.status.value}) for {target}"
+    if signal.source is Source.KAFKA:
+        return f"event {signal.kind} for {target}"
+    return f"manual request {signal.kind} for {target}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Context:
+    signal: Signal
+    rule: Rule
+    spec: ServiceSpec
+    state: ServiceState
+    pack: RulePack
+
+    @property
+    def service(self) -> str:
+        assert self.signal.service is not None
+        return self.signal.service
+
+    def build(self) -> Plan | NoAction:
+        action = self.rule.action
+        if action is ActionKind.ROLLBACK:
+            return self._rollback(why=f"{_describe(self.signal)} asks for a rollback")
+        if action is ActionKind.SCALE_UP:
+            return self._scale_up(why=f"{_describe(self.signal)} asks for more replicas")
+        if action is ActionKind.SCALE_OR_ROLLBACK:
+            return self._scale_or_rollback()
+        if action is ActionKind.REVERT_MIGRATION:
+            return self._revert_migration()
+        if action is ActionKind.RESTORE_CONFIG:
+            return self._restore_config()
+        return self._plan(
+            ActionKind.NOTIFY_ONLY,
+            [self._notify(self.rule.description or f"rule {self.rule.name} only notifies")],
+            explanation=f"{_describe(self.signal)}: rule {self.rule.name} only notifies",
+        )
+
+    # --- building blocks ---------------------------------------------------------------
+
+    def _skip(self, reason: NoActionReason, detail: str, *, notify: bool = False) -> NoAction:
+        return NoAction(
+            reason=reason,
+            detail=detail,
+            rule=self.rule.name,
+            service=self.service,
+            signal_id=self.signal.id,
+            notify=notify,
+        )
+
+    def _plan(self, action: ActionKind, steps: list[Step], *, explanation: str) -> Plan:
+        require = self.rule.require_approval
+        if require is None:
+            require = self.pack.defaults.require_approval
+        approvers = self.rule.approvers if self.rule.approvers is not None else self.spec.approvers
+        return Plan(
+            service=self.service,
+            namespace=self.spec.namespace,
+            rule=self.rule.name,
+            requested_action=self.rule.action,
+            action=action,
+            steps=tuple(steps),
+            require_approval=require,
+            approvers=approvers,
+            signal_id=self.signal.id,
+            explanation=explanation,
+        )
+
+    def _step(self, kind: StepKind, reason: str, **params: ParamValue) -> Step:
+        return Step(kind=kind, params={"namespace": self.spec.namespace, **params}, reason=reason)
+
+    def _notify(self, reason: str) -> Step:
+        return self._step(StepKind.NOTIFY, reason, service=self.service, signal=self.signal.kind)
+
+    def _verify(self) -> list[Step]:
+        if self.spec.health_url is None:
+            return []
+        return [
+            self._step(
+                StepKind.VERIFY_HEALTH,
+                "every change is verified before it counts as done",
+                url=self.spec.health_url,
+            )
+        ]
+
+    # --- rollback -------------------------------------------------------------------
+
+    def _rollback_target(self) -> tuple[DeployRecord, DeployRecord] | str:
+        """(current, target) or why there is no revision it is safe to go back to."""
+        deploys = self.state.deploys_newest_first()
+        if not deploys:
+            return f"no deploy of {self.service!r} is recorded, so no known revision to return to"
+        current = deploys[0]
+        limit = self.spec.max_revisions_back or self.pack.defaults.max_revisions_back
+        candidates = deploys[1 : 1 + limit]
+        for deploy in candidates:
+            if deploy.healthy is True and deploy.revision != current.revision:
+                return current, deploy
+        seen = ", ".join(f"{d.revision} ({_health(d)})" for d in candidates) or "none"
+        return (
+            f"no revision recorded healthy among the last {limit} before the current "
+            f"{current.revision} (seen: {seen})"
+        )
+
+    def _rollback(self, *, why: str) -> Plan | NoAction:
+        found = self._rollback_target()
+        if isinstance(found, str):
+            return self._skip(NoActionReason.OUTSIDE_ROLLBACK_WINDOW, found, notify=True)
+        current, target = found
+        steps = self._rollback_steps(current=current, target=target)
+        steps += [*self._verify(), self._notify("people hear about every automated change")]
+        return self._plan(
+            ActionKind.ROLLBACK,
+            steps,
+            explanation=f"{why}; rolling back from {_label(current)} to {_label(target)}, "
+            f"the newest revision recorded healthy",
+        )
+
+    def _rollback_steps(self, *, current: DeployRecord, target: DeployRecord) -> list[Step]:
+        strategy = self.spec.rollback
+        to_target = f"{_label(target)} is the newest revision recorded healthy"
+        if isinstance(strategy, RollingRollback):
+            deployment = strategy.deployment or self.spec.workload
+            return [
+                self._step(
+                    StepKind.ROLLOUT_UNDO,
+                    f"{_label(current)} is failing; {to_target}",
+                    deployment=deployment,
+                    from_revision=current.revision,
+                    to_revision=target.revision,
+                ),
+                self._step(
+                    StepKind.WAIT_ROLLOUT,
+                    "the rollback is done only when the old revision's pods are all ready",
+                    deployment=deployment,
+                ),
+            ]
+        if isinstance(strategy, BlueGreenRollback):
+            return [
+                self._step(
+                    StepKind.SWITCH_SELECTOR,
+                    f"traffic goes back to the previous colour; {to_target}",
+                    service_name=strategy.service_name,
+                    selector_label=strategy.selector_label,
+                    from_value=current.revision,
+                    to_value=target.revision,
+                )
+            ]
+        if isinstance(strategy, CanaryRollback):
+            return [
+                self._step(
+                    StepKind.SET_ROUTE_WEIGHTS,
+                    "the canary gets no more traffic",
+                    route=strategy.route_name,
+                    canary_weight=0,
+                    stable_weight=100,
+                ),
+                self._step(
+                    StepKind.SCALE_DEPLOYMENT,
+                    f"the stable version carries all traffic again; {to_target}",
+                    deployment=strategy.stable_deployment,
+                    replicas=self.state.current_replicas,
+                ),
+                self._step(
+                    StepKind.SCALE_DEPLOYMENT,
+                    "the failing canary is stopped",
+                    deployment=strategy.canary_deployment,
+                    replicas=0,
+                ),
+            ]
+        assert isinstance(strategy, HelmRollback)
+        return [
+            self._step(
+                StepKind.HELM_ROLLBACK,
+                f"{_label(current)} is failing; {to_target}",
+                release=strategy.release,
+                from_revision=current.revision,
+                to_revision=target.revision,
+            ),
+            self._step(
+                StepKind.WAIT_ROLLOUT,
+                "the rollback is done only when the old revision's pods are all ready",
+                deployment=self.spec.workload,
+            ),
+        ]
+
+    # --- scale ----------------------------------------------------------------------
+
+    def _scale_up(self, *, why: str) -> Plan | NoAction:
+        scale = self.spec.scale
+        if scale is None:
+            return self._skip(
+                NoActionReason.NOT_APPLICABLE, f"service {self.service!r} has no scale bounds"
+            )
+        current = self.state.current_replicas
+        if current is None:
+            return self._skip(
+                NoActionReason.NOT_APPLICABLE,
+                f"the current replica count of {self.service!r} is unknown",
+            )
+        maximum = scale.max_replicas
+        if self.state.max_replicas is not None:
+            maximum = min(maximum, self.state.max_replicas)
+        if current >= maximum:
+            return self._skip(
+                NoActionReason.ESCALATED,
+                f"{why}, but {self.service!r} already runs {current} replicas "
+                f"(max {maximum}); escalating to people",
+                notify=True,
+            )
+        target = min(current + scale.step, maximum)
+        steps = [
+            self._step(
+                StepKind.SCALE_DEPLOYMENT,
+                f"{why}; adding {target - current} replica(s), bounded by max {maximum}",
+                deployment=self.spec.workload,
+                from_replicas=current,
+                replicas=target,
+            ),
+            self._notify("people hear about every automated change"),
+        ]
+        return self._plan(
+            ActionKind.SCALE_UP,
+            steps,
+            explanation=f"{why}; scaling {self.spec.workload} from {current} to {target}",
+        )
+
+    def _scale_or_rollback(self) -> Plan | NoAction:
+        window = self.pack.defaults.recent_deploy_window
+        started = self.signal.starts_at or self.signal.received_at
+        deploys = self.state.deploys_newest_first()
+        recent = next((d for d in deploys if started - window <= d.finished_at <= started), None)
+        signal = _describe(self.signal)
+        # Only when that deploy is still the newest: a later deploy means people have
+        # already shipped something on top, and undoing it blindly could undo a fix.
+        if recent is not None and recent is deploys[0]:
+            return self._rollback(
+                why=f"{signal} started {format_duration(started - recent.finished_at)} after "
+                f"deploy {_label(recent)} finished (within {format_duration(window)}), so the "
+                f"deploy is the likely cause"
+            )
+        return self._scale_up(
+            why=f"{signal} with no deploy finished in the {format_duration(window)} before "
+            f"it started, so load is the likely cause"
+        )
+
+    # --- database and config -----------------------------------------------------------
+
+    def _revert_migration(self) -> Plan | NoAction:
+        database = self.spec.database
+        if database is None:
+            return self._skip(
+                NoActionReason.NOT_APPLICABLE,
+                f"service {self.service!r} has no database settings",
+            )
+        labels = self.signal.labels
+        failed = [m for m in self.state.migrations if m.status is MigrationStatus.FAILED]
+        failed.sort(key=lambda m: m.at)
+        migration_id = labels.get("migration") or (failed[-1].id if failed else None)
+        if not migration_id:
+            return self._skip(
+                NoActionReason.NOT_APPLICABLE,
+                f"no failed migration of {self.service!r} is known (no 'migration' label, "
+                f"none recorded failed)",
+            )
+        record = next((m for m in failed if m.id == migration_id), None)
+        version = labels.get("version") or (record.version if record else None)
+        deploys = self.state.deploys_newest_first()
+        rolled_out = version is not None and bool(deploys) and deploys[0].version == version
+        steps = [
+            self._step(
+                StepKind.BACKUP_DATABASE,
+                "always back up before reverting a migration",
+                engine=database.engine,
+                dsn_secret=database.dsn_secret,
+                before_migration=migration_id,
+            )
+        ]
+        explanation = f"{_describe(self.signal)}: reverting migration {migration_id}"
+        if rolled_out:
+            found = self._rollback_target()
+            if isinstance(found, str):
+                return self._skip(
+                    NoActionReason.OUTSIDE_ROLLBACK_WINDOW,
+                    f"release {version} already rolled out and must be rolled back before "
+                    f"its migration is reverted, but {found}",
+                    notify=True,
+                )
+            current, target = found
+            rollback = self._rollback_steps(current=current, target=target)
+            # The new code expects the new schema: take it out before the schema goes.
+            steps += [
+                s.model_copy(update={"reason": f"release {version} already rolled out; {s.reason}"})
+                for s in rollback
+            ]
+            explanation += f", after rolling the application back to {_label(target)}"
+        steps += [
+            self._step(
+                StepKind.REVERT_MIGRATION,
+                f"migration {migration_id} failed; its down script restores the schema",
+                engine=database.engine,
+                dsn_secret=database.dsn_secret,
+                migrations_table=database.migrations_table,
+                migration=migration_id,
+            ),
+            *self._verify(),
+            self._notify("people hear about every automated change"),
+        ]
+        return self._plan(ActionKind.REVERT_MIGRATION, steps, explanation=explanation)
+
+    def _restore_config(self) -> Plan | NoAction:
+        config = self.spec.config
+        if config is None:
+            return self._skip(
+                NoActionReason.NOT_APPLICABLE,
+                f"service {self.service!r} lists no configmaps to restore",
+            )
+        steps: list[Step] = []
+        for name in config.configmaps:
+            steps.append(
+                self._step(
+                    StepKind.EXPORT_CONFIG,
+                    "keep the current config for the record and to undo the restore",
+                    configmap=name,
+                )
+            )
+            steps.append(
+                self._step(
+                    StepKind.RESTORE_CONFIG,
+                    "apply the previous version of the config",
+                    configmap=name,
+                    to="previous",
+                )
+            )
+        steps += [
+            self._step(
+                StepKind.RESTART_WORKLOAD,
+                "pods read config at start, so they restart to pick up the restored one",
+                deployment=self.spec.workload,
+            ),
+            *self._verify(),
+            self._notify("people hear about every automated change"),
+        ]
+        return self._plan(
+            ActionKind.RESTORE_CONFIG,
+            steps,
+            explanation=f"{_describe(self.signal)}: restoring the previous config",
+        )
+
+
+def _label(deploy: DeployRecord) -> str:
+    return f"revision {deploy.revision}" + (f" ({deploy.version})" if deploy.version else "")
+
+
+def _health(deploy: DeployRecord) -> str:
+    return {True: "healthy", False: "unhealthy", None: "not verified"}[deploy.healthy]

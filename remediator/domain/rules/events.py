@@ -1,0 +1,199 @@
+"""CloudEvents (structured mode) from Kafka -> ``Signal``.
+
+Event kinds use one naming: bare dotted names such as ``deployment.succeeded``,
+``deployment.failed``, ``migration.failed``. Producers may prefix them with
+``io.remediator.`` (the prefix is dropped). CDEvents are mapped onto the same names:
+``dev.cdevents.service.deployed|upgraded.*`` -> ``deployment.succeeded``,
+``dev.cdevents.service.rolledback.*`` -> ``deployment.rolledback``,
+``dev.cdevents.service.removed.*`` -> ``deployment.removed``; other CDEvents become
+``cdevents.<subject>.<predicate>``. The original type stays in label ``event_type``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from remediator.domain.errors import InvalidInput
+from remediator.domain.rules.state import DeployRecord, MigrationRecord, MigrationStatus
+from remediator.domain.signals import Signal, Source, Status
+
+NATIVE_PREFIX = "io.remediator."
+CDEVENTS_PREFIX = "dev.cdevents."
+_CDEVENT_KINDS = {
+    ("service", "deployed"): "deployment.succeeded",
+    ("service", "upgraded"): "deployment.succeeded",
+    ("service", "rolledback"): "deployment.rolledback",
+    ("service", "removed"): "deployment.removed",
+}
+# Scalar fields of native event data that become labels (rules match on them).
+_NATIVE_FIELDS = (
+    "service",
+    "namespace",
+    "version",
+    "revision",
+    "previous_revision",
+    "migration",
+    "environment",
+    "outcome",
+    "reason",
+)
+
+
+def event_kind(cloudevent_type: str) -> str:
+    """The kind rules match on, for a CloudEvents ``type``."""
+    if cloudevent_type.startswith(NATIVE_PREFIX):
+        return cloudevent_type.removeprefix(NATIVE_PREFIX)
+    if cloudevent_type.startswith(CDEVENTS_PREFIX):
+        parts = cloudevent_type.removeprefix(CDEVENTS_PREFIX).split(".")
+        if len(parts) >= 2:
+            subject, predicate = parts[0], parts[1]
+            return _CDEVENT_KINDS.get((subject, predicate), f"cdevents.{subject}.{predicate}")
+    return cloudevent_type
+
+
+def signal_from_cloudevent(event: Mapping[str, Any], *, received_at: datetime) -> Signal:
+    """Map one structured-mode CloudEvent to a ``Signal``; ``InvalidInput`` if it is not one.
+
+    ``key`` is CloudEvents' own identity (``source`` + ``id``), so redeliveries dedupe.
+    """
+    for attribute in ("specversion", "id", "type", "source"):
+        value = event.get(attribute)
+        if not isinstance(value, str) or not value:
+            raise InvalidInput("required CloudEvents attribute missing or empty", where=attribute)
+    ce_type, ce_source, ce_id = str(event["type"]), str(event["source"]), str(event["id"])
+    data = _data(event)
+    if ce_type.startswith(CDEVENTS_PREFIX):
+        labels = _cdevent_labels(data)
+    else:
+        labels = {
+            name: _text(data[name])
+            for name in _NATIVE_FIELDS
+            if name in data and data[name] is not None and not isinstance(data[name], dict | list)
+        }
+    if "service" not in labels and isinstance(event.get("subject"), str) and event["subject"]:
+        labels["service"] = str(event["subject"])  # CloudEvents' subject names the service
+    kind = event_kind(ce_type)
+    labels["event_type"] = ce_type
+    labels["event_source"] = ce_source
+    annotations = {
+        name: _text(data[name])
+        for name in ("message", "error", "url")
+        if isinstance(data.get(name), str | int | float)
+    }
+    return Signal(
+        key=f"ce\x1f{ce_source}\x1f{ce_id}",
+        source=Source.KAFKA,
+        kind=kind,
+        status=Status.EVENT,
+        service=labels.get("service") or None,
+        namespace=labels.get("namespace") or None,
+        labels=labels,
+        annotations=annotations,
+        starts_at=_time(event.get("time")),
+        ends_at=None,
+        received_at=received_at,
+        raw=dict(event),
+    )
+
+
+def _data(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = event.get("data")
+    if isinstance(data, str):  # some producers put JSON text in data
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise InvalidInput("data is text but not JSON", where="data") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise InvalidInput("data must be a JSON object", where="data")
+    return data
+
+
+def _cdevent_labels(data: Mapping[str, Any]) -> dict[str, str]:
+    subject = data.get("subject") if isinstance(data.get("subject"), Mapping) else {}
+    assert isinstance(subject, Mapping)
+    content = subject.get("content") if isinstance(subject.get("content"), Mapping) else {}
+    assert isinstance(content, Mapping)
+    labels: dict[str, str] = {}
+    subject_id = subject.get("id")
+    if isinstance(subject_id, str) and subject_id:
+        # CDEvents service ids are often paths such as "service/checkout".
+        labels["service"] = subject_id.rstrip("/").rsplit("/", 1)[-1]
+    environment = content.get("environment")
+    if isinstance(environment, Mapping) and isinstance(environment.get("id"), str):
+        labels["namespace"] = str(environment["id"]).rstrip("/").rsplit("/", 1)[-1]
+    artifact = content.get("artifactId")
+    if isinstance(artifact, str) and artifact:
+        labels["artifact"] = artifact
+        # purl: pkg:oci/checkout@v1.4.2?repository_url=... -> v1.4.2
+        if "@" in artifact:
+            labels["version"] = artifact.rsplit("@", 1)[1].split("?", 1)[0]
+    custom = data.get("customData")
+    if isinstance(custom, Mapping):
+        for name in _NATIVE_FIELDS:
+            value = custom.get(name)
+            if value is not None and not isinstance(value, dict | list):
+                labels.setdefault(name, _text(value))
+    return labels
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"not an RFC 3339 time: {value!r}", where="time") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"time needs a UTC offset: {value!r}", where="time")
+    return parsed
+
+
+DEPLOY_SUCCEEDED = "deployment.succeeded"
+MIGRATION_KINDS = {
+    "migration.failed": "failed",
+    "migration.succeeded": "applied",
+    "migration.applied": "applied",
+    "migration.reverted": "reverted",
+}
+
+
+def deploy_record_from_signal(signal: Signal) -> DeployRecord | None:
+    """The deploy a ``deployment.succeeded`` event reports, for the service's history.
+
+    ``healthy`` stays unknown: only the engine's later verification may mark it healthy,
+    and only healthy revisions are ever rollback targets.
+    """
+    revision = signal.labels.get("revision") or signal.labels.get("version")
+    if signal.kind != DEPLOY_SUCCEEDED or not revision:
+        return None
+    return DeployRecord(
+        revision=revision,
+        version=signal.labels.get("version"),
+        finished_at=signal.starts_at or signal.received_at,
+        previous_revision=signal.labels.get("previous_revision"),
+    )
+
+
+def migration_record_from_signal(signal: Signal) -> MigrationRecord | None:
+    """The migration outcome a ``migration.*`` event reports, for the service's history."""
+    status = MIGRATION_KINDS.get(signal.kind)
+    migration = signal.labels.get("migration")
+    if status is None or not migration:
+        return None
+    return MigrationRecord(
+        id=migration,
+        status=MigrationStatus(status),
+        at=signal.starts_at or signal.received_at,
+        version=signal.labels.get("version"),
+    )

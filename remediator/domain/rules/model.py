@@ -1,0 +1,211 @@
+"""Schema of rule files: the service catalog, remediation rules and defaults.
+
+Every model forbids unknown fields so a typo is reported with its name instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+
+from remediator.domain.plans import ActionKind
+from remediator.domain.rules.durations import format_duration, parse_duration
+from remediator.domain.rules.matchers import Matcher, parse_matcher
+from remediator.domain.signals import Source
+
+
+def _to_duration(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, bool):  # bool is an int; "true" is never a duration
+        raise ValueError("a duration must be text like 30m or a number of seconds")
+    return value
+
+
+def _to_matcher(value: Any) -> Matcher:
+    if isinstance(value, Matcher):
+        return value
+    if not isinstance(value, str):
+        raise ValueError('a matcher must be a string like severity=~"critical|page"')
+    return parse_matcher(value)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_to_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["30m", "1h30m"]}),
+]
+MatcherField = Annotated[
+    Matcher,
+    PlainValidator(_to_matcher),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ['severity=~"critical|page"']}),
+]
+# DNS-1123 label/subdomain: what Kubernetes accepts for names of the objects we touch.
+K8sName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+]
+LabelKey = Annotated[
+    str, StringConstraints(pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+]
+RuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=100)]
+Text = Annotated[str, StringConstraints(min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- catalog -------------------------------------------------------------------------
+
+
+class RollingRollback(_Strict):
+    """``kubectl rollout undo`` on the workload (or ``deployment`` when it differs)."""
+
+    strategy: Literal["rolling"]
+    deployment: K8sName | None = None
+
+
+class BlueGreenRollback(_Strict):
+    """Point the Service's selector back at the previous colour/version."""
+
+    strategy: Literal["blue-green"]
+    service_name: K8sName
+    selector_label: LabelKey
+
+
+class CanaryRollback(_Strict):
+    """Canary weight to 0 on the HTTPRoute, stable scaled up, canary scaled to 0."""
+
+    strategy: Literal["canary"]
+    route_name: K8sName
+    canary_deployment: K8sName
+    stable_deployment: K8sName
+
+
+class HelmRollback(_Strict):
+    """``helm rollback RELEASE REVISION``."""
+
+    strategy: Literal["helm"]
+    release: K8sName
+
+
+RollbackSpec = Annotated[
+    RollingRollback | BlueGreenRollback | CanaryRollback | HelmRollback,
+    Field(discriminator="strategy"),
+]
+
+
+class ScaleSpec(_Strict):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(ge=1)
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ScaleSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class DatabaseSpec(_Strict):
+    engine: Literal["postgres", "mysql"]
+    dsn_secret: K8sName  # Secret holding the connection string; never the DSN itself
+    migrations_table: Text = "schema_migrations"
+
+
+class ConfigSpec(_Strict):
+    configmaps: tuple[K8sName, ...] = Field(min_length=1)
+
+
+class ServiceSpec(_Strict):
+    namespace: K8sName
+    workload: K8sName  # the Deployment that serves the service
+    rollback: RollbackSpec
+    scale: ScaleSpec | None = None
+    database: DatabaseSpec | None = None
+    config: ConfigSpec | None = None
+    health_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")] | None = None
+    approvers: tuple[Text, ...] = ()
+    max_revisions_back: int | None = Field(default=None, ge=1)
+
+
+# --- rules ---------------------------------------------------------------------------
+
+
+class MatchSpec(_Strict):
+    """All given conditions must hold (empty ``kinds``/``matchers``/``services`` = any)."""
+
+    source: Source
+    kinds: tuple[Text, ...] = ()  # alertnames, event types or manual request kinds
+    matchers: tuple[MatcherField, ...] = ()
+    services: tuple[K8sName, ...] = ()
+
+
+class Rule(_Strict):
+    name: RuleName
+    description: str = ""
+    match: MatchSpec
+    action: ActionKind
+    enabled: bool = True
+    cooldown: Duration | None = None
+    dry_run: bool | None = None
+    require_approval: bool | None = None
+    approvers: tuple[Text, ...] | None = None
+    approval_timeout: Duration | None = None  # how fast approvers are expected to answer
+
+
+# --- defaults ------------------------------------------------------------------------
+
+
+class CircuitBreakerSpec(_Strict):
+    max_actions: int = Field(default=10, ge=1)  # automated actions, all services, per window
+    window: Duration = timedelta(hours=1)
+    max_consecutive_failures: int = Field(default=3, ge=1)
+
+
+class Defaults(_Strict):
+    recent_deploy_window: Duration = timedelta(minutes=30)
+    cooldown: Duration = timedelta(minutes=30)
+    max_actions_per_service_per_day: int = Field(default=3, ge=1)
+    max_revisions_back: int = Field(default=5, ge=1)
+    dry_run: bool = False
+    require_approval: bool = False
+    circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
+
+
+# --- files and packs -----------------------------------------------------------------
+
+
+class RuleFile(_Strict):
+    """One YAML file; a pack is any number of these merged."""
+
+    services: dict[K8sName, ServiceSpec] = {}
+    rules: tuple[Rule, ...] = ()
+    defaults: Defaults | None = None
+
+
+class RulePack(_Strict):
+    services: Mapping[str, ServiceSpec]
+    rules: tuple[Rule, ...]
+    defaults: Defaults = Defaults()
+    # rule name -> "file:line", so explanations can point at the rule's source.
+    origins: Mapping[str, str] = {}
+
+    def rule(self, name: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.name == name), None)
