@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", default=None, help="Decide, change nothing.")
     run.add_argument("--log-format", choices=["text", "json"], help="Log format (default text).")
     run.add_argument(
+        "--kafka-bootstrap",
+        metavar="HOST:PORT[,...]",
+        help="Kafka brokers for deploy events and outcome events (default: none, webhook-only).",
+    )
+    run.add_argument(
         "--insecure-no-auth",
         action="store_true",
         default=None,
@@ -151,6 +156,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["rules_path"] = args.rules
     if getattr(args, "dry_run", None):
         out["dry_run"] = True
+    if getattr(args, "kafka_bootstrap", None):
+        out["kafka"] = {"bootstrap_servers": args.kafka_bootstrap}
     if getattr(args, "log_format", None):
         out["log"] = {"format": args.log_format}
     return out

@@ -88,6 +88,34 @@ class Page:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxMessage:
+    """Something to publish at least once; ``id`` makes redelivery detectable downstream."""
+
+    id: str
+    channel: str  # "kafka:<topic>", later "slack", "email"
+    key: str | None
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingMessage:
+    seq: int
+    message: OutboxMessage
+    attempts: int
+
+
+class EventPublisher(Protocol):
+    """Delivers outbox messages of one channel (e.g. a Kafka topic)."""
+
+    channel: str
+
+    async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+        """Deliver all or raise (TemporaryError: retry later; nothing is marked done)."""
+        ...
+
+
 class ServiceFacts(Protocol):
     """Live facts about a workload (Kubernetes); ``None`` when unknown."""
 
@@ -135,9 +163,37 @@ class Journal(Protocol):
         ...
 
     async def record_decisions(
-        self, decisions: Sequence[DecisionRecord], *, through_seq: int
+        self,
+        decisions: Sequence[DecisionRecord],
+        *,
+        through_seq: int,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> None:
-        """Store decisions and their remediations and move the cursor, atomically."""
+        """Store decisions, their remediations and outbox messages, and move the cursor,
+        atomically."""
+        ...
+
+    async def service_events(
+        self, *, service: str, kinds: Sequence[str], limit: int = 50
+    ) -> list[Signal]:
+        """Journaled signals of these kinds for a service (deploys, migrations), newest first."""
+        ...
+
+    # -- outbox ----------------------------------------------------------------------
+    async def enqueue(self, messages: Sequence[OutboxMessage]) -> None:
+        """Add messages to the outbox (ids already present are ignored)."""
+        ...
+
+    async def pending(self, *, channel: str, limit: int) -> list[PendingMessage]:
+        """Unpublished messages of a channel, oldest first."""
+        ...
+
+    async def mark_published(self, *, ids: Sequence[str], at: datetime) -> None: ...
+
+    async def mark_failed_attempt(self, *, ids: Sequence[str], error: str) -> None: ...
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        """Unpublished message count per channel (for metrics)."""
         ...
 
     async def remediation_history(

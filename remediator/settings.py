@@ -9,11 +9,20 @@ from __future__ import annotations
 import ipaddress
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -99,6 +108,52 @@ class SignalSettings(_Group):
     )
 
 
+def _comma_list(value: Any) -> Any:
+    """Accept "a:9092,b:9092" (flags, env) as well as a YAML/JSON list."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
+
+
+class KafkaSettings(_Group):
+    """Deploy events in, outcome events out. Empty bootstrap_servers: webhook-only."""
+
+    bootstrap_servers: CommaList = Field((), description="HOST:PORT[,HOST:PORT...]")
+    deploy_topics: CommaList = Field(("deployments",), description="Topics of deploy events.")
+    outcome_topic: str = Field("remediator.outcomes", description="Topic for outcome events.")
+    group_id: str = Field("remediator", description="Consumer group of every replica.")
+    client_id: str = "remediator"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    max_delivery_attempts: int = Field(
+        5, ge=1, description="Failures of one message before it goes to <topic><dlq_suffix>."
+    )
+    dlq_suffix: str = Field(".dlq", min_length=1)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bootstrap_servers)
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and (
+            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password"
+            )
+        return self
+
+
 class LogSettings(_Group):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -117,6 +172,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     journal: JournalSettings = JournalSettings()
     signals: SignalSettings = SignalSettings()
+    kafka: KafkaSettings = KafkaSettings()
     log: LogSettings = LogSettings()
     rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
     dry_run: bool = Field(False, description="Decide and record, but change nothing.")

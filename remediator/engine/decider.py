@@ -19,21 +19,27 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from remediator.domain.errors import TemporaryError
+from remediator.domain.outcomes import outcome_event
 from remediator.domain.plans import ActionKind, Decision, NoActionReason, Plan, explain
 from remediator.domain.rules import (
     CircuitState,
+    DeployRecord,
+    MigrationRecord,
     RemediationRecord,
     RemediationStatus,
     RulePack,
     ServiceState,
     circuit_trip_reason,
     decide,
+    deploy_record_from_signal,
+    migration_record_from_signal,
 )
 from remediator.domain.signals import Signal, Source, Status
 from remediator.ports import (
     DecisionRecord,
     Journal,
     NewRemediation,
+    OutboxMessage,
     RemediationSummary,
     ServiceFacts,
     StoredSignal,
@@ -58,6 +64,33 @@ _STATUS_FOR_HISTORY = {
 }
 
 
+HISTORY_KINDS = ("deployment.succeeded", "migration.started", "migration.applied",
+                 "migration.failed")  # fmt: skip
+HISTORY_EVENTS = 50
+
+
+def mark_healthy(
+    deploys: list[DeployRecord], *, alerts_between: list[datetime]
+) -> tuple[DeployRecord, ...]:
+    """A deploy counts as healthy once a later deploy replaced it with no alert that the
+    rules act on firing in between: it served, and nobody had to be woken for it.
+
+    The newest deploy stays unknown (it is the one under suspicion). A deploy the CD
+    pipeline itself reported healthy keeps that verdict.
+    """
+    ordered = sorted(deploys, key=lambda d: d.finished_at)
+    marked = []
+    successors: list[DeployRecord | None] = [*ordered[1:], None]
+    for current, following in zip(ordered, successors[: len(ordered)], strict=True):
+        if current.healthy is None and following is not None:
+            clean = not any(
+                current.finished_at <= t < following.finished_at for t in alerts_between
+            )
+            current = current.model_copy(update={"healthy": clean})
+        marked.append(current)
+    return tuple(marked)
+
+
 class UnknownFacts:
     """ServiceFacts when no cluster is configured: replicas unknown."""
 
@@ -80,6 +113,7 @@ class DecisionEngine:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         batch_size: int = 500,
         on_decision: Callable[[Decision], None] | None = None,
+        outcome_channel: str | None = None,
     ) -> None:
         self._journal = journal
         self._pack = pack
@@ -88,7 +122,12 @@ class DecisionEngine:
         self._clock = clock
         self._batch_size = batch_size
         self._on_decision = on_decision
+        self._outcome_channel = outcome_channel
         self._wake = asyncio.Event()
+        self._alert_kinds = {
+            kind for rule in pack.rules if rule.match.source == "alertmanager"
+            for kind in rule.match.kinds
+        }  # fmt: skip
 
     def wake(self) -> None:
         """New signals were journaled (called by intake)."""
@@ -146,9 +185,35 @@ class DecisionEngine:
                     )
             if self._on_decision is not None:
                 self._on_decision(decision)
-        await self._journal.record_decisions(records, through_seq=stored[-1].seq)
+        await self._journal.record_decisions(
+            records, through_seq=stored[-1].seq, outbox=self._outcome_messages(records)
+        )
         await self._latch_circuit(circuit, now=now)
         return len(stored)
+
+    def _outcome_messages(self, records: list[DecisionRecord]) -> list[OutboxMessage]:
+        if self._outcome_channel is None:
+            return []
+        messages = []
+        for record in records:
+            r = record.remediation
+            if r is None:
+                continue
+            event = outcome_event(
+                remediation_id=r.id, status=r.status, service=r.service, namespace=r.namespace,
+                rule=r.rule, action=r.action, reason=r.reason, signal_id=r.signal_id,
+                explanation=r.explanation, at=r.created_at,
+            )  # fmt: skip
+            messages.append(
+                OutboxMessage(
+                    id=event["id"],
+                    channel=self._outcome_channel,
+                    key=r.service,
+                    payload=event,
+                    created_at=r.created_at,
+                )
+            )
+        return messages
 
     # -- state -------------------------------------------------------------------------
     async def _history(
@@ -174,12 +239,34 @@ class DecisionEngine:
             facts = await self._facts.replicas(service=signal.service, namespace=spec.namespace)
             if facts is not None:
                 current, ceiling = facts
+        deploys: tuple[DeployRecord, ...] = ()
+        migrations: tuple[MigrationRecord, ...] = ()
+        if spec is not None and signal.service is not None:
+            events = await self._journal.service_events(
+                service=signal.service, kinds=HISTORY_KINDS, limit=HISTORY_EVENTS
+            )
+            deploys = mark_healthy(
+                [d for d in map(deploy_record_from_signal, events) if d is not None],
+                alerts_between=await self._alert_times(signal.service),
+            )
+            migrations = tuple(
+                m for m in map(migration_record_from_signal, events) if m is not None
+            )
         return ServiceState(
             current_replicas=current,
             max_replicas=ceiling,
+            deploys=deploys,
+            migrations=migrations,
             remediations=tuple(history),
             circuit=circuit,
         )
+
+    async def _alert_times(self, service: str) -> list[datetime]:
+        # Firing alerts of the service bear on whether a past deploy was healthy.
+        # Only the kinds the rules act on count: a Watchdog is no verdict on a release.
+        kinds = sorted(self._alert_kinds)
+        signals = await self._journal.service_events(service=service, kinds=kinds, limit=500)
+        return [s.starts_at or s.received_at for s in signals if s.status is Status.FIRING]
 
     async def _circuit_state(self) -> CircuitState:
         record = await self._journal.circuit()

@@ -29,7 +29,9 @@ from remediator.domain.signals import Signal, Source, Status
 from remediator.ports import (
     CircuitRecord,
     DecisionRecord,
+    OutboxMessage,
     Page,
+    PendingMessage,
     RecordResult,
     RemediationSummary,
     SignalPage,
@@ -350,11 +352,16 @@ class SqliteJournal:
         return result
 
     async def record_decisions(
-        self, decisions: Sequence[DecisionRecord], *, through_seq: int
+        self,
+        decisions: Sequence[DecisionRecord],
+        *,
+        through_seq: int,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                _insert_outbox(conn, outbox)
                 conn.executemany(
                     "INSERT OR IGNORE INTO decisions (signal_seq, signal_id, service, outcome,"
                     " reason, rule, remediation_id, decided_at, explanation)"
@@ -389,6 +396,82 @@ class SqliteJournal:
                 raise
 
         await self._write(write)
+
+    async def service_events(
+        self, *, service: str, kinds: Sequence[str], limit: int = 50
+    ) -> list[Signal]:
+        if not kinds:
+            return []
+        marks = ",".join("?" * len(kinds))
+
+        def query(conn: sqlite3.Connection) -> list[Signal]:
+            rows = conn.execute(
+                "SELECT seq, id, key, source, kind, status, service, namespace, starts_at,"
+                f" ends_at, received_at, body FROM signals WHERE service = ? AND kind IN ({marks})"
+                " ORDER BY seq DESC LIMIT ?",
+                (service, *kinds, limit),
+            ).fetchall()
+            return [_row_to_stored(row).signal for row in rows]
+
+        result: list[Signal] = await self._read(query)
+        return result
+
+    # -- outbox ----------------------------------------------------------------------
+    async def enqueue(self, messages: Sequence[OutboxMessage]) -> None:
+        if messages:
+            await self._write(lambda conn: _insert_outbox(conn, messages))
+
+    async def pending(self, *, channel: str, limit: int) -> list[PendingMessage]:
+        def query(conn: sqlite3.Connection) -> list[PendingMessage]:
+            rows = conn.execute(
+                "SELECT seq, id, channel, key, payload, created_at, attempts FROM outbox"
+                " WHERE channel = ? AND published_at IS NULL ORDER BY seq LIMIT ?",
+                (channel, limit),
+            ).fetchall()
+            return [
+                PendingMessage(
+                    seq=r[0],
+                    message=OutboxMessage(
+                        id=r[1],
+                        channel=r[2],
+                        key=r[3],
+                        payload=orjson.loads(r[4]),
+                        created_at=_parse_utc(r[5]),
+                    ),
+                    attempts=r[6],
+                )
+                for r in rows
+            ]
+
+        result: list[PendingMessage] = await self._read(query)
+        return result
+
+    async def mark_published(self, *, ids: Sequence[str], at: datetime) -> None:
+        stamp = _utc_text(at)
+        await self._write(
+            lambda conn: conn.executemany(
+                "UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL",
+                [(stamp, i) for i in ids],
+            )
+        )
+
+    async def mark_failed_attempt(self, *, ids: Sequence[str], error: str) -> None:
+        await self._write(
+            lambda conn: conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                [(error[:1000], i) for i in ids],
+            )
+        )
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT channel, count(*) FROM outbox WHERE published_at IS NULL GROUP BY channel"
+            ).fetchall()
+            return {channel: count for channel, count in rows}
+
+        result: dict[str, int] = await self._read(query)
+        return result
 
     async def remediation_history(
         self, *, service: str, since: datetime
@@ -545,6 +628,17 @@ def _remediation_item(row: tuple[Any, ...], *, full: bool = False) -> dict[str, 
     if full:
         item["decision"] = orjson.loads(decision)
     return item
+
+
+def _insert_outbox(conn: sqlite3.Connection, messages: Sequence[OutboxMessage]) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO outbox (id, channel, key, payload, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [
+            (m.id, m.channel, m.key, orjson.dumps(m.payload).decode(), _utc_text(m.created_at))
+            for m in messages
+        ],
+    )
 
 
 def _parse_utc(text: str) -> datetime:

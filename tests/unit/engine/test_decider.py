@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from remediator.domain.rules import RulePack
+from remediator.domain.rules import DeployRecord, RulePack, signal_from_cloudevent
 from remediator.domain.signals import DEFAULT_NAMESPACE_LABELS, DEFAULT_SERVICE_LABELS
-from remediator.engine.decider import DecisionEngine
+from remediator.engine.decider import DecisionEngine, mark_healthy
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.journal.sqlite import SqliteJournal
 from remediator.rulefiles import load_rule_pack_from_path
@@ -248,3 +248,72 @@ async def test_circuit_breaker_opens_after_too_many_actions_and_resets(
     await drain(engine_for(journal, pack, clock=clock, replicas=replicas))
     newest = (await all_remediations(journal))[0]
     assert newest["status"] == "planned"
+
+
+def deploy_event(n: int, *, at: datetime, service: str = "checkout") -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": f"deploy-{service}-{n}",
+        "source": "/cd/pipeline",
+        "type": "io.remediator.deployment.succeeded",
+        "time": at.isoformat(),
+        "data": {"service": service, "namespace": "shop", "version": f"v1.{n}.0",
+                 "revision": str(n), "previous_revision": str(n - 1)},
+    }  # fmt: skip
+
+
+async def journal_events(journal: SqliteJournal, events: list[dict[str, Any]]) -> None:
+    await journal.record_signals([signal_from_cloudevent(e, received_at=NOW) for e in events])
+
+
+async def test_alert_after_a_deploy_rolls_back_to_the_last_healthy_revision(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await journal_events(
+        journal,
+        [
+            deploy_event(1, at=NOW - timedelta(days=1)),
+            deploy_event(2, at=NOW - timedelta(minutes=8)),
+        ],
+    )
+    await journal_alerts(journal, [alert(name="PodNotReady", fingerprint="pnr",
+                                         starts_at=(NOW - timedelta(minutes=5)).isoformat())])  # fmt: skip
+    engine = DecisionEngine(journal=journal, pack=pack, facts=FakeFacts({}), dry_run=False,
+                            clock=Clock(NOW), outcome_channel="kafka:remediator.outcomes")  # fmt: skip
+    await drain(engine)
+    [rem] = await all_remediations(journal)
+    assert (rem["status"], rem["action"]) == ("planned", "rollback")
+    detail = await journal.get_remediation(rem["id"])
+    assert detail is not None
+    undo = detail["decision"]["steps"][0]
+    assert undo["kind"] == "rollout_undo"
+    assert undo["params"]["to_revision"] in ("1", 1)
+    # The outcome event sits in the outbox, written with the decision.
+    [pending] = await journal.pending(channel="kafka:remediator.outcomes", limit=10)
+    assert pending.message.payload["type"] == "io.remediator.remediation.planned"
+    assert pending.message.payload["data"]["remediation_id"] == rem["id"]
+    assert pending.message.key == "checkout"
+
+
+async def test_a_deploy_followed_by_alerts_is_not_a_rollback_target(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    # v1 drew an error-rate alert before v2 replaced it: not known-good.
+    await journal_events(journal, [deploy_event(1, at=NOW - timedelta(days=1))])
+    await journal_alerts(journal, [alert(name="HighErrorRate", fingerprint="old",
+                                         starts_at=(NOW - timedelta(hours=20)).isoformat())])  # fmt: skip
+    await journal_events(journal, [deploy_event(2, at=NOW - timedelta(minutes=8))])
+    await journal_alerts(journal, [alert(name="PodNotReady", fingerprint="pnr",
+                                         starts_at=(NOW - timedelta(minutes=5)).isoformat())])  # fmt: skip
+    await drain(engine_for(journal, pack, clock=Clock(NOW)))
+    reasons = {r["reason"] for r in await all_remediations(journal)}
+    assert reasons == {"outside_rollback_window"}
+
+
+def test_mark_healthy_rules() -> None:
+    d1 = DeployRecord(revision="1", finished_at=NOW - timedelta(hours=3))
+    d2 = DeployRecord(revision="2", finished_at=NOW - timedelta(hours=2))
+    d3 = DeployRecord(revision="3", finished_at=NOW - timedelta(hours=1))
+    marked = mark_healthy([d3, d1, d2], alerts_between=[NOW - timedelta(minutes=90)])
+    assert [(d.revision, d.healthy) for d in marked] == [("1", True), ("2", False), ("3", None)]
+    assert mark_healthy([], alerts_between=[]) == ()
