@@ -175,8 +175,14 @@ class Journal(Protocol):
 
     async def service_events(
         self, *, service: str, kinds: Sequence[str], limit: int = 50
-    ) -> list[Signal]:
+    ) -> list[StoredSignal]:
         """Journaled signals of these kinds for a service (deploys, migrations), newest first."""
+        ...
+
+    async def firing_alert_times(
+        self, *, service: str, kinds: Sequence[str], since: datetime, until: datetime
+    ) -> list[datetime]:
+        """When firing alerts of these kinds started for a service, in [since, until)."""
         ...
 
     # -- outbox ----------------------------------------------------------------------

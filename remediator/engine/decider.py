@@ -13,6 +13,7 @@ an alert storm the first opens a remediation and the rest see it as in progress.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import logging
 from collections.abc import Callable
@@ -124,10 +125,10 @@ class DecisionEngine:
         self._on_decision = on_decision
         self._outcome_channel = outcome_channel
         self._wake = asyncio.Event()
-        self._alert_kinds = {
+        self._alert_kinds = tuple(sorted({
             kind for rule in pack.rules if rule.match.source == "alertmanager"
             for kind in rule.match.kinds
-        }  # fmt: skip
+        }))  # fmt: skip
 
     def wake(self) -> None:
         """New signals were journaled (called by intake)."""
@@ -154,11 +155,12 @@ class DecisionEngine:
         now = self._clock()
         circuit = await self._circuit_state()
         histories: dict[str, list[RemediationRecord]] = {}
+        view = _BatchView(journal=self._journal, facts=self._facts, alert_kinds=self._alert_kinds)
         records: list[DecisionRecord] = []
         for item in stored:
             signal = item.signal
             history = await self._history(signal, histories, now=now)
-            state = await self._state(signal, history, circuit)
+            state = await self._state(item, history, circuit, view)
             decision = decide(signal, pack=self._pack, state=state, now=now, dry_run=self._dry_run)
             record = self._record(item, decision, now=now)
             records.append(record)
@@ -229,44 +231,29 @@ class DecisionEngine:
         return cache[signal.service]
 
     async def _state(
-        self, signal: Signal, history: list[RemediationRecord], circuit: CircuitState
+        self,
+        item: StoredSignal,
+        history: list[RemediationRecord],
+        circuit: CircuitState,
+        view: _BatchView,
     ) -> ServiceState:
-        current: int | None = None
-        ceiling: int | None = None
+        signal = item.signal
         spec = self._pack.services.get(signal.service) if signal.service else None
+        if spec is None or signal.service is None:
+            return ServiceState(remediations=tuple(history), circuit=circuit)
         # Replicas only matter when an action could follow; resolved alerts never act.
-        if spec is not None and signal.service is not None and signal.status is not Status.RESOLVED:
-            facts = await self._facts.replicas(service=signal.service, namespace=spec.namespace)
-            if facts is not None:
-                current, ceiling = facts
-        deploys: tuple[DeployRecord, ...] = ()
-        migrations: tuple[MigrationRecord, ...] = ()
-        if spec is not None and signal.service is not None:
-            events = await self._journal.service_events(
-                service=signal.service, kinds=HISTORY_KINDS, limit=HISTORY_EVENTS
-            )
-            deploys = mark_healthy(
-                [d for d in map(deploy_record_from_signal, events) if d is not None],
-                alerts_between=await self._alert_times(signal.service),
-            )
-            migrations = tuple(
-                m for m in map(migration_record_from_signal, events) if m is not None
-            )
+        replicas = None
+        if signal.status is not Status.RESOLVED:
+            replicas = await view.replicas(signal.service, spec.namespace)
+        deploys, migrations = await view.history(signal.service, upto_seq=item.seq)
         return ServiceState(
-            current_replicas=current,
-            max_replicas=ceiling,
+            current_replicas=replicas[0] if replicas else None,
+            max_replicas=replicas[1] if replicas else None,
             deploys=deploys,
             migrations=migrations,
             remediations=tuple(history),
             circuit=circuit,
         )
-
-    async def _alert_times(self, service: str) -> list[datetime]:
-        # Firing alerts of the service bear on whether a past deploy was healthy.
-        # Only the kinds the rules act on count: a Watchdog is no verdict on a release.
-        kinds = sorted(self._alert_kinds)
-        signals = await self._journal.service_events(service=service, kinds=kinds, limit=500)
-        return [s.starts_at or s.received_at for s in signals if s.status is Status.FIRING]
 
     async def _circuit_state(self) -> CircuitState:
         record = await self._journal.circuit()
@@ -350,6 +337,72 @@ class DecisionEngine:
             decision=decision.to_dict(),
             explanation=text,
         )
+
+
+_History = tuple[tuple[DeployRecord, ...], tuple[MigrationRecord, ...]]
+
+
+class _BatchView:
+    """What one batch reads about services, read once per service.
+
+    In an alert storm a batch holds hundreds of signals for one service; each needs
+    the same replicas and deploy history. History is cut at each signal's own journal
+    position, so a deploy journaled after an alert never shapes that alert's decision.
+    """
+
+    def __init__(
+        self, *, journal: Journal, facts: ServiceFacts, alert_kinds: tuple[str, ...]
+    ) -> None:
+        self._journal = journal
+        self._facts = facts
+        self._alert_kinds = alert_kinds
+        self._replicas: dict[str, tuple[int, int | None] | None] = {}
+        self._events: dict[str, list[StoredSignal]] = {}
+        self._alert_times: dict[str, list[datetime]] = {}
+        self._memo: dict[tuple[str, int], _History] = {}
+
+    async def replicas(self, service: str, namespace: str) -> tuple[int, int | None] | None:
+        if service not in self._replicas:
+            self._replicas[service] = await self._facts.replicas(
+                service=service, namespace=namespace
+            )
+        return self._replicas[service]
+
+    async def history(self, service: str, *, upto_seq: int) -> _History:
+        if service not in self._events:
+            newest_first = await self._journal.service_events(
+                service=service, kinds=HISTORY_KINDS, limit=HISTORY_EVENTS
+            )
+            events = list(reversed(newest_first))
+            self._events[service] = events
+            finishes = [
+                d.finished_at
+                for d in map(deploy_record_from_signal, (e.signal for e in events))
+                if d is not None
+            ]
+            # Only alerts between the oldest and newest deploy can mark one unhealthy.
+            self._alert_times[service] = []
+            if len(finishes) > 1:
+                self._alert_times[service] = await self._journal.firing_alert_times(
+                    service=service,
+                    kinds=self._alert_kinds,
+                    since=min(finishes),
+                    until=max(finishes),
+                )
+        events = self._events[service]
+        prefix = bisect.bisect_right([e.seq for e in events], upto_seq)
+        key = (service, prefix)
+        if key not in self._memo:
+            visible = [e.signal for e in events[:prefix]]
+            deploys = mark_healthy(
+                [d for d in map(deploy_record_from_signal, visible) if d is not None],
+                alerts_between=self._alert_times[service],
+            )
+            migrations = tuple(
+                m for m in map(migration_record_from_signal, visible) if m is not None
+            )
+            self._memo[key] = (deploys, migrations)
+        return self._memo[key]
 
 
 def _history_record(row: RemediationSummary) -> RemediationRecord | None:

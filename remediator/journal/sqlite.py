@@ -399,21 +399,39 @@ class SqliteJournal:
 
     async def service_events(
         self, *, service: str, kinds: Sequence[str], limit: int = 50
-    ) -> list[Signal]:
+    ) -> list[StoredSignal]:
         if not kinds:
             return []
         marks = ",".join("?" * len(kinds))
 
-        def query(conn: sqlite3.Connection) -> list[Signal]:
+        def query(conn: sqlite3.Connection) -> list[StoredSignal]:
             rows = conn.execute(
                 "SELECT seq, id, key, source, kind, status, service, namespace, starts_at,"
                 f" ends_at, received_at, body FROM signals WHERE service = ? AND kind IN ({marks})"
                 " ORDER BY seq DESC LIMIT ?",
                 (service, *kinds, limit),
             ).fetchall()
-            return [_row_to_stored(row).signal for row in rows]
+            return [_row_to_stored(row) for row in rows]
 
-        result: list[Signal] = await self._read(query)
+        result: list[StoredSignal] = await self._read(query)
+        return result
+
+    async def firing_alert_times(
+        self, *, service: str, kinds: Sequence[str], since: datetime, until: datetime
+    ) -> list[datetime]:
+        if not kinds:
+            return []
+        marks = ",".join("?" * len(kinds))
+
+        def query(conn: sqlite3.Connection) -> list[datetime]:
+            rows = conn.execute(
+                f"SELECT starts_at FROM signals WHERE service = ? AND kind IN ({marks})"
+                " AND status = 'firing' AND starts_at >= ? AND starts_at < ?",
+                (service, *kinds, _utc_text(since), _utc_text(until)),
+            ).fetchall()
+            return [_parse_utc(r[0]) for r in rows]
+
+        result: list[datetime] = await self._read(query)
         return result
 
     # -- outbox ----------------------------------------------------------------------
