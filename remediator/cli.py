@@ -112,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     rems.add_argument("--json", action="store_true", help="JSON output.")
     rems.set_defaults(func=cmd_remediations)
 
+    report = sub.add_parser(
+        "report",
+        help="Print the rollback record of a remediation.",
+        description="Print the rollback record (basic facts, timeline, results, impact, and "
+        "root cause / improvements / lessons to fill in) as Markdown, HTML or JSON.",
+    )
+    _add_settings_flags(report)
+    report.add_argument("id", help="Remediation id (see `remediator remediations`).")
+    report.add_argument("--format", choices=["md", "html", "json"], default="md")
+    report.set_defaults(func=cmd_report)
+
     circuit = sub.add_parser(
         "circuit",
         help="Show or reset the global circuit breaker.",
@@ -247,6 +258,25 @@ def cmd_remediations(args: argparse.Namespace) -> int:
             f"{item['created_at']:27} {item['id']:28} {item['status']:9} {item['service']:16} "
             f"{item['action'] or '-':12} {item['reason'] or ''}"
         )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from remediator.domain.record import render
+    from remediator.domain.record_build import record_from_journal
+
+    async def fetch(journal: Journal) -> str | None:
+        item = await journal.get_remediation(args.id)
+        if item is None:
+            return None
+        signal = await journal.get_signal(item["signal_id"])
+        return render(record_from_journal(item, signal), fmt=args.format)
+
+    text = _with_journal(args, fetch)
+    if text is None:
+        print(f"remediator: no remediation {args.id!r}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 

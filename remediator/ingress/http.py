@@ -18,6 +18,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from remediator.domain.errors import InvalidInput, PermanentError, TemporaryError
+from remediator.domain.record import CONTENT_TYPES, RECORD_FORMATS, render
+from remediator.domain.record_build import record_from_journal
 from remediator.domain.signals import Status
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.ingress.openapi import openapi_document
@@ -142,6 +144,7 @@ class IntakeApp:
         app.router.add_get("/api/v1/signals", self._authenticated(self.list_signals))
         app.router.add_get("/api/v1/remediations", self._authenticated(self.list_remediations))
         app.router.add_get("/api/v1/remediations/{id}", self._authenticated(self.get_remediation))
+        app.router.add_get("/api/v1/remediations/{id}/record", self._authenticated(self.get_record))
         app.router.add_get("/api/v1/circuit", self._authenticated(self.get_circuit))
         app.router.add_post("/api/v1/circuit/reset", self._authenticated(self.reset_circuit))
         app.router.add_get("/api/v1/openapi.json", self.openapi)
@@ -296,6 +299,29 @@ class IntakeApp:
         if item is None:
             return error_response(404, f"id: no remediation {rid!r}")
         return json_response(item)
+
+    async def get_record(self, request: web.Request) -> web.StreamResponse:
+        """The rollback record (plan §3.11) as Markdown, HTML or JSON."""
+        rid = request.match_info["id"]
+        fmt = request.query.get("format", "md")
+        if fmt not in RECORD_FORMATS:
+            return error_response(
+                400, f"format: must be one of {', '.join(RECORD_FORMATS)}, got {fmt!r}"
+            )
+        try:
+            item = await self.journal.get_remediation(rid)
+            signal = await self.journal.get_signal(item["signal_id"]) if item else None
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
+        if item is None:
+            return error_response(404, f"id: no remediation {rid!r}")
+        record = record_from_journal(item, signal)
+        body = render(record, fmt=fmt, record_url=str(request.url))
+        headers = {"Content-Type": CONTENT_TYPES[fmt]}
+        if fmt == "html":
+            # No scripts and every value escaped; the policy is a second line of defence.
+            headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+        return web.Response(text=body, headers=headers)
 
     async def get_circuit(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -319,6 +319,40 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/remediations/{id}/record": {
+                "get": {
+                    "summary": "The rollback record: basic facts, timeline, results, impact, "
+                    "and root cause / improvements / lessons to fill in.",
+                    "security": _SECURED,
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "schema": {"enum": ["md", "html", "json"], "default": "md"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The record in the asked format.",
+                            "content": {
+                                "text/markdown": {"schema": {"type": "string"}},
+                                "text/html": {"schema": {"type": "string"}},
+                                "application/json": {"schema": {"type": "object"}},
+                            },
+                        },
+                        "400": _error("format is not md, html or json."),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No remediation with that id."),
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                }
+            },
             "/api/v1/circuit": {
                 "get": {
                     "summary": "The global circuit breaker.",

@@ -607,6 +607,18 @@ class SqliteJournal:
         result: Page = await self._read(query)
         return result
 
+    async def get_signal(self, signal_id: str) -> Signal | None:
+        def query(conn: sqlite3.Connection) -> Signal | None:
+            row = conn.execute(
+                "SELECT seq, id, key, source, kind, status, service, namespace, starts_at,"
+                " ends_at, received_at, body FROM signals WHERE id = ?",
+                (signal_id,),
+            ).fetchone()
+            return None if row is None else _row_to_stored(row).signal
+
+        result: Signal | None = await self._read(query)
+        return result
+
     async def get_remediation(self, remediation_id: str) -> dict[str, Any] | None:
         def query(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute(

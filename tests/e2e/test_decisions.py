@@ -42,6 +42,14 @@ def test_each_signal_is_decided_and_explained(daemon: Daemon) -> None:
     assert detail["decision"]["reason"] == "outside_rollback_window"
     assert detail["explanation"].startswith("no action (outside_rollback_window)")
 
+    for fmt, fragment in (("md", "# "), ("html", "<html"), ("json", '"remediation_id"')):
+        request = f"/api/v1/remediations/{items[0]['id']}/record?format={fmt}"
+        status, text = daemon.get(request)
+        assert status == 200
+        body = text if isinstance(text, str) else orjson.dumps(text).decode()
+        assert fragment in body
+        assert "checkout" in body and "HighErrorRate" in body
+
     env = {"PATH": "/usr/bin:/bin"}
     cli = [sys.executable, "-m", "remediator"]
     out = subprocess.run(
@@ -54,6 +62,11 @@ def test_each_signal_is_decided_and_explained(daemon: Daemon) -> None:
         capture_output=True, text=True, check=True, env=env,
     )  # fmt: skip
     assert "outside_rollback_window" in shown.stdout
+    report = subprocess.run(
+        [*cli, "report", str(items[0]["id"]), "--journal", f"sqlite:///{daemon.journal}"],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    assert "to be filled in" in report.stdout and "HighErrorRate" in report.stdout
     circuit = subprocess.run(
         [*cli, "circuit", "status", "--journal", f"sqlite:///{daemon.journal}"],
         capture_output=True, text=True, check=True, env=env,

@@ -101,6 +101,12 @@ async def test_real_responses_match_their_schemas(client: TestClient) -> None:
     resp = await client.get("/api/v1/remediations/rem_nope", headers=AUTH)
     assert resp.status == 404
     check(doc, "/api/v1/remediations/{id}", "get", 404, await resp.json())
+    resp = await client.get("/api/v1/remediations/rem_nope/record", headers=AUTH)
+    assert resp.status == 404
+    check(doc, "/api/v1/remediations/{id}/record", "get", 404, await resp.json())
+    resp = await client.get("/api/v1/remediations/x/record?format=pdf", headers=AUTH)
+    assert resp.status == 400
+    check(doc, "/api/v1/remediations/{id}/record", "get", 400, await resp.json())
     resp = await client.get("/api/v1/circuit", headers=AUTH)
     check(doc, "/api/v1/circuit", "get", resp.status, await resp.json())
     resp = await client.post("/api/v1/circuit/reset", headers=AUTH)
