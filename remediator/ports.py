@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from remediator.domain.notices import SlackMessageRef
 from remediator.domain.signals import Signal
 
 
@@ -116,6 +117,28 @@ class EventPublisher(Protocol):
         ...
 
 
+class SlackPort(Protocol):
+    async def post(
+        self, *, channel: str, blocks: list[dict[str, Any]], text: str
+    ) -> SlackMessageRef: ...
+
+    async def update(
+        self, *, ref: SlackMessageRef, blocks: list[dict[str, Any]], text: str
+    ) -> None: ...
+
+
+class EmailPort(Protocol):
+    async def send(
+        self,
+        *,
+        to: Sequence[str],
+        subject: str,
+        text: str,
+        html: str,
+        message_id: str | None = None,
+    ) -> None: ...
+
+
 class ServiceFacts(Protocol):
     """Live facts about a workload (Kubernetes); ``None`` when unknown."""
 
@@ -197,6 +220,14 @@ class Journal(Protocol):
     async def mark_published(self, *, ids: Sequence[str], at: datetime) -> None: ...
 
     async def mark_failed_attempt(self, *, ids: Sequence[str], error: str) -> None: ...
+
+    async def mark_dead(self, *, ids: Sequence[str], error: str, at: datetime) -> None:
+        """Give up on messages that can never be delivered (kept, with the error)."""
+        ...
+
+    async def slack_ref(self, remediation_id: str) -> SlackMessageRef | None: ...
+
+    async def save_slack_ref(self, remediation_id: str, ref: SlackMessageRef) -> None: ...
 
     async def outbox_backlog(self) -> dict[str, int]:
         """Unpublished message count per channel (for metrics)."""

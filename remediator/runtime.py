@@ -16,9 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
+from remediator.connectors.email import EmailNotifier
+from remediator.connectors.slack import SlackNotifier
 from remediator.domain.errors import ConfigError, TemporaryError
+from remediator.domain.notices import EmailRouting, SlackRouting
 from remediator.domain.rules import RulePack
 from remediator.engine.decider import DecisionEngine, UnknownFacts
+from remediator.engine.notify import NotificationRelay
 from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
 from remediator.journal import journal_from_url
 from remediator.metrics import Metrics
@@ -85,9 +89,20 @@ class Runtime:
             log.warning("no webhook credential configured: anyone reaching %s may post alerts",
                         settings.http.listen)  # fmt: skip
         await self.journal.open()
+        relay, closers = self._notification_relay()
         engine = DecisionEngine(
-            journal=self.journal, pack=self.pack, facts=self.facts, dry_run=settings.dry_run
+            journal=self.journal,
+            pack=self.pack,
+            facts=self.facts,
+            dry_run=settings.dry_run,
+            notice_channels=relay.channels if relay else (),
         )
+        roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "decision-engine": engine.run,
+            "journal-pruner": self._prune_forever,
+        }
+        if relay is not None:
+            roots["notification-relay"] = relay.run
         intake = IntakeApp(
             journal=self.journal,
             metrics=self.metrics,
@@ -122,12 +137,70 @@ class Runtime:
                     "no Kubernetes connection yet: replica counts are unknown, so scale-up "
                     "decisions are skipped as not_applicable and plans stay 'planned'"
                 )
-            exit_code = await self._supervise(
-                {"decision-engine": engine.run, "journal-pruner": self._prune_forever}
-            )
+            log.info(
+                "notifications: %s", ", ".join(relay.channels) if relay else "off (no Slack "
+                "token, no SMTP host)"
+            )  # fmt: skip
+            exit_code = await self._supervise(roots)
         finally:
             await self._drain(runner)
+            for close in closers:
+                await close()
         return exit_code
+
+    def _notification_relay(
+        self,
+    ) -> tuple[NotificationRelay | None, list[Callable[[], Coroutine[Any, Any, None]]]]:
+        slack_settings, email_settings = self.settings.slack, self.settings.email
+        if not slack_settings.enabled and not email_settings.enabled:
+            return None, []
+        closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        slack = email = None
+        slack_routes = email_routes = None
+        if slack_settings.enabled:
+            assert slack_settings.token is not None and slack_settings.default_channel
+            slack = SlackNotifier(
+                token=slack_settings.token.get_secret_value(), base_url=slack_settings.base_url
+            )
+            closers.append(slack.close)
+            slack_routes = SlackRouting(
+                default=slack_settings.default_channel,
+                by_service=slack_settings.channels_by_service,
+                by_severity=slack_settings.channels_by_severity,
+            )
+        if email_settings.enabled:
+            assert email_settings.smtp_host is not None
+            email = EmailNotifier(
+                host=email_settings.smtp_host,
+                port=email_settings.smtp_port,
+                security=email_settings.security,
+                username=email_settings.username,
+                password=email_settings.password,
+                sender=email_settings.sender,
+            )
+            email_routes = EmailRouting(
+                default=email_settings.recipients,
+                by_service=email_settings.recipients_by_service,
+                by_severity=email_settings.recipients_by_severity,
+            )
+        public = self.settings.http.public_url
+
+        def record_url(rid: str) -> str | None:
+            return (
+                f"{public.rstrip('/')}/api/v1/remediations/{rid}/record?format=html"
+                if public
+                else None
+            )
+
+        relay = NotificationRelay(
+            journal=self.journal,
+            slack=slack,
+            slack_routes=slack_routes,
+            email=email,
+            email_routes=email_routes,
+            record_url=record_url,
+        )
+        return relay, closers
 
     async def _supervise(self, roots: dict[str, Callable[[], Coroutine[Any, Any, None]]]) -> int:
         tasks: dict[asyncio.Task[Any], str] = {

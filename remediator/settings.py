@@ -56,6 +56,11 @@ class HttpSettings(_Group):
     insecure_no_auth: bool = Field(
         False, description="Allow binding a non-loopback address without any credential."
     )
+    public_url: str | None = Field(
+        None,
+        description="How people reach this daemon (e.g. https://remediator.example.com); "
+        "rollback records in Slack and email link to it.",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -154,6 +159,60 @@ class KafkaSettings(_Group):
         return self
 
 
+class SlackSettings(_Group):
+    """One message per remediation, updated in place. No token: Slack is off."""
+
+    token: SecretStr | None = Field(None, description="Bot token (xoxb-...).")
+    token_file: Path | None = Field(None, description="File holding the token.")
+    base_url: str = Field("https://slack.com/api/", description="Web API base URL.")
+    default_channel: str | None = Field(None, description="Channel id used when no route matches.")
+    channels_by_service: dict[str, str] = {}
+    channels_by_severity: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("token_file") and not data.get("token"):
+            data = {**data, "token": _read_secret(Path(data["token_file"]), "slack.token")}
+        return data
+
+    @model_validator(mode="after")
+    def _channel_when_on(self) -> SlackSettings:
+        if self.token is not None and self.default_channel is None:
+            raise ValueError("slack.default_channel is required when a Slack token is set")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+class EmailSettings(_Group):
+    """Mail per remediation stage. No smtp_host: email is off."""
+
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    sender: str = "remediator@localhost"
+    recipients: tuple[str, ...] = ()
+    recipients_by_service: dict[str, tuple[str, ...]] = {}
+    recipients_by_severity: dict[str, tuple[str, ...]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("password_file") and not data.get("password"):
+            data = {**data, "password": _read_secret(Path(data["password_file"]), "email.password")}
+        return data
+
+    @property
+    def enabled(self) -> bool:
+        return self.smtp_host is not None
+
+
 class LogSettings(_Group):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -173,6 +232,8 @@ class Settings(BaseSettings):
     journal: JournalSettings = JournalSettings()
     signals: SignalSettings = SignalSettings()
     kafka: KafkaSettings = KafkaSettings()
+    slack: SlackSettings = SlackSettings()
+    email: EmailSettings = EmailSettings()
     log: LogSettings = LogSettings()
     rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
     dry_run: bool = Field(False, description="Decide and record, but change nothing.")

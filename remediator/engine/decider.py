@@ -21,7 +21,9 @@ from datetime import UTC, datetime, timedelta
 
 from remediator.domain.errors import TemporaryError
 from remediator.domain.outcomes import outcome_event
-from remediator.domain.plans import ActionKind, Decision, NoActionReason, Plan, explain
+from remediator.domain.plans import ActionKind, Decision, NoAction, NoActionReason, Plan, explain
+from remediator.domain.record import RemediationStatus as RecordStatus
+from remediator.domain.record import stage_for
 from remediator.domain.rules import (
     CircuitState,
     DeployRecord,
@@ -36,6 +38,7 @@ from remediator.domain.rules import (
     migration_record_from_signal,
 )
 from remediator.domain.signals import Signal, Source, Status
+from remediator.engine.notify import notice_messages
 from remediator.ports import (
     DecisionRecord,
     Journal,
@@ -115,6 +118,7 @@ class DecisionEngine:
         batch_size: int = 500,
         on_decision: Callable[[Decision], None] | None = None,
         outcome_channel: str | None = None,
+        notice_channels: tuple[str, ...] = (),
     ) -> None:
         self._journal = journal
         self._pack = pack
@@ -124,6 +128,7 @@ class DecisionEngine:
         self._batch_size = batch_size
         self._on_decision = on_decision
         self._outcome_channel = outcome_channel
+        self._notice_channels = notice_channels
         self._wake = asyncio.Event()
         self._alert_kinds = tuple(sorted({
             kind for rule in pack.rules if rule.match.source == "alertmanager"
@@ -157,6 +162,7 @@ class DecisionEngine:
         histories: dict[str, list[RemediationRecord]] = {}
         view = _BatchView(journal=self._journal, facts=self._facts, alert_kinds=self._alert_kinds)
         records: list[DecisionRecord] = []
+        decisions: list[Decision] = []
         for item in stored:
             signal = item.signal
             history = await self._history(signal, histories, now=now)
@@ -164,6 +170,7 @@ class DecisionEngine:
             decision = decide(signal, pack=self._pack, state=state, now=now, dry_run=self._dry_run)
             record = self._record(item, decision, now=now)
             records.append(record)
+            decisions.append(decision)
             remediation = record.remediation
             if (
                 remediation is not None
@@ -188,10 +195,35 @@ class DecisionEngine:
             if self._on_decision is not None:
                 self._on_decision(decision)
         await self._journal.record_decisions(
-            records, through_seq=stored[-1].seq, outbox=self._outcome_messages(records)
+            records,
+            through_seq=stored[-1].seq,
+            outbox=[*self._outcome_messages(records), *self._notices(records, decisions)],
         )
         await self._latch_circuit(circuit, now=now)
         return len(stored)
+
+    def _notices(
+        self, records: list[DecisionRecord], decisions: list[Decision]
+    ) -> list[OutboxMessage]:
+        """People hear of every plan and dry run, and of skips the rules flag (circuit
+        open, escalation, rate limit) -- not of the hundreds of in-progress skips of a storm.
+        """
+        if not self._notice_channels:
+            return []
+        messages: list[OutboxMessage] = []
+        for record, decision in zip(records, decisions, strict=True):
+            r = record.remediation
+            if r is None:
+                continue
+            if r.status == "skipped" and not (isinstance(decision, NoAction) and decision.notify):
+                continue
+            messages += notice_messages(
+                remediation_id=r.id,
+                stage=stage_for(RecordStatus(r.status)),
+                channels=self._notice_channels,
+                at=r.created_at,
+            )
+        return messages
 
     def _outcome_messages(self, records: list[DecisionRecord]) -> list[OutboxMessage]:
         if self._outcome_channel is None:

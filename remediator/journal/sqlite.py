@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.notices import SlackMessageRef
 from remediator.domain.signals import Signal, Source, Status
 from remediator.ports import (
     CircuitRecord,
@@ -478,6 +479,36 @@ class SqliteJournal:
             lambda conn: conn.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
                 [(error[:1000], i) for i in ids],
+            )
+        )
+
+    async def mark_dead(self, *, ids: Sequence[str], error: str, at: datetime) -> None:
+        stamp = _utc_text(at)
+        await self._write(
+            lambda conn: conn.executemany(
+                "UPDATE outbox SET published_at = ?, attempts = attempts + 1, last_error = ?"
+                " WHERE id = ?",
+                [(stamp, f"dead: {error}"[:1000], i) for i in ids],
+            )
+        )
+
+    async def slack_ref(self, remediation_id: str) -> SlackMessageRef | None:
+        def query(conn: sqlite3.Connection) -> SlackMessageRef | None:
+            row = conn.execute(
+                "SELECT channel, ts FROM slack_messages WHERE remediation_id = ?",
+                (remediation_id,),
+            ).fetchone()
+            return None if row is None else SlackMessageRef(channel=row[0], ts=row[1])
+
+        result: SlackMessageRef | None = await self._read(query)
+        return result
+
+    async def save_slack_ref(self, remediation_id: str, ref: SlackMessageRef) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO slack_messages (remediation_id, channel, ts)"
+                " VALUES (?, ?, ?)",
+                (remediation_id, ref.channel, ref.ts),
             )
         )
 

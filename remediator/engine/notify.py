@@ -1,0 +1,194 @@
+"""Delivers notices (Slack, email) from the journal's outbox, at least once.
+
+A notice is written to the outbox with the decision or state change it reports
+(id ``<channel>:<remediation>:<stage>``, so one stage is queued once). This relay
+sends them in order per channel; a notifier that is down delays notices, never a
+remediation. Slack keeps one message per remediation: the first notice posts it and
+stores its reference at once, later stages update it in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.notices import (
+    EmailRouting,
+    SlackRouting,
+    email_html,
+    email_message_id,
+    email_subject,
+    email_text,
+    route_email_recipients,
+    route_slack_channel,
+    slack_blocks,
+    slack_text,
+)
+from remediator.domain.record import RollbackRecord, Stage, dedup_key
+from remediator.domain.record_build import record_from_journal
+from remediator.ports import EmailPort, Journal, OutboxMessage, PendingMessage, SlackPort
+
+log = logging.getLogger(__name__)
+
+SLACK = "slack"
+EMAIL = "email"
+POLL_SECONDS = 5.0
+
+
+def notice_messages(
+    *, remediation_id: str, stage: Stage, channels: Sequence[str], at: datetime
+) -> list[OutboxMessage]:
+    """Outbox entries telling people about one stage of one remediation."""
+    return [
+        OutboxMessage(
+            id=f"{channel}:{dedup_key(remediation_id=remediation_id, stage=stage)}",
+            channel=channel,
+            key=remediation_id,
+            payload={"remediation_id": remediation_id, "stage": stage.value},
+            created_at=at,
+        )
+        for channel in channels
+    ]
+
+
+class NotificationRelay:
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        slack: SlackPort | None = None,
+        slack_routes: SlackRouting | None = None,
+        email: EmailPort | None = None,
+        email_routes: EmailRouting | None = None,
+        email_domain: str = "remediator.local",
+        record_url: Callable[[str], str | None] = lambda rid: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_backoff: float = 60.0,
+    ) -> None:
+        self._journal = journal
+        self._slack = slack
+        self._slack_routes = slack_routes
+        self._email = email
+        self._email_routes = email_routes
+        self._email_domain = email_domain
+        self._record_url = record_url
+        self._clock = clock
+        self._max_backoff = max_backoff
+        self._wake = asyncio.Event()
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(
+            name
+            for name, sender in ((SLACK, self._slack), (EMAIL, self._email))
+            if sender is not None
+        )
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Root task: deliver until cancelled; each channel backs off on its own."""
+        await asyncio.gather(*(self._run_channel(channel) for channel in self.channels))
+
+    async def _run_channel(self, channel: str) -> None:
+        delay = 1.0
+        while True:
+            try:
+                sent = await self.deliver_pending(channel)
+            except TemporaryError as exc:
+                log.warning("%s notices delayed (retry in %.0fs): %s", channel, delay, exc)
+                await asyncio.sleep(max(delay, exc.delay))
+                delay = min(delay * 2, self._max_backoff)
+                continue
+            delay = 1.0
+            if sent == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+
+    async def deliver_pending(self, channel: str, *, limit: int = 50) -> int:
+        """Deliver queued notices of a channel in order; raise TemporaryError to back off."""
+        pending = await self._journal.pending(channel=channel, limit=limit)
+        for item in pending:
+            try:
+                await self._deliver(channel, item)
+            except TemporaryError as exc:
+                await self._journal.mark_failed_attempt(ids=[item.message.id], error=str(exc))
+                raise
+            except PermanentError as exc:
+                # Retrying cannot help (bad channel, bad token, bad address); keep it with
+                # the error rather than block every later notice behind it.
+                log.error("%s notice %s given up: %s", channel, item.message.id, exc)
+                await self._journal.mark_dead(
+                    ids=[item.message.id], error=str(exc), at=self._clock()
+                )
+                continue
+            await self._journal.mark_published(ids=[item.message.id], at=self._clock())
+        return len(pending)
+
+    async def _deliver(self, channel: str, item: PendingMessage) -> None:
+        rid = str(item.message.payload["remediation_id"])
+        record = await self._record(rid)
+        if record is None:
+            raise PermanentError(f"remediation {rid} is not in the journal")
+        url = self._record_url(rid)
+        if channel == SLACK:
+            await self._to_slack(rid, record, url)
+        elif channel == EMAIL:
+            stage = Stage(item.message.payload["stage"])
+            await self._to_email(rid, stage, record, url)
+        else:
+            raise PermanentError(f"unknown notice channel {channel!r}")
+
+    async def _record(self, rid: str) -> RollbackRecord | None:
+        item = await self._journal.get_remediation(rid)
+        if item is None:
+            return None
+        signal = await self._journal.get_signal(item["signal_id"])
+        return record_from_journal(item, signal)
+
+    async def _to_slack(self, rid: str, record: RollbackRecord, url: str | None) -> None:
+        assert self._slack is not None and self._slack_routes is not None
+        blocks: list[dict[str, Any]] = slack_blocks(record, record_url=url)
+        text = slack_text(record)
+        ref = await self._journal.slack_ref(rid)
+        if ref is not None:
+            try:
+                await self._slack.update(ref=ref, blocks=blocks, text=text)
+                return
+            except PermanentError as exc:
+                if getattr(exc, "code", None) != "message_not_found":
+                    raise
+                log.warning("Slack message of %s was deleted; posting a new one", rid)
+        channel = route_slack_channel(
+            service=record.service, severity=record.trigger.severity, routes=self._slack_routes
+        )
+        ref = await self._slack.post(channel=channel, blocks=blocks, text=text)
+        # Stored before anything else can fail, so a redelivery updates, not reposts.
+        await self._journal.save_slack_ref(rid, ref)
+
+    async def _to_email(
+        self, rid: str, stage: Stage, record: RollbackRecord, url: str | None
+    ) -> None:
+        assert self._email is not None and self._email_routes is not None
+        recipients = route_email_recipients(
+            service=record.service, severity=record.trigger.severity, routes=self._email_routes
+        )
+        if not recipients:
+            log.info("no email route for %s (severity %s)", record.service, record.trigger.severity)
+            return
+        await self._email.send(
+            to=recipients,
+            subject=email_subject(record),
+            text=email_text(record, record_url=url),
+            html=email_html(record, record_url=url),
+            message_id=email_message_id(
+                dedup_key=dedup_key(remediation_id=rid, stage=stage), domain=self._email_domain
+            ),
+        )
