@@ -1,0 +1,400 @@
+"""A stand-in for the Slack Web API (the one peer that is not the real thing).
+
+Slack is a SaaS with no local server, so this aiohttp app speaks the parts of its
+HTTP contract remediator uses: ``auth.test``, ``chat.postMessage``, ``chat.update``,
+form-encoded or JSON bodies, the token as ``Authorization: Bearer`` or ``token``
+argument, HTTP 200 with ``{"ok": false, "error": ...}`` for API errors, and HTTP 429
+with ``Retry-After`` when rate limited. It runs in a thread with its own event loop,
+records every call (``peer.calls``), and can be told to fail (``fail_next``) or go
+away (``set_down``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.env.base import Peer, PeerError, free_port
+
+SLACK_TOKEN = "xoxb-remediator-testenv-token"
+TEAM_ID = "T0TESTENV"
+USER_ID = "U0TESTENV"
+BOT_ID = "B0TESTENV"
+APP_ID = "A0TESTENV"
+DEFAULT_CHANNELS = ("alerts", "deploys", "general", "remediator")
+
+# Block Kit block types Slack accepts in messages.
+BLOCK_TYPES = frozenset(
+    {
+        "actions",
+        "context",
+        "divider",
+        "file",
+        "header",
+        "image",
+        "input",
+        "rich_text",
+        "section",
+        "video",
+        "markdown",
+    }
+)
+
+
+@dataclass
+class SlackCall:
+    method: str
+    args: dict[str, Any]
+    token: str | None
+    http_status: int = 200
+    response: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Failure:
+    status: int
+    retry_after: int | None
+    error: str
+
+
+class SlackPeer(Peer):
+    name = "slack"
+    version = "stand-in"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.token = SLACK_TOKEN
+        self.channels: dict[str, str] = {}  # name -> id
+        self.messages: dict[str, dict[str, dict[str, Any]]] = {}  # channel id -> ts -> msg
+        self.calls: list[SlackCall] = []
+        self.port = 0
+        self._lock = threading.Lock()
+        self._failures: list[_Failure] = []
+        self._down_mode: str | None = None
+        self._ts = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: Any = None
+        self._site: Any = None
+        self._log = self.workdir / "slack.log"
+        for name in DEFAULT_CHANNELS:
+            self.add_channel(name)
+
+    # -- test controls ---------------------------------------------------------------
+    def add_channel(self, name: str) -> str:
+        """Make a channel exist; returns its id. Unknown channels are channel_not_found."""
+        name = name.lstrip("#")
+        with self._lock:
+            if name not in self.channels:
+                self.channels[name] = f"C{len(self.channels) + 1:03d}{name.upper()[:6]}"
+                self.messages.setdefault(self.channels[name], {})
+            return self.channels[name]
+
+    def fail_next(
+        self, n: int = 1, *, status: int = 429, retry_after: int | None = 1, error: str = ""
+    ) -> None:
+        """The next ``n`` calls fail: 429 + Retry-After (default), or any HTTP status.
+
+        With status 200, ``error`` is returned as an API error (``{"ok": false}``).
+        """
+        default = {429: "ratelimited", 200: "internal_error"}.get(status, "service_unavailable")
+        with self._lock:
+            self._failures.extend(_Failure(status, retry_after, error or default) for _ in range(n))
+
+    def set_down(self, down: bool, *, mode: str = "refuse") -> None:
+        """``mode="refuse"`` closes the listener (connection refused); ``"503"`` answers 503."""
+        if mode not in ("refuse", "503"):
+            raise ValueError("mode is 'refuse' or '503'")
+        if down and mode == "refuse":
+            self._run(self._close_site())
+        elif self._site is None:  # up again, or down-but-answering-503
+            self._run(self._open_site())
+        with self._lock:
+            self._down_mode = mode if down else None
+        self._note(f"set_down({down}, mode={mode})")
+
+    def reset(self) -> None:
+        """Forget calls, messages and pending failures; come back up."""
+        self.set_down(False)
+        with self._lock:
+            self.calls.clear()
+            self._failures.clear()
+            for msgs in self.messages.values():
+                msgs.clear()
+
+    def calls_to(self, method: str) -> list[SlackCall]:
+        with self._lock:
+            return [c for c in self.calls if c.method == method]
+
+    def wait_for_calls(self, method: str, count: int = 1, timeout: float = 10.0) -> list[SlackCall]:
+        deadline = time.monotonic() + timeout
+        while True:
+            calls = self.calls_to(method)
+            if len(calls) >= count:
+                return calls
+            if time.monotonic() > deadline:
+                raise PeerError(f"slack: {len(calls)} of {count} {method} calls after {timeout}s")
+            time.sleep(0.05)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self, deps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        self.port = free_port()
+        self.ports = [self.port]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="slack-api", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._run(self._setup())
+        except Exception as exc:
+            self.stop()
+            raise PeerError(
+                f"slack: stand-in did not start on 127.0.0.1:{self.port}: {exc}"
+            ) from exc
+        self._note(f"listening on 127.0.0.1:{self.port}")
+        return {
+            "slack_api_url": f"http://127.0.0.1:{self.port}/api/",
+            "slack_token": self.token,
+            "versions": {"slack": "stand-in"},
+        }
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            try:
+                if self._runner is not None:
+                    self._run(self._runner.cleanup())
+                self._run(_cancel_pending())
+            except Exception as exc:  # noqa: BLE001 - teardown must go on
+                self.progress(f"slack: cleanup failed: {exc}")
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+            self._note("stopped")
+        self._loop = self._thread = self._runner = self._site = None
+        super().stop()
+
+    def _run(self, coro: Any, timeout: float = 10.0) -> Any:
+        if self._loop is None:
+            coro.close()
+            raise PeerError("slack: not running")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _setup(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await self._open_site()
+
+    async def _open_site(self) -> None:
+        from aiohttp import web
+
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await self._site.start()
+
+    async def _close_site(self) -> None:
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+
+    # -- the API ---------------------------------------------------------------------
+    async def _handle(self, request: Any) -> Any:
+        method = request.match_info["method"]
+        args: dict[str, Any] = dict(request.query)
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                try:
+                    body = await request.json()
+                except ValueError:
+                    body = None
+                if not isinstance(body, dict):
+                    return self._reply(
+                        method, args, None, 200, {"ok": False, "error": "invalid_json"}
+                    )
+                args.update(body)
+            else:
+                args.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else args.pop("token", None)
+
+        with self._lock:
+            down = self._down_mode
+            failure = self._failures.pop(0) if self._failures else None
+        if down == "503":
+            return self._reply(
+                method, args, token, 503, {"ok": False, "error": "service_unavailable"}
+            )
+        if failure is not None:
+            headers = {}
+            if failure.retry_after is not None:
+                headers["Retry-After"] = str(failure.retry_after)
+            return self._reply(
+                method, args, token, failure.status, {"ok": False, "error": failure.error}, headers
+            )
+        if not token:
+            return self._reply(method, args, token, 200, {"ok": False, "error": "not_authed"})
+        if token != self.token:
+            return self._reply(method, args, token, 200, {"ok": False, "error": "invalid_auth"})
+
+        handler = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+        }.get(method)
+        if handler is None:
+            return self._reply(method, args, token, 200, {"ok": False, "error": "unknown_method"})
+        return self._reply(method, args, token, 200, handler(args))
+
+    def _reply(
+        self,
+        method: str,
+        args: dict[str, Any],
+        token: str | None,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        from aiohttp import web
+
+        with self._lock:
+            self.calls.append(SlackCall(method, args, token, status, body))
+        self._note(f"{method} -> {status} {json.dumps(body)[:300]}")
+        return web.json_response(body, status=status, headers=headers)
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "url": "https://remediator-testenv.slack.com/",
+            "team": "Remediator Testenv",
+            "user": "remediator",
+            "team_id": TEAM_ID,
+            "user_id": USER_ID,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
+
+    def _channel_id(self, channel: Any) -> str | None:
+        if not isinstance(channel, str) or not channel:
+            return None
+        with self._lock:
+            if channel in self.messages:
+                return channel
+            return self.channels.get(channel.lstrip("#"))
+
+    def _content(self, args: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """Text, blocks and attachments of a message, or a Slack error code."""
+        content: dict[str, Any] = {}
+        for key in ("blocks", "attachments"):
+            value = args.get(key)
+            if isinstance(value, str):  # form-encoded bodies carry JSON as a string
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    return {}, f"invalid_{key}"
+            if value is not None:
+                content[key] = value
+        if "blocks" in content:
+            error = _check_blocks(content["blocks"])
+            if error:
+                return {}, error
+        text = args.get("text")
+        if text is not None:
+            content["text"] = str(text)
+        if not content.get("text") and not content.get("blocks") and not content.get("attachments"):
+            return {}, "no_text"
+        return content, None
+
+    def _post_message(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel_id(args.get("channel"))
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        content, error = self._content(args)
+        if error:
+            return {"ok": False, "error": error}
+        ts = f"{int(time.time())}.{next(self._ts):06d}"
+        message: dict[str, Any] = {
+            "user": USER_ID,
+            "type": "message",
+            "ts": ts,
+            "bot_id": BOT_ID,
+            "app_id": APP_ID,
+            "text": content.get("text", ""),
+            "team": TEAM_ID,
+            **{k: v for k, v in content.items() if k != "text"},
+        }
+        if args.get("thread_ts"):
+            message["thread_ts"] = str(args["thread_ts"])
+        with self._lock:
+            self.messages[channel][ts] = message
+        return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def _update(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel_id(args.get("channel"))
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        ts = str(args.get("ts", ""))
+        with self._lock:
+            original = self.messages[channel].get(ts)
+        if original is None:
+            return {"ok": False, "error": "message_not_found"}
+        content, error = self._content(args)
+        if error:
+            return {"ok": False, "error": error}
+        updated = {**original, **content, "edited": {"user": USER_ID, "ts": f"{time.time():.6f}"}}
+        with self._lock:
+            self.messages[channel][ts] = updated
+        message = {
+            k: v for k, v in updated.items() if k in ("text", "user", "blocks", "attachments")
+        }
+        return {
+            "ok": True,
+            "channel": channel,
+            "ts": ts,
+            "text": updated["text"],
+            "message": message,
+        }
+
+    def _note(self, line: str) -> None:
+        with self._log.open("a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+
+async def _cancel_pending() -> None:
+    """Finish what the closed server left (e.g. a connection accepted while stopping)."""
+    await asyncio.sleep(0)
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _check_blocks(blocks: Any) -> str | None:
+    """Enough of Block Kit validation to catch malformed payloads (-> invalid_blocks)."""
+    if not isinstance(blocks, list) or len(blocks) > 50:
+        return "invalid_blocks"
+    for block in blocks:
+        if not isinstance(block, dict) or block.get("type") not in BLOCK_TYPES:
+            return "invalid_blocks"
+        text = block.get("text")
+        if text is not None and not (
+            isinstance(text, dict)
+            and text.get("type") in ("plain_text", "mrkdwn")
+            and isinstance(text.get("text"), str)
+        ):
+            return "invalid_blocks"
+        if block["type"] == "section" and text is None and not block.get("fields"):
+            return "invalid_blocks"
+        if block["type"] == "header" and (
+            not isinstance(text, dict) or text.get("type") != "plain_text"
+        ):
+            return "invalid_blocks"
+    return None
