@@ -1,0 +1,5 @@
+-- Accounts own users.
+CREATE TABLE accounts (
+    id serial PRIMARY KEY,
+    name text NOT NULL UNIQUE
+);

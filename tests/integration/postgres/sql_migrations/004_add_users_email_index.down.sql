@@ -1,0 +1,2 @@
+ALTER TABLE users DROP COLUMN created_at;
+DROP INDEX users_email_idx;

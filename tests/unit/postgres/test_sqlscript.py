@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+
+from remediator.connectors.postgres.sqlscript import analyse, split_statements
+
+
+def test_splits_on_semicolons_outside_quotes_comments_and_dollar_bodies() -> None:
+    sql = """
+    -- a comment; not a statement
+    CREATE TABLE t (a text DEFAULT 'x;y', "odd;name" int);
+    /* block; /* nested; */ still comment */
+    CREATE FUNCTION f() RETURNS int AS $body$ BEGIN; RETURN 1; END $body$ LANGUAGE plpgsql;
+    INSERT INTO t (a) VALUES (E'it\\'s; fine'), ('it''s; fine');
+    SELECT $$;$$
+    """
+    statements = split_statements(sql)
+    assert len(statements) == 4
+    assert statements[0].startswith("-- a comment")
+    assert statements[1].startswith("/* block")
+    assert "$body$ BEGIN; RETURN 1; END $body$" in statements[1]
+    assert statements[3] == "SELECT $$;$$"
+
+
+def test_parameters_and_identifiers_with_dollars_are_not_quotes() -> None:
+    assert split_statements("SELECT $1; SELECT a$b$ FROM t; SELECT 2") == [
+        "SELECT $1",
+        "SELECT a$b$ FROM t",
+        "SELECT 2",
+    ]
+
+
+def test_comment_only_pieces_are_dropped() -> None:
+    assert split_statements("SELECT 1;\n-- trailing comment\n") == ["SELECT 1"]
+    assert split_statements("-- nothing\n/* at all */") == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("DROP INDEX CONCURRENTLY users_email_idx;", "CONCURRENTLY"),
+        ("create index concurrently i on t (a)", "CONCURRENTLY"),
+        ("REINDEX INDEX CONCURRENTLY i", "CONCURRENTLY"),
+        ("VACUUM ANALYZE t", "VACUUM"),
+        ("DROP DATABASE old", "CREATE/DROP DATABASE"),
+        ("ALTER SYSTEM SET work_mem = '8MB'", "ALTER SYSTEM"),
+        ("-- remediator: no-transaction\nSELECT 1", "marked"),
+    ],
+)
+def test_statements_that_cannot_run_in_a_transaction(sql: str, reason: str) -> None:
+    info = analyse(sql)
+    assert not info.transactional
+    assert any(reason in why for why in info.non_transactional)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DROP INDEX users_email_idx; ALTER TABLE t DROP COLUMN c;",
+        "COMMENT ON TABLE t IS 'built concurrently; then vacuum';",
+        "-- we used to VACUUM here, and CREATE INDEX CONCURRENTLY\nSELECT 1",
+        'ALTER TABLE t RENAME COLUMN "concurrently" TO c',
+        "DO $$ BEGIN PERFORM 1; END $$",
+    ],
+)
+def test_ordinary_scripts_are_transactional(sql: str) -> None:
+    info = analyse(sql)
+    assert info.transactional, info
+
+
+def test_a_script_with_its_own_transaction_control_is_not_wrapped() -> None:
+    info = analyse("BEGIN;\nDROP TABLE t;\nCOMMIT;")
+    assert info.transaction_control and not info.transactional
+    assert info.non_transactional == ()
