@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from remediator.domain.notices import SlackMessageRef
+from remediator.domain.plans import Step, StepKind
 from remediator.domain.signals import Signal
 
 
@@ -115,6 +116,40 @@ class EventPublisher(Protocol):
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
         """Deliver all or raise (TemporaryError: retry later; nothing is marked done)."""
         ...
+
+
+class NeedsHuman(Exception):
+    """Raised by a step runner when the situation is one people must resolve
+    (e.g. a Helm release stuck in pending-*): the remediation ends ``needs_human``."""
+
+
+class StepRunner(Protocol):
+    """Carries out one plan step against the world (Kubernetes, helm, databases)."""
+
+    async def run(
+        self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Do the step; return what changed (JSON-able) for the timeline.
+
+        ``context`` carries results of earlier steps of the same plan (e.g. the
+        replicas a canary stable deployment had). Raises TemporaryError, PermanentError
+        (the plan fails) or NeedsHuman.
+        """
+        ...
+
+    def resumable(self, kind: StepKind) -> bool:
+        """Safe to run again after a crash left it unfinished (reads, waits, checks)."""
+        ...
+
+
+class ServiceLock(Protocol):
+    """One plan per service across every replica (a Kubernetes Lease)."""
+
+    async def acquire(self, *, service: str, namespace: str) -> bool:
+        """True when this instance now holds the service; False when another does."""
+        ...
+
+    async def release(self, *, service: str, namespace: str) -> None: ...
 
 
 class SlackPort(Protocol):
@@ -263,3 +298,41 @@ class Journal(Protocol):
     async def get_remediation(self, remediation_id: str) -> dict[str, Any] | None: ...
 
     async def get_signal(self, signal_id: str) -> Signal | None: ...
+
+    # -- execution -------------------------------------------------------------------
+    async def runnable_remediations(self, *, limit: int) -> list[dict[str, Any]]:
+        """Unclaimed plans (``planned``, and ``dry-run`` ones to rehearse), oldest first,
+        as full items with ``decision``."""
+        ...
+
+    async def claim_remediation(
+        self, remediation_id: str, *, by: str, at: datetime, outbox: Sequence[OutboxMessage] = ()
+    ) -> bool:
+        """Mark it claimed (``planned`` becomes ``running``); False if already claimed."""
+        ...
+
+    async def unfinished_claims(self) -> list[dict[str, Any]]:
+        """Claimed but never finished: what a crash left behind (full items)."""
+        ...
+
+    async def step_started(
+        self, remediation_id: str, *, idx: int, kind: str, at: datetime
+    ) -> None: ...
+
+    async def step_finished(
+        self, remediation_id: str, *, idx: int, status: str, detail: dict[str, Any], at: datetime
+    ) -> None: ...
+
+    async def remediation_steps(self, remediation_id: str) -> list[dict[str, Any]]: ...
+
+    async def finish_remediation(
+        self,
+        remediation_id: str,
+        *,
+        status: str | None,
+        reason: str | None,
+        at: datetime,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> None:
+        """Record the end (``status`` None keeps it, e.g. a rehearsed dry run)."""
+        ...

@@ -61,3 +61,33 @@ def outcome_event(
             "explanation": explanation,
         },
     }
+
+
+def rolledback_cdevent(
+    *, remediation_id: str, service: str, namespace: str | None, at: datetime
+) -> dict[str, Any]:
+    """CDEvents ``service.rolledback``: the standard way CD tools learn of a rollback."""
+    return {
+        "specversion": "1.0",
+        "id": f"{remediation_id}:rolledback",
+        "source": EVENT_SOURCE,
+        "type": "dev.cdevents.service.rolledback.0.2.0",
+        "time": at.isoformat(),
+        "datacontenttype": "application/json",
+        "data": {
+            "context": {
+                "version": "0.4.1",
+                "id": f"{remediation_id}:rolledback",
+                "source": EVENT_SOURCE,
+                "type": "dev.cdevents.service.rolledback.0.2.0",
+                "timestamp": at.isoformat(),
+            },
+            "subject": {
+                "id": service,
+                "source": EVENT_SOURCE,
+                "type": "service",
+                "content": {"environment": {"id": namespace or ""}},
+            },
+            "customData": {"remediation_id": remediation_id},
+        },
+    }

@@ -55,10 +55,32 @@ def record_from_journal(
         TimelineEntry(
             at=created,
             step="decided",
-            status=remediation["status"],
-            detail=remediation.get("reason") or (remediation.get("action") or ""),
+            status="planned" if remediation.get("claimed_at") else remediation["status"],
+            detail=remediation.get("action") or remediation.get("reason") or "",
         )
     )
+    for step in remediation.get("steps", ()):
+        started = _parse(step["started_at"])
+        assert started is not None
+        detail = step.get("detail") or {}
+        entries.append(
+            TimelineEntry(
+                at=_parse(step.get("finished_at")) or started,
+                step=step["kind"],
+                status=step["status"],
+                detail=str(detail.get("error") or detail.get("summary") or ""),
+            )
+        )
+    finished = _parse(remediation.get("finished_at"))
+    if finished is not None and remediation.get("claimed_at"):
+        entries.append(
+            TimelineEntry(
+                at=finished,
+                step="finished",
+                status=remediation["status"],
+                detail=remediation.get("reason") or "",
+            )
+        )
     trigger = Trigger(
         kind=signal.kind if signal else "unknown",
         source=signal.source.value if signal else "",
@@ -86,5 +108,7 @@ def record_from_journal(
         version_from=_first_param(plan, "from_version"),
         version_to=_first_param(plan, "to_version"),
         created_at=created,
+        started_at=_parse(remediation.get("claimed_at")),
+        finished_at=finished,
         timeline=tuple(entries),
     )

@@ -650,13 +650,121 @@ class SqliteJournal:
         result: Signal | None = await self._read(query)
         return result
 
+    # -- execution -------------------------------------------------------------------
+    async def runnable_remediations(self, *, limit: int) -> list[dict[str, Any]]:
+        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                f"SELECT {_REMEDIATION_COLUMNS} FROM remediations WHERE finished_at IS NULL"
+                " AND claimed_at IS NULL AND status IN ('planned', 'dry-run') ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_remediation_item(row, full=True) for row in rows]
+
+        result: list[dict[str, Any]] = await self._read(query)
+        return result
+
+    async def claim_remediation(
+        self, remediation_id: str, *, by: str, at: datetime, outbox: Sequence[OutboxMessage] = ()
+    ) -> bool:
+        stamp = _utc_text(at)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                claimed = conn.execute(
+                    "UPDATE remediations SET claimed_by = ?, claimed_at = ?, updated_at = ?,"
+                    " status = CASE status WHEN 'planned' THEN 'running' ELSE status END"
+                    " WHERE id = ? AND claimed_at IS NULL AND finished_at IS NULL",
+                    (by, stamp, stamp, remediation_id),
+                ).rowcount
+                if claimed:
+                    _insert_outbox(conn, outbox)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return bool(claimed)
+
+        result: bool = await self._write(write)
+        return result
+
+    async def unfinished_claims(self) -> list[dict[str, Any]]:
+        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                f"SELECT {_REMEDIATION_COLUMNS} FROM remediations WHERE finished_at IS NULL"
+                " AND claimed_at IS NOT NULL ORDER BY seq"
+            ).fetchall()
+            return [_remediation_item(row, full=True) for row in rows]
+
+        result: list[dict[str, Any]] = await self._read(query)
+        return result
+
+    async def step_started(self, remediation_id: str, *, idx: int, kind: str, at: datetime) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO remediation_steps (remediation_id, idx, kind, status,"
+                " started_at) VALUES (?, ?, ?, 'started', ?)",
+                (remediation_id, idx, kind, _utc_text(at)),
+            )
+        )
+
+    async def step_finished(
+        self, remediation_id: str, *, idx: int, status: str, detail: dict[str, Any], at: datetime
+    ) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE remediation_steps SET status = ?, detail = ?, finished_at = ?"
+                " WHERE remediation_id = ? AND idx = ?",
+                (status, orjson.dumps(detail).decode(), _utc_text(at), remediation_id, idx),
+            )
+        )
+
+    async def remediation_steps(self, remediation_id: str) -> list[dict[str, Any]]:
+        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return _steps(conn, remediation_id)
+
+        result: list[dict[str, Any]] = await self._read(query)
+        return result
+
+    async def finish_remediation(
+        self,
+        remediation_id: str,
+        *,
+        status: str | None,
+        reason: str | None,
+        at: datetime,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> None:
+        stamp = _utc_text(at)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "UPDATE remediations SET status = coalesce(?, status),"
+                    " reason = coalesce(?, reason), finished_at = ?, updated_at = ?"
+                    " WHERE id = ? AND finished_at IS NULL",
+                    (status, reason, stamp, stamp, remediation_id),
+                )
+                _insert_outbox(conn, outbox)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._write(write)
+
     async def get_remediation(self, remediation_id: str) -> dict[str, Any] | None:
         def query(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute(
                 f"SELECT {_REMEDIATION_COLUMNS} FROM remediations WHERE id = ?",
                 (remediation_id,),
             ).fetchone()
-            return None if row is None else _remediation_item(row, full=True)
+            if row is None:
+                return None
+            item = _remediation_item(row, full=True)
+            item["steps"] = _steps(conn, remediation_id)
+            return item
 
         result: dict[str, Any] | None = await self._read(query)
         return result
@@ -664,13 +772,27 @@ class SqliteJournal:
 
 _REMEDIATION_COLUMNS = (
     "seq, id, signal_id, service, namespace, rule, action, status, reason, manual, automated,"
-    " created_at, updated_at, decision, explanation"
+    " created_at, updated_at, decision, explanation, claimed_by, claimed_at, finished_at"
 )
+
+
+def _steps(conn: sqlite3.Connection, remediation_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT idx, kind, status, started_at, finished_at, detail FROM remediation_steps"
+        " WHERE remediation_id = ? ORDER BY idx",
+        (remediation_id,),
+    ).fetchall()
+    return [
+        {"idx": r[0], "kind": r[1], "status": r[2], "started_at": r[3], "finished_at": r[4],
+         "detail": orjson.loads(r[5])}
+        for r in rows
+    ]  # fmt: skip
 
 
 def _remediation_item(row: tuple[Any, ...], *, full: bool = False) -> dict[str, Any]:
     (_, rid, signal_id, service, namespace, rule, action, status, reason, manual, automated,
-     created_at, updated_at, decision, explanation) = row  # fmt: skip
+     created_at, updated_at, decision, explanation, claimed_by, claimed_at,
+     finished_at) = row  # fmt: skip
     item: dict[str, Any] = {
         "id": rid,
         "signal_id": signal_id,
@@ -685,6 +807,9 @@ def _remediation_item(row: tuple[Any, ...], *, full: bool = False) -> dict[str, 
         "created_at": created_at,
         "updated_at": updated_at,
         "explanation": explanation,
+        "claimed_by": claimed_by,
+        "claimed_at": claimed_at,
+        "finished_at": finished_at,
     }
     if full:
         item["decision"] = orjson.loads(decision)
