@@ -17,13 +17,16 @@ from typing import Any
 from aiohttp import web
 
 from remediator.connectors.email import EmailNotifier
+from remediator.connectors.kafka import KafkaOutboxMetrics, KafkaPublisher
 from remediator.connectors.slack import SlackNotifier
 from remediator.domain.errors import ConfigError, TemporaryError
 from remediator.domain.notices import EmailRouting, SlackRouting
 from remediator.domain.rules import RulePack
 from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.engine.notify import NotificationRelay
+from remediator.engine.outbox import OutboxRelay
 from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
+from remediator.ingress.kafka import KafkaIntake, KafkaIntakeMetrics
 from remediator.journal import journal_from_url
 from remediator.metrics import Metrics
 from remediator.ports import Journal, ServiceFacts
@@ -90,12 +93,19 @@ class Runtime:
                         settings.http.listen)  # fmt: skip
         await self.journal.open()
         relay, closers = self._notification_relay()
+        outbox_metrics = KafkaOutboxMetrics(self.metrics.registry)
+        publisher = (
+            KafkaPublisher(settings=settings.kafka, metrics=outbox_metrics)
+            if settings.kafka.enabled
+            else None
+        )
         engine = DecisionEngine(
             journal=self.journal,
             pack=self.pack,
             facts=self.facts,
             dry_run=settings.dry_run,
             notice_channels=relay.channels if relay else (),
+            outcome_channel=publisher.channel if publisher else None,
         )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,
@@ -103,6 +113,17 @@ class Runtime:
         }
         if relay is not None:
             roots["notification-relay"] = relay.run
+        kafka_intake: KafkaIntake | None = None
+        if publisher is not None:
+            kafka_intake = KafkaIntake(
+                settings=settings.kafka,
+                journal=self.journal,
+                on_new_signals=engine.wake,
+                metrics=KafkaIntakeMetrics(self.metrics.registry),
+            )
+            outbox = OutboxRelay(journal=self.journal, publisher=publisher, observer=outbox_metrics)
+            roots["kafka-intake"] = kafka_intake.run
+            roots["outbox-relay"] = outbox.run
         intake = IntakeApp(
             journal=self.journal,
             metrics=self.metrics,
@@ -141,8 +162,21 @@ class Runtime:
                 "notifications: %s", ", ".join(relay.channels) if relay else "off (no Slack "
                 "token, no SMTP host)"
             )  # fmt: skip
+            if publisher is not None:
+                log.info("kafka: consuming %s as group %s from %s; outcome events to %s",
+                         ",".join(settings.kafka.deploy_topics), settings.kafka.group_id,
+                         ",".join(settings.kafka.bootstrap_servers), publisher.topic)  # fmt: skip
+            else:
+                log.info("kafka: not configured (no --kafka-bootstrap): webhook-only")
             exit_code = await self._supervise(roots)
         finally:
+            self.state.draining = True  # webhooks answer 503 from now on
+            # Kafka first: the batch in flight still needs the journal; its offsets are
+            # committed and the group left before the journal closes.
+            if kafka_intake is not None:
+                await kafka_intake.close()
+            if publisher is not None:
+                await publisher.close()
             await self._drain(runner)
             for close in closers:
                 await close()

@@ -39,6 +39,10 @@ _NATIVE_FIELDS = (
     "environment",
     "outcome",
     "reason",
+    "strategy",
+    "database",
+    "actor",
+    "previous_version",
 )
 
 
