@@ -261,5 +261,10 @@ def test_sigterm_during_a_burst_loses_no_acknowledged_alert(daemon: Daemon) -> N
     db.close()
     missing = [sid for sid in acknowledged if sid not in stored]
     assert not missing, f"{len(missing)} acknowledged alerts not journaled; outcomes {outcomes}"
-    assert set(outcomes) <= {"200", "503", "refused"}, outcomes
-    assert outcomes["refused"] >= 1
+    # Besides 200 and 503, a request can only have gone unanswered: refused once the
+    # listener closed, or reset by the kernel because its connection was still queued
+    # in the accept backlog at that instant (the daemon never read it; Alertmanager
+    # retries transport errors exactly like a refusal). Any other status is a bug.
+    unanswered = {"refused", "ConnectionResetError", "RemoteDisconnected", "BrokenPipeError"}
+    assert set(outcomes) <= {"200", "503"} | unanswered, outcomes
+    assert outcomes["refused"] >= 1, outcomes
