@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", default=None, help="Decide, change nothing.")
     run.add_argument("--log-format", choices=["text", "json"], help="Log format (default text).")
     run.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="PATH",
+        help="Cluster to act on (default: in-cluster config, else ~/.kube/config).",
+    )
+    run.add_argument(
+        "--instance-id", help="This replica's name in per-service Leases (default: hostname)."
+    )
+    run.add_argument(
         "--kafka-bootstrap",
         metavar="HOST:PORT[,...]",
         help="Kafka brokers for deploy events and outcome events (default: none, webhook-only).",
@@ -167,6 +176,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["rules_path"] = args.rules
     if getattr(args, "dry_run", None):
         out["dry_run"] = True
+    kubernetes: dict[str, Any] = {}
+    if getattr(args, "kubeconfig", None):
+        kubernetes["kubeconfig"] = args.kubeconfig
+    if getattr(args, "instance_id", None):
+        kubernetes["instance_id"] = args.instance_id
+    if kubernetes:
+        out["kubernetes"] = kubernetes
     if getattr(args, "kafka_bootstrap", None):
         out["kafka"] = {"bootstrap_servers": args.kafka_bootstrap}
     if getattr(args, "log_format", None):

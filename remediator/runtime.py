@@ -12,17 +12,23 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from remediator.connectors.email import EmailNotifier
+from remediator.connectors.helm import Helm
 from remediator.connectors.kafka import KafkaOutboxMetrics, KafkaPublisher
+from remediator.connectors.kubernetes.client import KubeClient, Ref, connect
+from remediator.connectors.kubernetes.scale import KubernetesFacts
+from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLock
 from remediator.connectors.slack import SlackNotifier
-from remediator.domain.errors import ConfigError, TemporaryError
+from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 from remediator.domain.notices import EmailRouting, SlackRouting
 from remediator.domain.rules import RulePack
 from remediator.engine.decider import DecisionEngine, UnknownFacts
+from remediator.engine.executor import Executor
 from remediator.engine.notify import NotificationRelay
 from remediator.engine.outbox import OutboxRelay
 from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
@@ -75,7 +81,8 @@ class Runtime:
         )
         # Rule problems are start-up errors: refuse to run on rules nobody can trust.
         self.pack = pack or load_rule_pack_from_path(settings.rules_path)
-        self.facts: ServiceFacts = facts or UnknownFacts()
+        self.facts: ServiceFacts | None = facts
+        self.kube_status = "not connected"
         self.metrics = Metrics()
         self.state = IntakeState()
         self.stopping = asyncio.Event()
@@ -93,24 +100,41 @@ class Runtime:
                         settings.http.listen)  # fmt: skip
         await self.journal.open()
         relay, closers = self._notification_relay()
+        kube = await self._connect_kube()
+        if kube is not None:
+            closers.append(kube.close)
         outbox_metrics = KafkaOutboxMetrics(self.metrics.registry)
         publisher = (
             KafkaPublisher(settings=settings.kafka, metrics=outbox_metrics)
             if settings.kafka.enabled
             else None
         )
+        notice_channels = relay.channels if relay else ()
+        outcome_channel = publisher.channel if publisher else None
+        executor = self._executor(kube, notice_channels, outcome_channel)
+        facts = self.facts or (
+            KubernetesFacts(
+                kube, deployments={n: s.workload for n, s in self.pack.services.items()}
+            )
+            if kube is not None
+            else UnknownFacts()
+        )
         engine = DecisionEngine(
             journal=self.journal,
             pack=self.pack,
-            facts=self.facts,
-            dry_run=settings.dry_run,
-            notice_channels=relay.channels if relay else (),
-            outcome_channel=publisher.channel if publisher else None,
+            facts=facts,
+            # Without a cluster nothing can be carried out: record what would be done.
+            dry_run=settings.dry_run or executor is None,
+            notice_channels=notice_channels,
+            outcome_channel=outcome_channel,
+            on_decision=(lambda _: executor.wake()) if executor is not None else None,
         )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,
             "journal-pruner": self._prune_forever,
         }
+        if executor is not None:
+            roots["executor"] = executor.run
         if relay is not None:
             roots["notification-relay"] = relay.run
         kafka_intake: KafkaIntake | None = None
@@ -134,6 +158,7 @@ class Runtime:
             body_limit_bytes=settings.http.body_limit_bytes,
             retry_after_seconds=settings.http.retry_after_seconds,
             on_new_signals=engine.wake,
+            readiness_details=lambda: {"kubernetes": self.kube_status},
         )
         runner = web.AppRunner(
             intake.build(),
@@ -153,11 +178,15 @@ class Runtime:
                 settings.http.host, self.bound_port, settings.journal.url, settings.rules_path,
                 len(self.pack.services), len(self.pack.rules), settings.dry_run,
             )  # fmt: skip
-            if isinstance(self.facts, UnknownFacts):
+            if executor is None:
                 log.warning(
-                    "no Kubernetes connection yet: replica counts are unknown, so scale-up "
-                    "decisions are skipped as not_applicable and plans stay 'planned'"
+                    "kubernetes %s: plans are recorded as dry runs and nothing is changed; "
+                    "replica counts are unknown, so scale-ups are skipped as not_applicable",
+                    self.kube_status,
                 )
+            else:
+                log.info("kubernetes: %s; acting as %s", self.kube_status,
+                         settings.kubernetes.instance_id)  # fmt: skip
             log.info(
                 "notifications: %s", ", ".join(relay.channels) if relay else "off (no Slack "
                 "token, no SMTP host)"
@@ -181,6 +210,54 @@ class Runtime:
             for close in closers:
                 await close()
         return exit_code
+
+    async def _connect_kube(self) -> KubeClient | None:
+        """A client when the cluster answers; else None, with the reason in kube_status."""
+        k = self.settings.kubernetes
+        try:
+            kube = await connect(kubeconfig=k.kubeconfig, context=k.context)
+        except ConfigError as exc:
+            self.kube_status = f"unreachable ({exc}); plans are recorded as dry runs"
+            return None
+        namespace = next((s.namespace for s in self.pack.services.values()), "default")
+        try:
+            # Also proves the RBAC the executor needs most (see docs/rbac.md).
+            await kube.list_all(Ref("Deployment", namespace))
+        except (TemporaryError, PermanentError) as exc:
+            await kube.close()
+            self.kube_status = f"unreachable ({exc}); plans are recorded as dry runs"
+            return None
+        self.kube_status = "connected"
+        return kube
+
+    def _executor(
+        self,
+        kube: KubeClient | None,
+        notice_channels: tuple[str, ...],
+        outcome_channel: str | None,
+    ) -> Executor | None:
+        if kube is None:
+            return None
+        k = self.settings.kubernetes
+        runner = KubernetesStepRunner(
+            kube=kube,
+            pack=self.pack,
+            helm=Helm(binary=Path(k.helm_binary), kubeconfig=k.kubeconfig, kube_context=k.context),
+            rollout_timeout_seconds=k.rollout_timeout_seconds,
+            health_timeout_seconds=k.health_timeout_seconds,
+        )
+        return Executor(
+            journal=self.journal,
+            runner=runner,
+            instance_id=k.instance_id,
+            lock=LeaseLock(
+                kube=kube, holder=k.instance_id, duration_seconds=k.lease_duration_seconds
+            ),
+            dry_run=self.settings.dry_run,
+            max_concurrency=k.max_concurrent_plans,
+            outcome_channel=outcome_channel,
+            notice_channels=notice_channels,
+        )
 
     def _notification_relay(
         self,

@@ -7,6 +7,7 @@ Precedence, highest first: command-line flags, environment (``REMEDIATOR_`` pref
 from __future__ import annotations
 
 import ipaddress
+import socket
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -159,6 +160,26 @@ class KafkaSettings(_Group):
         return self
 
 
+class KubernetesSettings(_Group):
+    """Where plans are carried out. No reachable cluster: plans are recorded as dry runs."""
+
+    kubeconfig: Path | None = Field(
+        None, description="kubeconfig file; default: in-cluster config, else ~/.kube/config."
+    )
+    context: str | None = Field(None, description="kubeconfig context (default: current).")
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="Holder name in the per-service Leases (default: the hostname).",
+    )
+    lease_duration_seconds: int = Field(
+        900, ge=15, description="How long a service's Lease outlives a silent holder."
+    )
+    rollout_timeout_seconds: float = Field(300.0, gt=0, description="Wait for a rollout.")
+    health_timeout_seconds: float = Field(10.0, gt=0, description="One health-URL check.")
+    max_concurrent_plans: int = Field(4, ge=1, description="Plans run at once (all services).")
+    helm_binary: str = Field("helm", description="helm executable for helm rollbacks.")
+
+
 class SlackSettings(_Group):
     """One message per remediation, updated in place. No token: Slack is off."""
 
@@ -232,6 +253,7 @@ class Settings(BaseSettings):
     journal: JournalSettings = JournalSettings()
     signals: SignalSettings = SignalSettings()
     kafka: KafkaSettings = KafkaSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
     slack: SlackSettings = SlackSettings()
     email: EmailSettings = EmailSettings()
     log: LogSettings = LogSettings()

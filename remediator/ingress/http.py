@@ -126,6 +126,7 @@ class IntakeApp:
         retry_after_seconds: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_new_signals: Callable[[], None] | None = None,
+        readiness_details: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self.journal = journal
         self.metrics = metrics
@@ -137,6 +138,7 @@ class IntakeApp:
         self.retry_after = str(retry_after_seconds)
         self.clock = clock
         self.on_new_signals = on_new_signals
+        self.readiness_details = readiness_details
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=self.body_limit_bytes)
@@ -355,7 +357,9 @@ class IntakeApp:
                 status=503,
                 headers={"Retry-After": self.retry_after},
             )
-        return json_response({"status": "ok", "checks": {"journal": "writable"}})
+        # Details (e.g. no cluster: plans are dry runs) inform; only the journal gates.
+        checks = {"journal": "writable", **self.readiness_details()}
+        return json_response({"status": "ok", "checks": checks})
 
     async def metrics_endpoint(self, request: web.Request) -> web.StreamResponse:
         return web.Response(

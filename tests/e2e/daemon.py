@@ -21,8 +21,14 @@ RULES = Path(__file__).resolve().parents[2] / "rules"
 
 class Daemon:
     def __init__(
-        self, workdir: Path, *, token: str = TOKEN, extra_env: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        *,
+        token: str = TOKEN,
+        extra_env: dict[str, str] | None = None,
+        rules: Path = RULES,
     ):
+        self.rules = rules
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token = token
@@ -46,7 +52,7 @@ class Daemon:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remediator", "run", "--listen", f"127.0.0.1:{self.port}",
-             "--journal", f"sqlite:///{self.journal}", "--rules", str(RULES)],
+             "--journal", f"sqlite:///{self.journal}", "--rules", str(self.rules)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             cwd=self.workdir,
         )  # fmt: skip

@@ -1,0 +1,263 @@
+"""ConfigMap snapshots per Deployment revision, and restoring them.
+
+A Deployment rollback restores the pod template but not the data of ConfigMaps it
+mounts; an in-place ConfigMap edit is not even a new revision. So at a known-good
+revision ``n`` the ConfigMaps the pod template references (volumes, projected
+volumes, ``envFrom``, ``env[].valueFrom``) are copied to immutable
+``<name>-rev-<n>`` ConfigMaps. Restoring writes that data back onto the live
+ConfigMaps (PUT with their resourceVersion, so keys added since are removed too) and
+then restarts the Deployment like ``kubectl rollout restart``, adding the restored
+data's hash to the pod template so new pods show which data they started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from remediator.connectors.kubernetes.client import KubeClient, Ref
+from remediator.connectors.kubernetes.errors import ActionRefused, KubeNotFound
+from remediator.connectors.kubernetes.rollout import RolloutRestartResult, rollout_restart
+
+__all__ = [
+    "CONFIG_HASH",
+    "CONFIG_REVISION",
+    "ConfigMapRestore",
+    "ConfigMapSnapshot",
+    "config_hash",
+    "referenced_configmaps",
+    "restore_configmaps",
+    "snapshot_configmaps",
+    "snapshot_name",
+]
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+SNAPSHOT_OF = "remediator.io/snapshot-of"
+SNAPSHOT_REVISION = "remediator.io/revision"
+SNAPSHOT_DEPLOYMENT = "remediator.io/deployment"
+CONFIG_HASH = "remediator.io/config-hash"
+CONFIG_REVISION = "remediator.io/config-revision"
+_PAYLOAD_KEYS = ("data", "binaryData")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigMapSnapshot:
+    namespace: str
+    deployment: str
+    revision: int
+    # (source ConfigMap, snapshot ConfigMap) for each referenced ConfigMap
+    snapshots: tuple[tuple[str, str], ...]
+    created: tuple[str, ...]  # snapshots created now (others already existed, identical)
+    skipped: tuple[str, ...]  # optional references whose ConfigMap does not exist
+    dry_run: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigMapRestore:
+    namespace: str
+    deployment: str
+    revision: int
+    restored: tuple[str, ...]  # live ConfigMaps whose data was changed (or re-created)
+    unchanged: tuple[str, ...]  # already equal to the snapshot
+    skipped: tuple[str, ...]  # optional references without a snapshot (left alone)
+    config_hash: str  # hash of the restored data, also written to the pod template
+    restart: RolloutRestartResult
+    dry_run: bool
+
+
+def snapshot_name(configmap: str, revision: int) -> str:
+    return f"{configmap}-rev-{revision}"
+
+
+def referenced_configmaps(template: Mapping[str, Any]) -> dict[str, bool]:
+    """ConfigMap name -> optional, for every ConfigMap a pod template references.
+
+    A ConfigMap referenced both optionally and not is required.
+    """
+    found: dict[str, bool] = {}
+    for name, optional in _references(template.get("spec") or {}):
+        found[name] = found.get(name, True) and optional
+    return found
+
+
+def _references(pod_spec: Mapping[str, Any]) -> Iterator[tuple[str, bool]]:
+    for volume in pod_spec.get("volumes") or []:
+        if "configMap" in volume:
+            cm = volume["configMap"]
+            yield cm["name"], bool(cm.get("optional"))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if "configMap" in source:
+                cm = source["configMap"]
+                yield cm["name"], bool(cm.get("optional"))
+    containers = [
+        *(pod_spec.get("initContainers") or []),
+        *(pod_spec.get("containers") or []),
+        *(pod_spec.get("ephemeralContainers") or []),
+    ]
+    for container in containers:
+        for env_from in container.get("envFrom") or []:
+            if "configMapRef" in env_from:
+                ref = env_from["configMapRef"]
+                yield ref["name"], bool(ref.get("optional"))
+        for env in container.get("env") or []:
+            key_ref = (env.get("valueFrom") or {}).get("configMapKeyRef")
+            if key_ref:
+                yield key_ref["name"], bool(key_ref.get("optional"))
+
+
+def _payload(cm: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: dict(cm[k]) for k in _PAYLOAD_KEYS if cm.get(k)}
+
+
+def config_hash(payloads: Mapping[str, Mapping[str, Any]]) -> str:
+    """A stable hash of ConfigMap name -> {data, binaryData}; 16 hex digits."""
+    canonical = json.dumps(payloads, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+async def snapshot_configmaps(
+    kube: KubeClient, *, namespace: str, deployment: str, revision: int, dry_run: bool
+) -> ConfigMapSnapshot:
+    """Copy every ConfigMap the Deployment's pod template references to ``<name>-rev-<n>``.
+
+    Idempotent: an existing identical snapshot is kept. An existing snapshot with
+    different data is refused (it is immutable, and the revision's data is ambiguous).
+    """
+    template = (await kube.get(Ref("Deployment", namespace, deployment)))["spec"]["template"]
+    snapshots: list[tuple[str, str]] = []
+    created: list[str] = []
+    skipped: list[str] = []
+    for name, optional in sorted(referenced_configmaps(template).items()):
+        ref = Ref("ConfigMap", namespace, name)
+        try:
+            live = await kube.get(ref)
+        except KubeNotFound:
+            if optional:
+                skipped.append(name)
+                continue
+            raise
+        target = ref.named(snapshot_name(name, revision))
+        payload = _payload(live)
+        try:
+            existing = await kube.get(target)
+        except KubeNotFound:
+            existing = None
+        if existing is not None:
+            if _payload(existing) != payload:
+                raise ActionRefused(
+                    f"snapshot exists with different data than {name} has now",
+                    target=str(target),
+                    reason="snapshot-differs",
+                )
+        else:
+            body = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": target.name,
+                    "labels": {
+                        MANAGED_BY: "remediator",
+                        SNAPSHOT_OF: name,
+                        SNAPSHOT_REVISION: str(revision),
+                        SNAPSHOT_DEPLOYMENT: deployment,
+                    },
+                },
+                "immutable": True,
+                **payload,
+            }
+            await kube.create(target, body, dry_run=dry_run)
+            created.append(str(target.name))
+        snapshots.append((name, str(target.name)))
+    return ConfigMapSnapshot(
+        namespace=namespace,
+        deployment=deployment,
+        revision=revision,
+        snapshots=tuple(snapshots),
+        created=tuple(created),
+        skipped=tuple(skipped),
+        dry_run=dry_run,
+    )
+
+
+async def restore_configmaps(
+    kube: KubeClient, *, namespace: str, deployment: str, revision: int, dry_run: bool
+) -> ConfigMapRestore:
+    """Write revision ``n``'s snapshots back onto the live ConfigMaps, then restart.
+
+    Every snapshot is read before anything is written: a missing snapshot refuses the
+    whole restore with nothing changed. The restart always happens (also when the data
+    was already equal), so re-running after a crash between the writes and the restart
+    still leaves pods running the restored data.
+    """
+    template = (await kube.get(Ref("Deployment", namespace, deployment)))["spec"]["template"]
+    references = referenced_configmaps(template)
+    snapshots: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    for name, optional in sorted(references.items()):
+        target = Ref("ConfigMap", namespace, snapshot_name(name, revision))
+        try:
+            snapshots[name] = await kube.get(target)
+        except KubeNotFound as exc:
+            if optional:
+                # snapshot_configmaps skips optional references that did not exist.
+                skipped.append(name)
+                continue
+            raise ActionRefused(
+                f"no snapshot of ConfigMap {name} for revision {revision}",
+                target=str(target),
+                reason="snapshot-missing",
+            ) from exc
+    names = sorted(snapshots)
+    if not snapshots:
+        raise ActionRefused(
+            "pod template references no ConfigMaps",
+            target=str(Ref("Deployment", namespace, deployment)),
+            reason="no-configmaps",
+        )
+
+    restored: list[str] = []
+    unchanged: list[str] = []
+    for name in names:
+        payload = _payload(snapshots[name])
+        ref = Ref("ConfigMap", namespace, name)
+        try:
+            live = await kube.get(ref)
+        except KubeNotFound:
+            body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}
+            await kube.create(ref, {**body, **payload}, dry_run=dry_run)
+            restored.append(name)
+            continue
+        if _payload(live) == payload:
+            unchanged.append(name)
+            continue
+        body = {k: v for k, v in live.items() if k not in _PAYLOAD_KEYS}
+        await kube.replace(
+            ref,
+            {**body, **payload},
+            resource_version=live["metadata"]["resourceVersion"],
+            dry_run=dry_run,
+        )
+        restored.append(name)
+
+    digest = config_hash({name: _payload(snapshots[name]) for name in names})
+    restart = await rollout_restart(
+        kube,
+        namespace=namespace,
+        deployment=deployment,
+        dry_run=dry_run,
+        annotations={CONFIG_HASH: digest, CONFIG_REVISION: str(revision)},
+    )
+    return ConfigMapRestore(
+        namespace=namespace,
+        deployment=deployment,
+        revision=revision,
+        restored=tuple(restored),
+        unchanged=tuple(unchanged),
+        skipped=tuple(skipped),
+        config_hash=digest,
+        restart=restart,
+        dry_run=dry_run,
+    )

@@ -1,0 +1,317 @@
+"""Plan steps carried out on Kubernetes (and helm): the executor's StepRunner.
+
+Each step maps to one connector action with the semantics an operator knows
+(kubectl rollout undo, a Service selector switch, HTTPRoute weights, scale, helm
+rollback, ConfigMap restore + rollout restart). In dry-run every mutation goes to
+the API server with dryRun=All, and waits are skipped: nothing changed to wait for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from remediator.connectors.helm import Helm, HelmReleasePending
+from remediator.connectors.kubernetes.bluegreen import (
+    switch_service_selector,
+    wait_endpoints_ready_for,
+)
+from remediator.connectors.kubernetes.canary import pre_canary_replicas, set_canary_weight_zero
+from remediator.connectors.kubernetes.client import KubeClient, Ref
+from remediator.connectors.kubernetes.configmaps import restore_configmaps, snapshot_configmaps
+from remediator.connectors.kubernetes.errors import ActionRefused, LeaseHeld
+from remediator.connectors.kubernetes.lease import ServiceLease
+from remediator.connectors.kubernetes.rollout import rollout_restart, rollout_undo
+from remediator.connectors.kubernetes.scale import scale, scale_up
+from remediator.connectors.kubernetes.status import rollout_status, wait_for_rollout
+from remediator.connectors.kubernetes.verify import http_health
+from remediator.domain.errors import PermanentError
+from remediator.domain.plans import Step, StepKind
+from remediator.domain.rules import RulePack
+from remediator.domain.rules.model import CanaryRollback
+from remediator.ports import NeedsHuman
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+# Setting a value, waiting or checking again is harmless; undo, helm rollback and
+# restores are not (run twice they go somewhere else), so a crash mid-way needs people.
+RESUMABLE = frozenset(
+    {
+        StepKind.WAIT_ROLLOUT,
+        StepKind.VERIFY_HEALTH,
+        StepKind.NOTIFY,
+        StepKind.SCALE_DEPLOYMENT,
+        StepKind.SWITCH_SELECTOR,
+        StepKind.SET_ROUTE_WEIGHTS,
+        StepKind.EXPORT_CONFIG,
+    }
+)
+
+
+def _record(result: Any) -> dict[str, Any]:
+    is_instance = dataclasses.is_dataclass(result) and not isinstance(result, type)
+    data = dataclasses.asdict(result) if is_instance else dict(result)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
+
+
+class KubernetesStepRunner:
+    def __init__(
+        self,
+        *,
+        kube: KubeClient,
+        pack: RulePack,
+        helm: Helm | None = None,
+        rollout_timeout_seconds: float = 300.0,
+        health_timeout_seconds: float = 10.0,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self._kube = kube
+        self._pack = pack
+        self._helm = helm
+        self._rollout_timeout = rollout_timeout_seconds
+        self._health_timeout = health_timeout_seconds
+        self._poll = poll_seconds
+
+    def resumable(self, kind: StepKind) -> bool:
+        return kind in RESUMABLE
+
+    async def run(
+        self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        p = step.params
+        namespace = str(p["namespace"])
+        kind = step.kind
+        if kind is StepKind.ROLLOUT_UNDO:
+            target = int(str(p["to_revision"]))
+            return _record(
+                await rollout_undo(
+                    self._kube,
+                    namespace=namespace,
+                    deployment=str(p["deployment"]),
+                    to_revision=target,
+                    # The engine only ever targets a revision recorded healthy.
+                    allowed_revisions={target},
+                    dry_run=dry_run,
+                )
+            )
+        if kind is StepKind.WAIT_ROLLOUT:
+            return await self._wait_rollout(namespace, str(p["deployment"]), dry_run=dry_run)
+        if kind is StepKind.SWITCH_SELECTOR:
+            return await self._switch(namespace, p, dry_run=dry_run)
+        if kind is StepKind.SET_ROUTE_WEIGHTS:
+            canary = self._canary_spec(service)
+            return _record(
+                await set_canary_weight_zero(
+                    self._kube,
+                    namespace=namespace,
+                    route=str(p["route"]),
+                    canary_backend=canary.canary_deployment,
+                    stable_backend=canary.stable_deployment,
+                    dry_run=dry_run,
+                )
+            )
+        if kind is StepKind.SCALE_DEPLOYMENT:
+            return await self._scale(namespace, p, dry_run=dry_run)
+        if kind is StepKind.HELM_ROLLBACK:
+            return await self._helm_rollback(namespace, p, dry_run=dry_run)
+        if kind is StepKind.EXPORT_CONFIG:
+            deployment = self._workload(service)
+            revision = await self._revision(namespace, deployment)
+            return _record(
+                await snapshot_configmaps(
+                    self._kube, namespace=namespace, deployment=deployment, revision=revision,
+                    dry_run=dry_run,
+                )
+            )  # fmt: skip
+        if kind is StepKind.RESTORE_CONFIG:
+            if context.get("config_restored"):
+                return {"summary": "restored with the other ConfigMaps of this plan"}
+            deployment = self._workload(service)
+            revision = await self._revision(namespace, deployment) - 1
+            if revision < 1:
+                raise ActionRefused(
+                    f"{deployment} has no previous revision to restore config from",
+                    target=f"Deployment {namespace}/{deployment}", reason="no-previous",
+                )  # fmt: skip
+            result = await restore_configmaps(
+                self._kube, namespace=namespace, deployment=deployment, revision=revision,
+                dry_run=dry_run,
+            )  # fmt: skip
+            context["config_restored"] = True
+            return _record(result)
+        if kind is StepKind.RESTART_WORKLOAD:
+            if context.get("config_restored"):
+                return {"summary": "restarted by the config restore"}
+            return _record(
+                await rollout_restart(
+                    self._kube, namespace=namespace, deployment=str(p["deployment"]),
+                    dry_run=dry_run,
+                )
+            )  # fmt: skip
+        if kind is StepKind.VERIFY_HEALTH:
+            if dry_run:
+                return {"summary": "skipped in dry run: nothing changed"}
+            verdict = await http_health(str(p["url"]), timeout_seconds=self._health_timeout)
+            if not verdict.ok:
+                raise PermanentError(f"health check failed: {verdict.detail}")
+            return {"summary": verdict.detail}
+        if kind is StepKind.NOTIFY:
+            return {"summary": "notices go out through the outbox"}
+        if kind in (StepKind.BACKUP_DATABASE, StepKind.REVERT_MIGRATION):
+            raise NeedsHuman(
+                "database reverts are not automated by the daemon yet: back up and revert "
+                "with the PostgreSQL runbook (docs/database.md)"
+            )
+        raise PermanentError(f"no Kubernetes implementation for step {kind.value}")
+
+    # -- steps -----------------------------------------------------------------------
+    async def _wait_rollout(
+        self, namespace: str, deployment: str, *, dry_run: bool
+    ) -> dict[str, Any]:
+        if dry_run:
+            status = await rollout_status(self._kube, namespace=namespace, deployment=deployment)
+            return {"summary": f"skipped in dry run; now: {status.message}"}
+        status = await wait_for_rollout(
+            self._kube,
+            namespace=namespace,
+            deployment=deployment,
+            timeout_seconds=self._rollout_timeout,
+            poll_seconds=self._poll,
+        )
+        if not status.complete:
+            raise PermanentError(
+                f"rollout of {namespace}/{deployment} did not complete within "
+                f"{self._rollout_timeout:.0f}s: {status.message}"
+            )
+        return {"summary": status.message}
+
+    async def _switch(
+        self, namespace: str, p: Mapping[str, Any], *, dry_run: bool
+    ) -> dict[str, Any]:
+        service, key, value = str(p["service_name"]), str(p["selector_label"]), str(p["to_value"])
+        switched = await switch_service_selector(
+            self._kube, namespace=namespace, service=service, selector_key=key, to_value=value,
+            dry_run=dry_run,
+        )  # fmt: skip
+        result = _record(switched)
+        if dry_run:
+            return result
+        svc = await self._kube.get(Ref("Service", namespace, service))
+        ready = await wait_endpoints_ready_for(
+            self._kube,
+            namespace=namespace,
+            service=service,
+            selector=svc["spec"].get("selector") or {key: value},
+            timeout_seconds=self._rollout_timeout,
+            poll_seconds=self._poll,
+        )
+        if not ready.ready:
+            raise PermanentError(
+                f"Service {namespace}/{service} has no ready endpoints of {key}={value} after "
+                f"{self._rollout_timeout:.0f}s"
+            )
+        result["endpoints"] = _record(ready)
+        return result
+
+    async def _scale(
+        self, namespace: str, p: Mapping[str, Any], *, dry_run: bool
+    ) -> dict[str, Any]:
+        deployment = str(p["deployment"])
+        replicas = p.get("replicas")
+        if "from_replicas" in p:  # scale up: respect an HPA, never scale down
+            return _record(
+                await scale_up(
+                    self._kube, namespace=namespace, deployment=deployment,
+                    target_replicas=int(str(replicas)), max_replicas=int(str(replicas)),
+                    dry_run=dry_run,
+                )
+            )  # fmt: skip
+        if replicas is None:  # a canary's stable side: back to its pre-canary size
+            replicas = await pre_canary_replicas(
+                self._kube, namespace=namespace, deployment=deployment
+            )
+            if replicas is None:
+                raise NeedsHuman(
+                    f"{namespace}/{deployment} records no pre-canary replica count; "
+                    "scale the stable deployment by hand"
+                )
+        return _record(
+            await scale(
+                self._kube, namespace=namespace, deployment=deployment,
+                replicas=int(str(replicas)), dry_run=dry_run,
+            )
+        )  # fmt: skip
+
+    async def _helm_rollback(
+        self, namespace: str, p: Mapping[str, Any], *, dry_run: bool
+    ) -> dict[str, Any]:
+        if self._helm is None:
+            raise PermanentError("helm rollback needs the helm binary (kubernetes.helm_binary)")
+        try:
+            result = await self._helm.rollback(
+                release=str(p["release"]),
+                namespace=namespace,
+                revision=int(str(p["to_revision"])),
+                wait=not dry_run,
+                timeout_seconds=self._rollout_timeout,
+                dry_run=dry_run,
+            )
+        except HelmReleasePending as exc:
+            raise NeedsHuman(str(exc)) from exc
+        return _record(result)
+
+    # -- lookups -----------------------------------------------------------------------
+    def _workload(self, service: str) -> str:
+        spec = self._pack.services.get(service)
+        if spec is None:
+            raise PermanentError(f"service {service!r} is not in the catalog")
+        return spec.workload
+
+    def _canary_spec(self, service: str) -> CanaryRollback:
+        spec = self._pack.services.get(service)
+        if spec is None or not isinstance(spec.rollback, CanaryRollback):
+            raise PermanentError(f"service {service!r} has no canary rollback in the catalog")
+        return spec.rollback
+
+    async def _revision(self, namespace: str, deployment: str) -> int:
+        obj = await self._kube.get(Ref("Deployment", namespace, deployment))
+        value = (obj["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION)
+        if value is None:
+            raise ActionRefused(
+                f"{namespace}/{deployment} has no revision yet",
+                target=f"Deployment {namespace}/{deployment}", reason="no-revision",
+            )  # fmt: skip
+        return int(value)
+
+
+class LeaseLock:
+    """ServiceLock over one Kubernetes Lease per service, held while a plan runs."""
+
+    def __init__(
+        self, *, kube: KubeClient, holder: str, duration_seconds: int, namespace: str | None = None
+    ) -> None:
+        self._kube = kube
+        self._holder = holder
+        self._duration = duration_seconds
+        self._namespace = namespace  # None: each service's own namespace
+        self._leases: dict[str, ServiceLease] = {}
+
+    async def acquire(self, *, service: str, namespace: str) -> bool:
+        lease = ServiceLease(
+            self._kube,
+            namespace=self._namespace or namespace,
+            service=service,
+            holder=self._holder,
+            duration_seconds=self._duration,
+        )
+        try:
+            await lease.acquire()
+        except LeaseHeld:
+            return False
+        self._leases[service] = lease
+        return True
+
+    async def release(self, *, service: str, namespace: str) -> None:
+        lease = self._leases.pop(service, None)
+        if lease is not None:
+            await lease.release()

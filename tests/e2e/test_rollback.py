@@ -1,0 +1,214 @@
+"""Issue 6 acceptance: a bad release is rolled back by the daemon on a real control plane.
+
+v1 rolls out healthy; v2's pods never become Ready (kwok keeps pods with the
+not-ready label NotReady); the CD pipeline reports both deploys on Kafka; a
+PodNotReady alert reaches the webhook; the daemon rolls back to revision 1 with
+kubectl's semantics, waits for the rollout and records the timeline.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.api_client import ApiClient
+
+from tests.e2e.daemon import RULES, Daemon
+from tests.e2e.test_alertmanager_intake import post
+from tests.integration.testenv.test_kube_smoke import NOT_READY_LABEL, eventually
+from tests.unit.payloads import alert, payload
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+REVISION = "deployment.kubernetes.io/revision"
+
+
+@pytest.fixture
+async def api(kube: Any) -> AsyncIterator[ApiClient]:
+    configuration = client.Configuration()
+    await config.load_kube_config(
+        config_file=kube.endpoints["kubeconfig"], client_configuration=configuration
+    )
+    async with ApiClient(configuration=configuration) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+async def namespace(api: ApiClient) -> AsyncIterator[str]:
+    core = client.CoreV1Api(api)
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    async def default_sa() -> list[str]:
+        return [sa.metadata.name for sa in (await core.list_namespaced_service_account(name)).items]
+
+    await eventually(default_sa, lambda n: "default" in n, timeout=30, what="default SA")
+    yield name
+    await core.delete_namespace(name)
+
+
+@pytest.fixture
+def rules(tmp_path: Path, namespace: str) -> Path:
+    """The shipped rules, with a catalog whose checkout lives in this test's namespace."""
+    directory = tmp_path / "rules"
+    directory.mkdir()
+    for name in ("defaults.yaml", "remediation.yaml"):
+        shutil.copy(RULES / name, directory / name)
+    (directory / "catalog.yaml").write_text(
+        f"services:\n  checkout:\n    namespace: {namespace}\n    workload: checkout\n"
+        "    rollback: {strategy: rolling}\n    scale: {min_replicas: 2, max_replicas: 6, step: 1}\n"
+    )
+    return directory
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, kube: Any, kafka: Any, rules: Path) -> Iterator[Daemon]:
+    topic = f"deployments-{uuid.uuid4().hex[:8]}"
+    d = Daemon(
+        tmp_path / "daemon",
+        rules=rules,
+        extra_env={
+            "REMEDIATOR_KUBERNETES__KUBECONFIG": kube.endpoints["kubeconfig"],
+            "REMEDIATOR_KUBERNETES__INSTANCE_ID": "e2e-daemon",
+            "REMEDIATOR_KUBERNETES__ROLLOUT_TIMEOUT_SECONDS": "90",
+            "REMEDIATOR_KAFKA__BOOTSTRAP_SERVERS": kafka.endpoints["kafka_bootstrap"],
+            "REMEDIATOR_KAFKA__DEPLOY_TOPICS": topic,
+            "REMEDIATOR_KAFKA__GROUP_ID": f"g-{topic}",
+        },
+    )
+    d.topic = topic  # type: ignore[attr-defined]
+    d.start()
+    yield d
+    if d.proc is not None:
+        assert d.stop() == 0
+
+
+def template(image: str, *, ready: bool) -> client.V1PodTemplateSpec:
+    labels = {"app": "checkout"} | ({} if ready else {NOT_READY_LABEL: "true"})
+    return client.V1PodTemplateSpec(
+        metadata=client.V1ObjectMeta(labels=labels),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="app", image=image)]),
+    )
+
+
+async def rollout(apps: client.AppsV1Api, namespace: str) -> Any:
+    return await apps.read_namespaced_deployment("checkout", namespace)
+
+
+def complete(d: Any) -> bool:
+    s = d.status
+    return (
+        (s.observed_generation or 0) >= d.metadata.generation
+        and (s.updated_replicas or 0) == d.spec.replicas
+        and (s.available_replicas or 0) == d.spec.replicas
+        and (s.replicas or 0) == d.spec.replicas
+    )
+
+
+async def deployed(kafka: Any, topic: str, revision: int, version: str, namespace: str,
+                   at: datetime) -> None:  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.endpoints["kafka_bootstrap"])
+    await producer.start()
+    try:
+        event = {
+            "specversion": "1.0", "id": f"deploy-{namespace}-{revision}", "source": "ci/deployer",
+            "type": "io.remediator.deployment.succeeded", "time": at.isoformat(),
+            "data": {"service": "checkout", "namespace": namespace, "version": version,
+                     "revision": str(revision), "previous_revision": str(revision - 1)},
+        }  # fmt: skip
+        await producer.send_and_wait(topic, orjson.dumps(event), key=b"checkout")
+    finally:
+        await producer.stop()
+
+
+async def test_bad_release_is_rolled_back_like_kubectl_rollout_undo(
+    api: ApiClient, namespace: str, daemon: Daemon, kafka: Any
+) -> None:
+    apps = client.AppsV1Api(api)
+    body = client.V1Deployment(
+        metadata=client.V1ObjectMeta(name="checkout"),
+        spec=client.V1DeploymentSpec(
+            replicas=2,
+            selector=client.V1LabelSelector(match_labels={"app": "checkout"}),
+            template=template("registry.example/checkout:v1", ready=True),
+        ),
+    )
+    await apps.create_namespaced_deployment(namespace, body)
+    await eventually(lambda: rollout(apps, namespace), complete, timeout=60, what="v1 rollout")
+    now = datetime.now(UTC)
+    await deployed(kafka, daemon.topic, 1, "v1", namespace, now - timedelta(hours=2))  # type: ignore[attr-defined]
+
+    # v2: its pods stay NotReady, so the rollout never completes.
+    await apps.patch_namespaced_deployment(
+        "checkout", namespace,
+        {"spec": {"template": template("registry.example/checkout:v2", ready=False).to_dict()}},
+    )  # fmt: skip
+    await deployed(kafka, daemon.topic, 2, "v2", namespace, datetime.now(UTC))  # type: ignore[attr-defined]
+    v2 = await eventually(
+        lambda: rollout(apps, namespace),
+        lambda d: d.metadata.annotations.get(REVISION) == "2",
+        timeout=30, what="revision 2",
+    )  # fmt: skip
+    assert not complete(v2)
+    # Both deploy events must be journaled before the alert is decided.
+    await eventually(
+        lambda: _signals(daemon), lambda items: sum(i["source"] == "kafka" for i in items) >= 2,
+        timeout=60, what="deploy events journaled",
+    )  # fmt: skip
+
+    status, _ = post(daemon, orjson.dumps(payload([alert(
+        name="PodNotReady", service="checkout", namespace=namespace, fingerprint="pnr-e2e",
+        starts_at=datetime.now(UTC).isoformat())])))  # fmt: skip
+    assert status == 200
+
+    done = await eventually(
+        lambda: _remediations(daemon),
+        lambda items: any(i["status"] in ("succeeded", "failed", "needs_human") for i in items),
+        timeout=120, what="the rollback to finish",
+    )  # fmt: skip
+    [rem] = [i for i in done if i["action"] == "rollback"]
+    assert rem["status"] == "succeeded", rem
+
+    final = await rollout(apps, namespace)
+    assert complete(final)
+    assert final.spec.template.spec.containers[0].image == "registry.example/checkout:v1"
+    assert NOT_READY_LABEL not in final.spec.template.metadata.labels
+    # As kubectl leaves it: the v1 ReplicaSet is renumbered to the next revision (3),
+    # v2's keeps 2, and revision 1 is gone from the history.
+    replica_sets = await apps.list_namespaced_replica_set(namespace)
+    by_image = {rs.spec.template.spec.containers[0].image: rs for rs in replica_sets.items}
+    assert by_image["registry.example/checkout:v1"].metadata.annotations[REVISION] == "3"
+    assert by_image["registry.example/checkout:v2"].metadata.annotations[REVISION] == "2"
+    assert final.metadata.annotations[REVISION] == "3"
+    assert "pod-template-hash" not in final.spec.template.metadata.labels
+
+    status, detail = daemon.get(f"/api/v1/remediations/{rem['id']}")
+    assert status == 200
+    kinds = [(s["kind"], s["status"]) for s in detail["steps"]]
+    assert kinds[:2] == [("rollout_undo", "succeeded"), ("wait_rollout", "succeeded")]
+    assert detail["steps"][0]["detail"]["to_revision"] == 1
+
+
+def _signals(daemon: Daemon) -> Any:
+    return _async(daemon.signals)
+
+
+def _remediations(daemon: Daemon) -> Any:
+    return _async(lambda: daemon.get("/api/v1/remediations?limit=100")[1]["items"])
+
+
+async def _async_call(fn: Any) -> Any:
+    import asyncio
+
+    return await asyncio.to_thread(fn)
+
+
+def _async(fn: Any) -> Any:
+    return _async_call(fn)
