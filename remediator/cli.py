@@ -32,6 +32,7 @@ EPILOG = textwrap.dedent(
       remediator signals --service checkout --limit 20
       remediator remediations --status skipped        # what was decided, and why
       remediator remediations rem_0123abcd            # one decision in full
+      remediator history --service checkout           # what was done, step by step
       remediator circuit reset                        # close the circuit breaker
       remediator config show                          # effective settings, secrets masked
       remediator rules check rules/                   # validate rule files, exit 1 on problems
@@ -120,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     rems.add_argument("--limit", type=int, default=20, help="How many (default 20).")
     rems.add_argument("--json", action="store_true", help="JSON output.")
     rems.set_defaults(func=cmd_remediations)
+
+    history = sub.add_parser(
+        "history",
+        help="Show remediations with their step-by-step timeline.",
+        description="The timeline of remediations: when each was decided, claimed, every "
+        "step started and finished (with what it changed or why it failed), and the end.",
+    )
+    _add_settings_flags(history)
+    history.add_argument("id", nargs="?", help="One remediation (default: the newest ones).")
+    history.add_argument("--service", help="Only this service.")
+    history.add_argument("--limit", type=int, default=5, help="How many (default 5).")
+    history.set_defaults(func=cmd_history)
 
     report = sub.add_parser(
         "report",
@@ -274,6 +287,35 @@ def cmd_remediations(args: argparse.Namespace) -> int:
             f"{item['created_at']:27} {item['id']:28} {item['status']:9} {item['service']:16} "
             f"{item['action'] or '-':12} {item['reason'] or ''}"
         )
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    async def fetch(journal: Journal) -> list[dict[str, Any]]:
+        if args.id:
+            item = await journal.get_remediation(args.id)
+            return [item] if item else []
+        page = await journal.list_remediations(service=args.service, limit=args.limit)
+        items = [await journal.get_remediation(i["id"]) for i in page.items]
+        return [i for i in items if i is not None]
+
+    items = _with_journal(args, fetch)
+    if not items:
+        print("no remediations" if not args.id else f"remediator: no remediation {args.id!r}")
+        return 0 if not args.id else 1
+    for item in items:
+        print(f"{item['id']}  {item['service']}  {item['action'] or '-'}  {item['status']}"
+              + (f" ({item['reason']})" if item["reason"] else ""))  # fmt: skip
+        print(f"  {item['created_at']}  decided by rule {item['rule']}")
+        if item["claimed_at"]:
+            print(f"  {item['claimed_at']}  claimed by {item['claimed_by']}")
+        for step in item.get("steps", ()):
+            detail = step["detail"].get("error") or step["detail"].get("summary") or ""
+            print(f"  {step['finished_at'] or step['started_at']}  {step['kind']:<18} "
+                  f"{step['status']:<9} {detail}")  # fmt: skip
+        if item["finished_at"]:
+            print(f"  {item['finished_at']}  finished: {item['status']}")
+        print()
     return 0
 
 

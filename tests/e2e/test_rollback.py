@@ -9,6 +9,8 @@ kubectl's semantics, waits for the rollout and records the timeline.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -68,8 +70,10 @@ def rules(tmp_path: Path, namespace: str) -> Path:
     return directory
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, kube: Any, kafka: Any, rules: Path) -> Iterator[Daemon]:
+@pytest.fixture(params=[False], ids=["acting"])
+def daemon(
+    request: pytest.FixtureRequest, tmp_path: Path, kube: Any, kafka: Any, rules: Path
+) -> Iterator[Daemon]:
     topic = f"deployments-{uuid.uuid4().hex[:8]}"
     d = Daemon(
         tmp_path / "daemon",
@@ -81,6 +85,7 @@ def daemon(tmp_path: Path, kube: Any, kafka: Any, rules: Path) -> Iterator[Daemo
             "REMEDIATOR_KAFKA__BOOTSTRAP_SERVERS": kafka.endpoints["kafka_bootstrap"],
             "REMEDIATOR_KAFKA__DEPLOY_TOPICS": topic,
             "REMEDIATOR_KAFKA__GROUP_ID": f"g-{topic}",
+            "REMEDIATOR_DRY_RUN": "true" if request.param else "false",
         },
     )
     d.topic = topic  # type: ignore[attr-defined]
@@ -128,10 +133,11 @@ async def deployed(kafka: Any, topic: str, revision: int, version: str, namespac
         await producer.stop()
 
 
-async def test_bad_release_is_rolled_back_like_kubectl_rollout_undo(
-    api: ApiClient, namespace: str, daemon: Daemon, kafka: Any
-) -> None:
-    apps = client.AppsV1Api(api)
+async def bad_release(apps: client.AppsV1Api, namespace: str, daemon: Daemon, kafka: Any) -> Any:
+    """v1 healthy, v2 never Ready, both reported by CD, then a PodNotReady alert.
+
+    Returns the Deployment as v2 left it.
+    """
     body = client.V1Deployment(
         metadata=client.V1ObjectMeta(name="checkout"),
         spec=client.V1DeploymentSpec(
@@ -162,26 +168,21 @@ async def test_bad_release_is_rolled_back_like_kubectl_rollout_undo(
         lambda: _signals(daemon), lambda items: sum(i["source"] == "kafka" for i in items) >= 2,
         timeout=60, what="deploy events journaled",
     )  # fmt: skip
-
     status, _ = post(daemon, orjson.dumps(payload([alert(
         name="PodNotReady", service="checkout", namespace=namespace, fingerprint="pnr-e2e",
         starts_at=datetime.now(UTC).isoformat())])))  # fmt: skip
     assert status == 200
+    return v2
 
-    done = await eventually(
-        lambda: _remediations(daemon),
-        lambda items: any(i["status"] in ("succeeded", "failed", "needs_human") for i in items),
-        timeout=120, what="the rollback to finish",
-    )  # fmt: skip
-    [rem] = [i for i in done if i["action"] == "rollback"]
-    assert rem["status"] == "succeeded", rem
 
+async def assert_rolled_back_once(apps: client.AppsV1Api, namespace: str) -> None:
     final = await rollout(apps, namespace)
     assert complete(final)
     assert final.spec.template.spec.containers[0].image == "registry.example/checkout:v1"
     assert NOT_READY_LABEL not in final.spec.template.metadata.labels
     # As kubectl leaves it: the v1 ReplicaSet is renumbered to the next revision (3),
-    # v2's keeps 2, and revision 1 is gone from the history.
+    # v2's keeps 2, and revision 1 is gone from the history. A second undo would have
+    # made it 4.
     replica_sets = await apps.list_namespaced_replica_set(namespace)
     by_image = {rs.spec.template.spec.containers[0].image: rs for rs in replica_sets.items}
     assert by_image["registry.example/checkout:v1"].metadata.annotations[REVISION] == "3"
@@ -189,11 +190,99 @@ async def test_bad_release_is_rolled_back_like_kubectl_rollout_undo(
     assert final.metadata.annotations[REVISION] == "3"
     assert "pod-template-hash" not in final.spec.template.metadata.labels
 
+
+async def test_bad_release_is_rolled_back_like_kubectl_rollout_undo(
+    api: ApiClient, namespace: str, daemon: Daemon, kafka: Any
+) -> None:
+    apps = client.AppsV1Api(api)
+    await bad_release(apps, namespace, daemon, kafka)
+    done = await eventually(
+        lambda: _remediations(daemon),
+        lambda items: any(i["status"] in ("succeeded", "failed", "needs_human") for i in items),
+        timeout=120, what="the rollback to finish",
+    )  # fmt: skip
+    [rem] = [i for i in done if i["action"] == "rollback"]
+    assert rem["status"] == "succeeded", rem
+    await assert_rolled_back_once(apps, namespace)
+
     status, detail = daemon.get(f"/api/v1/remediations/{rem['id']}")
     assert status == 200
     kinds = [(s["kind"], s["status"]) for s in detail["steps"]]
     assert kinds[:2] == [("rollout_undo", "succeeded"), ("wait_rollout", "succeeded")]
     assert detail["steps"][0]["detail"]["to_revision"] == 1
+    history = subprocess.run(
+        [sys.executable, "-m", "remediator", "history", rem["id"],
+         "--journal", f"sqlite:///{daemon.journal}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "rollout_undo" in history.stdout and "finished: succeeded" in history.stdout
+
+
+@pytest.mark.parametrize("daemon", [True], ids=["dry-run"], indirect=True)
+async def test_dry_run_rehearses_the_rollback_and_changes_nothing(
+    api: ApiClient, namespace: str, daemon: Daemon, kafka: Any
+) -> None:
+    apps = client.AppsV1Api(api)
+    v2 = await bad_release(apps, namespace, daemon, kafka)
+    rs_before = {
+        rs.metadata.name: rs.metadata.resource_version
+        for rs in (await apps.list_namespaced_replica_set(namespace)).items
+    }
+    done = await eventually(
+        lambda: _remediations(daemon),
+        lambda items: any(i["status"] == "dry-run" and i["finished_at"] for i in items),
+        timeout=120, what="the dry run to finish",
+    )  # fmt: skip
+    [rem] = [i for i in done if i["action"] == "rollback"]
+    status, detail = daemon.get(f"/api/v1/remediations/{rem['id']}")
+    assert status == 200
+    undo = detail["steps"][0]
+    assert (undo["kind"], undo["status"], undo["detail"]["dry_run"]) == (
+        "rollout_undo",
+        "succeeded",
+        True,
+    )
+    assert undo["detail"]["to_revision"] == 1
+    after = await rollout(apps, namespace)
+    assert after.metadata.resource_version == v2.metadata.resource_version
+    assert after.metadata.annotations[REVISION] == "2"
+    rs_after = {
+        rs.metadata.name: rs.metadata.resource_version
+        for rs in (await apps.list_namespaced_replica_set(namespace)).items
+    }
+    assert rs_after == rs_before
+
+
+async def test_sigkill_mid_plan_then_restart_mutates_once(
+    api: ApiClient, namespace: str, daemon: Daemon, kafka: Any
+) -> None:
+    apps = client.AppsV1Api(api)
+    await bad_release(apps, namespace, daemon, kafka)
+
+    def undo_done(items: list[dict[str, Any]]) -> bool:
+        for item in items:
+            if item["action"] == "rollback":
+                _, detail = daemon.get(f"/api/v1/remediations/{item['id']}")
+                steps = detail.get("steps", [])
+                return bool(steps) and steps[0]["status"] == "succeeded"
+        return False
+
+    await eventually(lambda: _remediations(daemon), undo_done, timeout=120, what="the undo")
+    assert daemon.proc is not None
+    daemon.proc.kill()  # SIGKILL: no drain, the plan is cut wherever it is
+    daemon.proc.wait(timeout=30)
+    daemon.proc = None
+    daemon.start()
+    done = await eventually(
+        lambda: _remediations(daemon),
+        lambda items: any(i["status"] in ("succeeded", "failed", "needs_human") for i in items),
+        timeout=120, what="the plan to end after restart",
+    )  # fmt: skip
+    [rem] = [i for i in done if i["action"] == "rollback"]
+    assert rem["status"] in ("succeeded", "failed", "needs_human")
+    _, detail = daemon.get(f"/api/v1/remediations/{rem['id']}")
+    assert [s["kind"] for s in detail["steps"]].count("rollout_undo") == 1
+    await assert_rolled_back_once(apps, namespace)
 
 
 def _signals(daemon: Daemon) -> Any:
