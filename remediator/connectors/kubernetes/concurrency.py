@@ -6,8 +6,8 @@ the HPA controller every sync), and each status write moves the resourceVersion 
 so a precondition can fail although nothing our decision was based on changed.
 
 :func:`apply_with_reread` handles exactly that case: on 409 Conflict it re-reads the
-object, and only when the new read differs from the old one in status and API
-bookkeeping alone does it run the action again on the fresh read (bounded). Any
+object, and only when the new read differs from the old one in status and API or
+controller bookkeeping alone does it run the action again on the fresh read (bounded). Any
 change to spec, labels, annotations or data is raised as KubeConflict: re-deciding
 is then the executor's job, because what changed it (a human, a deploy, another
 instance) may have made the action wrong.
@@ -26,6 +26,12 @@ __all__ = ["apply_with_reread", "same_intent"]
 T = TypeVar("T")
 ATTEMPTS = 5
 _BOOKKEEPING = frozenset({"resourceVersion", "managedFields"})
+# Annotations controllers maintain themselves: the deployment controller sets the
+# revision right after it creates a ReplicaSet for a new template, a moment after the
+# (spec) change that caused it.
+_CONTROLLER_ANNOTATIONS = frozenset(
+    {"deployment.kubernetes.io/revision", "deployment.kubernetes.io/revision-history"}
+)
 
 
 def same_intent(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
@@ -35,6 +41,10 @@ def same_intent(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
 
 def _intent(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _BOOKKEEPING}
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k not in _CONTROLLER_ANNOTATIONS
+    }
+    meta["annotations"] = annotations
     # apiVersion/kind: list items come without them; the Ref already fixes both.
     body = {k: v for k, v in obj.items() if k not in ("status", "apiVersion", "kind")}
     return {**body, "metadata": meta}

@@ -130,7 +130,19 @@ async def _undo(
     dry_run: bool,
 ) -> RolloutUndoResult:
     by_revision = _by_revision(await owned_replica_sets(kube, obj))
-    current = revision_of(obj)
+    live_template = template_without_hash(obj["spec"]["template"])
+    # The ReplicaSet running the Deployment's template decides what "current" is, as
+    # in kubectl: the Deployment's revision annotation can lag behind a new
+    # ReplicaSet for a moment.
+    current_rs = next(
+        (
+            rs
+            for _, rs in sorted(by_revision.items(), reverse=True)
+            if template_without_hash(rs["spec"]["template"]) == live_template
+        ),
+        None,
+    )
+    current = revision_of(current_rs) if current_rs else revision_of(obj)
     if not by_revision:
         raise ActionRefused("no rollout history found", target=str(ref), reason="no-history")
     latest = max(by_revision)
@@ -166,7 +178,7 @@ async def _undo(
             reason="paused",
         )
     template = template_without_hash(target_rs["spec"]["template"])
-    if target_revision == current or template == template_without_hash(obj["spec"]["template"]):
+    if template == live_template:
         raise ActionRefused(
             f"revision {target_revision} is already the current template",
             target=str(ref),
@@ -196,7 +208,6 @@ async def _undo(
         resource_version=obj["metadata"]["resourceVersion"],
         dry_run=dry_run,
     )
-    current_rs = by_revision.get(current) if current is not None else None
     return RolloutUndoResult(
         namespace=ref.namespace,
         deployment=str(ref.name),

@@ -84,27 +84,27 @@ def evaluate_rollout(deployment: Mapping[str, Any]) -> RolloutStatus:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == TIMED_OUT_REASON:
             return result(
-                "failed", f"deployment {name!r} exceeded its progress deadline", TIMED_OUT_REASON
+                "failed", f'deployment "{name}" exceeded its progress deadline', TIMED_OUT_REASON
             )
     if updated < desired:
         return result(
             "progressing",
-            f"Waiting for deployment {name!r} rollout to finish: "
+            f'Waiting for deployment "{name}" rollout to finish: '
             f"{updated} out of {desired} new replicas have been updated...",
         )
     if replicas > updated:
         return result(
             "progressing",
-            f"Waiting for deployment {name!r} rollout to finish: "
+            f'Waiting for deployment "{name}" rollout to finish: '
             f"{replicas - updated} old replicas are pending termination...",
         )
     if available < updated:
         return result(
             "progressing",
-            f"Waiting for deployment {name!r} rollout to finish: "
+            f'Waiting for deployment "{name}" rollout to finish: '
             f"{available} of {updated} updated replicas are available...",
         )
-    return result("complete", f"deployment {name!r} successfully rolled out")
+    return result("complete", f'deployment "{name}" successfully rolled out')
 
 
 async def rollout_status(kube: KubeClient, *, namespace: str, deployment: str) -> RolloutStatus:
