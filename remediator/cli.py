@@ -210,10 +210,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(fmt=settings.log.format, level=settings.log.level)
-    from remediator.runtime import Runtime  # heavy imports only for the daemon
-
     # uvloop: about 15% more webhook throughput measured on our machines (bench/intake.py).
     import uvloop
+
+    from remediator.runtime import Runtime  # heavy imports only for the daemon
 
     uvloop.install()
     return asyncio.run(Runtime(settings).run())
