@@ -194,7 +194,10 @@ class SqliteJournal:
                     if signal.id not in known:
                         fresh.setdefault(signal.id, signal)
                 # A request's signals share one received_at: format it once per request.
-                stamps = {id(s.received_at): _utc_text(s.received_at) for s in fresh.values()}
+                stamps: dict[int, str] = {}
+                for signal in fresh.values():
+                    if id(signal.received_at) not in stamps:
+                        stamps[id(signal.received_at)] = _utc_text(signal.received_at)
                 conn.executemany(
                     INSERT_SIGNAL,
                     (_signal_row(s, stamps[id(s.received_at)]) for s in fresh.values()),
