@@ -48,6 +48,9 @@ class Daemon:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATOR_")}
+        # Never let a test daemon find a real cluster through the developer's kubeconfig.
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        env["KUBECONFIG"] = str(self.workdir / "no-kubeconfig")
         env.update({"REMEDIATOR_WEBHOOK_TOKEN": self.token, **self.extra_env})
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -21,6 +21,14 @@ def remediations(daemon: Daemon, query: str = "") -> list[dict[str, object]]:
     return list(page["items"])
 
 
+def test_without_a_cluster_plans_are_dry_runs_and_readyz_says_why(daemon: Daemon) -> None:
+    status, body = daemon.get("/readyz", auth=False)
+    assert status == 200
+    assert body["checks"]["kubernetes"].startswith("unreachable")
+    assert "dry runs" in body["checks"]["kubernetes"]
+    assert "plans are recorded as dry runs" in daemon.log_path.read_text()
+
+
 def test_each_signal_is_decided_and_explained(daemon: Daemon) -> None:
     alerts = [
         alert(name="HighErrorRate", fingerprint=f"e{i}", extra_labels={"pod": f"p{i}"})
