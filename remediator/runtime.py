@@ -111,7 +111,8 @@ class Runtime:
         )
         notice_channels = relay.channels if relay else ()
         outcome_channel = publisher.channel if publisher else None
-        executor = self._executor(kube, notice_channels, outcome_channel)
+        step_runner = self._step_runner(kube)
+        executor = self._executor(step_runner, kube, notice_channels, outcome_channel)
         facts = self.facts or (
             KubernetesFacts(
                 kube, deployments={n: s.workload for n, s in self.pack.services.items()}
@@ -128,6 +129,7 @@ class Runtime:
             notice_channels=notice_channels,
             outcome_channel=outcome_channel,
             on_decision=(lambda _: executor.wake()) if executor is not None else None,
+            on_deploy=step_runner.snapshot_for_deploy if step_runner is not None else None,
         )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,
@@ -230,22 +232,28 @@ class Runtime:
         self.kube_status = "connected"
         return kube
 
-    def _executor(
-        self,
-        kube: KubeClient | None,
-        notice_channels: tuple[str, ...],
-        outcome_channel: str | None,
-    ) -> Executor | None:
+    def _step_runner(self, kube: KubeClient | None) -> KubernetesStepRunner | None:
         if kube is None:
             return None
         k = self.settings.kubernetes
-        runner = KubernetesStepRunner(
+        return KubernetesStepRunner(
             kube=kube,
             pack=self.pack,
             helm=Helm(binary=Path(k.helm_binary), kubeconfig=k.kubeconfig, kube_context=k.context),
             rollout_timeout_seconds=k.rollout_timeout_seconds,
             health_timeout_seconds=k.health_timeout_seconds,
         )
+
+    def _executor(
+        self,
+        runner: KubernetesStepRunner | None,
+        kube: KubeClient | None,
+        notice_channels: tuple[str, ...],
+        outcome_channel: str | None,
+    ) -> Executor | None:
+        if runner is None or kube is None:
+            return None
+        k = self.settings.kubernetes
         return Executor(
             journal=self.journal,
             runner=runner,

@@ -16,10 +16,10 @@ import asyncio
 import bisect
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from remediator.domain.errors import TemporaryError
+from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.outcomes import outcome_event
 from remediator.domain.plans import ActionKind, Decision, NoAction, NoActionReason, Plan, explain
 from remediator.domain.record import RemediationStatus as RecordStatus
@@ -119,6 +119,7 @@ class DecisionEngine:
         on_decision: Callable[[Decision], None] | None = None,
         outcome_channel: str | None = None,
         notice_channels: tuple[str, ...] = (),
+        on_deploy: Callable[[Signal], Awaitable[None]] | None = None,
     ) -> None:
         self._journal = journal
         self._pack = pack
@@ -129,6 +130,7 @@ class DecisionEngine:
         self._on_decision = on_decision
         self._outcome_channel = outcome_channel
         self._notice_channels = notice_channels
+        self._on_deploy = on_deploy
         self._wake = asyncio.Event()
         self._alert_kinds = tuple(sorted({
             kind for rule in pack.rules if rule.match.source == "alertmanager"
@@ -200,7 +202,20 @@ class DecisionEngine:
             outbox=[*self._outcome_messages(records), *self._notices(records, decisions)],
         )
         await self._latch_circuit(circuit, now=now)
+        if self._on_deploy is not None:
+            for item in stored:
+                if item.signal.kind == "deployment.succeeded":
+                    await self._deploy_hook(item.signal)
         return len(stored)
+
+    async def _deploy_hook(self, signal: Signal) -> None:
+        assert self._on_deploy is not None
+        try:
+            await self._on_deploy(signal)
+        except (TemporaryError, PermanentError) as exc:
+            # A missing snapshot only matters if this release's config must be restored
+            # later; that restore then refuses with a clear reason.
+            log.warning("after deploy %s of %s: %s", signal.id, signal.service, exc)
 
     def _notices(
         self, records: list[DecisionRecord], decisions: list[Decision]

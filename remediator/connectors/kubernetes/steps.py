@@ -9,6 +9,7 @@ the API server with dryRun=All, and waits are skipped: nothing changed to wait f
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,12 @@ from remediator.connectors.kubernetes.bluegreen import (
 )
 from remediator.connectors.kubernetes.canary import pre_canary_replicas, set_canary_weight_zero
 from remediator.connectors.kubernetes.client import KubeClient, Ref
-from remediator.connectors.kubernetes.configmaps import restore_configmaps, snapshot_configmaps
+from remediator.connectors.kubernetes.configmaps import (
+    SNAPSHOT_DEPLOYMENT,
+    SNAPSHOT_REVISION,
+    restore_configmaps,
+    snapshot_configmaps,
+)
 from remediator.connectors.kubernetes.errors import ActionRefused, LeaseHeld
 from remediator.connectors.kubernetes.lease import ServiceLease
 from remediator.connectors.kubernetes.rollout import rollout_restart, rollout_undo
@@ -30,7 +36,10 @@ from remediator.domain.errors import PermanentError
 from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import CanaryRollback
+from remediator.domain.signals import Signal
 from remediator.ports import NeedsHuman
+
+log = logging.getLogger(__name__)
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 # Setting a value, waiting or checking again is harmless; undo, helm rollback and
@@ -127,12 +136,7 @@ class KubernetesStepRunner:
             if context.get("config_restored"):
                 return {"summary": "restored with the other ConfigMaps of this plan"}
             deployment = self._workload(service)
-            revision = await self._revision(namespace, deployment) - 1
-            if revision < 1:
-                raise ActionRefused(
-                    f"{deployment} has no previous revision to restore config from",
-                    target=f"Deployment {namespace}/{deployment}", reason="no-previous",
-                )  # fmt: skip
+            revision = await self._previous_snapshot(namespace, deployment)
             result = await restore_configmaps(
                 self._kube, namespace=namespace, deployment=deployment, revision=revision,
                 dry_run=dry_run,
@@ -272,6 +276,43 @@ class KubernetesStepRunner:
         if spec is None or not isinstance(spec.rollback, CanaryRollback):
             raise PermanentError(f"service {service!r} has no canary rollback in the catalog")
         return spec.rollback
+
+    async def _previous_snapshot(self, namespace: str, deployment: str) -> int:
+        """The newest revision with a config snapshot, older than the live revision."""
+        current = await self._revision(namespace, deployment)
+        snapshots = await self._kube.list_all(
+            Ref("ConfigMap", namespace), label_selector=f"{SNAPSHOT_DEPLOYMENT}={deployment}"
+        )
+        older = sorted(
+            {
+                int(rev)
+                for cm in snapshots
+                if (
+                    rev := (cm["metadata"].get("labels") or {}).get(SNAPSHOT_REVISION, "")
+                ).isdigit()
+                and int(rev) < current
+            }
+        )
+        if not older:
+            raise ActionRefused(
+                f"no config snapshot of {deployment} older than its revision {current}; "
+                "snapshots are taken when a deploy event arrives",
+                target=f"Deployment {namespace}/{deployment}", reason="snapshot-missing",
+            )  # fmt: skip
+        return older[-1]
+
+    async def snapshot_for_deploy(self, signal: Signal) -> None:
+        """On a deploy event: keep the config this revision runs with, for a later restore."""
+        spec = self._pack.services.get(signal.service or "")
+        revision = signal.labels.get("revision", "")
+        if spec is None or spec.config is None or not revision.isdigit():
+            return
+        result = await snapshot_configmaps(
+            self._kube, namespace=spec.namespace, deployment=spec.workload,
+            revision=int(revision), dry_run=False,
+        )  # fmt: skip
+        log.info("config of %s revision %s kept as %s", spec.workload, revision,
+                 ", ".join(name for _, name in result.snapshots) or "nothing")  # fmt: skip
 
     async def _revision(self, namespace: str, deployment: str) -> int:
         obj = await self._kube.get(Ref("Deployment", namespace, deployment))
