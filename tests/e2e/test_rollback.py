@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,40 +20,22 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from tests.e2e.daemon import RULES, Daemon
 from tests.e2e.test_alertmanager_intake import post
-from tests.integration.testenv.test_kube_smoke import NOT_READY_LABEL, eventually
+from tests.integration.testenv.test_kube_smoke import (  # fixtures: api, namespace
+    NOT_READY_LABEL,
+    api,
+    eventually,
+    namespace,
+)
 from tests.unit.payloads import alert, payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+__all__ = ["api", "namespace"]  # fixtures shared with the kube smoke tests
 REVISION = "deployment.kubernetes.io/revision"
-
-
-@pytest.fixture
-async def api(kube: Any) -> AsyncIterator[ApiClient]:
-    configuration = client.Configuration()
-    await config.load_kube_config(
-        config_file=kube.endpoints["kubeconfig"], client_configuration=configuration
-    )
-    async with ApiClient(configuration=configuration) as api_client:
-        yield api_client
-
-
-@pytest.fixture
-async def namespace(api: ApiClient) -> AsyncIterator[str]:
-    core = client.CoreV1Api(api)
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-
-    async def default_sa() -> list[str]:
-        return [sa.metadata.name for sa in (await core.list_namespaced_service_account(name)).items]
-
-    await eventually(default_sa, lambda n: "default" in n, timeout=30, what="default SA")
-    yield name
-    await core.delete_namespace(name)
 
 
 @pytest.fixture
