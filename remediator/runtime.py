@@ -263,6 +263,7 @@ class Runtime:
             ),
             dry_run=self.settings.dry_run,
             max_concurrency=k.max_concurrent_plans,
+            drain_timeout_seconds=k.drain_timeout_seconds,
             outcome_channel=outcome_channel,
             notice_channels=notice_channels,
         )

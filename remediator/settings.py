@@ -177,6 +177,9 @@ class KubernetesSettings(_Group):
     rollout_timeout_seconds: float = Field(300.0, gt=0, description="Wait for a rollout.")
     health_timeout_seconds: float = Field(10.0, gt=0, description="One health-URL check.")
     max_concurrent_plans: int = Field(4, ge=1, description="Plans run at once (all services).")
+    drain_timeout_seconds: float = Field(
+        60.0, gt=0, description="On SIGTERM, how long running plans may take to end their step."
+    )
     helm_binary: str = Field("helm", description="helm executable for helm rollbacks.")
 
 

@@ -54,6 +54,7 @@ class Executor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         outcome_channel: str | None = None,
         notice_channels: tuple[str, ...] = (),
+        drain_timeout_seconds: float = 60.0,
     ) -> None:
         self._journal = journal
         self._runner = runner
@@ -69,6 +70,8 @@ class Executor:
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._drain_timeout = drain_timeout_seconds
 
     def wake(self) -> None:
         self._wake.set()
@@ -91,13 +94,28 @@ class Executor:
             await self.drain()
 
     async def drain(self) -> None:
-        """Let running plans finish their current step sequence (cancelled on shutdown)."""
-        for task in list(self._tasks):
+        """On shutdown: every running plan finishes the step it is in, then pauses.
+
+        A paused plan is claimed with its last step finished, so the next start resumes
+        it with the following step. Only a step still running after the drain timeout
+        is cancelled; the restart then treats it as interrupted (needs_human if it
+        mutates).
+        """
+        self._stopping = True
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        log.info("waiting up to %.0fs for %d running plan(s) to finish their step",
+                 self._drain_timeout, len(tasks))  # fmt: skip
+        _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout)
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def start_runnable(self) -> int:
         """Start every runnable plan whose service is idle; return how many started."""
+        if self._stopping:
+            return 0
         started = 0
         for item in await self._journal.runnable_remediations(limit=100):
             if item["service"] in self._busy:
@@ -155,6 +173,10 @@ class Executor:
         for idx, step in enumerate(plan.steps):
             if idx < resume_at:
                 continue
+            if self._stopping:
+                log.warning("%s: paused before step %d (%s) for shutdown; resumes on restart",
+                            rid, idx, step.kind.value)  # fmt: skip
+                return
             await self._journal.step_started(rid, idx=idx, kind=step.kind.value, at=self._clock())
             try:
                 detail = await self._run_step(step, service=item["service"], dry_run=rehearsal,

@@ -264,3 +264,49 @@ async def test_crash_between_steps_resumes_with_the_next(
     assert runner.calls[0] == (StepKind.WAIT_ROLLOUT, False)
     item = await journal.get_remediation(rid)
     assert item is not None and item["status"] == "succeeded"
+
+
+class GatedRunner(FakeRunner):
+    """Holds one step until released, to shut down while it runs."""
+
+    def __init__(self, gate_on: StepKind) -> None:
+        super().__init__()
+        self.gate_on = gate_on
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def run(
+        self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        if step.kind is self.gate_on:
+            self.entered.set()
+            await self.release.wait()
+        return await super().run(step, service=service, dry_run=dry_run, context=context)
+
+
+async def test_shutdown_lets_the_running_step_finish_then_the_restart_resumes(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    runner = GatedRunner(StepKind.WAIT_ROLLOUT)
+    ex = executor(journal, runner)
+    await ex.start_runnable()
+    await runner.entered.wait()
+    draining = asyncio.create_task(ex.drain())
+    await asyncio.sleep(0)
+    runner.release.set()
+    await draining
+    item = await journal.get_remediation(rid)
+    assert item is not None
+    assert (item["status"], item["finished_at"]) == ("running", None)
+    assert [(s["kind"], s["status"]) for s in item["steps"]] == [
+        ("rollout_undo", "succeeded"), ("wait_rollout", "succeeded")
+    ]  # fmt: skip
+
+    restarted = FakeRunner()
+    ex2 = executor(journal, restarted)
+    await ex2.recover()
+    await asyncio.gather(*list(ex2._tasks))
+    assert [k for k, _ in restarted.calls] == [StepKind.VERIFY_HEALTH, StepKind.NOTIFY]
+    item = await journal.get_remediation(rid)
+    assert item is not None and item["status"] == "succeeded"
