@@ -44,6 +44,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.decisions = Counter(
+            "remediator_decisions",
+            "Signals decided, by outcome (plan, no_action) and no-action reason.",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.remediations_finished = Counter(
+            "remediator_remediations_finished",
+            "Plans the executor finished, by action and final status.",
+            ["action", "status"],
+            registry=r,
+        )
         self.journal_write_duration = Histogram(
             "remediator_journal_write_duration_seconds",
             "Time from handing signals to the journal until they are durable.",

@@ -26,6 +26,7 @@ from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLo
 from remediator.connectors.slack import SlackNotifier
 from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 from remediator.domain.notices import EmailRouting, SlackRouting
+from remediator.domain.plans import Decision, NoActionReason, Plan
 from remediator.domain.rules import RulePack
 from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.engine.executor import Executor
@@ -128,7 +129,7 @@ class Runtime:
             dry_run=settings.dry_run or executor is None,
             notice_channels=notice_channels,
             outcome_channel=outcome_channel,
-            on_decision=(lambda _: executor.wake()) if executor is not None else None,
+            on_decision=self._decided(executor),
             on_deploy=step_runner.snapshot_for_deploy if step_runner is not None else None,
         )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
@@ -213,6 +214,21 @@ class Runtime:
                 await close()
         return exit_code
 
+    def _decided(self, executor: Executor | None) -> Callable[[Decision], None]:
+        def on_decision(decision: Decision) -> None:
+            if isinstance(decision, Plan):
+                self.metrics.decisions.labels(outcome="plan", reason="").inc()
+                if executor is not None:
+                    executor.wake()
+            else:
+                self.metrics.decisions.labels(
+                    outcome="no_action", reason=decision.reason.value
+                ).inc()
+                if executor is not None and decision.reason is NoActionReason.DRY_RUN:
+                    executor.wake()  # dry runs are rehearsed too
+
+        return on_decision
+
     async def _connect_kube(self) -> KubeClient | None:
         """A client when the cluster answers; else None, with the reason in kube_status."""
         k = self.settings.kubernetes
@@ -264,6 +280,9 @@ class Runtime:
             dry_run=self.settings.dry_run,
             max_concurrency=k.max_concurrent_plans,
             drain_timeout_seconds=k.drain_timeout_seconds,
+            on_finished=lambda action, status: self.metrics.remediations_finished.labels(
+                action=action, status=status
+            ).inc(),
             outcome_channel=outcome_channel,
             notice_channels=notice_channels,
         )

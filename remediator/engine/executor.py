@@ -55,6 +55,7 @@ class Executor:
         outcome_channel: str | None = None,
         notice_channels: tuple[str, ...] = (),
         drain_timeout_seconds: float = 60.0,
+        on_finished: Callable[[str, str], None] | None = None,
     ) -> None:
         self._journal = journal
         self._runner = runner
@@ -72,6 +73,7 @@ class Executor:
         self._wake = asyncio.Event()
         self._stopping = False
         self._drain_timeout = drain_timeout_seconds
+        self._on_finished = on_finished
 
     def wake(self) -> None:
         self._wake.set()
@@ -235,6 +237,8 @@ class Executor:
             at=self._clock(),
             outbox=self._messages(item, status),
         )
+        if self._on_finished is not None:
+            self._on_finished(item["action"] or "none", status)
         level = logging.INFO if status == "succeeded" else logging.ERROR
         log.log(level, "%s: %s %s%s", item["id"], item["action"], status,
                 f": {reason}" if reason else "")  # fmt: skip

@@ -44,6 +44,13 @@ def test_each_signal_is_decided_and_explained(daemon: Daemon) -> None:
     # No deploy history yet, so there is no healthy revision to roll back to.
     assert {i["reason"] for i in items} == {"outside_rollback_window"}
     assert {i["rule"] for i in items} == {"high-error-rate-rollback"}
+    assert (
+        daemon.metric(
+            'remediator_decisions_total{outcome="no_action",reason="outside_rollback_window"}'
+        )
+        == 20
+    )
+    assert daemon.metric('remediator_decisions_total{outcome="no_action",reason="no_rule"}') == 1
 
     status, detail = daemon.get(f"/api/v1/remediations/{items[0]['id']}")
     assert status == 200

@@ -186,6 +186,13 @@ async def test_bad_release_is_rolled_back_like_kubectl_rollout_undo(
     [rem] = [i for i in done if i["action"] == "rollback"]
     assert rem["status"] == "succeeded", rem
     await assert_rolled_back_once(apps, namespace)
+    assert (
+        daemon.metric(
+            'remediator_remediations_finished_total{action="rollback",status="succeeded"}'
+        )
+        == 1
+    )
+    assert daemon.metric('remediator_decisions_total{outcome="plan",reason=""}') == 1
 
     status, detail = daemon.get(f"/api/v1/remediations/{rem['id']}")
     assert status == 200
