@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import orjson
 
 import remediator
-from remediator import cli_rules
+from remediator import cli_db, cli_rules
 from remediator.domain.errors import ConfigError, RemediatorError
 from remediator.logs import configure_logging
 from remediator.ports import CircuitRecord, Journal
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     cli_rules.register(sub)
+    cli_db.register(sub)
 
     version = sub.add_parser("version", help="Print the version.")
     version.set_defaults(func=cmd_version)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,16 @@ from remediator.connectors.email import EmailNotifier
 from remediator.connectors.helm import Helm
 from remediator.connectors.kafka import KafkaOutboxMetrics, KafkaPublisher
 from remediator.connectors.kubernetes.client import KubeClient, Ref, connect
+from remediator.connectors.kubernetes.jobrunner import job_runner_factory, secret_source
 from remediator.connectors.kubernetes.scale import KubernetesFacts
 from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLock
+from remediator.connectors.postgres import ServiceLocks
+from remediator.connectors.postgres.steps import KINDS as DATABASE_STEPS
+from remediator.connectors.postgres.steps import PostgresStepRunner
 from remediator.connectors.slack import SlackNotifier
 from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 from remediator.domain.notices import EmailRouting, SlackRouting
-from remediator.domain.plans import Decision, NoActionReason, Plan
+from remediator.domain.plans import Decision, NoActionReason, Plan, Step, StepKind
 from remediator.domain.rules import RulePack
 from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.engine.executor import Executor
@@ -36,7 +41,7 @@ from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
 from remediator.ingress.kafka import KafkaIntake, KafkaIntakeMetrics
 from remediator.journal import journal_from_url
 from remediator.metrics import Metrics
-from remediator.ports import Journal, ServiceFacts
+from remediator.ports import Journal, ServiceFacts, StepRunner
 from remediator.rulefiles import load_rule_pack_from_path
 from remediator.settings import Settings, is_loopback
 
@@ -270,9 +275,19 @@ class Runtime:
         if runner is None or kube is None:
             return None
         k = self.settings.kubernetes
+        database = PostgresStepRunner(
+            pack=self.pack,
+            backup_root=self.settings.database.backup_root,
+            # One per daemon, shared by every plan; the PostgreSQL advisory lock covers
+            # other replicas and the `db` CLI.
+            locks=ServiceLocks(),
+            clock=lambda: datetime.now(UTC),
+            secret_source=secret_source(kube.api),
+            job_runners=job_runner_factory(kube.api),
+        )
         return Executor(
             journal=self.journal,
-            runner=runner,
+            runner=RoutedStepRunner(default=runner, database=database),
             instance_id=k.instance_id,
             lock=LeaseLock(
                 kube=kube, holder=k.instance_id, duration_seconds=k.lease_duration_seconds
@@ -391,6 +406,27 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+
+
+class RoutedStepRunner:
+    """Database steps (backup, revert) to the PostgreSQL runner; the rest to Kubernetes."""
+
+    def __init__(self, *, default: StepRunner, database: StepRunner) -> None:
+        self._default = default
+        self._database = database
+
+    def _for(self, kind: StepKind) -> StepRunner:
+        return self._database if kind in DATABASE_STEPS else self._default
+
+    async def run(
+        self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self._for(step.kind).run(
+            step, service=service, dry_run=dry_run, context=context
+        )
+
+    def resumable(self, kind: StepKind) -> bool:
+        return self._for(kind).resumable(kind)
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:

@@ -237,6 +237,14 @@ class EmailSettings(_Group):
         return self.smtp_host is not None
 
 
+class DatabaseSettings(_Group):
+    backup_root: Path = Field(
+        Path("/var/lib/remediator/backups"),
+        description="Where pg_dump backups go for services without database.backup_dir "
+        "(a volume: backups hold the data).",
+    )
+
+
 class LogSettings(_Group):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -260,6 +268,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = SlackSettings()
     email: EmailSettings = EmailSettings()
     log: LogSettings = LogSettings()
+    database: DatabaseSettings = DatabaseSettings()
     rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
     dry_run: bool = Field(False, description="Decide and record, but change nothing.")
     webhook_token: SecretStr | None = Field(None, description="Bearer token webhook callers send.")

@@ -116,6 +116,12 @@ class KubeClient:
     async def close(self) -> None:
         await self._api.close()
 
+    @property
+    def api(self) -> k8s_client.ApiClient:
+        """The ApiClient underneath, for what this client does not wrap (Jobs, Secrets, pod
+        logs: remediator.connectors.kubernetes.jobrunner). Closed with this client."""
+        return self._api
+
     # -- reads -----------------------------------------------------------------------
     async def get(self, ref: Ref, *, subresource: str | None = None) -> dict[str, Any]:
         _require_name(ref)

@@ -502,6 +502,7 @@ class _Context:
                 dsn_secret=database.dsn_secret,
                 migrations_table=database.migrations_table,
                 migration=migration_id,
+                allow_without_backup=self.rule.allow_without_backup,
             ),
             *self._verify(),
             self._notify("people hear about every automated change"),

@@ -123,10 +123,75 @@ class ScaleSpec(_Strict):
         return self
 
 
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class MigrationJobSpec(_Strict):
+    """The ``job`` runner: a Kubernetes Job running the service's own image."""
+
+    image: Text
+    # The rollback command; "{target}" in an argument becomes the version to end at
+    # ("-1" when reverting only the last migration).
+    command: tuple[Text, ...] = Field(min_length=1)
+    service_account: K8sName | None = None
+    timeout: Duration = timedelta(minutes=30)
+    # Environment variable the Job's container gets the DSN in (from ``dsn_secret``).
+    dsn_env_name: EnvName = "DATABASE_URL"
+    dsn_secret_key: Text = "dsn"  # noqa: S105 - the key's name, not a secret
+
+
+class IntegrityQuerySpec(_Strict):
+    """Run after every revert; must return ``expect_rows`` rows (0: nothing violates it)."""
+
+    name: RuleName
+    sql: Text
+    expect_rows: int = Field(default=0, ge=0)
+
+
 class DatabaseSpec(_Strict):
     engine: Literal["postgres", "mysql"]
-    dsn_secret: K8sName  # Secret holding the connection string; never the DSN itself
+    # Where the DSN comes from: exactly one of a Kubernetes Secret (read through the
+    # API), an environment variable of remediator's pod, or a file (a mounted Secret).
+    # Never the DSN itself.
+    dsn_secret: K8sName | None = None
+    dsn_env: EnvName | None = None
+    dsn_file: Text | None = None
     migrations_table: Text = "schema_migrations"
+    runner: Literal["sqldir", "alembic", "job"] = "sqldir"
+    migrations_dir: Text | None = None  # sqldir: NNN_name.up.sql / NNN_name.down.sql
+    allow_non_transactional: bool = False  # sqldir: down scripts outside a transaction
+    alembic_dir: Text | None = None  # alembic: holds alembic.ini; the working directory
+    alembic_command: tuple[Text, ...] = ("alembic",)
+    alembic_driver: Text | None = None  # postgresql:// -> postgresql+<driver>://
+    job: MigrationJobSpec | None = None
+    backup_dir: Text | None = None  # default: the daemon's backup root
+    backup_timeout: Duration = timedelta(hours=1)
+    # 0: a second revert of the service while one runs is refused at once.
+    lock_wait: Duration = timedelta(0)
+    integrity_queries: tuple[IntegrityQuerySpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatabaseSpec:
+        sources = [
+            name
+            for name in ("dsn_secret", "dsn_env", "dsn_file")
+            if getattr(self, name) is not None
+        ]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of dsn_secret, dsn_env, dsn_file"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
+        if self.runner == "alembic" and self.alembic_dir is None:
+            raise ValueError("alembic_dir is required when runner is alembic")
+        if self.runner == "job" and self.job is None:
+            raise ValueError("job is required when runner is job")
+        if self.runner == "job" and self.dsn_secret is None:
+            raise ValueError("runner job needs dsn_secret: the Job's pod reads the DSN from it")
+        names = [q.name for q in self.integrity_queries]
+        if len(set(names)) != len(names):
+            raise ValueError("integrity_queries: names must be unique")
+        return self
 
 
 class ConfigSpec(_Strict):
@@ -168,6 +233,9 @@ class Rule(_Strict):
     require_approval: bool | None = None
     approvers: tuple[Text, ...] | None = None
     approval_timeout: Duration | None = None  # how fast approvers are expected to answer
+    # revert_migration only: go on when no verified backup could be taken (databases
+    # too big to dump within the incident). Off unless a rule says so.
+    allow_without_backup: bool = False
 
 
 # --- defaults ------------------------------------------------------------------------
