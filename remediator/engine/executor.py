@@ -139,10 +139,7 @@ class Executor:
         service, namespace = item["service"], item["namespace"] or ""
         try:
             async with self._slots:
-                if self._lock is not None and not await self._lock.acquire(
-                    service=service, namespace=namespace
-                ):
-                    log.info("%s: another instance holds the lock; will retry", item["id"])
+                if self._lock is not None and not await self._take_lock(item):
                     return
                 try:
                     await self._claimed_run(item, resume_at=resume_at)
@@ -157,6 +154,30 @@ class Executor:
         finally:
             self._busy.discard(service)
             self.wake()
+
+    async def _take_lock(self, item: dict[str, Any]) -> bool:
+        assert self._lock is not None
+        service, namespace = item["service"], item["namespace"] or ""
+        try:
+            if await self._lock.acquire(service=service, namespace=namespace):
+                return True
+        except TemporaryError as exc:
+            log.warning("%s: cannot take the lock of %s yet (%s); will retry",
+                        item["id"], service, exc)  # fmt: skip
+            return False
+        except PermanentError as exc:
+            # No lock can ever be had (missing namespace, RBAC): acting without one
+            # could race another replica, so the plan fails, loudly, instead of waiting.
+            if await self._journal.claim_remediation(
+                item["id"], by=self._instance_id, at=self._clock()
+            ):
+                await self._finish(
+                    item, "failed", f"cannot take the lock of {service}: {exc}",
+                    rehearsal=item["status"] == "dry-run" or self._dry_run,
+                )  # fmt: skip
+            return False
+        log.info("%s: another instance holds the lock of %s; will retry", item["id"], service)
+        return False
 
     async def _claimed_run(self, item: dict[str, Any], *, resume_at: int | None) -> None:
         rid = item["id"]

@@ -310,3 +310,21 @@ async def test_shutdown_lets_the_running_step_finish_then_the_restart_resumes(
     assert [k for k, _ in restarted.calls] == [StepKind.VERIFY_HEALTH, StepKind.NOTIFY]
     item = await journal.get_remediation(rid)
     assert item is not None and item["status"] == "succeeded"
+
+
+class BrokenLock(FakeLock):
+    async def acquire(self, *, service: str, namespace: str) -> bool:
+        raise PermanentError(f"namespace {namespace} not found")
+
+
+async def test_a_lock_that_can_never_be_taken_fails_the_plan(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    runner = FakeRunner()
+    await executor(journal, runner, lock=BrokenLock()).run_until_idle()
+    assert runner.calls == []
+    item = await journal.get_remediation(rid)
+    assert item is not None
+    assert item["status"] == "failed"
+    assert item["reason"] == "cannot take the lock of checkout: namespace shop not found"
