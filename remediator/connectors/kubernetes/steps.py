@@ -8,6 +8,8 @@ the API server with dryRun=All, and waits are skipped: nothing changed to wait f
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -26,13 +28,13 @@ from remediator.connectors.kubernetes.configmaps import (
     restore_configmaps,
     snapshot_configmaps,
 )
-from remediator.connectors.kubernetes.errors import ActionRefused, LeaseHeld
+from remediator.connectors.kubernetes.errors import ActionRefused, LeaseHeld, LeaseLost
 from remediator.connectors.kubernetes.lease import ServiceLease
 from remediator.connectors.kubernetes.rollout import rollout_restart, rollout_undo
 from remediator.connectors.kubernetes.scale import scale, scale_up
 from remediator.connectors.kubernetes.status import rollout_status, wait_for_rollout
 from remediator.connectors.kubernetes.verify import http_health
-from remediator.domain.errors import PermanentError
+from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import CanaryRollback
@@ -326,7 +328,11 @@ class KubernetesStepRunner:
 
 
 class LeaseLock:
-    """ServiceLock over one Kubernetes Lease per service, held while a plan runs."""
+    """ServiceLock over one Kubernetes Lease per service, held while a plan runs.
+
+    The Lease is renewed every third of its duration while held, so a long plan keeps
+    it, and a crashed holder's Lease expires one duration after its last renewal.
+    """
 
     def __init__(
         self, *, kube: KubeClient, holder: str, duration_seconds: int, namespace: str | None = None
@@ -335,7 +341,7 @@ class LeaseLock:
         self._holder = holder
         self._duration = duration_seconds
         self._namespace = namespace  # None: each service's own namespace
-        self._leases: dict[str, ServiceLease] = {}
+        self._held: dict[str, tuple[ServiceLease, asyncio.Task[None]]] = {}
 
     async def acquire(self, *, service: str, namespace: str) -> bool:
         lease = ServiceLease(
@@ -349,10 +355,31 @@ class LeaseLock:
             await lease.acquire()
         except LeaseHeld:
             return False
-        self._leases[service] = lease
+        renewing = asyncio.create_task(self._renew(lease), name=f"lease-{service}")
+        self._held[service] = (lease, renewing)
         return True
 
     async def release(self, *, service: str, namespace: str) -> None:
-        lease = self._leases.pop(service, None)
-        if lease is not None:
-            await lease.release()
+        held = self._held.pop(service, None)
+        if held is None:
+            return
+        lease, renewing = held
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+        await lease.release()
+
+    async def _renew(self, lease: ServiceLease) -> None:
+        while True:
+            await asyncio.sleep(self._duration / 3)
+            try:
+                await lease.renew()
+            except LeaseLost as exc:
+                # Nothing can undo a step in flight; say so loudly. The next plan for the
+                # service cannot start here without taking the Lease again.
+                log.error("lost the Lease of %s/%s while acting: %s",
+                          lease.namespace, lease.name, exc)  # fmt: skip
+                return
+            except TemporaryError as exc:
+                log.warning("renewing Lease %s/%s failed, will retry: %s",
+                            lease.namespace, lease.name, exc)  # fmt: skip

@@ -104,3 +104,17 @@ async def test_two_executors_racing_on_one_service_act_once(
     # The Lease was released when the plan ended.
     lease = await kc.get(Ref("Lease", ns, "remediator-checkout"))
     assert not (lease.get("spec") or {}).get("holderIdentity")
+
+
+async def test_a_held_lease_is_renewed_and_keeps_others_out(kc: KubeClient, ns: str) -> None:
+    holder = LeaseLock(kube=kc, holder="replica-a", duration_seconds=2)
+    other = LeaseLock(kube=kc, holder="replica-b", duration_seconds=2)
+    assert await holder.acquire(service="checkout", namespace=ns)
+    first = (await kc.get(Ref("Lease", ns, "remediator-checkout")))["spec"]["renewTime"]
+    await asyncio.sleep(4.5)  # two durations: without renewal it would have expired
+    assert not await other.acquire(service="checkout", namespace=ns)
+    renewed = (await kc.get(Ref("Lease", ns, "remediator-checkout")))["spec"]["renewTime"]
+    assert renewed > first
+    await holder.release(service="checkout", namespace=ns)
+    assert await other.acquire(service="checkout", namespace=ns)
+    await other.release(service="checkout", namespace=ns)
