@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.env.pytest_plugin"]
+pytest_plugins = ["tests.env.pytest_plugin", "tests.leftover_tasks"]

@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 async def no_leftover_tasks() -> AsyncIterator[None]:
-    """A test that leaves a task running has leaked work: fail it."""
+    """Every tier: a test that leaves a task running has leaked work; fail it."""
     yield
     current = asyncio.current_task()
     # Give tasks cancelled during teardown one turn of the loop to finish.
