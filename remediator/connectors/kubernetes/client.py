@@ -335,6 +335,12 @@ async def connect(
             path = kubeconfig or Path(
                 os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or "~/.kube/config"
             )
+            if not path.expanduser().is_file():
+                # The library would report a missing file as a malformed one.
+                raise ConfigError(
+                    f"kubernetes: no kubeconfig at {path} and not running in a cluster "
+                    "(set --kubeconfig or REMEDIATOR_KUBERNETES__KUBECONFIG)"
+                )
             await k8s_config.load_kube_config(
                 config_file=str(path.expanduser()),
                 context=context,
