@@ -145,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["md", "html", "json"], default="md")
     report.set_defaults(func=cmd_report)
 
+    approve = sub.add_parser(
+        "approve",
+        help="Approve a plan whose rule requires approval.",
+        description="Rules may require approval (the manual scenarios do). Such plans wait "
+        "as awaiting_approval; approving makes them runnable. Also POST "
+        "/api/v1/remediations/{id}/approve.",
+    )
+    _add_settings_flags(approve)
+    approve.add_argument("id", help="Remediation id (see `remediator remediations`).")
+    approve.add_argument("--by", required=True, help="Who approves (recorded).")
+    approve.set_defaults(func=cmd_approve)
+
     circuit = sub.add_parser(
         "circuit",
         help="Show or reset the global circuit breaker.",
@@ -340,6 +352,24 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"remediator: no remediation {args.id!r}", file=sys.stderr)
         return 1
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    async def work(journal: Journal) -> tuple[bool, dict[str, Any] | None]:
+        approved = await journal.approve_remediation(args.id, by=args.by, at=datetime.now(UTC))
+        return approved, await journal.get_remediation(args.id)
+
+    approved, item = _with_journal(args, work)
+    if item is None:
+        print(f"remediator: no remediation {args.id!r}", file=sys.stderr)
+        return 1
+    if not approved:
+        print(f"remediator: {args.id} is {item['status']}, not awaiting approval", file=sys.stderr)
+        return 1
+    print(f"{args.id} approved by {args.by}: {item['action']} on {item['service']} will run")
     return 0
 
 

@@ -299,6 +299,12 @@ class Journal(Protocol):
 
     async def get_signal(self, signal_id: str) -> Signal | None: ...
 
+    async def approve_remediation(
+        self, remediation_id: str, *, by: str, at: datetime, outbox: Sequence[OutboxMessage] = ()
+    ) -> bool:
+        """``awaiting_approval`` becomes ``planned`` (runnable); False if it was not waiting."""
+        ...
+
     # -- execution -------------------------------------------------------------------
     async def runnable_remediations(self, *, limit: int) -> list[dict[str, Any]]:
         """Unclaimed plans (``planned``, and ``dry-run`` ones to rehearse), oldest first,

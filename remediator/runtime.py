@@ -167,6 +167,7 @@ class Runtime:
             retry_after_seconds=settings.http.retry_after_seconds,
             on_new_signals=engine.wake,
             readiness_details=lambda: {"kubernetes": self.kube_status},
+            on_approved=executor.wake if executor is not None else None,
         )
         runner = web.AppRunner(
             intake.build(),

@@ -43,6 +43,7 @@ _MAX_LINK = 990
 
 _STATUS_EMOJI = {
     RemediationStatus.PLANNED: ":clipboard:",
+    RemediationStatus.AWAITING_APPROVAL: ":raised_hand:",
     RemediationStatus.DRY_RUN: ":test_tube:",
     RemediationStatus.SKIPPED: ":fast_forward:",
     RemediationStatus.RUNNING: ":arrows_counterclockwise:",

@@ -10,6 +10,7 @@ OUTCOME_TYPES = ("planned", "started", "succeeded", "failed", "skipped")
 # dry-run remediations are reported as planned with data.dry_run = true
 _STAGE_FOR_STATUS = {
     "planned": "planned",
+    "awaiting_approval": "planned",
     "dry-run": "planned",
     "skipped": "skipped",
     "running": "started",

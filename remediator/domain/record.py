@@ -28,6 +28,7 @@ _FORMAT_VERSION = 1
 
 class RemediationStatus(StrEnum):
     PLANNED = "planned"
+    AWAITING_APPROVAL = "awaiting_approval"
     DRY_RUN = "dry-run"
     SKIPPED = "skipped"
     RUNNING = "running"
@@ -41,7 +42,11 @@ class RemediationStatus(StrEnum):
 
     @property
     def final(self) -> bool:
-        return self not in (RemediationStatus.PLANNED, RemediationStatus.RUNNING)
+        return self not in (
+            RemediationStatus.PLANNED,
+            RemediationStatus.AWAITING_APPROVAL,
+            RemediationStatus.RUNNING,
+        )
 
 
 class CheckStatus(StrEnum):
@@ -193,6 +198,7 @@ def dedup_key(*, remediation_id: str, stage: Stage) -> str:
 
 _STAGE_OF_STATUS = {
     RemediationStatus.PLANNED: Stage.PLANNED,
+    RemediationStatus.AWAITING_APPROVAL: Stage.PLANNED,
     RemediationStatus.RUNNING: Stage.STARTED,
     RemediationStatus.SUCCEEDED: Stage.SUCCEEDED,
     RemediationStatus.FAILED: Stage.FAILED,
@@ -271,6 +277,8 @@ def status_note(record: RollbackRecord) -> str | None:
         return "Failed: the remediation did not complete; check the timeline."
     if record.status is RemediationStatus.SKIPPED:
         return "Skipped: no action was taken."
+    if record.status is RemediationStatus.AWAITING_APPROVAL:
+        return "Awaiting approval: nothing runs until an approver approves the plan."
     return None
 
 

@@ -59,6 +59,7 @@ HISTORY_WINDOW = timedelta(days=2)
 _NOT_REMEDIATIONS = {NoActionReason.RESOLVED, NoActionReason.NO_RULE, NoActionReason.UNROUTABLE}
 _STATUS_FOR_HISTORY = {
     "planned": RemediationStatus.OPEN,
+    "awaiting_approval": RemediationStatus.OPEN,  # people are deciding; automation waits
     "running": RemediationStatus.OPEN,
     "needs_human": RemediationStatus.OPEN,  # blocks automation until people close it
     "dry-run": RemediationStatus.SUCCEEDED,  # a simulation ends at once; cooldown applies
@@ -328,8 +329,10 @@ class DecisionEngine:
         rule: str | None
         if isinstance(decision, Plan):
             outcome, reason, rule = "plan", None, decision.rule
+            # A plan that needs approval is only a proposal until someone approves it.
+            status = "awaiting_approval" if decision.require_approval else "planned"
             remediation = self._remediation(
-                signal, decision, plan=decision, status="planned", reason=None, now=now, text=text
+                signal, decision, plan=decision, status=status, reason=None, now=now, text=text
             )
         else:
             outcome, reason, rule = "no_action", decision.reason.value, decision.rule

@@ -127,6 +127,7 @@ class IntakeApp:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_new_signals: Callable[[], None] | None = None,
         readiness_details: Callable[[], dict[str, str]] = dict,
+        on_approved: Callable[[], None] | None = None,
     ) -> None:
         self.journal = journal
         self.metrics = metrics
@@ -139,6 +140,7 @@ class IntakeApp:
         self.clock = clock
         self.on_new_signals = on_new_signals
         self.readiness_details = readiness_details
+        self.on_approved = on_approved
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=self.body_limit_bytes)
@@ -147,6 +149,7 @@ class IntakeApp:
         app.router.add_get("/api/v1/remediations", self._authenticated(self.list_remediations))
         app.router.add_get("/api/v1/remediations/{id}", self._authenticated(self.get_remediation))
         app.router.add_get("/api/v1/remediations/{id}/record", self._authenticated(self.get_record))
+        app.router.add_post("/api/v1/remediations/{id}/approve", self._authenticated(self.approve))
         app.router.add_get("/api/v1/circuit", self._authenticated(self.get_circuit))
         app.router.add_post("/api/v1/circuit/reset", self._authenticated(self.reset_circuit))
         app.router.add_get("/api/v1/openapi.json", self.openapi)
@@ -325,6 +328,30 @@ class IntakeApp:
             headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
         return web.Response(text=body, headers=headers)
 
+    async def approve(self, request: web.Request) -> web.StreamResponse:
+        """Approve a plan whose rule requires approval: it becomes runnable."""
+        rid = request.match_info["id"]
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return error_response(400, f"body: not valid JSON ({exc})")
+        by = body.get("by") if isinstance(body, dict) else None
+        if not isinstance(by, str) or not by.strip():
+            return error_response(400, 'by: name who approves (e.g. {"by": "alice"})')
+        try:
+            approved = await self.journal.approve_remediation(rid, by=by.strip(), at=self.clock())
+            item = await self.journal.get_remediation(rid)
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
+        if item is None:
+            return error_response(404, f"id: no remediation {rid!r}")
+        if not approved:
+            return error_response(409, f"id: {rid} is {item['status']}, not awaiting approval")
+        log.warning("remediation %s approved by %s via the API", rid, by.strip())
+        if self.on_approved is not None:
+            self.on_approved()
+        return json_response(item)
+
     async def get_circuit(self, request: web.Request) -> web.StreamResponse:
         try:
             record = await self.journal.circuit()
@@ -372,7 +399,8 @@ class IntakeApp:
 
 
 REMEDIATION_STATUSES = (
-    "planned", "dry-run", "skipped", "running", "succeeded", "failed", "needs_human",
+    "planned", "awaiting_approval", "dry-run", "skipped", "running", "succeeded", "failed",
+    "needs_human",
 )  # fmt: skip
 
 

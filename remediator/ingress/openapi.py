@@ -161,6 +161,7 @@ _SCHEMAS: dict[str, Any] = {
             "status": {
                 "enum": [
                     "planned",
+                    "awaiting_approval",
                     "dry-run",
                     "skipped",
                     "running",
@@ -349,6 +350,36 @@ def openapi_document() -> dict[str, Any]:
                         "400": _error("format is not md, html or json."),
                         "401": _UNAUTHORIZED,
                         "404": _error("No remediation with that id."),
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                }
+            },
+            "/api/v1/remediations/{id}/approve": {
+                "post": {
+                    "summary": "Approve a plan whose rule requires approval; it then runs.",
+                    "security": _SECURED,
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["by"],
+                                "properties": {"by": {"type": "string", "minLength": 1}},
+                            }
+                        ),
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Approved: the plan is now planned (runnable).",
+                            **_json({"$ref": "#/components/schemas/Remediation"}),
+                        },
+                        "400": _error("The body does not name who approves."),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No remediation with that id."),
+                        "409": _error("The remediation is not awaiting approval."),
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
                 }

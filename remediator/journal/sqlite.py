@@ -554,7 +554,8 @@ class SqliteJournal:
         def query(conn: sqlite3.Connection) -> list[datetime]:
             rows = conn.execute(
                 "SELECT created_at FROM remediations WHERE automated = 1"
-                " AND status NOT IN ('skipped', 'dry-run') AND created_at >= ?",
+                " AND status NOT IN ('skipped', 'dry-run', 'awaiting_approval')"
+                " AND created_at >= ?",
                 (_utc_text(since) if since else "",),
             ).fetchall()
             return [_parse_utc(r[0]) for r in rows]
@@ -757,6 +758,31 @@ class SqliteJournal:
 
         await self._write(write)
 
+    async def approve_remediation(
+        self, remediation_id: str, *, by: str, at: datetime, outbox: Sequence[OutboxMessage] = ()
+    ) -> bool:
+        stamp = _utc_text(at)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                approved = conn.execute(
+                    "UPDATE remediations SET status = 'planned', approved_by = ?,"
+                    " approved_at = ?, updated_at = ?"
+                    " WHERE id = ? AND status = 'awaiting_approval'",
+                    (by, stamp, stamp, remediation_id),
+                ).rowcount
+                if approved:
+                    _insert_outbox(conn, outbox)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return bool(approved)
+
+        result: bool = await self._write(write)
+        return result
+
     async def get_remediation(self, remediation_id: str) -> dict[str, Any] | None:
         def query(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute(
@@ -775,7 +801,8 @@ class SqliteJournal:
 
 _REMEDIATION_COLUMNS = (
     "seq, id, signal_id, service, namespace, rule, action, status, reason, manual, automated,"
-    " created_at, updated_at, decision, explanation, claimed_by, claimed_at, finished_at"
+    " created_at, updated_at, decision, explanation, claimed_by, claimed_at, finished_at,"
+    " approved_by, approved_at"
 )
 
 
@@ -794,8 +821,8 @@ def _steps(conn: sqlite3.Connection, remediation_id: str) -> list[dict[str, Any]
 
 def _remediation_item(row: tuple[Any, ...], *, full: bool = False) -> dict[str, Any]:
     (_, rid, signal_id, service, namespace, rule, action, status, reason, manual, automated,
-     created_at, updated_at, decision, explanation, claimed_by, claimed_at,
-     finished_at) = row  # fmt: skip
+     created_at, updated_at, decision, explanation, claimed_by, claimed_at, finished_at,
+     approved_by, approved_at) = row  # fmt: skip
     item: dict[str, Any] = {
         "id": rid,
         "signal_id": signal_id,
@@ -813,6 +840,8 @@ def _remediation_item(row: tuple[Any, ...], *, full: bool = False) -> dict[str, 
         "claimed_by": claimed_by,
         "claimed_at": claimed_at,
         "finished_at": finished_at,
+        "approved_by": approved_by,
+        "approved_at": approved_at,
     }
     if full:
         item["decision"] = orjson.loads(decision)

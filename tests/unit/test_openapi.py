@@ -107,6 +107,14 @@ async def test_real_responses_match_their_schemas(client: TestClient) -> None:
     resp = await client.get("/api/v1/remediations/x/record?format=pdf", headers=AUTH)
     assert resp.status == 400
     check(doc, "/api/v1/remediations/{id}/record", "get", 400, await resp.json())
+    resp = await client.post(
+        "/api/v1/remediations/rem_nope/approve", json={"by": "a"}, headers=AUTH
+    )
+    assert resp.status == 404
+    check(doc, "/api/v1/remediations/{id}/approve", "post", 404, await resp.json())
+    resp = await client.post("/api/v1/remediations/rem_nope/approve", json={}, headers=AUTH)
+    assert resp.status == 400 and (await resp.json())["error"].startswith("by:")
+    check(doc, "/api/v1/remediations/{id}/approve", "post", 400, await resp.json())
     resp = await client.get("/api/v1/circuit", headers=AUTH)
     check(doc, "/api/v1/circuit", "get", resp.status, await resp.json())
     resp = await client.post("/api/v1/circuit/reset", headers=AUTH)

@@ -328,3 +328,39 @@ async def test_a_lock_that_can_never_be_taken_fails_the_plan(
     assert item is not None
     assert item["status"] == "failed"
     assert item["reason"] == "cannot take the lock of checkout: namespace shop not found"
+
+
+async def test_a_plan_that_needs_approval_waits_until_approved(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rules = tuple(
+        r.model_copy(update={"require_approval": True}) if r.name == "pod-not-ready-rollback" else r
+        for r in pack.rules
+    )
+    gated = pack.model_copy(update={"rules": rules})
+    await journal_events(
+        journal,
+        [
+            deploy_event(1, at=NOW - timedelta(days=1)),
+            deploy_event(2, at=NOW - timedelta(minutes=8)),
+        ],
+    )
+    await journal_alerts(journal, [alert(name="PodNotReady", fingerprint="gate",
+                                         starts_at=(NOW - timedelta(minutes=5)).isoformat())])  # fmt: skip
+    await DecisionEngine(journal=journal, pack=gated, facts=FakeFacts({}), dry_run=False,
+                         clock=Clock(NOW)).run_once()  # fmt: skip
+    [item] = (await journal.list_remediations()).items
+    assert item["status"] == "awaiting_approval"
+
+    runner = FakeRunner()
+    ex = executor(journal, runner)
+    await ex.run_until_idle()
+    assert runner.calls == []  # nothing runs without approval
+
+    assert await journal.approve_remediation(item["id"], by="tech-lead", at=NOW)
+    assert not await journal.approve_remediation(item["id"], by="tech-lead", at=NOW)  # once
+    await ex.run_until_idle()
+    assert runner.calls[0] == (StepKind.ROLLOUT_UNDO, False)
+    done = await journal.get_remediation(item["id"])
+    assert done is not None
+    assert (done["status"], done["approved_by"]) == ("succeeded", "tech-lead")
