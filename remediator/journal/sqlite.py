@@ -327,6 +327,22 @@ class SqliteJournal:
         loop = asyncio.get_running_loop()
         return await self._submit(lambda fut: _Job(loop=loop, future=fut, action=action))
 
+    async def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``work`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
+
+        def run(conn: sqlite3.Connection) -> Any:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return await self._write(run)
+
     async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
         def run() -> Any:
             if self._reader is None:
@@ -363,43 +379,37 @@ class SqliteJournal:
         outbox: Sequence[OutboxMessage] = (),
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                _insert_outbox(conn, outbox)
-                conn.executemany(
-                    "INSERT OR IGNORE INTO decisions (signal_seq, signal_id, service, outcome,"
-                    " reason, rule, remediation_id, decided_at, explanation)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (d.signal_seq, d.signal_id, d.service, d.outcome, d.reason, d.rule,
-                         d.remediation.id if d.remediation else None, _utc_text(d.decided_at),
-                         d.explanation)
-                        for d in decisions
-                    ],
-                )  # fmt: skip
-                conn.executemany(
-                    "INSERT OR IGNORE INTO remediations (id, signal_id, service, namespace, rule,"
-                    " action, status, reason, manual, automated, created_at, updated_at,"
-                    " decision, explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (r.id, r.signal_id, r.service, r.namespace, r.rule, r.action, r.status,
-                         r.reason, int(r.manual), int(r.automated), _utc_text(r.created_at),
-                         _utc_text(r.created_at), orjson.dumps(r.decision).decode(),
-                         r.explanation)
-                        for r in (d.remediation for d in decisions)
-                        if r is not None
-                    ],
-                )  # fmt: skip
-                conn.execute(
-                    "UPDATE engine_state SET value = ? WHERE name = 'decided_seq'",
-                    (str(through_seq),),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            _insert_outbox(conn, outbox)
+            conn.executemany(
+                "INSERT OR IGNORE INTO decisions (signal_seq, signal_id, service, outcome,"
+                " reason, rule, remediation_id, decided_at, explanation)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (d.signal_seq, d.signal_id, d.service, d.outcome, d.reason, d.rule,
+                     d.remediation.id if d.remediation else None, _utc_text(d.decided_at),
+                     d.explanation)
+                    for d in decisions
+                ],
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT OR IGNORE INTO remediations (id, signal_id, service, namespace, rule,"
+                " action, status, reason, manual, automated, created_at, updated_at,"
+                " decision, explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.id, r.signal_id, r.service, r.namespace, r.rule, r.action, r.status,
+                     r.reason, int(r.manual), int(r.automated), _utc_text(r.created_at),
+                     _utc_text(r.created_at), orjson.dumps(r.decision).decode(),
+                     r.explanation)
+                    for r in (d.remediation for d in decisions)
+                    if r is not None
+                ],
+            )  # fmt: skip
+            conn.execute(
+                "UPDATE engine_state SET value = ? WHERE name = 'decided_seq'",
+                (str(through_seq),),
+            )
 
-        await self._write(write)
+        await self._transaction(write)
 
     async def service_events(
         self, *, service: str, kinds: Sequence[str], limit: int = 50
@@ -673,23 +683,17 @@ class SqliteJournal:
         stamp = _utc_text(at)
 
         def write(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                claimed = conn.execute(
-                    "UPDATE remediations SET claimed_by = ?, claimed_at = ?, updated_at = ?,"
-                    " status = CASE status WHEN 'planned' THEN 'running' ELSE status END"
-                    " WHERE id = ? AND claimed_at IS NULL AND finished_at IS NULL",
-                    (by, stamp, stamp, remediation_id),
-                ).rowcount
-                if claimed:
-                    _insert_outbox(conn, outbox)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            claimed = conn.execute(
+                "UPDATE remediations SET claimed_by = ?, claimed_at = ?, updated_at = ?,"
+                " status = CASE status WHEN 'planned' THEN 'running' ELSE status END"
+                " WHERE id = ? AND claimed_at IS NULL AND finished_at IS NULL",
+                (by, stamp, stamp, remediation_id),
+            ).rowcount
+            if claimed:
+                _insert_outbox(conn, outbox)
             return bool(claimed)
 
-        result: bool = await self._write(write)
+        result: bool = await self._transaction(write)
         return result
 
     async def unfinished_claims(self) -> list[dict[str, Any]]:
@@ -742,21 +746,15 @@ class SqliteJournal:
         stamp = _utc_text(at)
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "UPDATE remediations SET status = coalesce(?, status),"
-                    " reason = coalesce(?, reason), finished_at = ?, updated_at = ?"
-                    " WHERE id = ? AND finished_at IS NULL",
-                    (status, reason, stamp, stamp, remediation_id),
-                )
-                _insert_outbox(conn, outbox)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            conn.execute(
+                "UPDATE remediations SET status = coalesce(?, status),"
+                " reason = coalesce(?, reason), finished_at = ?, updated_at = ?"
+                " WHERE id = ? AND finished_at IS NULL",
+                (status, reason, stamp, stamp, remediation_id),
+            )
+            _insert_outbox(conn, outbox)
 
-        await self._write(write)
+        await self._transaction(write)
 
     async def approve_remediation(
         self, remediation_id: str, *, by: str, at: datetime, outbox: Sequence[OutboxMessage] = ()
@@ -764,23 +762,17 @@ class SqliteJournal:
         stamp = _utc_text(at)
 
         def write(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                approved = conn.execute(
-                    "UPDATE remediations SET status = 'planned', approved_by = ?,"
-                    " approved_at = ?, updated_at = ?"
-                    " WHERE id = ? AND status = 'awaiting_approval'",
-                    (by, stamp, stamp, remediation_id),
-                ).rowcount
-                if approved:
-                    _insert_outbox(conn, outbox)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            approved = conn.execute(
+                "UPDATE remediations SET status = 'planned', approved_by = ?,"
+                " approved_at = ?, updated_at = ?"
+                " WHERE id = ? AND status = 'awaiting_approval'",
+                (by, stamp, stamp, remediation_id),
+            ).rowcount
+            if approved:
+                _insert_outbox(conn, outbox)
             return bool(approved)
 
-        result: bool = await self._write(write)
+        result: bool = await self._transaction(write)
         return result
 
     async def get_remediation(self, remediation_id: str) -> dict[str, Any] | None:
