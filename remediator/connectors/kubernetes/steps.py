@@ -163,11 +163,7 @@ class KubernetesStepRunner:
             return {"summary": verdict.detail}
         if kind is StepKind.NOTIFY:
             return {"summary": "notices go out through the outbox"}
-        if kind in (StepKind.BACKUP_DATABASE, StepKind.REVERT_MIGRATION):
-            raise NeedsHuman(
-                "database reverts are not automated by the daemon yet: back up and revert "
-                "with the PostgreSQL runbook (docs/database.md)"
-            )
+        # Database steps go to the PostgreSQL step runner (runtime.RoutedStepRunner).
         raise PermanentError(f"no Kubernetes implementation for step {kind.value}")
 
     # -- steps -----------------------------------------------------------------------
