@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,25 +49,6 @@ def settings_for(bootstrap: str, topic: str, **overrides: Any) -> KafkaSettings:
         **overrides,
     }
     return KafkaSettings(**values)
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-    *,
-    timeout: float = 60,
-    what: str,
-) -> T:
-    """Poll ``probe`` until ``done`` holds; fail with the last value seen."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
-        await asyncio.sleep(0.1)
 
 
 async def create_topic(bootstrap: str, topic: str, *, partitions: int = 1) -> None:

@@ -22,7 +22,6 @@ from remediator.settings import KafkaSettings
 from tests.integration.kafka.conftest import (
     committed_offsets,
     create_topic,
-    eventually,
     kafka_signals,
     native,
     produce,
@@ -30,6 +29,7 @@ from tests.integration.kafka.conftest import (
     settings_for,
     unique,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

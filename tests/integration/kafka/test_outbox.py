@@ -21,7 +21,8 @@ from remediator.journal.sqlite import SqliteJournal
 from remediator.ports import OutboxMessage
 from tests.env.base import port_open
 from tests.env.kafka import KafkaPeer
-from tests.integration.kafka.conftest import eventually, native, read_topic, settings_for, unique
+from tests.integration.kafka.conftest import native, read_topic, settings_for, unique
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

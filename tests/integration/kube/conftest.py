@@ -3,11 +3,10 @@ namespace per test, plus small builders and a poller shared by the test modules.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,28 +14,10 @@ import pytest
 
 from remediator.connectors.kubernetes.client import KubeClient, PatchType, Ref, connect
 from remediator.connectors.kubernetes.concurrency import apply_with_reread
+from tests.polling import eventually
 
 NOT_READY_LABEL = "remediator.test/not-ready"
 T = TypeVar("T")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-    *,
-    timeout: float = 60,
-    what: str,
-) -> T:
-    """Poll ``probe`` until ``done`` holds; fail with the last value seen."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s; last: {value!r}")
-        await asyncio.sleep(0.25)
 
 
 @pytest.fixture

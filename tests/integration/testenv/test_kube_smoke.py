@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -15,30 +15,12 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from tests.env import versions
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 
 NOT_READY_LABEL = "remediator.test/not-ready"
 T = TypeVar("T")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-    *,
-    timeout: float,
-    what: str,
-) -> T:
-    """Poll ``probe`` until ``done`` holds; fail with the last value seen."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s; last: {value!r}")
-        await asyncio.sleep(0.2)
 
 
 @pytest.fixture
