@@ -1,17 +1,22 @@
 """Builds everything from Settings, supervises the root tasks, drains on SIGTERM.
 
-Drain order: stop intake (webhooks answer 503, /readyz fails), let in-flight
-requests finish within ``http.drain_timeout_seconds``, close the listener, close
-the journal. Every request answered 200 was journaled before its answer.
+Shutdown order, all within ``shutdown.timeout_seconds``: webhooks answer 503 and
+/readyz fails at once; the Kafka consumer commits and leaves its group; running
+plans finish their current step and pause; in-flight requests finish; queued
+outcome events and notices are flushed; then an AsyncExitStack closes the listener,
+the clients and, last, the journal. Every request answered 200 was journaled before
+its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,7 +100,8 @@ class Runtime:
         self.bound_port: int | None = None
 
     def request_stop(self) -> None:
-        """Signal handlers only set this flag; the supervisor does the work."""
+        """Signal handlers only set flags; the supervisor does the work."""
+        self.state.draining = True  # webhooks answer 503 from this instant
         self.stopping.set()
 
     async def run(self) -> int:
@@ -104,17 +110,31 @@ class Runtime:
         if not settings.auth_configured:
             log.warning("no webhook credential configured: anyone reaching %s may post alerts",
                         settings.http.listen)  # fmt: skip
-        await self.journal.open()
+        async with contextlib.AsyncExitStack() as stack:
+            # Every close runs, in reverse order of start, even when one raises: the
+            # journal, opened first, closes last.
+            closing = Closing(stack)
+            await self.journal.open()
+            closing.add("journal", self.journal.close)
+            exit_code = await self._serve(closing)
+        return exit_code
+
+    async def _serve(self, closing: Closing) -> int:
+        settings = self.settings
         relay, closers = self._notification_relay()
+        for name, close in closers:
+            closing.add(name, close)
         kube = await self._connect_kube()
         if kube is not None:
-            closers.append(kube.close)
+            closing.add("kubernetes client", kube.close)
         outbox_metrics = KafkaOutboxMetrics(self.metrics.registry)
         publisher = (
             KafkaPublisher(settings=settings.kafka, metrics=outbox_metrics)
             if settings.kafka.enabled
             else None
         )
+        if publisher is not None:
+            closing.add("kafka producer", publisher.close)
         notice_channels = relay.channels if relay else ()
         outcome_channel = publisher.channel if publisher else None
         step_runner = self._step_runner(kube)
@@ -146,6 +166,7 @@ class Runtime:
         if relay is not None:
             roots["notification-relay"] = relay.run
         kafka_intake: KafkaIntake | None = None
+        outbox: OutboxRelay | None = None
         if publisher is not None:
             kafka_intake = KafkaIntake(
                 settings=settings.kafka,
@@ -172,53 +193,62 @@ class Runtime:
         runner = web.AppRunner(
             intake.build(),
             access_log=None,
-            shutdown_timeout=settings.http.drain_timeout_seconds,
+            # In-flight requests were already waited for (within the shutdown budget).
+            shutdown_timeout=1.0,
             handle_signals=False,
         )
         await runner.setup()
+        closing.add("http listener", runner.cleanup)
+        site = web.TCPSite(runner, settings.http.host, settings.http.port, backlog=1024)
+        await site.start()
+        self.bound_port = _bound_port(runner, settings.http.port)
+        self._install_signal_handlers()
+        self._log_started(executor, relay, publisher)
+        tasks = {asyncio.create_task(fn(), name=name): name for name, fn in roots.items()}
         try:
-            site = web.TCPSite(runner, settings.http.host, settings.http.port, backlog=1024)
-            await site.start()
-            self.bound_port = _bound_port(runner, settings.http.port)
-            self._install_signal_handlers()
-            log.info(
-                "remediator listening on http://%s:%d (journal %s, rules %s: %d services, "
-                "%d rules, dry_run=%s)",
-                settings.http.host, self.bound_port, settings.journal.url, settings.rules_path,
-                len(self.pack.services), len(self.pack.rules), settings.dry_run,
-            )  # fmt: skip
-            if executor is None:
-                log.warning(
-                    "kubernetes %s: plans are recorded as dry runs and nothing is changed; "
-                    "replica counts are unknown, so scale-ups are skipped as not_applicable",
-                    self.kube_status,
-                )
-            else:
-                log.info("kubernetes: %s; acting as %s", self.kube_status,
-                         settings.kubernetes.instance_id)  # fmt: skip
-            log.info(
-                "notifications: %s", ", ".join(relay.channels) if relay else "off (no Slack "
-                "token, no SMTP host)"
-            )  # fmt: skip
-            if publisher is not None:
-                log.info("kafka: consuming %s as group %s from %s; outcome events to %s",
-                         ",".join(settings.kafka.deploy_topics), settings.kafka.group_id,
-                         ",".join(settings.kafka.bootstrap_servers), publisher.topic)  # fmt: skip
-            else:
-                log.info("kafka: not configured (no --kafka-bootstrap): webhook-only")
-            exit_code = await self._supervise(roots)
+            exit_code = await self._supervise(tasks)
+            drain = ShutdownBudget(settings.shutdown.timeout_seconds)
+            closing.budget = drain
+            await self._shutdown(tasks, drain, kafka_intake=kafka_intake, executor=executor,
+                                 outbox=outbox, relay=relay)  # fmt: skip
         finally:
-            self.state.draining = True  # webhooks answer 503 from now on
-            # Kafka first: the batch in flight still needs the journal; its offsets are
-            # committed and the group left before the journal closes.
-            if kafka_intake is not None:
-                await kafka_intake.close()
-            if publisher is not None:
-                await publisher.close()
-            await self._drain(runner)
-            for close in closers:
-                await close()
+            for task in tasks:  # anything the sequence did not stop (none expected)
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return exit_code
+
+    def _log_started(
+        self,
+        executor: Executor | None,
+        relay: NotificationRelay | None,
+        publisher: KafkaPublisher | None,
+    ) -> None:
+        settings = self.settings
+        log.info(
+            "remediator listening on http://%s:%d (journal %s, rules %s: %d services, "
+            "%d rules, dry_run=%s)",
+            settings.http.host, self.bound_port, settings.journal.url, settings.rules_path,
+            len(self.pack.services), len(self.pack.rules), settings.dry_run,
+        )  # fmt: skip
+        if executor is None:
+            log.warning(
+                "kubernetes %s: plans are recorded as dry runs and nothing is changed; "
+                "replica counts are unknown, so scale-ups are skipped as not_applicable",
+                self.kube_status,
+            )
+        else:
+            log.info("kubernetes: %s; acting as %s", self.kube_status,
+                     settings.kubernetes.instance_id)  # fmt: skip
+        log.info(
+            "notifications: %s", ", ".join(relay.channels) if relay else "off (no Slack "
+            "token, no SMTP host)"
+        )  # fmt: skip
+        if publisher is not None:
+            log.info("kafka: consuming %s as group %s from %s; outcome events to %s",
+                     ",".join(settings.kafka.deploy_topics), settings.kafka.group_id,
+                     ",".join(settings.kafka.bootstrap_servers), publisher.topic)  # fmt: skip
+        else:
+            log.info("kafka: not configured (no --kafka-bootstrap): webhook-only")
 
     def _decided(self, executor: Executor | None) -> Callable[[Decision], None]:
         def on_decision(decision: Decision) -> None:
@@ -295,7 +325,8 @@ class Runtime:
             ),
             dry_run=self.settings.dry_run,
             max_concurrency=k.max_concurrent_plans,
-            drain_timeout_seconds=k.drain_timeout_seconds,
+            # Used only if the executor is cancelled outside the shutdown sequence.
+            drain_timeout_seconds=self.settings.shutdown.timeout_seconds,
             on_finished=lambda action, status: self.metrics.remediations_finished.labels(
                 action=action, status=status
             ).inc(),
@@ -305,11 +336,11 @@ class Runtime:
 
     def _notification_relay(
         self,
-    ) -> tuple[NotificationRelay | None, list[Callable[[], Coroutine[Any, Any, None]]]]:
+    ) -> tuple[NotificationRelay | None, list[tuple[str, Callable[[], Awaitable[None]]]]]:
         slack_settings, email_settings = self.settings.slack, self.settings.email
         if not slack_settings.enabled and not email_settings.enabled:
             return None, []
-        closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        closers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         slack = email = None
         slack_routes = email_routes = None
         if slack_settings.enabled:
@@ -317,7 +348,7 @@ class Runtime:
             slack = SlackNotifier(
                 token=slack_settings.token.get_secret_value(), base_url=slack_settings.base_url
             )
-            closers.append(slack.close)
+            closers.append(("slack client", slack.close))
             slack_routes = SlackRouting(
                 default=slack_settings.default_channel,
                 by_service=slack_settings.channels_by_service,
@@ -357,38 +388,77 @@ class Runtime:
         )
         return relay, closers
 
-    async def _supervise(self, roots: dict[str, Callable[[], Coroutine[Any, Any, None]]]) -> int:
-        tasks: dict[asyncio.Task[Any], str] = {
-            asyncio.create_task(fn(), name=name): name for name, fn in roots.items()
-        }
+    async def _supervise(self, tasks: dict[asyncio.Task[Any], str]) -> int:
+        """Wait for a stop request or a root task that ended; 1 for the latter."""
         stop_wait: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait(), name="stop-signal")
-        exit_code = 0
         try:
             done, _ = await asyncio.wait({*tasks, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is stop_wait:
-                    log.info("stop requested: draining")
-                    continue
-                exc = task.exception()
-                log.error("root task %s ended unexpectedly: %r; shutting down", tasks[task], exc)
-                exit_code = 1
         finally:
-            for task in [*tasks, stop_wait]:
-                task.cancel()
-            await asyncio.gather(*tasks, stop_wait, return_exceptions=True)
+            stop_wait.cancel()
+            await asyncio.gather(stop_wait, return_exceptions=True)
+        self.state.draining = True
+        exit_code = 0
+        for task in done:
+            if task is stop_wait:
+                log.info("stop requested: draining within %.0fs",
+                         self.settings.shutdown.timeout_seconds)  # fmt: skip
+                continue
+            exc = task.exception() if not task.cancelled() else None
+            log.error("root task %s ended unexpectedly: %r; shutting down", tasks[task], exc)
+            exit_code = 1
         return exit_code
 
-    async def _drain(self, runner: web.AppRunner) -> None:
-        self.state.draining = True
-        timeout = self.settings.http.drain_timeout_seconds
-        try:
-            await asyncio.wait_for(self.state.wait_idle(), timeout=timeout)
-        except TimeoutError:
-            log.warning("%d request(s) still in flight after %.0fs; closing anyway",
-                        self.state.in_flight, timeout)  # fmt: skip
-        await runner.cleanup()
-        await self.journal.close()
-        log.info("drained and stopped")
+    async def _shutdown(
+        self,
+        tasks: dict[asyncio.Task[Any], str],
+        budget: ShutdownBudget,
+        *,
+        kafka_intake: KafkaIntake | None,
+        executor: Executor | None,
+        outbox: OutboxRelay | None,
+        relay: NotificationRelay | None,
+    ) -> None:
+        """The documented order, all within one budget: webhooks already answer 503;
+        Kafka commits and leaves the group; running plans finish their step and pause;
+        in-flight requests finish; queued outcome events and notices are flushed. The
+        exit stack then closes the listener, the clients and, last, the journal.
+        """
+        by_name = {name: task for task, name in tasks.items()}
+
+        async def stop(*names: str) -> None:
+            chosen = [by_name[n] for n in names if n in by_name]
+            for task in chosen:
+                task.cancel()
+            await asyncio.gather(*chosen, return_exceptions=True)
+
+        await stop("kafka-intake")
+        if kafka_intake is not None:
+            await budget.run("kafka consumer commit and leave", kafka_intake.close())
+        await stop("decision-engine", "journal-pruner")
+        if executor is not None:
+            # The rest of the sequence keeps its reserve; plans get everything else.
+            # drain() cancels what is still running at its own timeout; the phase's
+            # timeout is only a backstop, so it may use the reserve.
+            await budget.run(
+                "running plans",
+                executor.drain(grace_seconds=budget.remaining(reserve=True)),
+                may_use_reserve=True,
+            )
+            await stop("executor")
+        await budget.run("in-flight requests", self.state.wait_idle(), may_use_reserve=True)
+        if self.state.in_flight:
+            log.warning("%d request(s) still in flight; closing anyway", self.state.in_flight)
+        await stop("outbox-relay", "notification-relay")
+        if outbox is not None:
+            await budget.run("outbox flush", _flush(outbox.run_once), may_use_reserve=True)
+        if relay is not None:
+            for channel in relay.channels:
+                await budget.run(
+                    f"{channel} notices flush",
+                    _flush(functools.partial(relay.deliver_pending, channel)),
+                    may_use_reserve=True,
+                )
+        log.info("drained in %.1fs of %.0fs", budget.elapsed(), budget.total)
 
     async def _prune_forever(self) -> None:
         retention = self.settings.journal.retention_hours * 3600
@@ -435,3 +505,66 @@ def _bound_port(runner: web.AppRunner, configured: int) -> int:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])
     return configured
+
+
+async def _flush(publish_once: Callable[[], Awaitable[int]]) -> None:
+    """Publish until nothing is pending (or the first failure: it stays queued)."""
+    while await publish_once():
+        pass
+
+
+class ShutdownBudget:
+    """One deadline for the whole drain; each phase gets what is left of it.
+
+    Phases that may take long (running plans) leave ``RESERVE_SHARE`` of the budget to
+    the phases after them, so a slow plan cannot starve the outbox flush and closing.
+    """
+
+    RESERVE_SHARE = 0.25
+
+    def __init__(self, total: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self._clock = clock
+        self._started = clock()
+        self._reserve = total * self.RESERVE_SHARE
+
+    def elapsed(self) -> float:
+        return self._clock() - self._started
+
+    def remaining(self, *, reserve: bool = False) -> float:
+        left = self.total - self.elapsed() - (self._reserve if reserve else 0.0)
+        return max(left, 0.0)
+
+    async def run(self, what: str, work: Awaitable[Any], *, may_use_reserve: bool = False) -> None:
+        """Run one phase within the budget; log (never raise) when it fails or runs out.
+
+        Phases that may use the reserve get all that is left; the others stop short of it.
+        """
+        timeout = self.remaining(reserve=not may_use_reserve)
+        try:
+            await asyncio.wait_for(work, timeout=max(timeout, 0.001))
+        except TimeoutError:
+            log.warning("shutdown: %s did not finish within the budget (%.0fs); moving on",
+                        what, self.total)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - one phase must not skip the others
+            log.error("shutdown: %s failed: %r; moving on", what, exc)
+
+
+class Closing:
+    """Closes resources through an AsyncExitStack, each within the shutdown budget."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack) -> None:
+        self._stack = stack
+        self.budget: ShutdownBudget | None = None  # set when the drain starts
+        # Each close gets at least this long, even when the plans used the whole budget.
+        self.minimum_seconds = 1.0
+
+    def add(self, name: str, close: Callable[[], Awaitable[Any]]) -> None:
+        async def closed() -> None:
+            left = self.budget.remaining() if self.budget is not None else 10.0
+            try:
+                await asyncio.wait_for(close(), timeout=max(left, self.minimum_seconds))
+            except Exception as exc:  # noqa: BLE001 - every other close still runs
+                log.error("shutdown: closing the %s failed: %r", name, exc)
+
+        self._stack.push_async_callback(closed)

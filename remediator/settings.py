@@ -48,9 +48,6 @@ class HttpSettings(_Group):
     # Alertmanager never retries a 4xx, so a 413 on an alert storm loses alerts:
     # the limit sits far above aiohttp's 1 MiB default.
     body_limit_bytes: int = Field(16 * MIB, gt=0, description="Largest request body accepted.")
-    drain_timeout_seconds: float = Field(
-        10.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish."
-    )
     retry_after_seconds: int = Field(
         5, ge=1, description="Retry-After sent with 503 (journal unavailable or draining)."
     )
@@ -177,9 +174,6 @@ class KubernetesSettings(_Group):
     rollout_timeout_seconds: float = Field(300.0, gt=0, description="Wait for a rollout.")
     health_timeout_seconds: float = Field(10.0, gt=0, description="One health-URL check.")
     max_concurrent_plans: int = Field(4, ge=1, description="Plans run at once (all services).")
-    drain_timeout_seconds: float = Field(
-        60.0, gt=0, description="On SIGTERM, how long running plans may take to end their step."
-    )
     helm_binary: str = Field("helm", description="helm executable for helm rollbacks.")
 
 
@@ -245,6 +239,17 @@ class DatabaseSettings(_Group):
     )
 
 
+class ShutdownSettings(_Group):
+    # Kubernetes' default grace period is 30 s and includes the preStop sleep (5 s in
+    # the chart): 20 s leaves a margin before SIGKILL.
+    timeout_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="On SIGTERM, the whole drain (Kafka commit, running plans' current step, "
+        "in-flight requests, outbox flush, closing) finishes within this.",
+    )
+
+
 class LogSettings(_Group):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -269,6 +274,7 @@ class Settings(BaseSettings):
     email: EmailSettings = EmailSettings()
     log: LogSettings = LogSettings()
     database: DatabaseSettings = DatabaseSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
     rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
     dry_run: bool = Field(False, description="Decide and record, but change nothing.")
     webhook_token: SecretStr | None = Field(None, description="Bearer token webhook callers send.")

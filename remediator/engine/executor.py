@@ -95,21 +95,22 @@ class Executor:
         finally:
             await self.drain()
 
-    async def drain(self) -> None:
+    async def drain(self, grace_seconds: float | None = None) -> None:
         """On shutdown: every running plan finishes the step it is in, then pauses.
 
         A paused plan is claimed with its last step finished, so the next start resumes
         it with the following step. Only a step still running after the drain timeout
-        is cancelled; the restart then treats it as interrupted (needs_human if it
-        mutates).
+        (``grace_seconds``, else the constructor's) is cancelled; the restart then treats it as
+        interrupted (needs_human if it mutates).
         """
         self._stopping = True
         tasks = list(self._tasks)
         if not tasks:
             return
+        timeout = self._drain_timeout if grace_seconds is None else grace_seconds
         log.info("waiting up to %.0fs for %d running plan(s) to finish their step",
-                 self._drain_timeout, len(tasks))  # fmt: skip
-        _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout)
+                 timeout, len(tasks))  # fmt: skip
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
