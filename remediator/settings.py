@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 from remediator.domain.errors import ConfigError
+from remediator.domain.failpoints import Failpoints
 from remediator.domain.signals import DEFAULT_NAMESPACE_LABELS, DEFAULT_SERVICE_LABELS
 
 DEFAULT_LISTEN = "127.0.0.1:9095"
@@ -277,6 +278,11 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = ShutdownSettings()
     rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
     dry_run: bool = Field(False, description="Decide and record, but change nothing.")
+    failpoints: str | None = Field(
+        None,
+        description="Testing only: fault-injection points to arm (see "
+        "remediator/domain/failpoints.py); never set in production.",
+    )
     webhook_token: SecretStr | None = Field(None, description="Bearer token webhook callers send.")
     webhook_token_file: Path | None = Field(
         None, description="File holding the bearer token (a mounted Secret)."
@@ -295,6 +301,16 @@ class Settings(BaseSettings):
             if path and not data.get(name):
                 data = {**data, name: _read_secret(Path(path), name)}
         return data
+
+    @field_validator("failpoints")
+    @classmethod
+    def _valid_failpoints(cls, value: str | None) -> str | None:
+        Failpoints.parse(value)
+        return value
+
+    @property
+    def armed_failpoints(self) -> Failpoints:
+        return Failpoints.parse(self.failpoints)
 
     @model_validator(mode="after")
     def _auth_is_consistent(self) -> Settings:
