@@ -395,9 +395,13 @@ class _Context:
             )
         current = self.state.current_replicas
         if current is None:
+            unknown = f"the current replica count of {self.service!r} is unknown"
+            failed = self.state.facts_error
+            if failed is None:
+                return self._skip(NoActionReason.NOT_APPLICABLE, unknown)
+            # A scale-up was called for but the cluster could not be read: people decide.
             return self._skip(
-                NoActionReason.NOT_APPLICABLE,
-                f"the current replica count of {self.service!r} is unknown",
+                NoActionReason.NOT_APPLICABLE, f"{why}, but {unknown} ({failed})", notify=True
             )
         maximum = scale.max_replicas
         if self.state.max_replicas is not None:

@@ -72,6 +72,8 @@ class ServiceState(_State):
     current_replicas: int | None = Field(default=None, ge=0)
     # e.g. the HPA's maximum; the lower of this and the catalog's scale.max_replicas applies.
     max_replicas: int | None = Field(default=None, ge=0)
+    # Why reading live facts failed, when it did (replicas are then unknown).
+    facts_error: str | None = None
     deploys: tuple[DeployRecord, ...] = ()
     migrations: tuple[MigrationRecord, ...] = ()
     remediations: tuple[RemediationRecord, ...] = ()

@@ -429,7 +429,25 @@ def test_no_action_reasons(
 
 def test_every_reason_is_covered() -> None:
     covered = {case[3] for case in REASONS} | {NoActionReason.DRY_RUN}
-    assert covered == set(NoActionReason)
+    # The engine records internal errors (tests/unit/engine); the rules never return one.
+    assert covered == set(NoActionReason) - {NoActionReason.INTERNAL_ERROR}
+
+
+def test_unreadable_replicas_skip_a_scale_up_and_people_hear_why(pack: RulePack) -> None:
+    failed = skipped(
+        pack,
+        alert("MemoryPressure"),
+        state(deploys=OLD, current_replicas=None, facts_error="reading it failed: 403"),
+    )
+    unknown = skipped(pack, alert("MemoryPressure"), state(deploys=OLD, current_replicas=None))
+    assert (failed.reason, unknown.reason) == (NoActionReason.NOT_APPLICABLE,) * 2
+    assert "is unknown (reading it failed: 403)" in failed.detail
+    assert (failed.notify, unknown.notify) == (True, False)
+    # A rollback needs no replica count: it still plans.
+    rollback = plan_for(
+        pack, alert("HighErrorRate"), state(current_replicas=None, facts_error="403")
+    )
+    assert rollback.action is ActionKind.ROLLBACK
 
 
 def test_resolved_alerts_still_name_their_rule(pack: RulePack) -> None:
