@@ -62,3 +62,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.internal_errors = Counter(
+            "remediator_internal_errors",
+            "Unexpected errors a component survived (logged at ERROR), by component.",
+            ["component"],
+            registry=r,
+        )
+        self.facts_errors = Counter(
+            "remediator_facts_errors",
+            "Failed reads of live facts (replicas); the engine decided with them unknown.",
+            ["service"],
+            registry=r,
+        )

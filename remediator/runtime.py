@@ -156,6 +156,10 @@ class Runtime:
             outcome_channel=outcome_channel,
             on_decision=self._decided(executor),
             on_deploy=step_runner.snapshot_for_deploy if step_runner is not None else None,
+            on_internal_error=lambda _kind: self.metrics.internal_errors.labels(
+                component="decider"
+            ).inc(),
+            on_facts_error=lambda service: self.metrics.facts_errors.labels(service=service).inc(),
         )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,

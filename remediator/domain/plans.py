@@ -53,6 +53,9 @@ class NoActionReason(StrEnum):
     OUTSIDE_ROLLBACK_WINDOW = "outside_rollback_window"  # no healthy revision in range
     ESCALATED = "escalated"  # at max replicas and no recent deploy: people decide
     NOT_APPLICABLE = "not_applicable"  # the action lacks what it needs (db, config, replicas)
+    # Deciding this signal failed (a bug or data the rules cannot handle); the engine, not
+    # the rules, records it so that one signal never stops deciding for the others.
+    INTERNAL_ERROR = "internal_error"
 
 
 class _Frozen(BaseModel):

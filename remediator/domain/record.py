@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from remediator.domain.plans import NoActionReason
+
 PLACEHOLDER = "to be filled in"
 _FORMAT_VERSION = 1
 
@@ -276,6 +278,11 @@ def status_note(record: RollbackRecord) -> str | None:
     if record.status is RemediationStatus.FAILED:
         return "Failed: the remediation did not complete; check the timeline."
     if record.status is RemediationStatus.SKIPPED:
+        if record.reason == NoActionReason.INTERNAL_ERROR:
+            return (
+                "Not decided: remediator failed while deciding this signal, so nothing was "
+                "done; people decide."
+            )
         return "Skipped: no action was taken."
     if record.status is RemediationStatus.AWAITING_APPROVAL:
         return "Awaiting approval: nothing runs until an approver approves the plan."

@@ -8,6 +8,12 @@ same signals on restart; ids derived from the signal id make that write idempote
 
 One engine task decides serially, so two signals for one service never race: in
 an alert storm the first opens a remediation and the rest see it as in progress.
+
+No single signal stops the engine. An error while deciding one signal is journaled as
+that signal's decision (``no_action``, ``internal_error``), people are notified, and
+the cursor moves past it; live facts that cannot be read are treated as unknown. Only a
+journal that is unavailable (``TemporaryError``) pauses deciding, and the root task
+backs off and carries on after anything else.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import asyncio
 import bisect
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+
+from pydantic import ValidationError
 
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.outcomes import outcome_event
@@ -72,6 +80,8 @@ _STATUS_FOR_HISTORY = {
 HISTORY_KINDS = ("deployment.succeeded", "migration.started", "migration.applied",
                  "migration.failed")  # fmt: skip
 HISTORY_EVENTS = 50
+# How much of an exception's message a decision's explanation keeps.
+MAX_ERROR_TEXT = 500
 
 
 def mark_healthy(
@@ -121,7 +131,14 @@ class DecisionEngine:
         outcome_channel: str | None = None,
         notice_channels: tuple[str, ...] = (),
         on_deploy: Callable[[Signal], Awaitable[None]] | None = None,
+        on_internal_error: Callable[[str], None] | None = None,
+        on_facts_error: Callable[[str], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_backoff: float = 60.0,
     ) -> None:
+        """``on_internal_error`` gets the exception's type name of every error the engine
+        survived (a signal it could not decide, a failed batch or hook);
+        ``on_facts_error`` gets the service whose live facts could not be read."""
         self._journal = journal
         self._pack = pack
         self._facts = facts
@@ -132,7 +149,14 @@ class DecisionEngine:
         self._outcome_channel = outcome_channel
         self._notice_channels = notice_channels
         self._on_deploy = on_deploy
+        self._on_internal_error = on_internal_error
+        self._on_facts_error = on_facts_error
+        self._sleep = sleep
+        self._max_backoff = max_backoff
         self._wake = asyncio.Event()
+        # Exception types whose traceback was logged: one traceback per kind of failure,
+        # not one per signal of a storm.
+        self._traced: set[str] = set()
         self._alert_kinds = tuple(sorted({
             kind for rule in pack.rules if rule.match.source == "alertmanager"
             for kind in rule.match.kinds
@@ -143,15 +167,29 @@ class DecisionEngine:
         self._wake.set()
 
     async def run(self) -> None:
-        """Root task: decide until cancelled; back off while the journal is unavailable."""
+        """Root task: decide until cancelled; back off while the journal is unavailable.
+
+        It survives every other error too. Errors of one signal never reach here (they
+        are journaled as its decision); what does is the journal failing in a way it did
+        not classify, or a bug outside any one signal. Ending the task would stop deciding
+        for every service, and a restart would meet the same state: retry with backoff.
+        """
+        failures = 0
         while True:
             self._wake.clear()
             try:
                 decided = await self.run_once()
             except TemporaryError as exc:
                 log.warning("deciding paused, journal unavailable: %s", exc)
-                await asyncio.sleep(exc.delay)
+                await self._sleep(exc.delay)
                 continue
+            except Exception as exc:  # noqa: BLE001 - survived, logged and counted
+                failures += 1
+                delay = min(2.0 ** (failures - 1), self._max_backoff)
+                self._internal_error(exc, f"deciding a batch failed; retrying in {delay:.0f}s")
+                await self._sleep(delay)
+                continue
+            failures = 0
             if decided == 0:
                 await self._wake.wait()
 
@@ -160,54 +198,132 @@ class DecisionEngine:
         stored = await self._journal.undecided_signals(limit=self._batch_size)
         if not stored:
             return 0
+        try:
+            await self._decide_batch(stored)
+        except _WriteRefused as refused:
+            # The journal refused the batch for a reason retrying cannot fix, so something
+            # in it is poison. Deciding again one signal per write finds it, and keeps the
+            # rest correct: each decision is written before the next is made, so none
+            # leans on a plan of the batch that was never written (re-recording every
+            # signal as internal_error would be simpler, but lose good decisions).
+            log.error("the journal refused %d decisions (%s); deciding them one at a time",
+                      len(stored), _error_text(refused.cause))  # fmt: skip
+            for item in stored:
+                await self._decide_alone(item)
+        return len(stored)
+
+    async def _decide_alone(self, item: StoredSignal) -> None:
+        try:
+            await self._decide_batch([item])
+        except _WriteRefused as refused:
+            await self._write_internal_error(item, refused.cause)
+
+    async def _decide_batch(self, items: Sequence[StoredSignal]) -> None:
+        """Decide ``items`` (in journal order) and write the decisions with the cursor."""
         now = self._clock()
         circuit = await self._circuit_state()
         histories: dict[str, list[RemediationRecord]] = {}
-        view = _BatchView(journal=self._journal, facts=self._facts, alert_kinds=self._alert_kinds)
+        view = _BatchView(journal=self._journal, facts=self._facts,
+                          alert_kinds=self._alert_kinds, on_error=self._facts_failed)  # fmt: skip
         records: list[DecisionRecord] = []
         decisions: list[Decision] = []
-        for item in stored:
-            signal = item.signal
-            history = await self._history(signal, histories, now=now)
-            state = await self._state(item, history, circuit, view)
-            decision = decide(signal, pack=self._pack, state=state, now=now, dry_run=self._dry_run)
-            record = self._record(item, decision, now=now)
+        for item in items:
+            try:
+                decision, record = await self._decide(item, histories, circuit, view, now=now)
+                circuit = _remember(record, histories, circuit, now=now)
+            except TemporaryError:
+                raise  # the journal is unavailable: the whole batch waits for it
+            except Exception as exc:  # noqa: BLE001 - journaled as its decision
+                decision, record = self._internal_error_decision(item, exc, now=now)
             records.append(record)
             decisions.append(decision)
-            remediation = record.remediation
-            if (
-                remediation is not None
-                and remediation.status != "skipped"
-                and remediation.action is not None
-                and signal.service
-            ):
-                status = _STATUS_FOR_HISTORY[remediation.status]
-                histories[signal.service].append(
-                    RemediationRecord(
-                        action=ActionKind(remediation.action),
-                        started_at=now,
-                        status=status,
-                        rule=remediation.rule,
-                        manual=remediation.manual,
-                    )
-                )
-                if remediation.automated and remediation.status == "planned":
-                    circuit = circuit.model_copy(
-                        update={"automated_action_times": (*circuit.automated_action_times, now)}
-                    )
-            if self._on_decision is not None:
+        await self._write(records, decisions, through_seq=items[-1].seq)
+        if self._on_decision is not None:
+            for decision in decisions:
                 self._on_decision(decision)
-        await self._journal.record_decisions(
-            records,
-            through_seq=stored[-1].seq,
-            outbox=[*self._outcome_messages(records), *self._notices(records, decisions)],
-        )
         await self._latch_circuit(circuit, now=now)
         if self._on_deploy is not None:
-            for item in stored:
+            for item in items:
                 if item.signal.kind == "deployment.succeeded":
                     await self._deploy_hook(item.signal)
-        return len(stored)
+
+    async def _decide(
+        self,
+        item: StoredSignal,
+        histories: dict[str, list[RemediationRecord]],
+        circuit: CircuitState,
+        view: _BatchView,
+        *,
+        now: datetime,
+    ) -> tuple[Decision, DecisionRecord]:
+        history = await self._history(item.signal, histories, now=now)
+        state = await self._state(item, history, circuit, view)
+        decision = decide(item.signal, pack=self._pack, state=state, now=now,
+                          dry_run=self._dry_run)  # fmt: skip
+        return decision, self._record(item, decision, now=now)
+
+    async def _write(
+        self, records: list[DecisionRecord], decisions: list[Decision], *, through_seq: int
+    ) -> None:
+        try:
+            outbox = [*self._outcome_messages(records), *self._notices(records, decisions)]
+            await self._journal.record_decisions(records, through_seq=through_seq, outbox=outbox)
+        except TemporaryError:
+            raise
+        except Exception as exc:
+            raise _WriteRefused(exc) from exc
+
+    # -- errors ------------------------------------------------------------------------
+    def _internal_error(self, exc: Exception, context: str) -> None:
+        """Log (one traceback per exception type) and count an error the engine survived."""
+        kind = type(exc).__name__
+        first = kind not in self._traced
+        self._traced.add(kind)
+        log.error("%s: %s", context, _error_text(exc), exc_info=exc if first else None)
+        if not first:
+            log.debug("traceback of the error above", exc_info=exc)
+        if self._on_internal_error is not None:
+            self._on_internal_error(kind)
+
+    def _internal_error_decision(
+        self, item: StoredSignal, exc: Exception, *, now: datetime
+    ) -> tuple[NoAction, DecisionRecord]:
+        """The decision journaled for a signal that could not be decided."""
+        signal = item.signal
+        self._internal_error(
+            exc, f"signal {signal.id} ({signal.kind}, {signal.service}) recorded as "
+            f"internal_error, not decided"
+        )  # fmt: skip
+        decision = NoAction(
+            reason=NoActionReason.INTERNAL_ERROR,
+            detail=f"deciding failed with {_error_text(exc)}; nothing was done, people decide",
+            service=signal.service if isinstance(signal.service, str) else None,
+            signal_id=signal.id,
+            notify=True,
+        )
+        try:
+            return decision, self._record(item, decision, now=now)
+        except Exception:  # noqa: BLE001 - the error is already logged and counted
+            return decision, _bare_record(item, decision, now=now)
+
+    async def _write_internal_error(self, item: StoredSignal, cause: Exception) -> None:
+        """Journal a signal whose decision the journal refused; its cursor moves on."""
+        now = self._clock()
+        decision, record = self._internal_error_decision(item, cause, now=now)
+        try:
+            await self._write([record], [decision], through_seq=item.seq)
+        except _WriteRefused:
+            # Its remediation or notice is what the journal refuses: the decision alone.
+            bare = _bare_record(item, decision, now=now)
+            await self._write([bare], [decision], through_seq=item.seq)
+        if self._on_decision is not None:
+            self._on_decision(decision)
+
+    def _facts_failed(self, service: str, namespace: str, exc: Exception) -> None:
+        log.warning("replicas of %s/%s unknown for this batch, reading them failed: %s",
+                    namespace, service, _error_text(exc))  # fmt: skip
+        if self._on_facts_error is not None:
+            self._on_facts_error(service)
 
     async def _deploy_hook(self, signal: Signal) -> None:
         assert self._on_deploy is not None
@@ -217,6 +333,8 @@ class DecisionEngine:
             # A missing snapshot only matters if this release's config must be restored
             # later; that restore then refuses with a clear reason.
             log.warning("after deploy %s of %s: %s", signal.id, signal.service, exc)
+        except Exception as exc:  # noqa: BLE001 - a hook never stops deciding
+            self._internal_error(exc, f"after deploy {signal.id} of {signal.service}")
 
     def _notices(
         self, records: list[DecisionRecord], decisions: list[Decision]
@@ -297,6 +415,7 @@ class DecisionEngine:
         return ServiceState(
             current_replicas=replicas[0] if replicas else None,
             max_replicas=replicas[1] if replicas else None,
+            facts_error=view.facts_error(signal.service) if replicas is None else None,
             deploys=deploys,
             migrations=migrations,
             remediations=tuple(history),
@@ -401,22 +520,39 @@ class _BatchView:
     """
 
     def __init__(
-        self, *, journal: Journal, facts: ServiceFacts, alert_kinds: tuple[str, ...]
+        self,
+        *,
+        journal: Journal,
+        facts: ServiceFacts,
+        alert_kinds: tuple[str, ...],
+        on_error: Callable[[str, str, Exception], None],
     ) -> None:
         self._journal = journal
         self._facts = facts
         self._alert_kinds = alert_kinds
+        self._on_error = on_error
         self._replicas: dict[str, tuple[int, int | None] | None] = {}
+        self._facts_errors: dict[str, str] = {}
         self._events: dict[str, list[StoredSignal]] = {}
         self._alert_times: dict[str, list[datetime]] = {}
         self._memo: dict[tuple[str, int], _History] = {}
 
     async def replicas(self, service: str, namespace: str) -> tuple[int, int | None] | None:
         if service not in self._replicas:
-            self._replicas[service] = await self._facts.replicas(
-                service=service, namespace=namespace
-            )
+            try:
+                found = await self._facts.replicas(service=service, namespace=namespace)
+            except Exception as exc:  # noqa: BLE001 - reported, then unknown
+                # Facts are advisory: without them scale-ups are skipped (people are
+                # told), rollbacks still plan. Whatever the cluster answered (a 403, an
+                # outage), it must not stop deciding. Read once per service per batch.
+                self._on_error(service, namespace, exc)
+                self._facts_errors[service] = f"reading it failed: {_error_text(exc)}"
+                found = None
+            self._replicas[service] = found
         return self._replicas[service]
+
+    def facts_error(self, service: str) -> str | None:
+        return self._facts_errors.get(service)
 
     async def history(self, service: str, *, upto_seq: int) -> _History:
         if service not in self._events:
@@ -424,21 +560,23 @@ class _BatchView:
                 service=service, kinds=HISTORY_KINDS, limit=HISTORY_EVENTS
             )
             events = list(reversed(newest_first))
-            self._events[service] = events
             finishes = [
                 d.finished_at
                 for d in map(deploy_record_from_signal, (e.signal for e in events))
                 if d is not None
             ]
             # Only alerts between the oldest and newest deploy can mark one unhealthy.
-            self._alert_times[service] = []
+            alert_times: list[datetime] = []
             if len(finishes) > 1:
-                self._alert_times[service] = await self._journal.firing_alert_times(
+                alert_times = await self._journal.firing_alert_times(
                     service=service,
                     kinds=self._alert_kinds,
                     since=min(finishes),
                     until=max(finishes),
                 )
+            # Cached only once both reads succeeded: after a failed read, deploys with no
+            # alert times would all look healthy to the next signal of the service.
+            self._events[service], self._alert_times[service] = events, alert_times
         events = self._events[service]
         prefix = bisect.bisect_right([e.seq for e in events], upto_seq)
         key = (service, prefix)
@@ -453,6 +591,78 @@ class _BatchView:
             )
             self._memo[key] = (deploys, migrations)
         return self._memo[key]
+
+
+class _WriteRefused(Exception):
+    """The journal refused a batch of decisions for a reason retrying cannot fix."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _remember(
+    record: DecisionRecord,
+    histories: dict[str, list[RemediationRecord]],
+    circuit: CircuitState,
+    *,
+    now: datetime,
+) -> CircuitState:
+    """Feed a decision's new remediation into the rest of the batch; the new circuit."""
+    remediation = record.remediation
+    if (
+        remediation is None
+        or remediation.status == "skipped"
+        or remediation.action is None
+        or not record.service
+    ):
+        return circuit
+    entry = RemediationRecord(
+        action=ActionKind(remediation.action),
+        started_at=now,
+        status=_STATUS_FOR_HISTORY[remediation.status],
+        rule=remediation.rule,
+        manual=remediation.manual,
+    )
+    if remediation.automated and remediation.status == "planned":
+        circuit = circuit.model_copy(
+            update={"automated_action_times": (*circuit.automated_action_times, now)}
+        )
+    histories[record.service].append(entry)  # last: nothing is half-remembered
+    return circuit
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message``, clipped, for explanations and logs.
+
+    A validation error's own message quotes the input it rejected (possibly a signal's
+    body): only where and why it failed are kept.
+    """
+    if isinstance(exc, ValidationError):
+        message = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+    else:
+        message = str(exc)
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
+def _bare_record(item: StoredSignal, decision: NoAction, *, now: datetime) -> DecisionRecord:
+    """An internal error's decision without a remediation: the least the journal needs
+    to move the cursor past the signal."""
+    service = item.signal.service
+    return DecisionRecord(
+        signal_seq=item.seq,
+        signal_id=item.signal.id,
+        service=service if isinstance(service, str) else None,
+        outcome="no_action",
+        reason=decision.reason.value,
+        rule=None,
+        decided_at=now,
+        explanation=explain(decision),
+    )
 
 
 def _history_record(row: RemediationSummary) -> RemediationRecord | None:

@@ -42,6 +42,7 @@ from remediator.domain.rules.state import (
 from remediator.domain.signals import Signal, Source, Status
 
 _DAY = timedelta(days=1)
+_ZERO = timedelta(0)
 
 
 def rule_mismatch(rule: Rule, signal: Signal) -> str | None:
@@ -394,9 +395,13 @@ class _Context:
             )
         current = self.state.current_replicas
         if current is None:
+            unknown = f"the current replica count of {self.service!r} is unknown"
+            failed = self.state.facts_error
+            if failed is None:
+                return self._skip(NoActionReason.NOT_APPLICABLE, unknown)
+            # A scale-up was called for but the cluster could not be read: people decide.
             return self._skip(
-                NoActionReason.NOT_APPLICABLE,
-                f"the current replica count of {self.service!r} is unknown",
+                NoActionReason.NOT_APPLICABLE, f"{why}, but {unknown} ({failed})", notify=True
             )
         maximum = scale.max_replicas
         if self.state.max_replicas is not None:
@@ -429,7 +434,9 @@ class _Context:
         window = self.pack.defaults.recent_deploy_window
         started = self.signal.starts_at or self.signal.received_at
         deploys = self.state.deploys_newest_first()
-        recent = next((d for d in deploys if started - window <= d.finished_at <= started), None)
+        # Differences of two datetimes always fit a timedelta; ``started - window`` does
+        # not fit a datetime when an alert claims to have started in year 1.
+        recent = next((d for d in deploys if _ZERO <= started - d.finished_at <= window), None)
         signal = _describe(self.signal)
         # Only when that deploy is still the newest: a later deploy means people have
         # already shipped something on top, and undoing it blindly could undo a fix.

@@ -15,6 +15,8 @@ from remediator.domain.plans import ActionKind
 from remediator.domain.rules.durations import format_duration
 from remediator.domain.rules.model import CircuitBreakerSpec
 
+_ZERO = timedelta(0)
+
 
 class _State(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -70,6 +72,8 @@ class ServiceState(_State):
     current_replicas: int | None = Field(default=None, ge=0)
     # e.g. the HPA's maximum; the lower of this and the catalog's scale.max_replicas applies.
     max_replicas: int | None = Field(default=None, ge=0)
+    # Why reading live facts failed, when it did (replicas are then unknown).
+    facts_error: str | None = None
     deploys: tuple[DeployRecord, ...] = ()
     migrations: tuple[MigrationRecord, ...] = ()
     remediations: tuple[RemediationRecord, ...] = ()
@@ -102,4 +106,6 @@ def circuit_trip_reason(
 
 
 def count_since(times: tuple[datetime, ...], *, now: datetime, window: timedelta) -> int:
-    return sum(1 for moment in times if now - window <= moment <= now)
+    """How many of ``times`` fall in ``[now - window, now]``, compared as differences so
+    that no datetime leaves the representable range (a window of centuries, year 1)."""
+    return sum(1 for moment in times if _ZERO <= now - moment <= window)

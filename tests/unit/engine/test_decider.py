@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,12 +13,24 @@ from typing import Any
 import orjson
 import pytest
 
+from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.plans import NoAction
+from remediator.domain.record import status_note
+from remediator.domain.record_build import record_from_journal
 from remediator.domain.rules import DeployRecord, RulePack, signal_from_cloudevent
-from remediator.domain.signals import DEFAULT_NAMESPACE_LABELS, DEFAULT_SERVICE_LABELS
+from remediator.domain.signals import (
+    DEFAULT_NAMESPACE_LABELS,
+    DEFAULT_SERVICE_LABELS,
+    Signal,
+    Source,
+    Status,
+)
 from remediator.engine.decider import DecisionEngine, mark_healthy
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.journal.sqlite import SqliteJournal
+from remediator.ports import CircuitRecord, DecisionRecord, OutboxMessage
 from remediator.rulefiles import load_rule_pack_from_path
+from tests.polling import eventually
 from tests.unit.payloads import alert, payload
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
@@ -317,3 +332,318 @@ def test_mark_healthy_rules() -> None:
     marked = mark_healthy([d3, d1, d2], alerts_between=[NOW - timedelta(minutes=90)])
     assert [(d.revision, d.healthy) for d in marked] == [("1", True), ("2", False), ("3", None)]
     assert mark_healthy([], alerts_between=[]) == ()
+
+
+# --- no single signal or fault stops deciding ------------------------------------------
+
+
+def firing(
+    name: str, *, service: str, namespace: str, fingerprint: str, starts_at: datetime
+) -> Signal:
+    """A journaled alert as the engine reads it, built without the HTTP intake's checks:
+    the engine must cope with whatever was journaled."""
+    return Signal(
+        key=f"am\x1ftest\x1f{fingerprint}\x1f{starts_at.isoformat()}\x1ffiring",
+        source=Source.ALERTMANAGER,
+        kind=name,
+        status=Status.FIRING,
+        service=service,
+        namespace=namespace,
+        labels={"alertname": name, "service": service, "namespace": namespace},
+        annotations={},
+        starts_at=starts_at,
+        ends_at=None,
+        received_at=NOW,
+    )
+
+
+def cpu_signal(fingerprint: str, *, service: str = "checkout", namespace: str = "shop") -> Signal:
+    return firing("CPUSaturation", service=service, namespace=namespace,
+                  fingerprint=fingerprint, starts_at=NOW - timedelta(minutes=5))  # fmt: skip
+
+
+def decisions_table(journal: SqliteJournal) -> list[tuple[str, str, str | None, str]]:
+    """(signal id, outcome, reason, explanation) in journal order."""
+    db = journal._reader
+    assert db is not None
+    rows = db.execute(
+        "SELECT signal_id, outcome, reason, explanation FROM decisions ORDER BY signal_seq"
+    ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def remediation_of(rems: list[dict[str, Any]], signal: Signal) -> dict[str, Any]:
+    [rem] = [r for r in rems if r["signal_id"] == signal.id]
+    return rem
+
+
+@pytest.mark.parametrize(
+    "starts_at",
+    [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)],
+    ids=["year-1", "year-9999"],
+)
+async def test_an_alert_from_the_edge_of_time_after_a_deploy_is_decided(
+    journal: SqliteJournal, pack: RulePack, starts_at: datetime
+) -> None:
+    # Issue 11, item 1: this raised OverflowError in the deploy-window arithmetic.
+    await journal_events(journal, [deploy_event(1, at=NOW - timedelta(days=1))])
+    edge = firing("CPUSaturation", service="checkout", namespace="shop", fingerprint="edge",
+                  starts_at=starts_at)  # fmt: skip
+    await journal.record_signals([edge])
+    assert await drain(engine_for(journal, pack, clock=Clock(NOW))) == 2
+    # No deploy finished in the 30 minutes before it "started": load, so scale up.
+    rem = remediation_of(await all_remediations(journal), edge)
+    assert (rem["status"], rem["action"]) == ("planned", "scale_up")
+
+
+def with_broken_catalog(pack: RulePack, service: str) -> RulePack:
+    """A catalog entry decide() cannot compute with (as if validation had let it pass)."""
+    spec = pack.services[service]
+    assert spec.scale is not None
+    broken = spec.model_copy(update={"scale": spec.scale.model_copy(update={"step": None})})
+    return pack.model_copy(update={"services": {**pack.services, service: broken}})
+
+
+async def test_a_poison_signal_is_journaled_and_the_root_task_decides_on(
+    journal: SqliteJournal, pack: RulePack, caplog: pytest.LogCaptureFixture
+) -> None:
+    good_before = cpu_signal("good-1")
+    poison = [cpu_signal(f"poison-{i}", service="payments", namespace="payments") for i in (1, 2)]
+    good_after = cpu_signal("good-2", service="web", namespace="web")
+    await journal.record_signals([good_before, *poison, good_after])
+    internal_errors: list[str] = []
+    reasons: list[str] = []
+    engine = DecisionEngine(
+        journal=journal,
+        pack=with_broken_catalog(pack, "payments"),
+        facts=FakeFacts({"checkout": (3, None), "payments": (2, None), "web": (2, None)}),
+        dry_run=False,
+        clock=Clock(NOW),
+        notice_channels=("slack",),
+        on_decision=lambda d: reasons.append(d.reason.value if isinstance(d, NoAction) else ""),
+        on_internal_error=internal_errors.append,
+    )
+    root = asyncio.create_task(engine.run())
+    try:
+        await eventually(lambda: journal.undecided_signals(limit=10), lambda left: not left,
+                         timeout=10, what="every signal decided")  # fmt: skip
+        assert not root.done(), "the root task ended"
+    finally:
+        root.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await root
+
+    table = decisions_table(journal)
+    assert [row[0] for row in table] == [good_before.id, poison[0].id, poison[1].id, good_after.id]
+    assert [row[1:3] for row in table] == [
+        ("plan", None), ("no_action", "internal_error"), ("no_action", "internal_error"),
+        ("plan", None),
+    ]  # fmt: skip
+    assert "TypeError" in table[1][3]
+    assert reasons == ["", "internal_error", "internal_error", ""]
+    assert internal_errors == ["TypeError", "TypeError"]
+    # People hear of it: a skipped remediation with the reason, and its notice.
+    rems = await all_remediations(journal)
+    rem = remediation_of(rems, poison[0])
+    assert (rem["status"], rem["reason"]) == ("skipped", "internal_error")
+    notices = await journal.pending(channel="slack", limit=50)
+    assert rem["id"] in {n.message.payload["remediation_id"] for n in notices}
+    detail = await journal.get_remediation(rem["id"])
+    assert detail is not None
+    record = record_from_journal(detail, poison[0])
+    assert (status_note(record) or "").startswith("Not decided")
+    # Logged at ERROR once per signal with its id; one traceback per kind of error.
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [p.id in r.getMessage() for r, p in zip(errors, poison, strict=True)] == [True, True]
+    assert [r.exc_info is not None for r in errors] == [True, False]
+    # A restart decides nothing again: the cursor moved past the poison.
+    assert await engine_for(journal, pack, clock=Clock(NOW)).run_once() == 0
+
+
+class RefusingJournal(SqliteJournal):
+    """Refuses (not temporarily) any decision of one signal that opens a remediation."""
+
+    def __init__(self, *, path: Path, poison_id: str) -> None:
+        super().__init__(path=path)
+        self.poison_id = poison_id
+        self.refused = 0
+
+    async def record_decisions(
+        self,
+        decisions: Sequence[DecisionRecord],
+        *,
+        through_seq: int,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> None:
+        if any(d.signal_id == self.poison_id and d.remediation for d in decisions):
+            self.refused += 1
+            raise ValueError("cannot store this remediation")
+        await super().record_decisions(decisions, through_seq=through_seq, outbox=outbox)
+
+
+async def test_a_batch_the_journal_refuses_is_decided_one_signal_at_a_time(
+    tmp_path: Path, pack: RulePack
+) -> None:
+    signals = [cpu_signal(f"cpu-{i}") for i in range(3)]
+    journal = RefusingJournal(path=tmp_path / "journal.db", poison_id=signals[0].id)
+    await journal.open()
+    try:
+        await journal.record_signals(signals)
+        assert await engine_for(journal, pack, clock=Clock(NOW)).run_once() == 3
+        # The batch, the poison's plan alone, and its internal_error with a remediation.
+        assert journal.refused == 3
+        table = decisions_table(journal)
+        assert [row[1:3] for row in table] == [
+            ("no_action", "internal_error"), ("plan", None), ("no_action", "in_progress"),
+        ]  # fmt: skip
+        assert "ValueError: cannot store this remediation" in table[0][3]
+        # The plan that was never written holds nothing up: the next alert plans.
+        rems = await all_remediations(journal)
+        assert [r["signal_id"] for r in rems if r["status"] == "planned"] == [signals[1].id]
+        assert await engine_for(journal, pack, clock=Clock(NOW)).run_once() == 0
+    finally:
+        await journal.close()
+
+
+class FailingFacts:
+    """ServiceFacts (our port) whose cluster answers with ``error`` for every read."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.asked = 0
+
+    async def replicas(self, *, service: str, namespace: str) -> tuple[int, int | None] | None:
+        self.asked += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermanentError("deployments.apps is forbidden (403)"),
+        TemporaryError("apiserver unavailable"),
+        RuntimeError("bug in the facts"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_unreadable_facts_leave_replicas_unknown_and_rollbacks_still_plan(
+    journal: SqliteJournal, pack: RulePack, caplog: pytest.LogCaptureFixture, error: Exception
+) -> None:
+    await journal_events(
+        journal,
+        [deploy_event(1, at=NOW - timedelta(days=1)),
+         deploy_event(2, at=NOW - timedelta(minutes=8))],
+    )  # fmt: skip
+    rollback = firing("PodNotReady", service="checkout", namespace="shop", fingerprint="pnr",
+                      starts_at=NOW - timedelta(minutes=5))  # fmt: skip
+    scale = [cpu_signal(f"web-{i}", service="web", namespace="web") for i in range(2)]
+    await journal.record_signals([rollback, *scale])
+    failed_services: list[str] = []
+    facts = FailingFacts(error)
+    engine = DecisionEngine(journal=journal, pack=pack, facts=facts, dry_run=False,
+                            clock=Clock(NOW), notice_channels=("slack",),
+                            on_facts_error=failed_services.append)  # fmt: skip
+    assert await drain(engine) == 5
+    rems = await all_remediations(journal)
+    assert (remediation_of(rems, rollback)["status"], remediation_of(rems, rollback)["action"]) == (
+        "planned", "rollback",
+    )  # fmt: skip
+    skipped = remediation_of(rems, scale[0])
+    assert (skipped["status"], skipped["reason"]) == ("skipped", "not_applicable")
+    assert str(error) in skipped["explanation"]
+    notices = {
+        n.message.payload["remediation_id"]
+        for n in await journal.pending(channel="slack", limit=50)
+    }
+    assert skipped["id"] in notices  # people hear that a scale-up could not be planned
+    # Read once per service per batch, and reported as often.
+    assert facts.asked == 2
+    assert sorted(failed_services) == ["checkout", "web"]
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "replicas" in r.getMessage()
+    ]
+    assert len(warnings) == 2
+
+
+class FlakyJournal(SqliteJournal):
+    """Fails the first reads of the circuit with ``errors``, one each."""
+
+    def __init__(self, *, path: Path, errors: list[Exception]) -> None:
+        super().__init__(path=path)
+        self.errors = errors
+
+    async def circuit(self) -> CircuitRecord:
+        if self.errors:
+            raise self.errors.pop(0)
+        return await super().circuit()
+
+
+async def test_the_root_task_waits_out_an_unavailable_journal_and_survives_anything_else(
+    tmp_path: Path, pack: RulePack
+) -> None:
+    journal = FlakyJournal(
+        path=tmp_path / "journal.db",
+        errors=[TemporaryError("disk busy", delay=7.0), RuntimeError("bug"), RuntimeError("bug")],
+    )
+    await journal.open()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await asyncio.sleep(0)
+
+    internal_errors: list[str] = []
+    engine = DecisionEngine(journal=journal, pack=pack, facts=FakeFacts({"checkout": (3, None)}),
+                            dry_run=False, clock=Clock(NOW), sleep=sleep,
+                            on_internal_error=internal_errors.append)  # fmt: skip
+    root = asyncio.create_task(engine.run())
+    try:
+        await journal.record_signals([cpu_signal("cpu")])
+        engine.wake()
+        await eventually(lambda: journal.undecided_signals(limit=10), lambda left: not left,
+                         timeout=10, what="the signal decided")  # fmt: skip
+        assert not root.done()
+    finally:
+        root.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await root
+        await journal.close()
+    # The journal's own delay, then backoff for what it did not classify.
+    assert slept == [7.0, 1.0, 2.0]
+    assert internal_errors == ["RuntimeError", "RuntimeError"]
+
+
+async def test_a_failing_deploy_hook_never_stops_deciding(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    async def on_deploy(signal: Signal) -> None:
+        raise RuntimeError("snapshot exploded")
+
+    internal_errors: list[str] = []
+    engine = DecisionEngine(journal=journal, pack=pack, facts=FakeFacts({"checkout": (3, None)}),
+                            dry_run=False, clock=Clock(NOW), on_deploy=on_deploy,
+                            on_internal_error=internal_errors.append)  # fmt: skip
+    await journal_events(journal, [deploy_event(1, at=NOW - timedelta(days=1))])
+    assert await engine.run_once() == 1
+    await journal.record_signals([cpu_signal("after")])
+    assert await engine.run_once() == 1
+    assert internal_errors == ["RuntimeError"]
+    assert [row[1] for row in decisions_table(journal)] == ["no_action", "plan"]
+
+
+async def test_the_history_window_follows_the_injected_clock(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    clock = Clock(NOW)
+    await journal.record_signals([cpu_signal("first")])
+    await drain(engine_for(journal, pack, clock=clock))  # a plan, still open
+    clock.now = NOW + timedelta(days=1)
+    await journal.record_signals([cpu_signal("a-day-later")])
+    await drain(engine_for(journal, pack, clock=clock))
+    clock.now = NOW + timedelta(days=3)
+    await journal.record_signals([cpu_signal("three-days-later")])
+    await drain(engine_for(journal, pack, clock=clock))
+    # A plan older than HISTORY_WINDOW (by the engine's clock) no longer holds others up.
+    assert [row[1:3] for row in decisions_table(journal)] == [
+        ("plan", None), ("no_action", "in_progress"), ("plan", None),
+    ]  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -429,7 +429,25 @@ def test_no_action_reasons(
 
 def test_every_reason_is_covered() -> None:
     covered = {case[3] for case in REASONS} | {NoActionReason.DRY_RUN}
-    assert covered == set(NoActionReason)
+    # The engine records internal errors (tests/unit/engine); the rules never return one.
+    assert covered == set(NoActionReason) - {NoActionReason.INTERNAL_ERROR}
+
+
+def test_unreadable_replicas_skip_a_scale_up_and_people_hear_why(pack: RulePack) -> None:
+    failed = skipped(
+        pack,
+        alert("MemoryPressure"),
+        state(deploys=OLD, current_replicas=None, facts_error="reading it failed: 403"),
+    )
+    unknown = skipped(pack, alert("MemoryPressure"), state(deploys=OLD, current_replicas=None))
+    assert (failed.reason, unknown.reason) == (NoActionReason.NOT_APPLICABLE,) * 2
+    assert "is unknown (reading it failed: 403)" in failed.detail
+    assert (failed.notify, unknown.notify) == (True, False)
+    # A rollback needs no replica count: it still plans.
+    rollback = plan_for(
+        pack, alert("HighErrorRate"), state(current_replicas=None, facts_error="403")
+    )
+    assert rollback.action is ActionKind.ROLLBACK
 
 
 def test_resolved_alerts_still_name_their_rule(pack: RulePack) -> None:
@@ -699,3 +717,83 @@ def test_plans_only_roll_back_to_healthy_revisions(
             target = step.params.get("to_revision") or step.params.get("to_value")
             assert target is None or target in healthy
         assert json.loads(json.dumps(decision.to_dict()))["steps"]
+
+
+# --- times at the edges of what datetime can hold ----------------------------------------
+
+OFFSETS = st.sampled_from([UTC, timezone(timedelta(hours=1)), timezone(timedelta(hours=-1))])
+EDGES = st.sampled_from([datetime.min, datetime.max]).map(lambda t: t.replace(tzinfo=UTC))
+ANY_TIME = EDGES | st.datetimes(timezones=OFFSETS)  # year 1 to year 9999
+
+
+@pytest.mark.parametrize(
+    "starts_at",
+    [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(1, 1, 1, 0, 10, tzinfo=timezone(timedelta(hours=1))),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-1))),
+    ],
+)
+def test_an_alert_from_the_edge_of_time_is_decided(pack: RulePack, starts_at: datetime) -> None:
+    # No deploy finished in the 30 minutes before it "started": load, not a deploy.
+    plan = plan_for(pack, alert("CPUSaturation", starts_at=starts_at), state(deploys=RECENT))
+    assert plan.action is ActionKind.SCALE_UP
+
+
+def test_windows_of_any_length_hold_at_any_time(pack: RulePack) -> None:
+    eons = timedelta(days=999_999_999)
+    defaults = pack.defaults.model_copy(
+        update={
+            "recent_deploy_window": eons,
+            "circuit_breaker": pack.defaults.circuit_breaker.model_copy(update={"window": eons}),
+        }
+    )
+    long_pack = pack.model_copy(update={"defaults": defaults})
+    first_deploy = DeployRecord(revision="1", finished_at=datetime(1, 1, 1, tzinfo=UTC))
+    decision = decide(
+        alert("CPUSaturation", starts_at=datetime(9999, 12, 31, tzinfo=UTC)),
+        pack=long_pack,
+        state=state(
+            deploys=(first_deploy,),
+            circuit=CircuitState(automated_action_times=(datetime(1, 1, 1, tzinfo=UTC),)),
+        ),
+        now=NOW,
+    )
+    # The deploy is within the (endless) window, so it is the likely cause; with no
+    # healthy revision before it there is nothing to roll back to.
+    assert isinstance(decision, NoAction)
+    assert decision.reason is NoActionReason.OUTSIDE_ROLLBACK_WINDOW
+
+
+@settings(max_examples=300)
+@given(
+    name=ALERT_NAMES,
+    starts_at=ANY_TIME,
+    deploy_times=st.lists(ANY_TIME, max_size=3),
+    action_times=st.lists(ANY_TIME, max_size=3),
+    remediation_times=st.lists(ANY_TIME, max_size=3),
+)
+def test_decide_never_raises_for_any_representable_time(
+    pack: RulePack,
+    name: str,
+    starts_at: datetime,
+    deploy_times: list[datetime],
+    action_times: list[datetime],
+    remediation_times: list[datetime],
+) -> None:
+    service_state = ServiceState(
+        current_replicas=4,
+        deploys=tuple(
+            DeployRecord(revision=str(i), finished_at=t, healthy=i % 2 == 0)
+            for i, t in enumerate(deploy_times)
+        ),
+        remediations=tuple(
+            RemediationRecord(
+                action=ActionKind.SCALE_UP, started_at=t, status=RemediationStatus.SUCCEEDED
+            )
+            for t in remediation_times
+        ),
+        circuit=CircuitState(automated_action_times=tuple(action_times)),
+    )
+    decision = decide(alert(name, starts_at=starts_at), pack=pack, state=service_state, now=NOW)
+    assert explain(decision)
