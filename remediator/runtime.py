@@ -95,6 +95,8 @@ class Runtime:
         self.facts: ServiceFacts | None = facts
         self.kube_status = "not connected"
         self.metrics = Metrics()
+        # Parsed once: a counted failpoint fires that many times in the whole process.
+        self.failpoints = settings.armed_failpoints
         self.state = IntakeState()
         self.stopping = asyncio.Event()
         self.bound_port: int | None = None
@@ -107,6 +109,9 @@ class Runtime:
     async def run(self) -> int:
         settings = self.settings
         check_bind_is_safe(settings)
+        if self.failpoints.armed:
+            log.warning("failpoints armed (testing only, never in production): %s",
+                        ", ".join(self.failpoints.armed))  # fmt: skip
         if not settings.auth_configured:
             log.warning("no webhook credential configured: anyone reaching %s may post alerts",
                         settings.http.listen)  # fmt: skip
@@ -160,6 +165,7 @@ class Runtime:
                 component="decider"
             ).inc(),
             on_facts_error=lambda service: self.metrics.facts_errors.labels(service=service).inc(),
+            failpoints=self.failpoints,
         )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,

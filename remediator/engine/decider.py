@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import ValidationError
 
 from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
 from remediator.domain.outcomes import outcome_event
 from remediator.domain.plans import ActionKind, Decision, NoAction, NoActionReason, Plan, explain
 from remediator.domain.record import RemediationStatus as RecordStatus
@@ -135,6 +136,7 @@ class DecisionEngine:
         on_facts_error: Callable[[str], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_backoff: float = 60.0,
+        failpoints: Failpoints = NO_FAILPOINTS,
     ) -> None:
         """``on_internal_error`` gets the exception's type name of every error the engine
         survived (a signal it could not decide, a failed batch or hook);
@@ -153,6 +155,7 @@ class DecisionEngine:
         self._on_facts_error = on_facts_error
         self._sleep = sleep
         self._max_backoff = max_backoff
+        self._failpoints = failpoints
         self._wake = asyncio.Event()
         # Exception types whose traceback was logged: one traceback per kind of failure,
         # not one per signal of a storm.
@@ -256,6 +259,7 @@ class DecisionEngine:
         *,
         now: datetime,
     ) -> tuple[Decision, DecisionRecord]:
+        self._failpoints.hit("decider.signal", item.signal.service)
         history = await self._history(item.signal, histories, now=now)
         state = await self._state(item, history, circuit, view)
         decision = decide(item.signal, pack=self._pack, state=state, now=now,
