@@ -62,3 +62,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.lock_attempts = Counter(
+            "remediator_lock_attempts",
+            "Attempts to take a service's Lease, by result (acquired, held_elsewhere, error).",
+            ["result"],
+            registry=r,
+        )
+        self.lease_lost = Counter(
+            "remediator_lease_lost",
+            "Plans stopped before their next step because the service's Lease was lost.",
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "remediator_internal_errors",
+            "Unexpected errors contained without stopping the daemon, by component.",
+            ["component"],
+            registry=r,
+        )

@@ -181,6 +181,20 @@ class KubernetesSettings(_Group):
         60.0, gt=0, description="On SIGTERM, how long running plans may take to end their step."
     )
     helm_binary: str = Field("helm", description="helm executable for helm rollbacks.")
+    lock_retry_base_seconds: float = Field(
+        2.0, gt=0, description="First wait after a service's Lease was refused (doubles each time)."
+    )
+    lock_retry_max_seconds: float = Field(
+        60.0, gt=0, description="Longest wait between attempts to take a refused Lease."
+    )
+
+    @model_validator(mode="after")
+    def _lock_retry_ordered(self) -> KubernetesSettings:
+        if self.lock_retry_max_seconds < self.lock_retry_base_seconds:
+            raise ValueError(
+                "kubernetes.lock_retry_max_seconds must be >= kubernetes.lock_retry_base_seconds"
+            )
+        return self
 
 
 class SlackSettings(_Group):
