@@ -60,6 +60,6 @@ class Backoff:
         wanted = set(keys)
         self._waits = {k: w for k, w in self._waits.items() if k in wanted}
 
-    def next_due(self) -> datetime | None:
-        """When the earliest wait ends; None when nothing waits."""
-        return min((w.not_before for w in self._waits.values()), default=None)
+    def next_due(self, now: datetime) -> datetime | None:
+        """When the earliest wait still running at ``now`` ends; None when none is."""
+        return min((w.not_before for w in self._waits.values() if w.not_before > now), default=None)

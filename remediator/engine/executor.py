@@ -203,11 +203,12 @@ class Executor:
 
     def _next_pass_in(self) -> float:
         """Seconds until the next pass: the poll interval, or sooner when a wait ends."""
-        waits = (self._lock_waits.next_due(), self._settle_waits.next_due())
+        now = self._clock()
+        waits = (self._lock_waits.next_due(now), self._settle_waits.next_due(now))
         due = [d for d in waits if d is not None]
         if not due:
             return POLL_SECONDS
-        return max(0.0, min(POLL_SECONDS, (min(due) - self._clock()).total_seconds()))
+        return min(POLL_SECONDS, (min(due) - now).total_seconds())
 
     async def drain(self) -> None:
         """On shutdown: every running plan finishes the step it is in, then pauses.
@@ -219,7 +220,7 @@ class Executor:
         """
         self._stopping = True
         if self._unsettled:
-            log.warning("%d plan(s) end on the next start's recovery (journal unavailable): %s",
+            log.warning("%d claimed plan(s) not ended yet, left to the next start's recovery: %s",
                         len(self._unsettled), ", ".join(sorted(self._unsettled)))  # fmt: skip
         tasks = list(self._tasks)
         if not tasks:
