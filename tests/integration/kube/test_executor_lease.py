@@ -27,10 +27,10 @@ from tests.integration.kube.conftest import (
     NOT_READY_LABEL,
     create_and_roll_out,
     deployment,
-    eventually,
     patch_as_admin,
 )
 from tests.integration.kube.test_executor_race import REVISION, RULES, deploy_event
+from tests.polling import eventually
 from tests.unit.engine.test_decider import Clock, journal_alerts
 from tests.unit.engine.test_executor import GatedRunner, planned_rollback
 from tests.unit.payloads import alert
@@ -113,9 +113,9 @@ async def test_a_held_lease_is_asked_for_once_per_backoff_period_then_the_plan_r
     assert lease["spec"]["holderIdentity"] == "replica-b"
 
     await other.release(service="checkout", namespace=ns)
-    await drive(ex, clock, seconds=5)  # released, but the wait (until 122 s) is not over
+    await drive(ex, clock, seconds=1.5)  # 120 to 121.5 s: free now, but the wait is not over
     assert attempts == ["held_elsewhere"] * 6
-    await drive(ex, clock, seconds=60)
+    await drive(ex, clock, seconds=30)  # at 122 s it asks again, takes it, runs the plan
     assert attempts == ["held_elsewhere"] * 6 + ["acquired"]
 
     item = await journal.get_remediation(rid)
