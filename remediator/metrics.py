@@ -74,3 +74,14 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.lock_attempts = Counter(
+            "remediator_lock_attempts",
+            "Attempts to take a service's Lease, by result (acquired, held_elsewhere, error).",
+            ["result"],
+            registry=r,
+        )
+        self.lease_lost = Counter(
+            "remediator_lease_lost",
+            "Plans stopped before their next step because the service's Lease was lost.",
+            registry=r,
+        )

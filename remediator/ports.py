@@ -149,7 +149,15 @@ class ServiceLock(Protocol):
         """True when this instance now holds the service; False when another does."""
         ...
 
-    async def release(self, *, service: str, namespace: str) -> None: ...
+    def held(self, *, service: str) -> bool:
+        """True while this instance still holds the lock it acquired for ``service``;
+        False once it was lost (taken over, deleted, or not renewed in time) or never
+        taken. The executor checks it before every step and stops when it is False."""
+        ...
+
+    async def release(self, *, service: str, namespace: str) -> None:
+        """Give the lock up; never frees a lock another instance holds now."""
+        ...
 
 
 class SlackPort(Protocol):

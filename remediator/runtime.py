@@ -337,8 +337,15 @@ class Runtime:
             max_concurrency=k.max_concurrent_plans,
             # Used only if the executor is cancelled outside the shutdown sequence.
             drain_timeout_seconds=self.settings.shutdown.timeout_seconds,
+            lock_retry_base_seconds=k.lock_retry_base_seconds,
+            lock_retry_max_seconds=k.lock_retry_max_seconds,
             on_finished=lambda action, status: self.metrics.remediations_finished.labels(
                 action=action, status=status
+            ).inc(),
+            on_lock_attempt=lambda result: self.metrics.lock_attempts.labels(result=result).inc(),
+            on_lease_lost=lambda _service: self.metrics.lease_lost.inc(),
+            on_internal_error=lambda component: self.metrics.internal_errors.labels(
+                component=component
             ).inc(),
             outcome_channel=outcome_channel,
             notice_channels=notice_channels,

@@ -176,6 +176,20 @@ class KubernetesSettings(_Group):
     health_timeout_seconds: float = Field(10.0, gt=0, description="One health-URL check.")
     max_concurrent_plans: int = Field(4, ge=1, description="Plans run at once (all services).")
     helm_binary: str = Field("helm", description="helm executable for helm rollbacks.")
+    lock_retry_base_seconds: float = Field(
+        2.0, gt=0, description="First wait after a service's Lease was refused (doubles each time)."
+    )
+    lock_retry_max_seconds: float = Field(
+        60.0, gt=0, description="Longest wait between attempts to take a refused Lease."
+    )
+
+    @model_validator(mode="after")
+    def _lock_retry_ordered(self) -> KubernetesSettings:
+        if self.lock_retry_max_seconds < self.lock_retry_base_seconds:
+            raise ValueError(
+                "kubernetes.lock_retry_max_seconds must be >= kubernetes.lock_retry_base_seconds"
+            )
+        return self
 
 
 class SlackSettings(_Group):

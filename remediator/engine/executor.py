@@ -1,9 +1,23 @@
-"""Runs the plans the decision engine journaled, once each.
+"""Runs the plans the decision engine journaled, once each, and always to an end.
 
 Per service one plan at a time (an in-process lane, plus a ServiceLock — a
 Kubernetes Lease — so replicas never act on one service together), a global cap on
 concurrent plans, and every step journaled before and after it runs. A claim is a
 compare-and-set in the journal: a plan is claimed by one executor, once.
+
+A lock held elsewhere (or an error taking it) is retried per service with
+exponential backoff and full jitter; while a service waits, no pass asks again. The
+lock is checked before every step: once it is lost (another instance took the
+Lease), the plan stops before its next step and ends ``needs_human``; the other
+holder's Lease is left alone.
+
+Every plan this process claims ends: a step's own errors fail it (or need a human),
+and so does anything nobody planned for (a bug in a runner, a plan that does not
+parse): the plan ends ``failed`` with the exception's type and message, its lock is
+released and its service's lane freed. When even the journal cannot take the end
+for now, the end is kept in memory and written on a later pass (with backoff), the
+lane staying taken until then; a journal fault in the middle of a plan is settled
+on a later pass exactly as a restart would settle it (below).
 
 After a crash the timeline tells what was in flight. A plan whose last step
 finished resumes with the next; a step that only reads or waits (rollout status,
@@ -17,8 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from remediator.domain.errors import PermanentError, TemporaryError
@@ -26,17 +43,75 @@ from remediator.domain.outcomes import outcome_event, rolledback_cdevent
 from remediator.domain.plans import ActionKind, Plan, Step, StepKind
 from remediator.domain.record import RemediationStatus as RecordStatus
 from remediator.domain.record import stage_for
+from remediator.engine.backoff import Backoff
 from remediator.engine.notify import notice_messages
 from remediator.ports import Journal, NeedsHuman, OutboxMessage, ServiceLock, StepRunner
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
+COMPONENT = "executor"  # the label this component reports its internal errors under
+_MESSAGE_CHARS = 200  # of an unexpected exception's message, in a plan's reason
+
+
+class LockAttempt(StrEnum):
+    """What one attempt to take a service's lock came to (a metric label)."""
+
+    ACQUIRED = "acquired"
+    HELD_ELSEWHERE = "held_elsewhere"
+    ERROR = "error"
 
 
 def plan_of(item: Mapping[str, Any]) -> Plan:
     decision = item["decision"]
     return Plan.model_validate(decision if "steps" in decision else decision["plan"])
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line for a plan's reason: its type and message."""
+    lines = str(exc).strip().splitlines()
+    message = lines[0] if lines else ""
+    if len(message) > _MESSAGE_CHARS:
+        message = message[: _MESSAGE_CHARS - 1] + "…"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _error_detail(exc: BaseException) -> dict[str, str]:
+    return {"error": str(exc), "type": type(exc).__name__}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Ending:
+    """How a plan ends; kept until the journal has taken it."""
+
+    status: RecordStatus
+    reason: str | None
+    failed_step: int | None = None  # a step started and not finished: it is marked failed
+    step_detail: dict[str, str] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class _Run:
+    """One plan in this process, and how far the journal knows of it."""
+
+    item: dict[str, Any]
+    rehearsal: bool
+    claimed: bool
+    step: int | None = None  # journaled as started, not yet as finished
+    step_kind: str | None = None
+    ending: _Ending | None = None  # decided; written unless the journal refused it
+
+    @property
+    def id(self) -> str:
+        return str(self.item["id"])
+
+    @property
+    def service(self) -> str:
+        return str(self.item["service"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.item["namespace"] or "")
 
 
 class Executor:
@@ -52,10 +127,16 @@ class Executor:
         step_retries: int = 3,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
         outcome_channel: str | None = None,
         notice_channels: tuple[str, ...] = (),
         drain_timeout_seconds: float = 60.0,
+        lock_retry_base_seconds: float = 2.0,
+        lock_retry_max_seconds: float = 60.0,
         on_finished: Callable[[str, str], None] | None = None,
+        on_lock_attempt: Callable[[str], None] | None = None,
+        on_lease_lost: Callable[[str], None] | None = None,
+        on_internal_error: Callable[[str], None] | None = None,
     ) -> None:
         self._journal = journal
         self._runner = runner
@@ -73,27 +154,61 @@ class Executor:
         self._wake = asyncio.Event()
         self._stopping = False
         self._drain_timeout = drain_timeout_seconds
+        self._retry_max = lock_retry_max_seconds
+        # Per service: when its lock may be asked for again.
+        self._lock_waits = Backoff(
+            base_seconds=lock_retry_base_seconds, max_seconds=lock_retry_max_seconds, rand=rand
+        )
+        # Plans claimed here whose end the journal has not taken yet, by id.
+        self._unsettled: dict[str, _Run] = {}
+        self._settle_waits = Backoff(
+            base_seconds=lock_retry_base_seconds, max_seconds=lock_retry_max_seconds, rand=rand
+        )
         self._on_finished = on_finished
+        self._on_lock_attempt = on_lock_attempt
+        self._on_lease_lost = on_lease_lost
+        self._on_internal_error = on_internal_error
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
         """Root task: recover what a crash left, then run plans as they are journaled."""
-        await self.recover()
+        recovered = False
+        failed_passes = 0
         try:
             while True:
                 self._wake.clear()
                 try:
+                    if not recovered:
+                        await self.recover()
+                        recovered = True
                     await self.start_runnable()
+                    failed_passes = 0
                 except TemporaryError as exc:
                     log.warning("executor paused, journal unavailable: %s", exc)
                     await self._sleep(exc.delay)
                     continue
+                except Exception as exc:  # noqa: BLE001 - counted and logged, then retried
+                    # A pass that breaks must not stop every later plan: count, wait, retry.
+                    self._internal_error(f"executor pass failed ({describe(exc)})", exc)
+                    failed_passes += 1
+                    doubled = POLL_SECONDS * 2.0 ** min(failed_passes, 16)
+                    await self._sleep(min(self._retry_max, doubled))
+                    continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._next_pass_in())
         finally:
             await self.drain()
+
+    def _next_pass_in(self) -> float:
+        """Seconds until the next pass: the poll interval, or sooner when a wait ends."""
+        now = self._clock()
+        waits = (self._lock_waits.next_due(now), self._settle_waits.next_due(now))
+        due = [d for d in waits if d is not None]
+        if not due:
+            return POLL_SECONDS
+        return min(POLL_SECONDS, (min(due) - now).total_seconds())
 
     async def drain(self, grace_seconds: float | None = None) -> None:
         """On shutdown: every running plan finishes the step it is in, then pauses.
@@ -104,6 +219,9 @@ class Executor:
         interrupted (needs_human if it mutates).
         """
         self._stopping = True
+        if self._unsettled:
+            log.warning("%d claimed plan(s) not ended yet, left to the next start's recovery: %s",
+                        len(self._unsettled), ", ".join(sorted(self._unsettled)))  # fmt: skip
         tasks = list(self._tasks)
         if not tasks:
             return
@@ -116,17 +234,23 @@ class Executor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def start_runnable(self) -> int:
-        """Start every runnable plan whose service is idle; return how many started."""
+        """Settle what is due, then start every runnable plan whose service is idle and
+        not waiting for its lock; return how many plans started or resumed."""
         if self._stopping:
             return 0
-        started = 0
-        for item in await self._journal.runnable_remediations(limit=100):
-            if item["service"] in self._busy:
+        started = await self._settle_due()
+        now = self._clock()
+        items = await self._journal.runnable_remediations(limit=100)
+        # A service whose plans are gone (run elsewhere) waits for nothing any more.
+        waiting = [str(item["service"]) for item in items]
+        self._lock_waits.keep_only(waiting + [run.service for run in self._unsettled.values()])
+        for item in items:
+            service = item["service"]
+            if service in self._busy:
                 continue  # its lane is taken; the next pass picks it up
-            self._busy.add(item["service"])
-            task = asyncio.create_task(self._execute(item), name=f"plan-{item['id']}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if not self._lock_waits.ready(service, now):
+                continue  # its lock was refused; the backoff says when to ask again
+            self._start(item)
             started += 1
         return started
 
@@ -135,63 +259,119 @@ class Executor:
         while await self.start_runnable():
             await asyncio.gather(*list(self._tasks))
 
+    def _start(self, item: dict[str, Any], *, resume_at: int | None = None) -> None:
+        self._busy.add(item["service"])
+        task = asyncio.create_task(
+            self._execute(item, resume_at=resume_at), name=f"plan-{item['id']}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # -- one plan ------------------------------------------------------------------
     async def _execute(self, item: dict[str, Any], *, resume_at: int | None = None) -> None:
-        service, namespace = item["service"], item["namespace"] or ""
+        run = _Run(
+            item=item,
+            rehearsal=item["status"] == RecordStatus.DRY_RUN or self._dry_run,
+            claimed=resume_at is not None,
+        )
         try:
             async with self._slots:
-                if self._lock is not None and not await self._take_lock(item):
-                    return
-                try:
-                    await self._claimed_run(item, resume_at=resume_at)
-                finally:
-                    if self._lock is not None:
-                        await self._lock.release(service=service, namespace=namespace)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The journal already holds what happened; the plan is left for recovery.
-            log.exception("plan %s stopped unexpectedly", item["id"])
+                await self._run_guarded(run, resume_at)
         finally:
-            self._busy.discard(service)
+            if run.id not in self._unsettled:
+                self._busy.discard(run.service)
             self.wake()
 
-    async def _take_lock(self, item: dict[str, Any]) -> bool:
-        assert self._lock is not None
-        service, namespace = item["service"], item["namespace"] or ""
+    async def _run_guarded(self, run: _Run, resume_at: int | None) -> None:
+        """Run the plan under its lock; whatever is raised, end it or keep it to settle."""
+        locked = False
         try:
-            if await self._lock.acquire(service=service, namespace=namespace):
-                return True
+            locked = await self._take_lock(run)
+            if locked:
+                await self._claimed_run(run, resume_at)
+        except asyncio.CancelledError:
+            raise
         except TemporaryError as exc:
-            log.warning("%s: cannot take the lock of %s yet (%s); will retry",
-                        item["id"], service, exc)  # fmt: skip
+            # Every other source of TemporaryError is handled where it is raised: this
+            # is the journal, refusing a write for now.
+            self._journal_unavailable(run, exc)
+        except Exception as exc:  # noqa: BLE001 - any error ends the plan, counted and logged
+            await self._contain(run, exc)
+        finally:
+            if locked:
+                await self._release(run)
+
+    async def _take_lock(self, run: _Run) -> bool:
+        if self._lock is None:
+            return True
+        service = run.service
+        try:
+            acquired = await self._lock.acquire(service=service, namespace=run.namespace)
+        except TemporaryError as exc:
+            self._lock_refused(run, LockAttempt.ERROR, exc)
             return False
         except PermanentError as exc:
+            self._count_lock_attempt(LockAttempt.ERROR)
             # No lock can ever be had (missing namespace, RBAC): acting without one
             # could race another replica, so the plan fails, loudly, instead of waiting.
-            if await self._journal.claim_remediation(
-                item["id"], by=self._instance_id, at=self._clock()
-            ):
-                await self._finish(
-                    item, "failed", f"cannot take the lock of {service}: {exc}",
-                    rehearsal=item["status"] == "dry-run" or self._dry_run,
-                )  # fmt: skip
+            if run.claimed or await self._claim(run):
+                reason = f"cannot take the lock of {service}: {exc}"
+                await self._end(run, _Ending(status=RecordStatus.FAILED, reason=reason))
             return False
-        log.info("%s: another instance holds the lock of %s; will retry", item["id"], service)
-        return False
+        if not acquired:
+            self._lock_refused(run, LockAttempt.HELD_ELSEWHERE, None)
+            return False
+        self._count_lock_attempt(LockAttempt.ACQUIRED)
+        if self._lock_waits.waiting(service):
+            log.debug("%s: took the lock of %s after %d refusal(s)",
+                      run.id, service, self._lock_waits.failures(service))  # fmt: skip
+        self._lock_waits.succeeded(service)
+        return True
 
-    async def _claimed_run(self, item: dict[str, Any], *, resume_at: int | None) -> None:
-        rid = item["id"]
-        rehearsal = item["status"] == "dry-run" or self._dry_run
+    def _lock_refused(self, run: _Run, result: LockAttempt, exc: TemporaryError | None) -> None:
+        self._count_lock_attempt(result)
+        first = not self._lock_waits.waiting(run.service)
+        delay = self._lock_waits.failed(run.service, self._clock())
+        why = "another instance holds it" if exc is None else f"taking it failed: {exc}"
+        # One line when a wait begins, not one per attempt.
+        level = (logging.INFO if exc is None else logging.WARNING) if first else logging.DEBUG
+        log.log(level, "%s: cannot take the lock of %s (%s); next attempt in %.1fs",
+                run.id, run.service, why, delay)  # fmt: skip
+        if run.claimed:
+            # A plan resumed after a restart is no longer runnable: keep it here, to
+            # resume once the service's wait is over.
+            self._unsettled[run.id] = run
+
+    async def _release(self, run: _Run) -> None:
+        if self._lock is None:
+            return
+        try:
+            await self._lock.release(service=run.service, namespace=run.namespace)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged; the Lease expires by itself
+            if not isinstance(exc, TemporaryError | PermanentError):
+                self._internal_error(f"{run.id}: releasing the lock of {run.service}", exc)
+            # A Lease that is not released expires by itself one duration after its
+            # last renewal; nothing here is worth failing the plan over.
+            log.warning("%s: could not release the lock of %s (it expires by itself): %s",
+                        run.id, run.service, exc)  # fmt: skip
+
+    async def _claim(self, run: _Run, outbox: list[OutboxMessage] | None = None) -> bool:
+        run.claimed = await self._journal.claim_remediation(
+            run.id, by=self._instance_id, at=self._clock(), outbox=outbox or []
+        )
+        return run.claimed
+
+    async def _claimed_run(self, run: _Run, resume_at: int | None) -> None:
+        item, rid = run.item, run.id
         if resume_at is None:
-            started = [] if rehearsal else self._messages(item, "running")
-            if not await self._journal.claim_remediation(
-                rid, by=self._instance_id, at=self._clock(), outbox=started
-            ):
+            started = [] if run.rehearsal else self._messages(item, RecordStatus.RUNNING)
+            if not await self._claim(run, started):
                 return  # someone else claimed it first
             resume_at = 0
             log.info("%s: running %s plan for %s%s", rid, item["action"], item["service"],
-                     " (dry run)" if rehearsal else "")  # fmt: skip
+                     " (dry run)" if run.rehearsal else "")  # fmt: skip
         plan = plan_of(item)
         context: dict[str, Any] = {}
         for idx, step in enumerate(plan.steps):
@@ -201,23 +381,48 @@ class Executor:
                 log.warning("%s: paused before step %d (%s) for shutdown; resumes on restart",
                             rid, idx, step.kind.value)  # fmt: skip
                 return
+            if not self._still_locked(run):
+                await self._end(run, self._lease_lost(run, idx, len(plan.steps), step))
+                return
             await self._journal.step_started(rid, idx=idx, kind=step.kind.value, at=self._clock())
+            run.step, run.step_kind = idx, step.kind.value
             try:
-                detail = await self._run_step(step, service=item["service"], dry_run=rehearsal,
-                                              context=context)  # fmt: skip
+                detail = await self._run_step(step, service=item["service"],
+                                              dry_run=run.rehearsal, context=context)  # fmt: skip
             except NeedsHuman as exc:
-                await self._step_failed(rid, idx, exc)
-                await self._finish(item, "needs_human", f"{step.kind.value}: {exc}", rehearsal)
+                await self._end(run, self._step_ending(RecordStatus.NEEDS_HUMAN, idx, step, exc))
                 return
             except (PermanentError, TemporaryError) as exc:
-                await self._step_failed(rid, idx, exc)
-                await self._finish(item, "failed", f"{step.kind.value}: {exc}", rehearsal)
+                await self._end(run, self._step_ending(RecordStatus.FAILED, idx, step, exc))
                 return
             context[f"step{idx}"] = detail
             await self._journal.step_finished(
                 rid, idx=idx, status="succeeded", detail=detail, at=self._clock()
             )
-        await self._finish(item, "succeeded", None, rehearsal)
+            run.step = run.step_kind = None
+        await self._end(run, _Ending(status=RecordStatus.SUCCEEDED, reason=None))
+
+    def _still_locked(self, run: _Run) -> bool:
+        return self._lock is None or self._lock.held(service=run.service)
+
+    def _lease_lost(self, run: _Run, idx: int, total: int, step: Step) -> _Ending:
+        if self._on_lease_lost is not None:
+            self._on_lease_lost(run.service)
+        reason = (
+            f"the lock (Lease) of {run.service} was lost before step {idx + 1} of {total} "
+            f"({step.kind.value}): another instance may be acting on it, so nothing more "
+            "was done here; check the workload and close this remediation by hand"
+        )
+        return _Ending(status=RecordStatus.NEEDS_HUMAN, reason=reason)
+
+    @staticmethod
+    def _step_ending(status: RecordStatus, idx: int, step: Step, exc: Exception) -> _Ending:
+        return _Ending(
+            status=status,
+            reason=f"{step.kind.value}: {exc}",
+            failed_step=idx,
+            step_detail=_error_detail(exc),
+        )
 
     async def _run_step(
         self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
@@ -235,54 +440,146 @@ class Executor:
                             step.kind.value, attempt, exc.delay, exc)  # fmt: skip
                 await self._sleep(exc.delay)
 
-    async def _step_failed(self, rid: str, idx: int, exc: Exception) -> None:
-        await self._journal.step_finished(
-            rid, idx=idx, status="failed",
-            detail={"error": str(exc), "type": type(exc).__name__}, at=self._clock(),
-        )  # fmt: skip
+    # -- ending a plan, whatever happened ----------------------------------------------
+    async def _end(self, run: _Run, ending: _Ending) -> None:
+        run.ending = ending  # kept, should the journal refuse it now
+        await self._write_ending(run)
+
+    async def _write_ending(self, run: _Run) -> None:
+        ending = run.ending
+        assert ending is not None
+        if ending.failed_step is not None:
+            await self._journal.step_finished(
+                run.id, idx=ending.failed_step, status="failed",
+                detail=ending.step_detail or {}, at=self._clock(),
+            )  # fmt: skip
+        await self._finish(run.item, ending.status, ending.reason, run.rehearsal)
+
+    async def _contain(self, run: _Run, exc: Exception) -> None:
+        """Something nobody planned for: end the plan ``failed`` rather than leave it
+        running with its service blocked."""
+        self._internal_error(f"{run.id}: plan stopped by an unexpected error", exc)
+        if run.ending is None:
+            try:
+                if not run.claimed and not await self._claim(run):
+                    return  # not ours: whoever claimed it ends it
+                where = "" if run.step_kind is None else f"{run.step_kind}: "
+                run.ending = _Ending(
+                    status=RecordStatus.FAILED,
+                    reason=f"{where}internal error: {describe(exc)}",
+                    failed_step=run.step,
+                    step_detail=_error_detail(exc) if run.step is not None else None,
+                )
+                await self._write_ending(run)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as again:  # noqa: BLE001 - kept and retried, or logged below
+                exc = again
+        if run.claimed:
+            self._settle_later(run, exc)
+        else:
+            log.error("%s: could not claim the plan to end it (%s); a later pass tries again",
+                      run.id, describe(exc))  # fmt: skip
+
+    def _journal_unavailable(self, run: _Run, exc: TemporaryError) -> None:
+        if run.claimed:
+            self._settle_later(run, exc)
+        else:
+            log.warning("%s: journal unavailable before the plan was claimed (%s); "
+                        "a later pass runs it", run.id, exc)  # fmt: skip
+
+    def _settle_later(self, run: _Run, exc: Exception) -> None:
+        """Keep a claimed plan the journal could not end (or follow) now; a later pass
+        writes its end, or, when none was decided yet, settles it as recovery would."""
+        first = run.id not in self._unsettled and not self._settle_waits.waiting(run.id)
+        delay = self._settle_waits.failed(run.id, self._clock())
+        self._unsettled[run.id] = run
+        what = (
+            f"ending it {run.ending.status.value}"
+            if run.ending is not None
+            else "following its timeline"
+        )
+        log.log(logging.ERROR if first else logging.DEBUG,
+                "%s: the journal refused %s (%s); retrying in %.1fs, %s stays blocked until then",
+                run.id, what, exc, delay, run.service)  # fmt: skip
+
+    async def _settle_due(self) -> int:
+        """Write the ends the journal refused before, or recover those plans; return
+        how many resumed."""
+        resumed = 0
+        now = self._clock()
+        for rid, run in list(self._unsettled.items()):
+            if not (
+                self._settle_waits.ready(rid, now) and self._lock_waits.ready(run.service, now)
+            ):
+                continue
+            del self._unsettled[rid]
+            try:
+                if run.ending is not None:
+                    await self._write_ending(run)
+                elif await self._recover(run):
+                    resumed += 1
+                    self._settle_waits.succeeded(rid)
+                    continue  # the resumed plan holds the lane now
+            except asyncio.CancelledError:
+                self._unsettled[rid] = run
+                raise
+            except Exception as exc:  # noqa: BLE001 - kept and retried with backoff
+                if not isinstance(exc, TemporaryError):
+                    self._internal_error(f"{rid}: settling the plan", exc)
+                    if run.ending is None:
+                        # Whatever made its timeline unreadable, the plan must still end.
+                        run.ending = _Ending(status=RecordStatus.FAILED,
+                                             reason=f"internal error: {describe(exc)}")  # fmt: skip
+                self._settle_later(run, exc)
+                continue
+            self._settle_waits.succeeded(rid)
+            self._busy.discard(run.service)
+        return resumed
 
     async def _finish(
-        self, item: dict[str, Any], status: str, reason: str | None, rehearsal: bool
+        self, item: dict[str, Any], status: RecordStatus, reason: str | None, rehearsal: bool
     ) -> None:
         if rehearsal:
             # A dry run keeps its status; its timeline shows what would have happened.
             await self._journal.finish_remediation(
                 item["id"], status=None, reason=reason, at=self._clock()
             )
-            log.info("%s: dry run finished (%s)%s", item["id"], status,
+            log.info("%s: dry run finished (%s)%s", item["id"], status.value,
                      f": {reason}" if reason else "")  # fmt: skip
             return
         await self._journal.finish_remediation(
             item["id"],
-            status=status,
+            status=status.value,
             reason=reason,
             at=self._clock(),
             outbox=self._messages(item, status),
         )
         if self._on_finished is not None:
-            self._on_finished(item["action"] or "none", status)
-        level = logging.INFO if status == "succeeded" else logging.ERROR
-        log.log(level, "%s: %s %s%s", item["id"], item["action"], status,
+            self._on_finished(item["action"] or "none", status.value)
+        level = logging.INFO if status is RecordStatus.SUCCEEDED else logging.ERROR
+        log.log(level, "%s: %s %s%s", item["id"], item["action"], status.value,
                 f": {reason}" if reason else "")  # fmt: skip
 
-    def _messages(self, item: dict[str, Any], status: str) -> list[OutboxMessage]:
+    def _messages(self, item: dict[str, Any], status: RecordStatus) -> list[OutboxMessage]:
         at = self._clock()
         messages = notice_messages(
             remediation_id=item["id"],
-            stage=stage_for(RecordStatus(status)),
+            stage=stage_for(status),
             channels=self._notice_channels,
             at=at,
         )
         if self._outcome_channel is not None:
             events = [
                 outcome_event(
-                    remediation_id=item["id"], status=status, service=item["service"],
+                    remediation_id=item["id"], status=status.value, service=item["service"],
                     namespace=item["namespace"], rule=item["rule"], action=item["action"],
                     reason=None, signal_id=item["signal_id"], explanation=item["explanation"],
                     at=at,
                 )
             ]  # fmt: skip
-            if status == "succeeded" and item["action"] == ActionKind.ROLLBACK.value:
+            if status is RecordStatus.SUCCEEDED and item["action"] == ActionKind.ROLLBACK.value:
                 events.append(
                     rolledback_cdevent(
                         remediation_id=item["id"], service=item["service"],
@@ -301,32 +598,57 @@ class Executor:
             ]
         return messages
 
+    # -- counting --------------------------------------------------------------------
+    def _count_lock_attempt(self, result: LockAttempt) -> None:
+        if self._on_lock_attempt is not None:
+            self._on_lock_attempt(result.value)
+
+    def _internal_error(self, what: str, exc: BaseException) -> None:
+        if self._on_internal_error is not None:
+            self._on_internal_error(COMPONENT)
+        log.error("%s: %s", what, describe(exc), exc_info=exc)
+
     # -- recovery --------------------------------------------------------------------
     async def recover(self) -> None:
         """Decide, for each plan a crash left claimed but unfinished, what is safe."""
         for item in await self._journal.unfinished_claims():
-            rid = item["id"]
-            steps = await self._journal.remediation_steps(rid)
-            rehearsal = item["status"] == "dry-run" or self._dry_run
-            last = steps[-1] if steps else None
-            if last is None or last["status"] == "succeeded":
-                resume_at = 0 if last is None else last["idx"] + 1
-            elif last["status"] == "failed":
-                await self._finish(item, "failed", f"{last['kind']}: {last['detail']}", rehearsal)
+            if item["id"] in self._unsettled:
                 continue
-            elif rehearsal or self._runner.resumable(StepKind(last["kind"])):
-                resume_at = last["idx"]
-            else:
-                reason = (
-                    f"the daemon stopped while {last['kind']} was in flight (started "
-                    f"{last['started_at']}); whether it took effect is unknown, so it is not "
-                    "run again: check the workload and close this remediation by hand"
-                )
-                await self._step_failed(rid, last["idx"], RuntimeError("interrupted"))
-                await self._finish(item, "needs_human", reason, rehearsal)
-                continue
-            log.warning("%s: resuming after a restart at step %d", rid, resume_at)
             self._busy.add(item["service"])
-            task = asyncio.create_task(self._execute(item, resume_at=resume_at))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._unsettled[item["id"]] = _Run(
+                item=item,
+                rehearsal=item["status"] == RecordStatus.DRY_RUN or self._dry_run,
+                claimed=True,
+            )
+        await self._settle_due()
+
+    async def _recover(self, run: _Run) -> bool:
+        """Settle one claimed plan from its timeline; True when it resumed."""
+        rid = run.id
+        steps = await self._journal.remediation_steps(rid)
+        last = steps[-1] if steps else None
+        if last is None or last["status"] == "succeeded":
+            resume_at = 0 if last is None else last["idx"] + 1
+        elif last["status"] == "failed":
+            reason = f"{last['kind']}: {last['detail']}"
+            await self._end(run, _Ending(status=RecordStatus.FAILED, reason=reason))
+            return False
+        elif run.rehearsal or self._runner.resumable(StepKind(last["kind"])):
+            resume_at = last["idx"]
+        else:
+            reason = (
+                f"the daemon stopped while {last['kind']} was in flight (started "
+                f"{last['started_at']}); whether it took effect is unknown, so it is not "
+                "run again: check the workload and close this remediation by hand"
+            )
+            ending = _Ending(
+                status=RecordStatus.NEEDS_HUMAN,
+                reason=reason,
+                failed_step=last["idx"],
+                step_detail=_error_detail(RuntimeError("interrupted")),
+            )
+            await self._end(run, ending)
+            return False
+        log.warning("%s: resuming at step %d", rid, resume_at)
+        self._start(run.item, resume_at=resume_at)
+        return True

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from remediator.connectors.helm import Helm, HelmReleasePending
@@ -28,7 +29,7 @@ from remediator.connectors.kubernetes.configmaps import (
     restore_configmaps,
     snapshot_configmaps,
 )
-from remediator.connectors.kubernetes.errors import ActionRefused, LeaseHeld, LeaseLost
+from remediator.connectors.kubernetes.errors import ActionRefused, LeaseHeld
 from remediator.connectors.kubernetes.lease import ServiceLease
 from remediator.connectors.kubernetes.rollout import rollout_restart, rollout_undo
 from remediator.connectors.kubernetes.scale import scale, scale_up
@@ -323,21 +324,43 @@ class KubernetesStepRunner:
         return int(value)
 
 
+@dataclasses.dataclass(slots=True)
+class _HeldLease:
+    lease: ServiceLease
+    valid_until: datetime  # our last renewal plus the duration: past it, others may take it
+    renewing: asyncio.Task[None] | None = None
+    lost: bool = False
+
+
 class LeaseLock:
     """ServiceLock over one Kubernetes Lease per service, held while a plan runs.
 
-    The Lease is renewed every third of its duration while held, so a long plan keeps
-    it, and a crashed holder's Lease expires one duration after its last renewal.
+    The Lease is renewed every third of its duration while held (``renew_every_seconds``
+    overrides it), so a long plan keeps it, and a crashed holder's Lease expires one
+    duration after its last renewal. ``held`` turns False once a renewal finds another
+    holder (or the Lease gone), or once renewals kept failing until the Lease expired:
+    from then on another replica may be acting on the service.
     """
 
     def __init__(
-        self, *, kube: KubeClient, holder: str, duration_seconds: int, namespace: str | None = None
+        self,
+        *,
+        kube: KubeClient,
+        holder: str,
+        duration_seconds: int,
+        namespace: str | None = None,
+        renew_every_seconds: float | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._kube = kube
         self._holder = holder
         self._duration = duration_seconds
         self._namespace = namespace  # None: each service's own namespace
-        self._held: dict[str, tuple[ServiceLease, asyncio.Task[None]]] = {}
+        self._renew_every = (
+            duration_seconds / 3 if renew_every_seconds is None else renew_every_seconds
+        )
+        self._clock = clock
+        self._held: dict[str, _HeldLease] = {}
 
     async def acquire(self, *, service: str, namespace: str) -> bool:
         lease = ServiceLease(
@@ -346,36 +369,50 @@ class LeaseLock:
             service=service,
             holder=self._holder,
             duration_seconds=self._duration,
+            clock=self._clock,
         )
         try:
-            await lease.acquire()
+            grant = await lease.acquire()
         except LeaseHeld:
             return False
-        renewing = asyncio.create_task(self._renew(lease), name=f"lease-{service}")
-        self._held[service] = (lease, renewing)
+        await self._forget(service)  # a stale entry's renewals must not outlive it
+        held = _HeldLease(lease=lease, valid_until=grant.expires_at)
+        held.renewing = asyncio.create_task(self._renew(held), name=f"lease-{service}")
+        self._held[service] = held
         return True
 
-    async def release(self, *, service: str, namespace: str) -> None:
-        held = self._held.pop(service, None)
-        if held is None:
-            return
-        lease, renewing = held
-        renewing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewing
-        await lease.release()
+    def held(self, *, service: str) -> bool:
+        held = self._held.get(service)
+        return held is not None and not held.lost and self._clock() < held.valid_until
 
-    async def _renew(self, lease: ServiceLease) -> None:
+    async def release(self, *, service: str, namespace: str) -> None:
+        held = await self._forget(service)
+        if held is not None:
+            # Reads first: a Lease another holder took over is left alone.
+            await held.lease.release()
+
+    async def _forget(self, service: str) -> _HeldLease | None:
+        held = self._held.pop(service, None)
+        if held is not None and held.renewing is not None:
+            held.renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await held.renewing
+        return held
+
+    async def _renew(self, held: _HeldLease) -> None:
+        lease = held.lease
         while True:
-            await asyncio.sleep(self._duration / 3)
+            await asyncio.sleep(self._renew_every)
             try:
-                await lease.renew()
-            except LeaseLost as exc:
-                # Nothing can undo a step in flight; say so loudly. The next plan for the
-                # service cannot start here without taking the Lease again.
-                log.error("lost the Lease of %s/%s while acting: %s",
-                          lease.namespace, lease.name, exc)  # fmt: skip
-                return
+                held.valid_until = (await lease.renew()).expires_at
             except TemporaryError as exc:
                 log.warning("renewing Lease %s/%s failed, will retry: %s",
                             lease.namespace, lease.name, exc)  # fmt: skip
+            except PermanentError as exc:
+                # LeaseLost, or a refusal (RBAC) that means we cannot keep it: either
+                # way another replica may act now. Nothing can undo a step in flight;
+                # the executor stops before the next one.
+                held.lost = True
+                log.error("lost the Lease of %s/%s while acting: %s",
+                          lease.namespace, lease.name, exc)  # fmt: skip
+                return

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import timedelta
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from remediator.engine.executor import Executor
 from remediator.journal.sqlite import SqliteJournal
 from remediator.ports import NeedsHuman
 from remediator.rulefiles import load_rule_pack_from_path
+from tests.polling import eventually
 from tests.unit.engine.test_decider import (
     NOW,
     RULES,
@@ -55,15 +60,18 @@ class FakeRunner:
 class FakeLock:
     def __init__(self, *, free: bool = True) -> None:
         self.free = free
-        self.held: list[str] = []
+        self.holding: list[str] = []
 
     async def acquire(self, *, service: str, namespace: str) -> bool:
         if self.free:
-            self.held.append(service)
+            self.holding.append(service)
         return self.free
 
+    def held(self, *, service: str) -> bool:
+        return service in self.holding
+
     async def release(self, *, service: str, namespace: str) -> None:
-        self.held.remove(service)
+        self.holding.remove(service)
 
 
 async def no_sleep(_: float) -> None:
@@ -103,8 +111,8 @@ async def planned_rollback(journal: SqliteJournal, pack: RulePack, *, dry_run: b
 
 
 def executor(journal: SqliteJournal, runner: FakeRunner, **kwargs: Any) -> Executor:
+    kwargs.setdefault("clock", Clock(NOW + timedelta(minutes=1)))
     return Executor(journal=journal, runner=runner, instance_id="test-1", sleep=no_sleep,
-                    clock=Clock(NOW + timedelta(minutes=1)),
                     outcome_channel="kafka:remediator.outcomes",
                     notice_channels=("slack",), **kwargs)  # fmt: skip
 
@@ -124,7 +132,7 @@ async def test_plan_runs_its_steps_in_order_once(journal: SqliteJournal, pack: R
     assert item["status"] == "succeeded" and item["finished_at"]
     assert [s["status"] for s in item["steps"]] == ["succeeded"] * 4
     assert item["steps"][0]["detail"]["kind"] == "rollout_undo"
-    assert lock.held == []
+    assert lock.holding == []
     # Nothing runs twice: a second pass finds nothing to do.
     await ex.run_until_idle()
     assert len(runner.calls) == 4
@@ -364,3 +372,460 @@ async def test_a_plan_that_needs_approval_waits_until_approved(
     done = await journal.get_remediation(item["id"])
     assert done is not None
     assert (done["status"], done["approved_by"]) == ("succeeded", "tech-lead")
+
+
+# -- every plan ends ---------------------------------------------------------------
+class ExplodingRunner(FakeRunner):
+    """A runner with a bug: one step raises something no step is supposed to raise."""
+
+    def __init__(self, kind: StepKind, error: Exception) -> None:
+        super().__init__()
+        self.kind, self.error = kind, error
+
+    async def run(
+        self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        await super().run(step, service=service, dry_run=dry_run, context=context)
+        if step.kind is self.kind:
+            raise self.error
+        return {"kind": step.kind.value}
+
+
+class FlakyJournal(SqliteJournal):
+    """The real journal, refusing the writes ``refuse`` picks for now (TemporaryError)."""
+
+    def __init__(self, *, path: Path, refuse: Callable[[str, dict[str, Any]], bool]) -> None:
+        super().__init__(path=path)
+        self.refuse = refuse
+        self.refused: list[str] = []
+
+    def _gate(self, name: str, kwargs: dict[str, Any]) -> None:
+        if self.refuse(name, kwargs):
+            self.refused.append(name)
+            raise TemporaryError(f"{name}: database is locked", delay=0.1)
+
+    async def step_started(self, remediation_id: str, **kwargs: Any) -> None:
+        self._gate("step_started", kwargs)
+        await super().step_started(remediation_id, **kwargs)
+
+    async def finish_remediation(self, remediation_id: str, **kwargs: Any) -> None:
+        self._gate("finish_remediation", kwargs)
+        await super().finish_remediation(remediation_id, **kwargs)
+
+
+def refuse_times(name: str, times: int, **match: Any) -> Callable[[str, dict[str, Any]], bool]:
+    left = [times]
+
+    def refuse(called: str, kwargs: dict[str, Any]) -> bool:
+        if called != name or any(kwargs.get(k) != v for k, v in match.items()) or not left[0]:
+            return False
+        left[0] -= 1
+        return True
+
+    return refuse
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.finished: list[tuple[str, str]] = []
+        self.internal_errors: list[str] = []
+        self.lock_attempts: list[str] = []
+        self.leases_lost: list[str] = []
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "on_finished": lambda action, status: self.finished.append((action, status)),
+            "on_internal_error": self.internal_errors.append,
+            "on_lock_attempt": self.lock_attempts.append,
+            "on_lease_lost": self.leases_lost.append,
+        }
+
+
+async def test_an_unexpected_error_in_a_step_fails_the_plan_and_frees_the_service(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    runner = ExplodingRunner(StepKind.WAIT_ROLLOUT, KeyError("availableReplicas"))
+    lock, hooks = FakeLock(), Hooks()
+    ex = executor(journal, runner, lock=lock, **hooks.kwargs())
+    await ex.run_until_idle()
+
+    assert [kind for kind, _ in runner.calls] == [StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT]
+    item = await journal.get_remediation(rid)
+    assert item is not None
+    assert (item["status"], item["reason"]) == (
+        "failed", "wait_rollout: internal error: KeyError: 'availableReplicas'"
+    )  # fmt: skip
+    assert item["finished_at"]
+    assert [(s["status"], s["detail"].get("type")) for s in item["steps"]] == [
+        ("succeeded", None), ("failed", "KeyError")
+    ]  # fmt: skip
+    assert hooks.internal_errors == ["executor"]
+    assert hooks.finished == [("rollback", "failed")]
+    assert lock.holding == []
+    assert ex._busy == set()  # the lane is free: the next plan of checkout may start
+    events = [p.message.payload["type"] for p in
+              await journal.pending(channel="kafka:remediator.outcomes", limit=50)]  # fmt: skip
+    assert events == ["io.remediator.remediation.started", "io.remediator.remediation.failed"]
+    notices = [p.message.id for p in await journal.pending(channel="slack", limit=50)]
+    assert notices == [f"slack:{rid}:started", f"slack:{rid}:failed"]
+
+
+class CorruptPlans(SqliteJournal):
+    """Hands out plans whose steps no longer parse (a decision from a newer version)."""
+
+    async def runnable_remediations(self, *, limit: int) -> list[dict[str, Any]]:
+        items = await super().runnable_remediations(limit=limit)
+        return [{**item, "decision": {"steps": [{"kind": "teleport"}]}} for item in items]
+
+
+async def test_a_plan_that_does_not_parse_fails_instead_of_running_forever(
+    tmp_path: Path, pack: RulePack
+) -> None:
+    journal = CorruptPlans(path=tmp_path / "journal.db")
+    await journal.open()
+    try:
+        rid = await planned_rollback(journal, pack)
+        runner, hooks = FakeRunner(), Hooks()
+        await executor(journal, runner, lock=FakeLock(), **hooks.kwargs()).run_until_idle()
+        assert runner.calls == []
+        item = await journal.get_remediation(rid)
+        assert item is not None
+        assert item["status"] == "failed"
+        assert item["reason"].startswith("internal error: ValidationError: ")
+        assert "\n" not in item["reason"] and len(item["reason"]) < 300
+        assert item["steps"] == []
+        assert hooks.internal_errors == ["executor"]
+        assert hooks.finished == [("rollback", "failed")]
+    finally:
+        await journal.close()
+
+
+async def test_an_unexpected_error_taking_the_lock_fails_the_plan(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    class BuggyLock(FakeLock):
+        async def acquire(self, *, service: str, namespace: str) -> bool:
+            raise RuntimeError("lease cache corrupted")
+
+    rid = await planned_rollback(journal, pack)
+    runner, hooks = FakeRunner(), Hooks()
+    await executor(journal, runner, lock=BuggyLock(), **hooks.kwargs()).run_until_idle()
+    assert runner.calls == []
+    item = await journal.get_remediation(rid)
+    assert item is not None
+    assert (item["status"], item["reason"]) == (
+        "failed", "internal error: RuntimeError: lease cache corrupted"
+    )  # fmt: skip
+    assert hooks.internal_errors == ["executor"]
+
+
+async def drive(ex: Executor, clock: Clock, *, seconds: float, tick: float = 0.5) -> None:
+    """What the executor's polling loop does, one pass per ``tick`` of a fake clock."""
+    for _ in range(round(seconds / tick)):
+        await ex.start_runnable()
+        await asyncio.gather(*list(ex._tasks))
+        clock.now += timedelta(seconds=tick)
+
+
+async def test_an_ending_the_journal_refuses_is_written_on_a_later_pass(
+    tmp_path: Path, pack: RulePack
+) -> None:
+    journal = FlakyJournal(path=tmp_path / "journal.db",
+                           refuse=refuse_times("finish_remediation", 2))  # fmt: skip
+    await journal.open()
+    try:
+        rid = await planned_rollback(journal, pack)
+        clock = Clock(NOW + timedelta(minutes=1))
+        runner = ExplodingRunner(StepKind.ROLLOUT_UNDO, RuntimeError("boom"))
+        lock, hooks = FakeLock(), Hooks()
+        ex = executor(journal, runner, lock=lock, clock=clock, rand=lambda: 1.0,
+                      **hooks.kwargs())  # fmt: skip
+        await ex.start_runnable()
+        await asyncio.gather(*list(ex._tasks))
+        item = await journal.get_remediation(rid)
+        assert item is not None and (item["status"], item["finished_at"]) == ("running", None)
+        assert "checkout" in ex._busy  # still running as far as anyone can tell
+        assert lock.holding == []  # but the Lease is not kept meanwhile
+
+        await drive(ex, clock, seconds=1.5)  # within the first backoff (2 s): no write
+        assert journal.refused == ["finish_remediation"]
+        await drive(ex, clock, seconds=10)  # refused once more, then written
+        assert journal.refused == ["finish_remediation"] * 2
+        item = await journal.get_remediation(rid)
+        assert item is not None
+        assert (item["status"], item["reason"]) == (
+            "failed", "rollout_undo: internal error: RuntimeError: boom"
+        )  # fmt: skip
+        assert [s["status"] for s in item["steps"]] == ["failed"]
+        assert hooks.finished == [("rollback", "failed")]
+        assert ex._busy == set()
+        assert len(runner.calls) == 1  # nothing ran again
+    finally:
+        await journal.close()
+
+
+async def test_a_journal_fault_mid_plan_is_settled_as_a_restart_would(
+    tmp_path: Path, pack: RulePack
+) -> None:
+    journal = FlakyJournal(path=tmp_path / "journal.db",
+                           refuse=refuse_times("step_started", 1, idx=1))  # fmt: skip
+    await journal.open()
+    try:
+        rid = await planned_rollback(journal, pack)
+        clock = Clock(NOW + timedelta(minutes=1))
+        runner, hooks = FakeRunner(), Hooks()
+        ex = executor(journal, runner, lock=FakeLock(), clock=clock, rand=lambda: 1.0,
+                      **hooks.kwargs())  # fmt: skip
+        await drive(ex, clock, seconds=5)
+        assert journal.refused == ["step_started"]
+        # The undo ran once; the plan went on after its last finished step.
+        assert [k for k, _ in runner.calls] == [
+            StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY
+        ]  # fmt: skip
+        item = await journal.get_remediation(rid)
+        assert item is not None and item["status"] == "succeeded"
+        assert hooks.internal_errors == []  # a refused write is no bug
+        assert hooks.finished == [("rollback", "succeeded")]
+    finally:
+        await journal.close()
+
+
+# -- a lock held elsewhere -----------------------------------------------------------
+class HeldElsewhere(FakeLock):
+    """Another replica holds every Lease until ``free`` is set; attempts are timed."""
+
+    def __init__(self, clock: Clock, *, error: Exception | None = None) -> None:
+        super().__init__(free=False)
+        self.clock = clock
+        self.error = error
+        self.attempts: list[datetime] = []
+
+    async def acquire(self, *, service: str, namespace: str) -> bool:
+        self.attempts.append(self.clock())
+        if self.error is not None and not self.free:
+            raise self.error
+        return await super().acquire(service=service, namespace=namespace)
+
+    def gaps(self) -> list[float]:
+        return [(b - a).total_seconds() for a, b in itertools.pairwise(self.attempts)]
+
+
+def lock_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == level and "cannot take the lock" in r.getMessage()]  # fmt: skip
+
+
+async def test_a_lock_held_elsewhere_is_retried_with_capped_exponential_backoff(
+    journal: SqliteJournal, pack: RulePack, caplog: pytest.LogCaptureFixture
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    clock = Clock(NOW + timedelta(minutes=1))
+    lock, runner, hooks = HeldElsewhere(clock), FakeRunner(), Hooks()
+    ex = executor(journal, runner, lock=lock, clock=clock, rand=lambda: 1.0,
+                  lock_retry_base_seconds=2, lock_retry_max_seconds=60,
+                  **hooks.kwargs())  # fmt: skip
+    with caplog.at_level(logging.DEBUG, logger="remediator.engine.executor"):
+        await drive(ex, clock, seconds=300)  # 600 passes of the polling loop
+
+    # One attempt per backoff period: the waits double from 2 s and stop at 60 s.
+    assert lock.gaps() == [2, 4, 8, 16, 32, 60, 60, 60]
+    assert hooks.lock_attempts == ["held_elsewhere"] * 9
+    assert len(lock_lines(caplog, logging.INFO)) == 1  # one line per wait, not per attempt
+    item = await journal.get_remediation(rid)
+    assert item is not None and (item["status"], item["claimed_at"]) == ("planned", None)
+    assert runner.calls == []
+
+    lock.free = True  # the other replica is done
+    await drive(ex, clock, seconds=61)
+    assert hooks.lock_attempts[-1] == "acquired" and len(lock.attempts) == 10
+    assert len(runner.calls) == 4  # the plan ran, once
+    item = await journal.get_remediation(rid)
+    assert item is not None and item["status"] == "succeeded"
+
+
+async def test_lock_retries_are_jittered_within_the_backoff_bound(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await planned_rollback(journal, pack)
+    clock = Clock(NOW + timedelta(minutes=1))
+    lock = HeldElsewhere(clock)
+    ex = executor(journal, FakeRunner(), lock=lock, clock=clock, rand=random.Random(7).random,
+                  lock_retry_base_seconds=2, lock_retry_max_seconds=60)  # fmt: skip
+    tick = 0.5
+    await drive(ex, clock, seconds=600, tick=tick)
+    gaps = lock.gaps()
+    bounds = [min(60.0, 2.0 * 2**n) for n in range(len(gaps))]
+    # A pass sees a wait end at most one tick late; never is the bound exceeded more.
+    assert all(tick <= gap <= bound + tick for gap, bound in zip(gaps, bounds, strict=True))
+    assert len(set(gaps)) > 3  # jittered, not a fixed schedule
+    assert len(lock.attempts) >= 600 / 60  # and it keeps asking, at least once a cap
+
+
+async def test_jitter_scales_each_wait(journal: SqliteJournal, pack: RulePack) -> None:
+    await planned_rollback(journal, pack)
+    clock = Clock(NOW + timedelta(minutes=1))
+    lock = HeldElsewhere(clock)
+    draws = iter([0.25, 0.75, 0.5, 1.0])
+    ex = executor(journal, FakeRunner(), lock=lock, clock=clock, rand=lambda: next(draws),
+                  lock_retry_base_seconds=2, lock_retry_max_seconds=60)  # fmt: skip
+    await drive(ex, clock, seconds=15)
+    assert lock.gaps() == [0.25 * 2, 0.75 * 4, 0.5 * 8, 1.0 * 16][:3]
+
+
+async def test_an_error_taking_the_lock_backs_off_too(
+    journal: SqliteJournal, pack: RulePack, caplog: pytest.LogCaptureFixture
+) -> None:
+    await planned_rollback(journal, pack)
+    clock = Clock(NOW + timedelta(minutes=1))
+    lock = HeldElsewhere(clock, error=TemporaryError("apiserver: 503"))
+    hooks = Hooks()
+    ex = executor(journal, FakeRunner(), lock=lock, clock=clock, rand=lambda: 1.0,
+                  **hooks.kwargs())  # fmt: skip
+    with caplog.at_level(logging.DEBUG, logger="remediator.engine.executor"):
+        await drive(ex, clock, seconds=31)
+    assert lock.gaps() == [2, 4, 8, 16]
+    assert hooks.lock_attempts == ["error"] * 5
+    assert len(lock_lines(caplog, logging.WARNING)) == 1
+    assert hooks.internal_errors == []
+
+
+# -- a lock lost mid-plan ---------------------------------------------------------------
+class StolenLock(FakeLock):
+    """Another replica takes the Lease over while ``steal_during`` runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stolen: set[str] = set()
+        self.released: list[str] = []
+
+    def held(self, *, service: str) -> bool:
+        return super().held(service=service) and service not in self.stolen
+
+    async def release(self, *, service: str, namespace: str) -> None:
+        self.released.append(service)  # forgets it here; the new holder keeps its Lease
+        await super().release(service=service, namespace=namespace)
+
+
+class StealingRunner(FakeRunner):
+    def __init__(self, lock: StolenLock, steal_during: StepKind) -> None:
+        super().__init__()
+        self.lock, self.steal_during = lock, steal_during
+
+    async def run(
+        self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        if step.kind is self.steal_during:
+            self.lock.stolen.add(service)
+        return await super().run(step, service=service, dry_run=dry_run, context=context)
+
+
+async def test_a_lost_lease_stops_the_plan_before_its_next_step(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    lock, hooks = StolenLock(), Hooks()
+    runner = StealingRunner(lock, steal_during=StepKind.ROLLOUT_UNDO)
+    await executor(journal, runner, lock=lock, **hooks.kwargs()).run_until_idle()
+
+    assert [k for k, _ in runner.calls] == [StepKind.ROLLOUT_UNDO]  # nothing after it ran
+    item = await journal.get_remediation(rid)
+    assert item is not None
+    assert item["status"] == "needs_human"
+    assert item["reason"].startswith(
+        "the lock (Lease) of checkout was lost before step 2 of 4 (wait_rollout)"
+    )
+    assert [(s["kind"], s["status"]) for s in item["steps"]] == [("rollout_undo", "succeeded")]
+    assert hooks.leases_lost == ["checkout"]
+    assert hooks.finished == [("rollback", "needs_human")]
+    assert hooks.internal_errors == []
+    assert lock.released == ["checkout"]
+    notices = [p.message.id for p in await journal.pending(channel="slack", limit=50)]
+    assert notices == [f"slack:{rid}:started", f"slack:{rid}:needs_human"]
+
+
+async def test_a_lock_that_cannot_be_released_does_not_block_the_service(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    class Unreleasable(FakeLock):
+        async def release(self, *, service: str, namespace: str) -> None:
+            raise TemporaryError("apiserver: 503")
+
+    rid = await planned_rollback(journal, pack)
+    ex = executor(journal, FakeRunner(), lock=Unreleasable())
+    await ex.run_until_idle()
+    item = await journal.get_remediation(rid)
+    assert item is not None and item["status"] == "succeeded"
+    assert ex._busy == set()
+
+
+async def test_a_broken_pass_is_counted_and_the_loop_goes_on(
+    tmp_path: Path, pack: RulePack
+) -> None:
+    class OnceBroken(SqliteJournal):
+        broken = True
+
+        async def runnable_remediations(self, *, limit: int) -> list[dict[str, Any]]:
+            if self.broken:
+                self.broken = False
+                raise RuntimeError("cannot decode row")
+            return await super().runnable_remediations(limit=limit)
+
+    journal = OnceBroken(path=tmp_path / "journal.db")
+    await journal.open()
+    try:
+        rid = await planned_rollback(journal, pack)
+        hooks = Hooks()
+        ex = executor(journal, FakeRunner(), **hooks.kwargs())
+        running = asyncio.create_task(ex.run())
+        try:
+            await eventually(lambda: journal.get_remediation(rid),
+                             lambda item: bool(item and item["status"] == "succeeded"),
+                             timeout=10, what="the plan to succeed", interval=0.05)  # fmt: skip
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        assert hooks.internal_errors == ["executor"]
+    finally:
+        await journal.close()
+
+
+async def test_a_plan_resumed_after_a_restart_waits_for_a_held_lock(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    await crash_during(journal, rid, finished=1, in_flight=None)
+    clock = Clock(NOW + timedelta(minutes=1))
+    lock, runner, hooks = HeldElsewhere(clock), FakeRunner(), Hooks()
+    ex = executor(journal, runner, lock=lock, clock=clock, rand=lambda: 1.0, **hooks.kwargs())
+    await ex.recover()
+    await asyncio.gather(*list(ex._tasks))
+    await drive(ex, clock, seconds=14.5)
+    assert lock.gaps() == [2, 4, 8]  # the same backoff as a fresh plan's
+    assert runner.calls == []
+    assert "checkout" in ex._busy  # still its plan's: no other may start meanwhile
+
+    lock.free = True
+    await drive(ex, clock, seconds=16.5)
+    assert [k for k, _ in runner.calls] == [
+        StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY
+    ]  # fmt: skip
+    item = await journal.get_remediation(rid)
+    assert item is not None and item["status"] == "succeeded"
+    assert hooks.lock_attempts == ["held_elsewhere"] * 4 + ["acquired"]
+
+
+async def test_a_resumed_plan_whose_lock_can_never_be_taken_fails(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    await crash_during(journal, rid, finished=1, in_flight=None)
+    ex = executor(journal, FakeRunner(), lock=BrokenLock())
+    await ex.recover()
+    await asyncio.gather(*list(ex._tasks))
+    item = await journal.get_remediation(rid)
+    assert item is not None
+    assert item["status"] == "failed"
+    assert item["reason"] == "cannot take the lock of checkout: namespace shop not found"
+    assert ex._busy == set()
