@@ -27,6 +27,7 @@ from remediator.connectors.email import EmailNotifier
 from remediator.connectors.helm import Helm
 from remediator.connectors.kafka import KafkaOutboxMetrics, KafkaPublisher
 from remediator.connectors.kubernetes.client import KubeClient, Ref, connect
+from remediator.connectors.kubernetes.errors import KubeNotFound
 from remediator.connectors.kubernetes.jobrunner import job_runner_factory, secret_source
 from remediator.connectors.kubernetes.scale import KubernetesFacts
 from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLock
@@ -283,14 +284,18 @@ class Runtime:
         except ConfigError as exc:
             self.kube_status = f"unreachable ({exc}); plans are recorded as dry runs"
             return None
-        namespace = next((s.namespace for s in self.pack.services.values()), "default")
-        try:
-            # Also proves the RBAC the executor needs most (see docs/rbac.md).
-            await kube.list_all(Ref("Deployment", namespace))
-        except (TemporaryError, PermanentError) as exc:
-            await kube.close()
-            self.kube_status = f"unreachable ({exc}); plans are recorded as dry runs"
-            return None
+        first = next(iter(self.pack.services.values()), None)
+        if first is not None:
+            ref = Ref("Deployment", first.namespace, first.workload)
+            try:
+                # A read the documented Role grants (docs/rbac.md): reachable, authorised.
+                await kube.get(ref)
+            except KubeNotFound:
+                log.warning("kubernetes: %s of the catalog does not exist (yet)", ref)
+            except (TemporaryError, PermanentError) as exc:
+                await kube.close()
+                self.kube_status = f"unreachable ({exc}); plans are recorded as dry runs"
+                return None
         self.kube_status = "connected"
         return kube
 
