@@ -344,6 +344,7 @@ class Runtime:
             drain_timeout_seconds=self.settings.shutdown.timeout_seconds,
             lock_retry_base_seconds=k.lock_retry_base_seconds,
             lock_retry_max_seconds=k.lock_retry_max_seconds,
+            failpoints=self.failpoints,
             on_finished=lambda action, status: self.metrics.remediations_finished.labels(
                 action=action, status=status
             ).inc(),

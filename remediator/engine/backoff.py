@@ -1,8 +1,10 @@
-"""Per-key exponential backoff with full jitter, judged against the caller's clock.
+"""Per-key exponential backoff with equal jitter, judged against the caller's clock.
 
-The n-th failure in a row waits ``rand() * min(max, base * 2**n)`` seconds ("full
-jitter"): replicas refused by the same holder spread their retries instead of asking
-again together, and a key that keeps failing costs at most one attempt per ``max``.
+The n-th failure in a row waits ``c/2 + rand() * c/2`` seconds, ``c = min(max,
+base * 2**n)`` ("equal jitter"): replicas refused by the same holder spread their
+retries instead of asking again together, and, unlike full jitter, no wait is
+shorter than half its period, so a key that keeps failing costs at most one attempt
+per ``max/2``, whatever the draws.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class Backoff:
         """Record a failed attempt; return the seconds until the next one is allowed."""
         failures = self.failures(key)
         ceiling = min(self._max, self._base * 2.0 ** min(failures, _MAX_DOUBLINGS))
-        delay = self._rand() * ceiling
+        delay = ceiling / 2 + self._rand() * ceiling / 2
         self._waits[key] = _Wait(failures + 1, now + timedelta(seconds=delay))
         return delay
 

@@ -6,7 +6,7 @@ concurrent plans, and every step journaled before and after it runs. A claim is 
 compare-and-set in the journal: a plan is claimed by one executor, once.
 
 A lock held elsewhere (or an error taking it) is retried per service with
-exponential backoff and full jitter; while a service waits, no pass asks again. The
+exponential backoff and equal jitter; while a service waits, no pass asks again. The
 lock is checked before every step: once it is lost (another instance took the
 Lease), the plan stops before its next step and ends ``needs_human``; the other
 holder's Lease is left alone.
@@ -39,6 +39,7 @@ from enum import StrEnum
 from typing import Any
 
 from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
 from remediator.domain.outcomes import outcome_event, rolledback_cdevent
 from remediator.domain.plans import ActionKind, Plan, Step, StepKind
 from remediator.domain.record import RemediationStatus as RecordStatus
@@ -137,8 +138,10 @@ class Executor:
         on_lock_attempt: Callable[[str], None] | None = None,
         on_lease_lost: Callable[[str], None] | None = None,
         on_internal_error: Callable[[str], None] | None = None,
+        failpoints: Failpoints = NO_FAILPOINTS,
     ) -> None:
         self._journal = journal
+        self._failpoints = failpoints
         self._runner = runner
         self._instance_id = instance_id
         self._lock = lock
@@ -427,6 +430,7 @@ class Executor:
     async def _run_step(
         self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
     ) -> dict[str, Any]:
+        self._failpoints.hit("executor.step", service)
         attempt = 0
         while True:
             try:

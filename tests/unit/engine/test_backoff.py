@@ -23,10 +23,11 @@ def test_waits_double_up_to_the_cap_and_success_forgets() -> None:
     assert backoff.failed("checkout", T0) == 2  # a new wait starts from the base
 
 
-def test_full_jitter_scales_the_ceiling() -> None:
+def test_equal_jitter_keeps_at_least_half_the_period() -> None:
     draws = iter([0.0, 0.5, 0.25])
     backoff = Backoff(base_seconds=2, max_seconds=60, rand=lambda: next(draws))
-    assert [backoff.failed("k", T0) for _ in range(3)] == [0.0, 2.0, 2.0]
+    # Periods 2, 4, 8: half of each, plus the draw's share of the other half.
+    assert [backoff.failed("k", T0) for _ in range(3)] == [1.0, 3.0, 5.0]
 
 
 def test_many_failures_stay_capped() -> None:

@@ -656,8 +656,8 @@ async def test_lock_retries_are_jittered_within_the_backoff_bound(
     await drive(ex, clock, seconds=600, tick=tick)
     gaps = lock.gaps()
     bounds = [min(60.0, 2.0 * 2**n) for n in range(len(gaps))]
-    # A pass sees a wait end at most one tick late; never is the bound exceeded more.
-    assert all(tick <= gap <= bound + tick for gap, bound in zip(gaps, bounds, strict=True))
+    # At least half the period; a pass sees a wait end at most one tick late.
+    assert all(bound / 2 <= gap <= bound + tick for gap, bound in zip(gaps, bounds, strict=True))
     assert len(set(gaps)) > 3  # jittered, not a fixed schedule
     assert len(lock.attempts) >= 600 / 60  # and it keeps asking, at least once a cap
 
@@ -666,11 +666,11 @@ async def test_jitter_scales_each_wait(journal: SqliteJournal, pack: RulePack) -
     await planned_rollback(journal, pack)
     clock = Clock(NOW + timedelta(minutes=1))
     lock = HeldElsewhere(clock)
-    draws = iter([0.25, 0.75, 0.5, 1.0])
+    draws = iter([0.0, 0.75, 0.5, 1.0])
     ex = executor(journal, FakeRunner(), lock=lock, clock=clock, rand=lambda: next(draws),
                   lock_retry_base_seconds=2, lock_retry_max_seconds=60)  # fmt: skip
     await drive(ex, clock, seconds=15)
-    assert lock.gaps() == [0.25 * 2, 0.75 * 4, 0.5 * 8, 1.0 * 16][:3]
+    assert lock.gaps() == [1 + 0.0 * 1, 2 + 0.75 * 2, 4 + 0.5 * 4, 8 + 1.0 * 8][:3]
 
 
 async def test_an_error_taking_the_lock_backs_off_too(
