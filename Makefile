@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: help install system-deps run test lint test-unit test-integration test-e2e env-up env-down env-status env-build bench clean
+.PHONY: help install system-deps run test lint test-unit test-integration test-e2e test-faults env-up env-down env-status env-build bench clean
 
 help:
 	@echo "make run               run the daemon on embedded defaults"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-unit         pure and in-process tests only"
 	@echo "make test-integration  tests against real peers (Alertmanager, Kafka, Kubernetes, ...)"
 	@echo "make test-e2e          the daemon as a process against real peers"
+	@echo "make test-faults       inject faults into the daemon as a process (real peers; root for tmpfs)"
 	@echo "make env-up|env-down|env-status   run the real peers by hand (see docs/testing.md)"
 	@echo "make bench             intake benchmark (see docs/benchmarks.md)"
 
@@ -48,6 +49,9 @@ test-integration: $(STAMP) system-deps
 
 test-e2e: $(STAMP) system-deps
 	$(PYTEST) tests/e2e
+
+test-faults: $(STAMP) system-deps
+	$(PYTEST) tests/faults
 
 test: $(STAMP) system-deps lint
 	$(PY) -m tests.env build
