@@ -408,6 +408,9 @@ class Runtime:
             email=email,
             email_routes=email_routes,
             record_url=record_url,
+            on_internal_error=lambda _kind: self.metrics.internal_errors.labels(
+                component="notifier"
+            ).inc(),
         )
         return relay, closers
 

@@ -69,8 +69,10 @@ class NotificationRelay:
         record_url: Callable[[str], str | None] = lambda rid: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_backoff: float = 60.0,
+        on_internal_error: Callable[[str], None] | None = None,
     ) -> None:
         self._journal = journal
+        self._on_internal_error = on_internal_error
         self._slack = slack
         self._slack_routes = slack_routes
         self._email = email
@@ -128,6 +130,16 @@ class NotificationRelay:
                 await self._journal.mark_dead(
                     ids=[item.message.id], error=str(exc), at=self._clock()
                 )
+                continue
+            except Exception as exc:  # a bug must not stop every later notice
+                # Retrying a bug fails the same way and would block the channel: keep the
+                # notice, dead, with the error, and count it.
+                error = f"internal error: {type(exc).__name__}: {exc}"[:500]
+                log.error("%s notice %s given up: %s", channel, item.message.id, error,
+                          exc_info=exc)  # fmt: skip
+                if self._on_internal_error is not None:
+                    self._on_internal_error(type(exc).__name__)
+                await self._journal.mark_dead(ids=[item.message.id], error=error, at=self._clock())
                 continue
             await self._journal.mark_published(ids=[item.message.id], at=self._clock())
         return len(pending)
