@@ -62,3 +62,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.http_rejected = Counter(
+            "remediator_http_rejected",
+            "HTTP requests answered with a 4xx (the client's mistake), by route and status code.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "remediator_internal_errors",
+            "Unexpected errors contained without stopping the daemon, by component.",
+            ["component"],
+            registry=r,
+        )
