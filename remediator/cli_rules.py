@@ -33,6 +33,7 @@ from remediator.domain.signals import (
     Status,
     alert_key,
     resolve_label,
+    signal_time,
 )
 from remediator.rulefiles import read_rule_files
 
@@ -193,7 +194,7 @@ def _parse_time(text: str, *, where: str) -> datetime | None:
         parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", text))
     except ValueError:
         raise InvalidInput(f"not an ISO 8601 time: {text!r}", where=where) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return signal_time(parsed, where=where)  # naive means UTC; the range rules compute with
 
 
 def _read_json(path: str) -> Mapping[str, Any]:

@@ -85,3 +85,9 @@ class Metrics:
             "Plans stopped before their next step because the service's Lease was lost.",
             registry=r,
         )
+        self.http_rejected = Counter(
+            "remediator_http_rejected",
+            "HTTP requests answered with a 4xx (the client's mistake), by route and status code.",
+            ["route", "code"],
+            registry=r,
+        )

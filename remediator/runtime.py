@@ -183,7 +183,9 @@ class Runtime:
                 settings=settings.kafka,
                 journal=self.journal,
                 on_new_signals=engine.wake,
-                metrics=KafkaIntakeMetrics(self.metrics.registry),
+                metrics=KafkaIntakeMetrics(
+                    self.metrics.registry, internal_errors=self.metrics.internal_errors
+                ),
             )
             outbox = OutboxRelay(journal=self.journal, publisher=publisher, observer=outbox_metrics)
             roots["kafka-intake"] = kafka_intake.run

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from remediator.domain.errors import InvalidInput
 
 
 class Source(StrEnum):
@@ -33,6 +35,15 @@ DEFAULT_SERVICE_LABELS: tuple[str, ...] = (
     "job",
 )
 DEFAULT_NAMESPACE_LABELS: tuple[str, ...] = ("namespace",)
+
+# The instants a signal may carry. Rules subtract and add windows (hours to weeks, years
+# at most) to them; datetime overflows at years 1 and 9999, so anything this far from
+# both ends stays computable, and no real alert or deploy happened outside it.
+EARLIEST_SIGNAL_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_SIGNAL_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+ACCEPTED_TIME_RANGE = (
+    f"{EARLIEST_SIGNAL_TIME:%Y-%m-%dT%H:%M:%SZ} .. {LATEST_SIGNAL_TIME:%Y-%m-%dT%H:%M:%SZ}"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +90,19 @@ def alert_key(*, receiver: str, fingerprint: str, starts_at: str, status: str) -
     firing episode has a new startsAt, and resolution changes the status.
     """
     return f"am\x1f{receiver}\x1f{fingerprint}\x1f{starts_at}\x1f{status}"
+
+
+def signal_time(value: datetime, *, where: str) -> datetime:
+    """``value`` in UTC, or ``InvalidInput`` naming ``where`` if it is outside the range
+    the daemon can compute with. A time without a UTC offset is taken as UTC."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    # Compared before converting: astimezone itself overflows near years 1 and 9999.
+    if not EARLIEST_SIGNAL_TIME <= aware < LATEST_SIGNAL_TIME:
+        raise InvalidInput(
+            f"{value.isoformat()} is outside the accepted range {ACCEPTED_TIME_RANGE}",
+            where=where,
+        )
+    return aware.astimezone(UTC)
 
 
 def resolve_label(labels: Mapping[str, str], names: Sequence[str]) -> str | None:

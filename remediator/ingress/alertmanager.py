@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
 
 from remediator.domain.errors import InvalidInput
-from remediator.domain.signals import Signal, Source, Status, alert_key, resolve_label
+from remediator.domain.signals import Signal, Source, Status, alert_key, resolve_label, signal_time
 
 SUPPORTED_VERSION = "4"
 # Alertmanager marks "no end yet" with Go's zero time.
 _GO_ZERO_YEAR = 1
-_ZERO = timedelta(0)
 
 
 def _timestamp_string(value: object) -> object:
@@ -26,7 +25,21 @@ def _timestamp_string(value: object) -> object:
     return value
 
 
+def _computable(value: datetime) -> datetime:
+    """In UTC, within the range the rules can compute with (pydantic names the field)."""
+    try:
+        return signal_time(value, where="")
+    except InvalidInput as exc:
+        raise ValueError(exc.detail) from None
+
+
+def _end(value: datetime) -> datetime | None:
+    return None if value.year == _GO_ZERO_YEAR else _computable(value)
+
+
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp_string), Strict(False)]
+StartTime = Annotated[Timestamp, AfterValidator(_computable)]
+EndTime = Annotated[Timestamp, AfterValidator(_end)]
 
 
 class AmAlert(BaseModel):
@@ -36,8 +49,8 @@ class AmAlert(BaseModel):
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = {}
-    startsAt: Timestamp
-    endsAt: Timestamp | None = None
+    startsAt: StartTime
+    endsAt: EndTime | None = None  # None also for Go's zero time: no end yet
     generatorURL: str = ""
     fingerprint: str = ""
 
@@ -107,12 +120,7 @@ def to_signals(
 ) -> list[Signal]:
     signals = []
     for alert in payload.alerts:
-        starts_at = alert.startsAt
-        if starts_at.utcoffset() != _ZERO:
-            starts_at = starts_at.astimezone(UTC)
-        ends_at = alert.endsAt
-        if ends_at is not None and ends_at.year == _GO_ZERO_YEAR:
-            ends_at = None
+        starts_at, ends_at = alert.startsAt, alert.endsAt  # UTC, checked by the model
         signals.append(
             Signal(
                 key=alert_key(

@@ -89,7 +89,8 @@ def dead_letter_headers(
     *, poison: Poison, topic: str, partition: int, offset: int, failed_at: datetime
 ) -> list[tuple[str, bytes]]:
     return [
-        (H_ERROR, poison.error[:MAX_ERROR_CHARS].encode()),
+        # backslashreplace: an error quoting the record's odd text must still be sendable.
+        (H_ERROR, poison.error[:MAX_ERROR_CHARS].encode("utf-8", "backslashreplace")),
         (H_ERROR_KIND, poison.kind.encode()),
         (H_TOPIC, topic.encode()),
         (H_PARTITION, str(partition).encode()),
@@ -109,7 +110,11 @@ def event_type_label(signal: Signal) -> str:
 
 
 class KafkaIntakeMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, internal_errors: Counter | None = None
+    ) -> None:
+        # Shared with the rest of the daemon (remediator_internal_errors{component}).
+        self.internal_errors = internal_errors
         self.consumed = Counter(
             "remediator_kafka_events_consumed",
             "Kafka events journaled (duplicates included), by CloudEvents type.",
@@ -235,6 +240,7 @@ class KafkaIntake:
         max_records: int = 500,
         poll_timeout_ms: int = 1000,
         consumer_options: Mapping[str, Any] | None = None,
+        consumer_factory: Callable[..., Any] = AIOKafkaConsumer,
     ) -> None:
         self._settings = settings
         self._journal = journal
@@ -246,6 +252,7 @@ class KafkaIntake:
         self._max_records = max_records
         self._poll_timeout_ms = poll_timeout_ms
         self._consumer_options = dict(consumer_options or {})
+        self._consumer_factory = consumer_factory
         self._consumer: Any = None
         # Held while a batch is journaled and committed; the rebalance listener takes it
         # so partitions are only given up once what was processed is committed.
@@ -312,7 +319,7 @@ class KafkaIntake:
     async def _start(self) -> None:
         settings = self._settings
         while True:
-            consumer = AIOKafkaConsumer(
+            consumer = self._consumer_factory(
                 **client_kwargs(settings),
                 group_id=settings.group_id,
                 enable_auto_commit=False,
@@ -351,6 +358,8 @@ class KafkaIntake:
                 await self._journal_and_dead_letter(batch)
             except TemporaryError as exc:
                 return self._rewind(consumer, batch, exc)
+            except Exception as exc:  # noqa: BLE001 - a bug must not end consumption
+                return self._rewind(consumer, batch, self._contained(exc))
             await self._commit(consumer, batch.commit)
             # Records behind the commit are done: forget their failure counts.
             for key in [k for k in self._attempts if k[1] < batch.commit.get(k[0], -1)]:
@@ -461,6 +470,17 @@ class KafkaIntake:
         batch.signals = kept
         batch.dead.sort(key=lambda d: (d[0].topic, d[0].partition, d[1].offset))
         return results
+
+    def _contained(self, exc: Exception) -> TemporaryError:
+        """An unexpected error in a batch: counted, logged in one line, retried like an
+        outage (nothing past the batch is committed). Errors of one record never get
+        here: mapping and journal refusals are per record and end in the DLQ."""
+        log.error("kafka: unexpected %s while handling a batch; it will be retried",
+                  type(exc).__name__)  # fmt: skip
+        log.debug("kafka: unexpected error in a batch", exc_info=exc)
+        if self._metrics is not None and self._metrics.internal_errors is not None:
+            self._metrics.internal_errors.labels(component="kafka").inc()
+        return TemporaryError(f"unexpected {type(exc).__name__}", delay=START_RETRY_SECONDS)
 
     def _rewind(self, consumer: Any, batch: _Batch, exc: TemporaryError) -> float:
         """Pause, and rewind to the batch's first record: it is fetched again later."""

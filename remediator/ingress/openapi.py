@@ -24,9 +24,25 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
 
 
 _UNAUTHORIZED = _error(
-    "Missing or wrong credentials.",
+    "Missing, malformed or wrong credentials.",
     {"WWW-Authenticate": {"description": "Accepted schemes.", "schema": {"type": "string"}}},
 )
+_INTERNAL = {
+    "description": "Unexpected server error; error_id finds its line in the server log.",
+    **_json({"$ref": "#/components/schemas/InternalError"}),
+}
+_CURSOR = {
+    "name": "cursor",
+    "in": "query",
+    "description": "The `next` of an earlier page.",
+    "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+}
+_SERVICE = {
+    "name": "service",
+    "in": "query",
+    "schema": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
+}
+_TIME_RANGE = "Within 1970-01-01T00:00:00Z .. 9000-01-01T00:00:00Z once converted to UTC."
 
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
 _LIMIT = {
@@ -41,6 +57,14 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["error"],
         "properties": {"error": {"type": "string", "description": "What was wrong, and where."}},
+    },
+    "InternalError": {
+        "type": "object",
+        "required": ["error", "error_id"],
+        "properties": {
+            "error": {"type": "string"},
+            "error_id": {"type": "string", "description": "Also in the server's log line."},
+        },
     },
     "WebhookAccepted": {
         "type": "object",
@@ -66,8 +90,12 @@ _SCHEMAS: dict[str, Any] = {
             "status": {"enum": ["firing", "resolved"]},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-            "startsAt": {"type": "string", "format": "date-time"},
-            "endsAt": {"type": "string", "format": "date-time"},
+            "startsAt": {"type": "string", "format": "date-time", "description": _TIME_RANGE},
+            "endsAt": {
+                "type": "string",
+                "format": "date-time",
+                "description": f"{_TIME_RANGE} Go's zero time (0001-01-01T00:00:00Z): no end.",
+            },
             "generatorURL": {"type": "string"},
             "fingerprint": {"type": "string"},
         },
@@ -211,6 +239,15 @@ _SCHEMAS: dict[str, Any] = {
 
 
 def openapi_document() -> dict[str, Any]:
+    document = _document()
+    # Any operation may meet a bug: the middleware answers it the same way everywhere.
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation["responses"]["500"] = _INTERNAL
+    return document
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -243,7 +280,10 @@ def openapi_document() -> dict[str, Any]:
                             "description": "Every alert is journaled (or was already).",
                             **_json({"$ref": "#/components/schemas/WebhookAccepted"}),
                         },
-                        "400": _error("Can never be valid; the message names the field."),
+                        "400": _error(
+                            "Can never be valid (e.g. a time outside the accepted range); the "
+                            "message names the field. Nothing of the payload is journaled."
+                        ),
                         "401": _UNAUTHORIZED,
                         "413": _error("The body is larger than http.body_limit_bytes."),
                         "503": _error(
@@ -256,20 +296,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "List journaled signals, newest first.",
                     "security": [{"bearer": []}, {"basic": []}],
-                    "parameters": [
-                        {"name": "service", "in": "query", "schema": {"type": "string"}},
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": 1000,
-                                "default": 50,
-                            },
-                        },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    ],
+                    "parameters": [_SERVICE, _LIMIT, _CURSOR],
                     "responses": {
                         "200": {
                             "description": "One page of signals.",
@@ -286,10 +313,10 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "List remediations (plans, dry-runs, skips), newest first.",
                     "security": _SECURED,
                     "parameters": [
-                        {"name": "service", "in": "query", "schema": {"type": "string"}},
+                        _SERVICE,
                         {"name": "status", "in": "query", "schema": {"type": "string"}},
                         _LIMIT,
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        _CURSOR,
                     ],
                     "responses": {
                         "200": {
@@ -367,7 +394,9 @@ def openapi_document() -> dict[str, Any]:
                             {
                                 "type": "object",
                                 "required": ["by"],
-                                "properties": {"by": {"type": "string", "minLength": 1}},
+                                "properties": {
+                                    "by": {"type": "string", "minLength": 1, "maxLength": 200}
+                                },
                             }
                         ),
                     },
@@ -376,10 +405,14 @@ def openapi_document() -> dict[str, Any]:
                             "description": "Approved: the plan is now planned (runnable).",
                             **_json({"$ref": "#/components/schemas/Remediation"}),
                         },
-                        "400": _error("The body does not name who approves."),
+                        "400": _error(
+                            "The body is not a JSON object naming who approves (`by`: 1 to 200 "
+                            "characters, no control characters)."
+                        ),
                         "401": _UNAUTHORIZED,
                         "404": _error("No remediation with that id."),
                         "409": _error("The remediation is not awaiting approval."),
+                        "413": _error("The body is larger than http.body_limit_bytes."),
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
                 }

@@ -26,6 +26,7 @@ import orjson
 
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.notices import SlackMessageRef
+from remediator.domain.paging import check_limit, parse_cursor
 from remediator.domain.signals import Signal, Source, Status
 from remediator.ports import (
     CircuitRecord,
@@ -287,13 +288,8 @@ class SqliteJournal:
     async def list_signals(
         self, *, service: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> SignalPage:
-        if limit < 1:
-            raise PermanentError("limit must be at least 1")
-        before: int | None = None
-        if cursor is not None:
-            if not cursor.isdigit():
-                raise PermanentError(f"cursor {cursor!r} is not one this server issued")
-            before = int(cursor)
+        check_limit(limit)
+        before = None if cursor is None else parse_cursor(cursor)
         return await asyncio.to_thread(self._list_signals, service, limit, before)
 
     def _list_signals(self, service: str | None, limit: int, before: int | None) -> SignalPage:
@@ -624,19 +620,17 @@ class SqliteJournal:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        if limit < 1:
-            raise PermanentError("limit must be at least 1")
-        if cursor is not None and not cursor.isdigit():
-            raise PermanentError(f"cursor {cursor!r} is not one this server issued")
+        check_limit(limit)
+        before = None if cursor is None else parse_cursor(cursor)
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("service", service), ("status", status)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        if cursor is not None:
+        if before is not None:
             clauses.append("seq < ?")
-            params.append(int(cursor))
+            params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
         def query(conn: sqlite3.Connection) -> Page:

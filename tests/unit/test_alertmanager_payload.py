@@ -112,6 +112,26 @@ def test_unknown_fields_are_ignored() -> None:
         ),
         (orjson.dumps(payload([alert(extra_labels={"x": 5})])), "alerts[0].labels.x", "string"),  # type: ignore[dict-item]
         (orjson.dumps(payload([alert()], truncatedAlerts="3")), "truncatedAlerts", "integer"),
+        (
+            orjson.dumps(payload([alert(starts_at="0001-01-01T00:00:00Z")])),
+            "alerts[0].startsAt",
+            "outside the accepted range 1970-01-01T00:00:00Z .. 9000-01-01T00:00:00Z",
+        ),
+        (
+            orjson.dumps(payload([alert(), alert(starts_at="0001-01-01T00:10:00+01:00")])),
+            "alerts[1].startsAt",
+            "0001-01-01T00:10:00+01:00 is outside the accepted range",
+        ),
+        (
+            orjson.dumps(payload([alert(starts_at="9999-12-31T23:59:59-01:00")])),
+            "alerts[0].startsAt",
+            "outside the accepted range",
+        ),
+        (
+            orjson.dumps(payload([{**alert(), "endsAt": "9999-12-31T23:59:59-01:00"}])),
+            "alerts[0].endsAt",
+            "outside the accepted range",
+        ),
     ],
 )
 def test_invalid_payloads_name_the_field(body: bytes, where: str, fragment: str) -> None:
@@ -120,3 +140,27 @@ def test_invalid_payloads_name_the_field(body: bytes, where: str, fragment: str)
     assert info.value.where == where
     assert fragment in str(info.value)
     assert str(info.value).startswith(where)
+
+
+def test_times_are_utc_and_go_zero_ends_mean_no_end() -> None:
+    [offset, naive, zero, odd_zero] = signals_of(
+        payload(
+            [
+                alert(fingerprint="a", starts_at="2026-11-27T11:00:00+01:00"),
+                alert(fingerprint="b", starts_at="2026-11-27T10:00:00"),
+                {**alert(fingerprint="c"), "endsAt": "0001-01-01T00:00:00Z"},
+                {**alert(fingerprint="d"), "endsAt": "0001-01-01T00:10:00+01:00"},
+            ]
+        )
+    )
+    assert offset.starts_at == naive.starts_at == datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    assert offset.starts_at is not None and offset.starts_at.utcoffset() is not None
+    assert zero.ends_at is None and odd_zero.ends_at is None
+
+
+def test_a_resolved_alerts_end_is_kept_in_utc() -> None:
+    [signal] = signals_of(
+        payload([{**alert(status="resolved"), "endsAt": "2026-11-27T11:30:00+01:00"}])
+    )
+    assert signal.ends_at == datetime(2026, 11, 27, 10, 30, tzinfo=UTC)
+    assert signal.ends_at is not None and signal.ends_at.tzinfo is UTC

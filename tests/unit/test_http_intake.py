@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import io
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,6 +14,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from remediator.domain.errors import InvalidInput
 from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
 from remediator.journal.sqlite import SqliteJournal
 from remediator.metrics import Metrics
@@ -49,13 +52,17 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     opened: list[tuple[TestClient, SqliteJournal]] = []
 
     async def make(
-        *, auth: AuthConfig | None = None, body_limit_bytes: int = 16 * 1024 * 1024
+        *,
+        auth: AuthConfig | None = None,
+        body_limit_bytes: int = 16 * 1024 * 1024,
+        wrap: Callable[[SqliteJournal], Any] = lambda journal: journal,
+        monotonic: Callable[[], float] | None = None,
     ) -> Harness:
         db = tmp_path / f"journal{len(opened)}.db"
         journal = SqliteJournal(path=db, busy_timeout_ms=100)
         await journal.open()
         intake = IntakeApp(
-            journal=journal,
+            journal=wrap(journal),
             metrics=Metrics(),
             auth=auth or AuthConfig(bearer_token=TOKEN),
             state=IntakeState(),
@@ -63,6 +70,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
             namespace_labels=("namespace",),
             body_limit_bytes=body_limit_bytes,
             retry_after_seconds=7,
+            **({"monotonic": monotonic} if monotonic is not None else {}),
         )
         client = TestClient(TestServer(intake.build()))
         await client.start_server()
@@ -249,3 +257,404 @@ async def test_signals_api_rejects_bad_parameters(
     resp = await h.client.get("/api/v1/signals", params=query, headers=BEARER)
     assert resp.status == 400
     assert fragment in (await resp.json())["error"]
+
+
+# -- a client's mistake is a 4xx naming the field, never a 5xx or a traceback -------------
+def assert_no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """No ERROR line and no traceback above DEBUG: a client's mistake is not our fault."""
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not loud, [r.getMessage() for r in loud]
+    traced = [r for r in caplog.records if r.exc_info and r.levelno > logging.DEBUG]
+    assert not traced, [r.getMessage() for r in traced]
+
+
+def warning_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def rejected(h: Harness, route: str, code: int) -> float | None:
+    return h.intake.metrics.registry.get_sample_value(
+        "remediator_http_rejected_total", {"route": route, "code": str(code)}
+    )
+
+
+async def raw_request(
+    h: Harness, head: bytes, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """Bytes on the wire, for what aiohttp's client refuses to send (odd header bytes)."""
+    server = h.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(head + b"\r\nHost: test\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+        data = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    header_block, _, content = data.partition(b"\r\n\r\n")
+    status_line, *lines = header_block.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, content
+
+
+@pytest.mark.parametrize(
+    ("alerts", "field"),
+    [
+        ([alert(starts_at="0001-01-01T00:00:00Z")], "alerts[0].startsAt"),
+        ([alert(starts_at="0001-01-01T00:10:00+01:00")], "alerts[0].startsAt"),  # astimezone
+        ([alert(starts_at="9999-12-31T23:59:59-01:00")], "alerts[0].startsAt"),  # overflow
+        ([alert(starts_at="1969-12-31T23:59:59Z")], "alerts[0].startsAt"),
+        ([alert(starts_at="9000-01-01T00:00:00Z")], "alerts[0].startsAt"),
+        ([alert(starts_at="8999-12-31T23:30:00-01:00")], "alerts[0].startsAt"),  # 9000 in UTC
+        (
+            [
+                *(alert(fingerprint=f"ok{i}") for i in range(3)),
+                {**alert(fingerprint="late"), "endsAt": "9999-12-31T23:59:59-01:00"},
+            ],
+            "alerts[3].endsAt",
+        ),
+        ([{**alert(), "endsAt": "1969-07-20T20:17:00Z"}], "alerts[0].endsAt"),
+        ([{**alert(), "endsAt": "2026-11-27"}, alert(starts_at="x")], "alerts[1].startsAt"),
+    ],
+)
+async def test_times_the_daemon_cannot_compute_with_are_400_naming_the_field(
+    make_harness: MakeHarness,
+    caplog: pytest.LogCaptureFixture,
+    alerts: list[dict[str, Any]],
+    field: str,
+) -> None:
+    h = await make_harness()
+    status, body = await h.post(payload(alerts))
+    assert status == 400
+    assert body["error"].startswith(f"{field}: ")
+    assert await h.stored() == []  # nothing of the payload, not even its good alerts
+    assert_no_error_logged(caplog)
+    assert len(warning_lines(caplog)) == 1
+    assert rejected(h, "/api/v1/webhooks/alertmanager", 400) == 1
+
+
+async def test_times_at_the_edges_of_the_range_and_go_zero_ends_are_accepted(
+    make_harness: MakeHarness,
+) -> None:
+    h = await make_harness()
+    alerts = [
+        alert(fingerprint="first", starts_at="1970-01-01T00:00:00Z"),
+        alert(fingerprint="last", starts_at="8999-12-31T23:59:59Z"),
+        {**alert(fingerprint="no-end"), "endsAt": "0001-01-01T00:00:00Z"},
+        {**alert(fingerprint="odd-zero"), "endsAt": "0001-01-01T00:10:00+01:00"},
+        alert(fingerprint="offset", starts_at="2026-11-27T11:00:00+01:00"),
+    ]
+    status, body = await h.post(payload(alerts))
+    assert status == 200 and body["accepted"] == 5
+    stored = await h.stored()
+    starts = sorted(s["starts_at"] for s in stored)
+    assert starts[0].startswith("1970-01-01T00:00:00") and starts[-1].startswith("8999-12-31")
+    assert "2026-11-27T10:00:00" in " ".join(starts)  # +01:00 stored as UTC
+    assert all(s["ends_at"] is None for s in stored)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/signals", "/api/v1/remediations"])
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("cursor=%C2%B2", "cursor"),  # "²".isdigit() is True; int("²") raises
+        ("cursor=%D9%A3", "cursor"),  # "٣": int() would take it as 3
+        ("cursor=" + "9" * 5000, "cursor"),  # int() refuses more than 4300 digits
+        ("cursor=9223372036854775808", "cursor"),  # one past SQLite's INTEGER
+        ("cursor=99999999999999999999", "cursor"),
+        ("cursor=-1", "cursor"),
+        ("cursor=", "cursor"),
+        ("cursor=%201", "cursor"),
+        ("cursor=%2B1", "cursor"),
+        ("cursor=0x10", "cursor"),
+        ("cursor=%00", "cursor"),
+        ("cursor=%FF%FE", "cursor"),
+        ("limit=%C2%B2", "limit"),
+        ("limit=%D9%A3", "limit"),
+        ("limit=" + "9" * 5000, "limit"),
+        ("limit=-1", "limit"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=", "limit"),
+        ("limit=5_0", "limit"),
+        ("limit=%205", "limit"),
+        ("service=check%00out", "service"),
+        ("service=check%0Aout", "service"),
+    ],
+)
+async def test_bad_paging_and_filters_are_400_naming_the_parameter(
+    make_harness: MakeHarness,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    query: str,
+    field: str,
+) -> None:
+    h = await make_harness()
+    resp = await h.client.get(f"{path}?{query}", headers=BEARER)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error.startswith(f"{field}: ")
+    assert len(error) < 300  # a 5,000-digit value is not echoed back whole
+    assert_no_error_logged(caplog)
+    assert rejected(h, path, 400) == 1
+
+
+@pytest.mark.parametrize("path", ["/api/v1/signals", "/api/v1/remediations"])
+async def test_the_largest_cursor_and_limit_are_served(
+    make_harness: MakeHarness, path: str
+) -> None:
+    h = await make_harness()
+    await h.post(payload([alert()]))
+    resp = await h.client.get(
+        path, params={"cursor": "9223372036854775807", "limit": "1000"}, headers=BEARER
+    )
+    assert resp.status == 200
+    assert (await resp.json())["next"] is None
+
+
+@pytest.mark.parametrize("cursor", ["²", "٣", "9" * 5000, "9223372036854775808", "-1", "", " 1"])
+async def test_the_journal_refuses_bad_cursors_itself(
+    make_harness: MakeHarness, cursor: str
+) -> None:
+    # For callers other than the HTTP API (the CLI, the engine): InvalidInput, not a crash.
+    h = await make_harness()
+    with pytest.raises(InvalidInput) as signals:
+        await h.journal.list_signals(cursor=cursor)
+    with pytest.raises(InvalidInput) as remediations:
+        await h.journal.list_remediations(cursor=cursor)
+    assert signals.value.where == remediations.value.where == "cursor"
+    for limit in (0, -1, 2**63, 10**30):
+        with pytest.raises(InvalidInput) as bad_limit:
+            await h.journal.list_signals(limit=limit)
+        assert bad_limit.value.where == "limit"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        b"Bearer \xff\xfe",  # not UTF-8
+        b"Bearer " + TOKEN.encode() + b"\xe9",  # the token, then a Latin-1 byte
+        b"Bearer \xc3\xa9",  # UTF-8, not ASCII
+        b"\xff\xfe",
+        b"Basic \xc3\xa9",
+        b"Basic ###",
+        b"Basic =",
+        b"Basic " + base64.b64encode(b"\xff\xfe\x00:\x80"),  # base64 of garbage
+        b"Basic " + base64.b64encode(b"no-colon"),
+        b"Bearer",
+        b"Bearer ",
+        b"Basic",
+        b"bearer" + b" " * 50,
+        b"Bearer " + b"a" * 4000,
+        b"Negotiate " + TOKEN.encode(),
+    ],
+)
+async def test_a_malformed_authorization_header_is_401_without_a_traceback(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture, authorization: bytes
+) -> None:
+    h = await make_harness(
+        auth=AuthConfig(bearer_token=TOKEN, basic_user="am", basic_password="pw")
+    )
+    body = orjson.dumps(payload([alert()]))
+    for head, content in [
+        (b"POST " + WEBHOOK.encode() + b" HTTP/1.1\r\nContent-Type: application/json\r\n"
+         b"Content-Length: " + str(len(body)).encode(), body),
+        (b"GET /api/v1/signals HTTP/1.1", b""),
+        (b"GET /api/v1/remediations?cursor=%C2%B2 HTTP/1.1", b""),  # auth is checked first
+    ]:  # fmt: skip
+        status, headers, answer = await raw_request(
+            h, head + b"\r\nAuthorization: " + authorization, content
+        )
+        assert status == 401
+        assert headers["www-authenticate"] == 'Bearer realm="remediator", Basic realm="remediator"'
+        assert orjson.loads(answer) == {"error": "missing or wrong credentials"}
+    assert await h.stored() == []
+    assert_no_error_logged(caplog)
+    assert rejected(h, "/api/v1/webhooks/alertmanager", 401) == 1
+    assert rejected(h, "/api/v1/signals", 401) == 1
+
+
+async def test_raw_bearer_and_basic_credentials_still_work(make_harness: MakeHarness) -> None:
+    h = await make_harness(
+        auth=AuthConfig(bearer_token=TOKEN, basic_user="am", basic_password="pw")
+    )
+    for authorization in (
+        b"Bearer " + TOKEN.encode(),
+        b"bearer   " + TOKEN.encode() + b"  ",
+        b"Basic " + base64.b64encode(b"am:pw"),
+    ):
+        status, _, _ = await raw_request(
+            h, b"GET /api/v1/signals HTTP/1.1\r\nAuthorization: " + authorization
+        )
+        assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"{", "body"),
+        (b'{"by": "\xff"}', "body"),  # not UTF-8
+        (b'{"by": "\\ud800"}', "body"),  # lone surrogate
+        (b"[1]", "body"),
+        (b'"alice"', "body"),
+        (b"null", "body"),
+        (b"[" * 5000 + b"]" * 5000, "body"),  # deeper than the parser's limit
+        (b"{}", "by"),
+        (b'{"by": 5}', "by"),
+        (b'{"by": ["alice"]}', "by"),
+        (b'{"by": "   "}', "by"),
+        (b'{"by": "ali\\u0000ce"}', "by"),
+        (b'{"by": "alice\\nFAKE LOG LINE"}', "by"),
+        (orjson.dumps({"by": "a" * 201}), "by"),
+    ],
+)
+async def test_bad_approve_bodies_are_400_naming_the_field(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture, body: bytes, field: str
+) -> None:
+    h = await make_harness()
+    resp = await h.client.post("/api/v1/remediations/rem_x/approve", data=body, headers=BEARER)
+    assert resp.status == 400
+    assert (await resp.json())["error"].startswith(f"{field}: ")
+    assert_no_error_logged(caplog)
+    assert rejected(h, "/api/v1/remediations/{id}/approve", 400) == 1
+
+
+async def test_other_odd_requests_are_4xx_json_naming_what_was_wrong(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = await make_harness(body_limit_bytes=4096)
+    cases: list[tuple[str, str, dict[str, Any], int, str]] = [
+        ("GET", "/api/v1/remediations/x/record", {"params": {"format": "pdf"}}, 400, "format: "),
+        ("GET", "/api/v1/remediations/x/record", {"params": {"format": "md\x00"}}, 400, "format: "),
+        ("GET", "/api/v1/remediations", {"params": {"status": "planned\x00"}}, 400, "status: "),
+        ("GET", "/api/v1/remediations/a%00b", {}, 404, "id: "),
+        ("GET", "/api/v1/remediations/" + "x" * 3000, {}, 404, "id: "),
+        ("POST", "/api/v1/remediations/x/approve", {"data": b"{" * 5000}, 413, "body: "),
+        ("GET", "/api/v1/nothing-here", {}, 404, "path: "),
+        ("PUT", "/api/v1/signals", {}, 405, ""),
+    ]
+    for method, path, kwargs, code, prefix in cases:
+        resp = await h.client.request(method, path, headers=BEARER, **kwargs)
+        assert resp.status == code, (method, path)
+        error = (await resp.json())["error"]
+        assert error.startswith(prefix) and len(error) < 300, error
+    assert_no_error_logged(caplog)
+
+
+async def test_a_body_that_cannot_be_decoded_is_400_and_nothing_is_stored(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = await make_harness()
+    status, _, answer = await raw_request(
+        h,
+        b"POST " + WEBHOOK.encode() + b" HTTP/1.1\r\nAuthorization: Bearer " + TOKEN.encode()
+        + b"\r\nContent-Encoding: gzip\r\nContent-Length: 10",
+        b"0123456789",
+    )  # fmt: skip
+    assert status == 400
+    assert orjson.loads(answer)["error"].startswith("body: cannot be read")
+    good = gzip.compress(orjson.dumps(payload([alert()])))
+    status, _, answer = await raw_request(
+        h,
+        b"POST " + WEBHOOK.encode() + b" HTTP/1.1\r\nAuthorization: Bearer " + TOKEN.encode()
+        + b"\r\nContent-Encoding: gzip\r\nContent-Length: " + str(len(good)).encode(),
+        good,
+    )  # fmt: skip
+    assert status == 200 and orjson.loads(answer)["accepted"] == 1
+    assert len(await h.stored()) == 1
+    assert_no_error_logged(caplog)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /api/v1/signals HTTP/1.1\r\nAuthorization: Bearer \x00" + TOKEN.encode(),
+        b"GET /api/v1/remediations/\xff\xfe HTTP/1.1",
+        b"GET /api/v1/signals HTTP/1.1\r\nX-Long: " + b"a" * 10_000,
+        b"POST /api/v1/webhooks/alertmanager HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz",
+    ],
+)
+async def test_requests_aiohttp_cannot_parse_are_counted_and_logged_once_without_traceback(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture, head: bytes
+) -> None:
+    h = await make_harness(monotonic=lambda: 0.0)  # all three within the same minute
+    for _ in range(3):
+        status, _, _ = await raw_request(h, head)
+        assert status == 400
+    assert_no_error_logged(caplog)
+    [line] = warning_lines(caplog)
+    assert "malformed request answered 400" in line
+    assert rejected(h, "malformed", 400) == 3
+
+
+async def test_rejections_log_one_line_per_route_and_kind_per_minute(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    h = await make_harness(monotonic=lambda: now[0])
+    bad = payload([alert(starts_at="0001-01-01T00:00:00Z")])
+    for _ in range(10):
+        assert (await h.post(bad))[0] == 400
+    assert (await h.post(bad, headers={}))[0] == 401  # another kind: its own line
+    resp = await h.client.get("/api/v1/signals?cursor=x", headers=BEARER)  # another route
+    assert resp.status == 400
+    lines = warning_lines(caplog)
+    assert len(lines) == 3
+    assert "alerts[0].startsAt" in lines[0]
+    now[0] += 59.0
+    await h.post(bad)
+    assert len(warning_lines(caplog)) == 3
+    now[0] += 2.0
+    await h.post(bad)
+    later = warning_lines(caplog)[3:]
+    assert len(later) == 1 and "10 more like it in the last 61s were not logged" in later[0]
+    assert rejected(h, "/api/v1/webhooks/alertmanager", 400) == 12
+    assert_no_error_logged(caplog)
+
+
+class BrokenJournal:
+    """Delegates to the real journal; selected calls fail with an unexpected error (a bug)."""
+
+    def __init__(self, inner: SqliteJournal, *, broken: set[str]) -> None:
+        self.inner = inner
+        self.broken = broken
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.broken:
+
+            async def fail(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("bug while holding password=hunter2")
+
+            return fail
+        return getattr(self.inner, name)
+
+
+async def test_an_unexpected_error_is_a_500_with_an_error_id_and_one_log_line(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    h = await make_harness(
+        wrap=lambda journal: BrokenJournal(journal, broken={"circuit", "record_signals"})
+    )
+    resp = await h.client.get("/api/v1/circuit", headers=BEARER)
+    assert resp.status == 500
+    body = await resp.json()
+    assert body["error_id"] and body["error_id"] in body["error"]
+    assert "hunter2" not in body["error"]
+    status, hook = await h.post(payload([alert()]))
+    assert status == 500 and hook["error_id"] != body["error_id"]
+
+    above_debug = [r for r in caplog.records if r.levelno > logging.DEBUG]
+    errors = [r.getMessage() for r in above_debug if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"internal error {body['error_id']} answering GET /api/v1/circuit: RuntimeError",
+        f"internal error {hook['error_id']} answering POST "
+        "/api/v1/webhooks/alertmanager: RuntimeError",
+    ]
+    assert not [r for r in above_debug if r.exc_info]  # the traceback only at DEBUG
+    assert not [r for r in above_debug if "hunter2" in r.getMessage()]
+    assert [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    registry = h.intake.metrics.registry
+    assert registry.get_sample_value("remediator_internal_errors_total", {"component": "http"}) == 2
+    assert registry.get_sample_value("remediator_webhook_requests_total", {"code": "500"}) == 1
+    assert (await h.client.get("/healthz")).status == 200  # the server keeps serving

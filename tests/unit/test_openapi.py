@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -87,10 +88,22 @@ async def test_real_responses_match_their_schemas(client: TestClient) -> None:
         check(doc, hook, "post", status, body)
     assert {s for s, _ in [await post(good, AUTH)]} == {200}
 
-    for params, expected in [({}, 200), ({"limit": "0"}, 400)]:
-        resp = await client.get("/api/v1/signals", params=params, headers=AUTH)
-        assert resp.status == expected
-        check(doc, "/api/v1/signals", "get", resp.status, await resp.json())
+    late = payload([alert(fingerprint="b", starts_at="0001-01-01T00:10:00+01:00")])
+    status, body = await post(orjson.dumps(late), AUTH)
+    assert status == 400 and body["error"].startswith("alerts[0].startsAt: ")
+    check(doc, hook, "post", status, body)
+
+    for path in ("/api/v1/signals", "/api/v1/remediations"):
+        for params, expected in [
+            ({}, 200),
+            ({"limit": "0"}, 400),
+            ({"cursor": "²"}, 400),
+            ({"cursor": "9" * 5000}, 400),
+            ({"service": "a\x00"}, 400),
+        ]:
+            resp = await client.get(path, params=params, headers=AUTH)
+            assert resp.status == expected
+            check(doc, path, "get", resp.status, await resp.json())
     resp = await client.get("/api/v1/remediations", params={"status": "planned"}, headers=AUTH)
     assert resp.status == 200
     check(doc, "/api/v1/remediations", "get", 200, await resp.json())
@@ -115,6 +128,11 @@ async def test_real_responses_match_their_schemas(client: TestClient) -> None:
     resp = await client.post("/api/v1/remediations/rem_nope/approve", json={}, headers=AUTH)
     assert resp.status == 400 and (await resp.json())["error"].startswith("by:")
     check(doc, "/api/v1/remediations/{id}/approve", "post", 400, await resp.json())
+    resp = await client.post(
+        "/api/v1/remediations/rem_nope/approve", data=b"[" * 5000, headers=AUTH
+    )
+    assert resp.status == 413
+    check(doc, "/api/v1/remediations/{id}/approve", "post", 413, await resp.json())
     resp = await client.get("/api/v1/circuit", headers=AUTH)
     check(doc, "/api/v1/circuit", "get", resp.status, await resp.json())
     resp = await client.post("/api/v1/circuit/reset", headers=AUTH)
@@ -126,3 +144,55 @@ async def test_real_responses_match_their_schemas(client: TestClient) -> None:
         check(doc, path, "get", resp.status, await resp.json())
     metrics = await client.get("/metrics")
     assert metrics.status == 200 and metrics.content_type == "text/plain"
+
+
+async def test_a_malformed_authorization_answer_matches_the_document(client: TestClient) -> None:
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"GET /api/v1/circuit HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        b"Authorization: Bearer \xff\xfe\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert b"WWW-Authenticate: Bearer" in head
+    check(openapi_document(), "/api/v1/circuit", "get", 401, orjson.loads(body))
+
+
+async def test_an_internal_error_answer_matches_the_document(tmp_path: Path) -> None:
+    journal = SqliteJournal(path=tmp_path / "j.db")
+    await journal.open()
+
+    class Broken:
+        def __getattr__(self, name: str) -> Any:
+            if name == "list_remediations":
+
+                async def fail(**kwargs: Any) -> Any:
+                    raise KeyError("a bug")
+
+                return fail
+            return getattr(journal, name)
+
+    intake = IntakeApp(
+        journal=Broken(),  # type: ignore[arg-type]
+        metrics=Metrics(),
+        auth=AuthConfig(bearer_token="t"),
+        state=IntakeState(),
+        service_labels=("service",),
+        namespace_labels=("namespace",),
+        body_limit_bytes=4096,
+        retry_after_seconds=1,
+    )
+    c = TestClient(TestServer(intake.build()))
+    await c.start_server()
+    try:
+        resp = await c.get("/api/v1/remediations", headers=AUTH)
+        assert resp.status == 500
+        check(openapi_document(), "/api/v1/remediations", "get", 500, await resp.json())
+    finally:
+        await c.close()
+        await journal.close()

@@ -11,14 +11,15 @@ Event kinds use one naming: bare dotted names such as ``deployment.succeeded``,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from remediator.domain.errors import InvalidInput
 from remediator.domain.rules.state import DeployRecord, MigrationRecord, MigrationStatus
-from remediator.domain.signals import Signal, Source, Status
+from remediator.domain.signals import Signal, Source, Status, signal_time
 
 NATIVE_PREFIX = "io.remediator."
 CDEVENTS_PREFIX = "dev.cdevents."
@@ -107,8 +108,10 @@ def _data(event: Mapping[str, Any]) -> Mapping[str, Any]:
     data = event.get("data")
     if isinstance(data, str):  # some producers put JSON text in data
         try:
-            data = json.loads(data)
-        except ValueError:
+            # orjson, like the record itself: it refuses lone surrogates (no journal could
+            # store them) and deep nesting (json.loads raises RecursionError).
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError:
             raise InvalidInput("data is text but not JSON", where="data") from None
     if data is None:
         return {}
@@ -160,7 +163,7 @@ def _time(value: object) -> datetime | None:
         raise InvalidInput(f"not an RFC 3339 time: {value!r}", where="time") from None
     if parsed.tzinfo is None:
         raise InvalidInput(f"time needs a UTC offset: {value!r}", where="time")
-    return parsed
+    return signal_time(parsed, where="time")
 
 
 DEPLOY_SUCCEEDED = "deployment.succeeded"
