@@ -74,6 +74,12 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.root_task_restarts = Counter(
+            "remediator_root_task_restarts",
+            "Root tasks (decision engine, executor, relays, Kafka intake) restarted after a bug.",
+            ["task"],
+            registry=r,
+        )
         self.lock_attempts = Counter(
             "remediator_lock_attempts",
             "Attempts to take a service's Lease, by result (acquired, held_elsewhere, error).",

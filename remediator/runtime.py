@@ -217,7 +217,12 @@ class Runtime:
         self.bound_port = _bound_port(runner, settings.http.port)
         self._install_signal_handlers()
         self._log_started(executor, relay, publisher)
-        tasks = {asyncio.create_task(fn(), name=name): name for name, fn in roots.items()}
+        tasks = {
+            asyncio.create_task(
+                keep_running(name, fn, on_crash=self._root_crashed), name=name
+            ): name
+            for name, fn in roots.items()
+        }
         try:
             exit_code = await self._supervise(tasks)
             drain = ShutdownBudget(settings.shutdown.timeout_seconds)
@@ -416,6 +421,10 @@ class Runtime:
         )
         return relay, closers
 
+    def _root_crashed(self, name: str) -> None:
+        self.metrics.internal_errors.labels(component=name).inc()
+        self.metrics.root_task_restarts.labels(task=name).inc()
+
     async def _supervise(self, tasks: dict[asyncio.Task[Any], str]) -> int:
         """Wait for a stop request or a root task that ended; 1 for the latter."""
         stop_wait: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait(), name="stop-signal")
@@ -533,6 +542,37 @@ def _bound_port(runner: web.AppRunner, configured: int) -> int:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])
     return configured
+
+
+async def keep_running(
+    name: str,
+    run: Callable[[], Awaitable[None]],
+    *,
+    on_crash: Callable[[str], None],
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    max_backoff: float = 60.0,
+) -> None:
+    """Run a root task until cancelled; restart it, with backoff, when it raises.
+
+    Each component contains its own inputs' errors; this is the last line behind them.
+    A bug that escapes one must not take the whole daemon down, which would only meet
+    the same state again after Kubernetes restarts it. A task that ran for longer than
+    ``max_backoff`` before failing starts its backoff again from one second.
+    """
+    failures = 0
+    while True:
+        started = clock()
+        try:
+            await run()
+            raise RuntimeError("returned, though it should run until cancelled")
+        except Exception as exc:  # counted, logged, restarted
+            failures = 1 if clock() - started > max_backoff else failures + 1
+            delay = min(2.0 ** (failures - 1), max_backoff)
+            log.error("root task %s failed (%s: %s); restarting it in %.0fs",
+                      name, type(exc).__name__, exc, delay, exc_info=exc)  # fmt: skip
+            on_crash(name)
+        await sleep(delay)
 
 
 async def _flush(publish_once: Callable[[], Awaitable[int]]) -> None:
