@@ -122,10 +122,10 @@ class Runtime:
             closing = Closing(stack)
             await self.journal.open()
             closing.add("journal", self.journal.close)
-            exit_code = await self._serve(closing)
-        return exit_code
+            await self._serve(closing)
+        return 0
 
-    async def _serve(self, closing: Closing) -> int:
+    async def _serve(self, closing: Closing) -> None:
         settings = self.settings
         relay, closers = self._notification_relay()
         for name, close in closers:
@@ -224,7 +224,7 @@ class Runtime:
             for name, fn in roots.items()
         }
         try:
-            exit_code = await self._supervise(tasks)
+            await self._until_stop_requested()
             drain = ShutdownBudget(settings.shutdown.timeout_seconds)
             closing.budget = drain
             await self._shutdown(tasks, drain, kafka_intake=kafka_intake, executor=executor,
@@ -233,7 +233,6 @@ class Runtime:
             for task in tasks:  # anything the sequence did not stop (none expected)
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return exit_code
 
     def _log_started(
         self,
@@ -425,25 +424,11 @@ class Runtime:
         self.metrics.internal_errors.labels(component=name).inc()
         self.metrics.root_task_restarts.labels(task=name).inc()
 
-    async def _supervise(self, tasks: dict[asyncio.Task[Any], str]) -> int:
-        """Wait for a stop request or a root task that ended; 1 for the latter."""
-        stop_wait: asyncio.Task[Any] = asyncio.create_task(self.stopping.wait(), name="stop-signal")
-        try:
-            done, _ = await asyncio.wait({*tasks, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop_wait.cancel()
-            await asyncio.gather(stop_wait, return_exceptions=True)
+    async def _until_stop_requested(self) -> None:
+        """Root tasks never end on their own (keep_running restarts them): wait for a stop."""
+        await self.stopping.wait()
         self.state.draining = True
-        exit_code = 0
-        for task in done:
-            if task is stop_wait:
-                log.info("stop requested: draining within %.0fs",
-                         self.settings.shutdown.timeout_seconds)  # fmt: skip
-                continue
-            exc = task.exception() if not task.cancelled() else None
-            log.error("root task %s ended unexpectedly: %r; shutting down", tasks[task], exc)
-            exit_code = 1
-        return exit_code
+        log.info("stop requested: draining within %.0fs", self.settings.shutdown.timeout_seconds)
 
     async def _shutdown(
         self,
