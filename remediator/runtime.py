@@ -186,6 +186,7 @@ class Runtime:
                 metrics=KafkaIntakeMetrics(
                     self.metrics.registry, internal_errors=self.metrics.internal_errors
                 ),
+                limits=settings.limits.input_limits(),
             )
             outbox = OutboxRelay(journal=self.journal, publisher=publisher, observer=outbox_metrics)
             roots["kafka-intake"] = kafka_intake.run
@@ -202,6 +203,7 @@ class Runtime:
             on_new_signals=engine.wake,
             readiness_details=lambda: {"kubernetes": self.kube_status},
             on_approved=executor.wake if executor is not None else None,
+            input_limits=settings.limits.input_limits(),
         )
         runner = web.AppRunner(
             intake.build(),

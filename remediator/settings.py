@@ -31,6 +31,7 @@ from pydantic_settings import (
 
 from remediator.domain.errors import ConfigError
 from remediator.domain.failpoints import Failpoints
+from remediator.domain.limits import KIB, InputLimits
 from remediator.domain.signals import DEFAULT_NAMESPACE_LABELS, DEFAULT_SERVICE_LABELS
 
 DEFAULT_LISTEN = "127.0.0.1:9095"
@@ -110,6 +111,38 @@ class SignalSettings(_Group):
     namespace_labels: tuple[str, ...] = Field(
         DEFAULT_NAMESPACE_LABELS, min_length=1, description="Labels naming the namespace."
     )
+
+
+class LimitsSettings(_Group):
+    """What one webhook request or Kafka event may carry (docs/operations.md, Limits).
+
+    Past a limit the webhook answers 400 naming the field (413 for too many alerts) and
+    a Kafka event goes to the dead-letter topic; nothing of it is journaled.
+    """
+
+    alerts_per_request: int = Field(
+        5000,
+        ge=1,
+        description="Most alerts in one webhook request (set the receiver's max_alerts "
+        "to at most this: Alertmanager then truncates instead of being refused).",
+    )
+    labels_per_signal: int = Field(64, ge=1, description="Most labels on one alert or event.")
+    annotations_per_signal: int = Field(
+        64, ge=1, description="Most annotations on one alert or event."
+    )
+    name_bytes: int = Field(256, ge=1, description="Longest label or annotation name.")
+    label_value_bytes: int = Field(4 * KIB, ge=1, description="Longest label value.")
+    annotation_value_bytes: int = Field(16 * KIB, ge=1, description="Longest annotation value.")
+    field_bytes: int = Field(
+        16 * KIB,
+        ge=1,
+        description="Longest other text kept with a signal (receiver, groupKey, generatorURL, "
+        "externalURL, fingerprint, CloudEvents id).",
+    )
+    event_bytes: int = Field(256 * KIB, ge=1, description="Largest Kafka event (record value).")
+
+    def input_limits(self) -> InputLimits:
+        return InputLimits(**self.model_dump())
 
 
 def _comma_list(value: Any) -> Any:
@@ -290,6 +323,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     database: DatabaseSettings = DatabaseSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    limits: LimitsSettings = LimitsSettings()
     rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
     dry_run: bool = Field(False, description="Decide and record, but change nothing.")
     failpoints: str | None = Field(

@@ -11,6 +11,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
 
 from remediator.domain.errors import InvalidInput
+from remediator.domain.limits import InputLimits
 from remediator.domain.signals import Signal, Source, Status, alert_key, resolve_label, signal_time
 
 SUPPORTED_VERSION = "4"
@@ -72,8 +73,13 @@ class AmPayload(BaseModel):
     externalURL: str = ""
 
 
-def parse_payload(body: bytes) -> AmPayload:
-    """Parse and validate in one pass; InvalidInput names the offending field."""
+def parse_payload(body: bytes, *, limits: InputLimits | None = None) -> AmPayload:
+    """Parse and validate in one pass; InvalidInput names the offending field.
+
+    Past ``limits`` (defaults: ``InputLimits()``): ``TooLarge`` for too many alerts,
+    ``InvalidInput`` naming the field for an oversized label, annotation or text.
+    """
+    limits = limits or InputLimits()
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -86,6 +92,9 @@ def parse_payload(body: bytes) -> AmPayload:
             f'unsupported webhook payload version {version!r}; expected "{SUPPORTED_VERSION}"',
             where="version",
         )
+    alerts = document.get("alerts")
+    if isinstance(alerts, list):  # checked before validating thousands of alerts
+        limits.check_alert_count(len(alerts), where="alerts")
     try:
         payload = AmPayload.model_validate(document)
     except ValidationError as exc:
@@ -93,7 +102,20 @@ def parse_payload(body: bytes) -> AmPayload:
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidInput(f"{message}{more}", where=field_path(first["loc"])) from exc
+    check_limits(payload, limits)
     return payload
+
+
+def check_limits(payload: AmPayload, limits: InputLimits) -> None:
+    """Everything journaled from the payload within ``limits``; InvalidInput otherwise."""
+    for name in ("receiver", "groupKey", "externalURL"):
+        limits.check_text(getattr(payload, name), where=name)
+    for index, alert in enumerate(payload.alerts):
+        where = f"alerts[{index}]"
+        limits.check_labels(alert.labels, where=f"{where}.labels")
+        limits.check_annotations(alert.annotations, where=f"{where}.annotations")
+        limits.check_text(alert.generatorURL, where=f"{where}.generatorURL")
+        limits.check_text(alert.fingerprint, where=f"{where}.fingerprint")
 
 
 def field_path(loc: Sequence[int | str]) -> str:

@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from remediator.domain.errors import InvalidInput, TemporaryError
+from remediator.domain.limits import InputLimits, TooLarge
 from remediator.domain.paging import parse_cursor, shown
 from remediator.domain.record import CONTENT_TYPES, RECORD_FORMATS, render
 from remediator.domain.record_build import record_from_journal
@@ -193,6 +194,7 @@ class IntakeApp:
         readiness_details: Callable[[], dict[str, str]] = dict,
         on_approved: Callable[[], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        input_limits: InputLimits | None = None,
     ) -> None:
         self.journal = journal
         self.metrics = metrics
@@ -201,6 +203,7 @@ class IntakeApp:
         self.service_labels = tuple(service_labels)
         self.namespace_labels = tuple(namespace_labels)
         self.body_limit_bytes = body_limit_bytes
+        self.input_limits = input_limits or InputLimits()
         self.retry_after = str(retry_after_seconds)
         self.clock = clock
         self.on_new_signals = on_new_signals
@@ -328,9 +331,9 @@ class IntakeApp:
             return self._unauthorized()
         body = await request.read()
         try:
-            payload = parse_payload(body)
+            payload = parse_payload(body, limits=self.input_limits)
         except InvalidInput as exc:  # logged (throttled) and counted by _contain
-            return error_response(400, str(exc))
+            return error_response(413 if isinstance(exc, TooLarge) else 400, str(exc))
         if payload.truncatedAlerts > 0:
             self.metrics.alerts_truncated.inc(payload.truncatedAlerts)
             log.warning(

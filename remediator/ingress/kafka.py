@@ -33,6 +33,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from remediator.domain.errors import InvalidInput, TemporaryError
+from remediator.domain.limits import InputLimits
 from remediator.domain.rules.events import signal_from_cloudevent
 from remediator.domain.signals import Signal
 from remediator.kafka_config import client_kwargs
@@ -63,14 +64,24 @@ class Poison:
     error: str
 
 
-def parse_record(value: bytes | None, *, received_at: datetime) -> Signal | Poison:
+def parse_record(
+    value: bytes | None, *, received_at: datetime, limits: InputLimits | None = None
+) -> Signal | Poison:
     """One record's value (a structured-mode CloudEvent) -> ``Signal``, or why not.
+
+    A record past ``limits`` (default ``InputLimits()``) is poison of kind ``invalid``,
+    its error naming the field and the limit.
 
     Raises only for unexpected failures (bugs); those count toward
     ``max_delivery_attempts`` instead of going to the dead-letter topic at once.
     """
+    limits = limits or InputLimits()
     if not value:
         return Poison(kind="unparseable", error="empty message (no CloudEvent)")
+    if len(value) > limits.event_bytes:  # the whole event is kept with the signal
+        return Poison(
+            kind="invalid", error=f"event is {len(value)} bytes, limit {limits.event_bytes}"
+        )
     try:
         event = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -78,7 +89,7 @@ def parse_record(value: bytes | None, *, received_at: datetime) -> Signal | Pois
     if not isinstance(event, dict):
         return Poison(kind="unparseable", error="not a JSON object (structured-mode CloudEvent)")
     try:
-        return signal_from_cloudevent(event, received_at=received_at)
+        return signal_from_cloudevent(event, received_at=received_at, limits=limits)
     except InvalidInput as exc:
         return Poison(kind="invalid", error=str(exc))
     except ValueError as exc:  # the Signal model's own validation (pydantic)
@@ -241,8 +252,10 @@ class KafkaIntake:
         poll_timeout_ms: int = 1000,
         consumer_options: Mapping[str, Any] | None = None,
         consumer_factory: Callable[..., Any] = AIOKafkaConsumer,
+        limits: InputLimits | None = None,
     ) -> None:
         self._settings = settings
+        self._limits = limits or InputLimits()
         self._journal = journal
         self._on_new_signals = on_new_signals
         self._metrics = metrics
@@ -381,7 +394,9 @@ class KafkaIntake:
             for record in records:
                 parsed: Signal | Poison | None
                 try:
-                    parsed = parse_record(record.value, received_at=received_at)
+                    parsed = parse_record(
+                        record.value, received_at=received_at, limits=self._limits
+                    )
                 except Exception as exc:  # noqa: BLE001 - a bug in mapping: count, then DLQ
                     parsed = self._failed(tp, record, exc)
                 if parsed is None:  # retry this record later; stop the partition here

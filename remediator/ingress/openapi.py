@@ -281,11 +281,15 @@ def _document() -> dict[str, Any]:
                             **_json({"$ref": "#/components/schemas/WebhookAccepted"}),
                         },
                         "400": _error(
-                            "Can never be valid (e.g. a time outside the accepted range); the "
-                            "message names the field. Nothing of the payload is journaled."
+                            "Can never be valid (e.g. a time outside the accepted range, a "
+                            "label past limits.label_value_bytes); the message names the "
+                            "field. Nothing of the payload is journaled."
                         ),
                         "401": _UNAUTHORIZED,
-                        "413": _error("The body is larger than http.body_limit_bytes."),
+                        "413": _error(
+                            "The body is larger than http.body_limit_bytes, or holds more "
+                            "alerts than limits.alerts_per_request. Nothing is journaled."
+                        ),
                         "503": _error(
                             "Journal unavailable or draining: retry later.", _RETRY_AFTER
                         ),

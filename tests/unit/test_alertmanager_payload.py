@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from remediator.domain.errors import InvalidInput
+from remediator.domain.limits import InputLimits, TooLarge
 from remediator.domain.signals import DEFAULT_NAMESPACE_LABELS, DEFAULT_SERVICE_LABELS, Status
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from tests.unit.payloads import alert, payload
@@ -164,3 +165,129 @@ def test_a_resolved_alerts_end_is_kept_in_utc() -> None:
     )
     assert signal.ends_at == datetime(2026, 11, 27, 10, 30, tzinfo=UTC)
     assert signal.ends_at is not None and signal.ends_at.tzinfo is UTC
+
+
+# -- limits: bounded input, refused naming the field, its size and the limit ----------------
+MIB = 1024 * 1024
+
+
+def refused(body: dict[str, object], limits: InputLimits | None = None) -> InvalidInput:
+    with pytest.raises(InvalidInput) as info:
+        parse_payload(orjson.dumps(body), limits=limits)
+    return info.value
+
+
+def test_a_15_mib_label_value_is_refused_naming_the_label_and_sizes() -> None:
+    alerts = [alert(fingerprint=f"f{i}") for i in range(3)]
+    alerts.append(alert(fingerprint="big", extra_labels={"foo": "x" * (15 * MIB)}))
+    error = refused(payload(alerts))
+    assert str(error) == "alerts[3].labels.foo: value is 15728640 bytes, limit 4096"
+    assert not isinstance(error, TooLarge)  # a 400, not a 413
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(
+            {"extra_labels": {"foo": "x" * 101}},
+            "alerts[0].labels.foo: value is 101 bytes, limit 100",
+            id="label-value",
+        ),
+        pytest.param(
+            # bytes, not characters: 51 "é" are 102 bytes
+            {"extra_labels": {"foo": "é" * 51}},
+            "alerts[0].labels.foo: value is 102 bytes, limit 100",
+            id="label-value-utf8",
+        ),
+        pytest.param(
+            {"extra_labels": {f"l{i}": "v" for i in range(5)}},
+            "alerts[0].labels: 9 labels, limit 8",  # 4 from the fixture + 5
+            id="label-count",
+        ),
+        pytest.param(
+            {"extra_labels": {"n" * 33: "v"}},
+            "alerts[0].labels: a name is 33 bytes, limit 32 ('nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn')",
+            id="label-name",
+        ),
+        pytest.param(
+            {"extra_labels": {"odd name": "x" * 101}},
+            "alerts[0].labels['odd name']: value is 101 bytes, limit 100",
+            id="odd-label-name-quoted",
+        ),
+        pytest.param(
+            {"annotations": {"description": "d" * 201}},
+            "alerts[0].annotations.description: value is 201 bytes, limit 200",
+            id="annotation-value",
+        ),
+        pytest.param(
+            {"annotations": {f"a{i}": "v" for i in range(9)}},
+            "alerts[0].annotations: 9 annotations, limit 8",
+            id="annotation-count",
+        ),
+        pytest.param(
+            {"generatorURL": "http://p/" + "g" * 300},
+            "alerts[0].generatorURL: value is 309 bytes, limit 300",
+            id="generator-url",
+        ),
+        pytest.param(
+            {"fingerprint": "f" * 301},
+            "alerts[0].fingerprint: value is 301 bytes, limit 300",
+            id="fingerprint",
+        ),
+    ],
+)
+def test_each_limit_on_an_alert_names_the_field(change: dict[str, object], message: str) -> None:
+    limits = InputLimits(
+        labels_per_signal=8, annotations_per_signal=8, name_bytes=32,
+        label_value_bytes=100, annotation_value_bytes=200, field_bytes=300,
+    )  # fmt: skip
+    extra_labels = change.pop("extra_labels", None)
+    body = {**alert(extra_labels=extra_labels), **change}  # type: ignore[arg-type]
+    assert str(refused(payload([body]), limits)) == message
+
+
+def test_payload_text_fields_are_bounded() -> None:
+    limits = InputLimits(field_bytes=50)
+    error = refused(payload([alert()], receiver="r" * 51), limits)
+    assert str(error) == "receiver: value is 51 bytes, limit 50"
+    error = refused(payload([alert()], externalURL="http://" + "a" * 50), limits)
+    assert error.where == "externalURL"
+
+
+def test_values_at_the_limits_are_accepted() -> None:
+    limits = InputLimits(
+        labels_per_signal=2, annotations_per_signal=2, name_bytes=9,
+        label_value_bytes=10, annotation_value_bytes=12, field_bytes=100,
+    )  # fmt: skip
+    labels = {"alertname": "é" * 5, "namespa_e": "0123456789"}  # 10 bytes each, 9-byte names
+    body = {**alert(), "labels": labels, "annotations": {"a": "x" * 12, "b": ""}}
+    parsed = parse_payload(orjson.dumps(payload([body])), limits=limits)
+    assert parsed.alerts[0].labels == labels
+    one_more = {**body, "labels": {**labels, "alertname": "é" * 5 + "x"}}
+    with pytest.raises(InvalidInput, match="value is 11 bytes, limit 10"):
+        parse_payload(orjson.dumps(payload([one_more])), limits=limits)
+
+
+def test_more_alerts_than_allowed_is_too_large_before_any_is_validated() -> None:
+    limits = InputLimits(alerts_per_request=3)
+    # Not even valid alerts: the count is checked first, so 5 000 000 cheap items cost
+    # one len(), not 5 000 000 validations.
+    error = refused({**payload([]), "alerts": [{"junk": i} for i in range(4)]}, limits)
+    assert isinstance(error, TooLarge)
+    assert error.where == "alerts"
+    assert str(error).startswith("alerts: 4 alerts in one request, limit 3")
+    assert "max_alerts" in str(error)
+    assert len(parse_payload(orjson.dumps(payload([alert()] * 3)), limits=limits).alerts) == 3
+
+
+def test_default_limits_take_a_typical_storm() -> None:
+    from tests.unit.payloads import storm
+
+    assert len(parse_payload(orjson.dumps(storm(5000))).alerts) == 5000
+    with pytest.raises(TooLarge, match="5001 alerts in one request, limit 5000"):
+        parse_payload(orjson.dumps(storm(5001)))
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="label_value_bytes must be at least 1"):
+        InputLimits(label_value_bytes=0)

@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from remediator.domain.errors import InvalidInput
+from remediator.domain.limits import InputLimits
 from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
 from remediator.journal.sqlite import SqliteJournal
 from remediator.metrics import Metrics
@@ -57,6 +58,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
         body_limit_bytes: int = 16 * 1024 * 1024,
         wrap: Callable[[SqliteJournal], Any] = lambda journal: journal,
         monotonic: Callable[[], float] | None = None,
+        input_limits: InputLimits | None = None,
     ) -> Harness:
         db = tmp_path / f"journal{len(opened)}.db"
         journal = SqliteJournal(path=db, busy_timeout_ms=100)
@@ -71,6 +73,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
             body_limit_bytes=body_limit_bytes,
             retry_after_seconds=7,
             **({"monotonic": monotonic} if monotonic is not None else {}),
+            input_limits=input_limits,
         )
         client = TestClient(TestServer(intake.build()))
         await client.start_server()
@@ -658,3 +661,69 @@ async def test_an_unexpected_error_is_a_500_with_an_error_id_and_one_log_line(
     assert registry.get_sample_value("remediator_internal_errors_total", {"component": "http"}) == 2
     assert registry.get_sample_value("remediator_webhook_requests_total", {"code": "500"}) == 1
     assert (await h.client.get("/healthz")).status == 200  # the server keeps serving
+
+
+# -- bounded input: refused naming the field, nothing journaled, one throttled line -------
+MIB = 1024 * 1024
+
+
+async def test_a_15_mib_label_is_400_naming_it_and_the_signals_api_stays_small(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = await make_harness()  # the default limits, the default 16 MiB body limit
+    assert (await h.post(payload([alert(fingerprint="before")])))[0] == 200
+    alerts = [alert(fingerprint=f"ok{i}") for i in range(3)]
+    alerts.append(alert(fingerprint="big", extra_labels={"foo": "x" * (15 * MIB)}))
+    body = orjson.dumps(payload(alerts))
+    assert len(body) < 16 * MIB  # within the body limit: the label limit refuses it
+    for _ in range(3):
+        status, answer = await h.post(body)
+        assert status == 400
+        assert answer == {"error": "alerts[3].labels.foo: value is 15728640 bytes, limit 4096"}
+    [before] = await h.stored()  # none of the refused payload, not even its valid alerts
+    assert before["labels"]["alertname"] == "HighErrorRate"
+    resp = await h.client.get("/api/v1/signals?limit=5", headers=BEARER)
+    assert resp.status == 200
+    assert len(await resp.read()) < 4096
+    # One WARNING for the three (throttled), naming the field, never quoting the value.
+    [line] = [w for w in warning_lines(caplog) if "labels.foo" in w]
+    assert "value is 15728640 bytes, limit 4096" in line and "xxxx" not in line
+    assert rejected(h, "/api/v1/webhooks/alertmanager", 400) == 3
+    assert_no_error_logged(caplog)
+
+
+async def test_more_alerts_than_the_limit_is_413_naming_alerts_and_the_limit(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = await make_harness(input_limits=InputLimits(alerts_per_request=10))
+    status, answer = await h.post(storm(11))
+    assert status == 413
+    assert answer["error"].startswith("alerts: 11 alerts in one request, limit 10")
+    assert await h.stored() == []
+    assert rejected(h, "/api/v1/webhooks/alertmanager", 413) == 1
+    status, answer = await h.post(storm(10))
+    assert status == 200 and answer["accepted"] == 10
+    assert_no_error_logged(caplog)
+
+
+@pytest.mark.parametrize(
+    ("limits", "change", "error"),
+    [
+        (InputLimits(labels_per_signal=5), {"extra_labels": {"a": "1", "b": "2"}},
+         "alerts[0].labels: 6 labels, limit 5"),
+        (InputLimits(name_bytes=10), {"extra_labels": {"a_long_label": "1"}},
+         "alerts[0].labels: a name is 12 bytes, limit 10 ('a_long_label')"),
+        (InputLimits(annotation_value_bytes=20), {"annotations": {"summary": "s" * 21}},
+         "alerts[0].annotations.summary: value is 21 bytes, limit 20"),
+        (InputLimits(field_bytes=30), {"generatorURL": "http://prometheus/" + "g" * 13},
+         "alerts[0].generatorURL: value is 31 bytes, limit 30"),
+    ],
+)  # fmt: skip
+async def test_configured_limits_are_400_naming_the_field(
+    make_harness: MakeHarness, limits: InputLimits, change: dict[str, Any], error: str
+) -> None:
+    h = await make_harness(input_limits=limits)
+    extra_labels = change.pop("extra_labels", None)
+    status, answer = await h.post(payload([{**alert(extra_labels=extra_labels), **change}]))
+    assert (status, answer) == (400, {"error": error})
+    assert await h.stored() == []

@@ -98,3 +98,21 @@ def test_non_loopback_without_credentials_is_refused() -> None:
         load_settings(overrides={"http": {"listen": "0.0.0.0:9095"}, "webhook_token": "t"})
     )
     check_bind_is_safe(load_settings(overrides={"http": {"listen": "[::1]:9095"}}))
+
+
+def test_limits_have_sane_defaults_and_reach_the_intake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from remediator.domain.limits import InputLimits
+
+    assert load_settings().limits.input_limits() == InputLimits()
+    assert InputLimits().label_value_bytes == 4096
+    assert InputLimits().alerts_per_request == 5000
+    config = tmp_path / "c.yaml"
+    config.write_text("limits:\n  label_value_bytes: 100\n  alerts_per_request: 7\n")
+    monkeypatch.setenv("REMEDIATOR_LIMITS__EVENT_BYTES", "2048")
+    limits = load_settings(config_file=config).limits.input_limits()
+    assert (limits.label_value_bytes, limits.alerts_per_request) == (100, 7)
+    assert limits.event_bytes == 2048
+    with pytest.raises(ConfigError, match=r"limits\.name_bytes"):
+        load_settings(overrides={"limits": {"name_bytes": 0}})

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from remediator.domain.errors import InvalidInput
+from remediator.domain.limits import InputLimits
 from remediator.domain.rules.state import DeployRecord, MigrationRecord, MigrationStatus
 from remediator.domain.signals import Signal, Source, Status, signal_time
 
@@ -59,11 +60,15 @@ def event_kind(cloudevent_type: str) -> str:
     return cloudevent_type
 
 
-def signal_from_cloudevent(event: Mapping[str, Any], *, received_at: datetime) -> Signal:
-    """Map one structured-mode CloudEvent to a ``Signal``; ``InvalidInput`` if it is not one.
+def signal_from_cloudevent(
+    event: Mapping[str, Any], *, received_at: datetime, limits: InputLimits | None = None
+) -> Signal:
+    """Map one structured-mode CloudEvent to a ``Signal``; ``InvalidInput`` if it is not one
+    or if what it maps to is past ``limits`` (default ``InputLimits()``).
 
     ``key`` is CloudEvents' own identity (``source`` + ``id``), so redeliveries dedupe.
     """
+    limits = limits or InputLimits()
     for attribute in ("specversion", "id", "type", "source"):
         value = event.get(attribute)
         if not isinstance(value, str) or not value:
@@ -88,6 +93,9 @@ def signal_from_cloudevent(event: Mapping[str, Any], *, received_at: datetime) -
         for name in ("message", "error", "url")
         if isinstance(data.get(name), str | int | float)
     }
+    limits.check_text(ce_id, where="id")
+    limits.check_labels(labels, where="labels")
+    limits.check_annotations(annotations, where="annotations")
     return Signal(
         key=f"ce\x1f{ce_source}\x1f{ce_id}",
         source=Source.KAFKA,

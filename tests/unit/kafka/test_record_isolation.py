@@ -21,6 +21,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from remediator.domain.errors import InvalidInput
+from remediator.domain.limits import InputLimits
 from remediator.ingress import kafka as kafka_ingress
 from remediator.ingress.kafka import KafkaIntake, KafkaIntakeMetrics
 from remediator.journal.sqlite import SqliteJournal
@@ -166,6 +167,7 @@ def start(journal: SqliteJournal) -> StartRun:
         dead_letters: RecordingDeadLetters,
         metrics: KafkaIntakeMetrics | None = None,
         max_delivery_attempts: int = 3,
+        limits: InputLimits | None = None,
     ) -> AsyncIterator[Run]:
         partition: InMemoryPartition | None = None
 
@@ -184,7 +186,7 @@ def start(journal: SqliteJournal) -> StartRun:
             ),
             journal=journal, on_new_signals=lambda: None, metrics=metrics,
             dead_letters=dead_letters, clock=lambda: NOW, sleep=no_wait,
-            poll_timeout_ms=20, consumer_factory=factory,
+            poll_timeout_ms=20, consumer_factory=factory, limits=limits,
         )  # fmt: skip
         task = asyncio.create_task(intake.run(), name="kafka-intake")
         try:
@@ -231,6 +233,15 @@ def no_error_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         pytest.param(event(""), b"invalid", b"id: ", id="no-id"),
         pytest.param(b"\xff\xfe not json", b"unparseable", b"not JSON", id="not-json"),
         pytest.param(b"", b"unparseable", b"empty", id="empty"),
+        # Past the default limits: what the event maps to is too large to journal.
+        pytest.param(event("bad", data={"service": "checkout", "revision": "r" * 5000}),
+                     b"invalid", b"labels.revision: value is 5000 bytes, limit 4096",
+                     id="label-too-long"),
+        pytest.param(event("bad", data={"service": "checkout", "message": "m" * 20000}),
+                     b"invalid", b"annotations.message: value is 20000 bytes, limit 16384",
+                     id="annotation-too-long"),
+        pytest.param(event("bad", data={"service": "checkout", "blob": "b" * 300_000}),
+                     b"invalid", b"event is 300", id="event-too-large"),
     ],
 )  # fmt: skip
 async def test_a_bad_record_goes_to_the_dlq_and_the_next_is_journaled(
@@ -263,10 +274,10 @@ async def test_an_unexpected_error_mapping_one_record_ends_in_the_dlq_after_its_
     # A bug in our own mapping, hit by one record only.
     real = kafka_ingress.signal_from_cloudevent
 
-    def mapping(event: Mapping[str, Any], *, received_at: datetime) -> Any:
+    def mapping(event: Mapping[str, Any], *, received_at: datetime, **options: Any) -> Any:
         if event.get("id") == "buggy":
             raise ZeroDivisionError("a bug in the mapping")
-        return real(event, received_at=received_at)
+        return real(event, received_at=received_at, **options)
 
     monkeypatch.setattr(kafka_ingress, "signal_from_cloudevent", mapping)
     dead = RecordingDeadLetters()
@@ -327,3 +338,22 @@ async def test_an_unexpected_error_in_a_batch_is_contained_counted_and_retried(
         "kafka: unexpected RuntimeError while handling a batch; it will be retried"
     ]
     assert not any("secret=abc" in r.getMessage() for r in caplog.records)
+
+
+async def test_configured_limits_send_an_oversized_event_to_the_dlq_with_the_reason(
+    start: StartRun, journal: SqliteJournal, no_error_logs: None
+) -> None:
+    limits = InputLimits(label_value_bytes=40, event_bytes=2048)
+    big_label = orjson.dumps(event("big", data={"service": "checkout", "revision": "r" * 41}))
+    big_event = orjson.dumps(event("huge", data={"service": "checkout", "pad": "p" * 2048}))
+    dead = RecordingDeadLetters()
+    values = [orjson.dumps(event("1")), big_label, big_event, orjson.dumps(event("2"))]
+    async with start(values, dead_letters=dead, limits=limits) as run:
+        await run.until_committed(4)
+    assert await journaled_ids(journal) == ["1", "2"]
+    errors = [letter["headers"]["remediator-error"] for letter in dead.sent]
+    assert errors == [
+        b"labels.revision: value is 41 bytes, limit 40",
+        f"event is {len(big_event)} bytes, limit 2048".encode(),
+    ]
+    assert [letter["value"] for letter in dead.sent] == [big_label, big_event]
