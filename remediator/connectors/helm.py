@@ -1,7 +1,9 @@
 """helm v3 as an operator runs it: ``helm history -o json`` and ``helm rollback``.
 
 The binary is run as a subprocess (asyncio) with an explicit kubeconfig, never
-through a shell. helm exits 1 for every failure, so errors are classified from its
+through a shell, and with an allow-listed environment (:mod:`childenv`): helm's own
+``HELM_*`` and ``KUBECONFIG``, what in-cluster config and proxies need, never the
+daemon's secrets. helm exits 1 for every failure, so errors are classified from its
 stderr, which is kept verbatim in the raised error.
 
 A release whose latest revision is ``pending-install``, ``pending-upgrade``,
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from remediator.connectors.childenv import child_env
 from remediator.domain.errors import PermanentError, TemporaryError
 
 __all__ = [
@@ -56,6 +58,25 @@ _TEMPORARY = (
 )
 # Kill grace: how long past helm's own --timeout before we stop waiting for it.
 _EXIT_GRACE = 60.0
+# Inherited by helm beyond the common variables: where the cluster is (kubeconfig, or
+# in-cluster config, which client-go finds through KUBERNETES_SERVICE_*), how to reach
+# it (proxies, CA bundles), and helm's own configuration (HELM_CACHE_HOME ...).
+HELM_PASSED = frozenset(
+    {
+        "KUBECONFIG",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "NO_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    }
+)
+HELM_PASSED_PREFIXES = ("HELM_",)
 
 
 class HelmError(PermanentError):
@@ -248,7 +269,7 @@ class Helm:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, **self._env},
+                env=child_env(self._env, passed=HELM_PASSED, passed_prefixes=HELM_PASSED_PREFIXES),
             )
         except OSError as exc:
             raise HelmError(

@@ -24,7 +24,6 @@ branches, ``applied`` follows the current heads' ancestry.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ from pathlib import Path
 import asyncpg
 from pydantic import SecretStr
 
+from remediator.connectors.childenv import child_env
 from remediator.connectors.postgres.dsn import close_quietly, connect, password_of
 from remediator.connectors.postgres.errors import (
     MigrationFailed,
@@ -58,9 +58,8 @@ _TEMPORARY = re.compile(
     re.IGNORECASE,
 )
 _TAIL_LINES = 25
-_PASSED_ENV = frozenset(
-    {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"}
-)
+# Beyond child_env's common variables: what the service's Python code needs to import.
+_PASSED_ENV = frozenset({"PYTHONPATH", "VIRTUAL_ENV"})
 
 
 def parse_history(text: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
@@ -131,8 +130,7 @@ class AlembicRunner:
         self.driver = driver
         # The service's code runs there: hand it what an interpreter needs, not
         # remediator's own environment (tokens, its settings).
-        self._env = {k: v for k, v in os.environ.items() if k in _PASSED_ENV}
-        self._env.update(env or {})
+        self._env = child_env(env, passed=_PASSED_ENV)
         schema, table = parse_table_name(version_table)
         self._version_table = f"{_quote(schema)}.{_quote(table)}" if schema else _quote(table)
         self.timeout_s = timeout_s

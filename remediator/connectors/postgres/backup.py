@@ -146,7 +146,7 @@ def _digest(path: Path, *, sync: bool) -> tuple[str, int]:
 async def _list_archive(path: Path, *, bindir: Path, timeout_s: float) -> list[str]:
     result = await run_tool(
         [str(bindir / "pg_restore"), "--list", str(path)],
-        env={"LC_MESSAGES": "C", "PATH": os.environ.get("PATH", "")},
+        env={"LC_MESSAGES": "C"},
         what=f"pg_restore --list {path.name}",
         secret=None,
         timeout_s=timeout_s,

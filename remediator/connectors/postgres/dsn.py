@@ -17,13 +17,14 @@ import asyncio
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from pydantic import SecretStr
 
+from remediator.connectors.childenv import child_env
 from remediator.connectors.postgres.errors import map_exception, safe_cause
 from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 
@@ -47,6 +48,8 @@ SecretSource = Callable[[str], Awaitable[str]]
 
 _SCHEMES = ("postgresql", "postgres")
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# scheme://user:PASSWORD@ when the rest of the URL does not parse.
+_USERINFO_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:([^/]*)@")
 
 
 async def resolve_dsn(
@@ -84,9 +87,16 @@ async def resolve_dsn(
     value = value.strip()  # files and Secrets usually end with a newline
     if not value:
         raise ConfigError(f"{where} is empty")
-    if urlsplit(value).scheme not in _SCHEMES:
+    if _scheme(value) not in _SCHEMES:
         raise ConfigError(f"{where} does not hold a postgresql:// URI")
     return SecretStr(value)
+
+
+def _scheme(raw: str) -> str | None:
+    try:
+        return urlsplit(raw).scheme
+    except ValueError:  # e.g. a broken [IPv6] host
+        return None
 
 
 def _reveal(dsn: str | SecretStr) -> str:
@@ -95,7 +105,11 @@ def _reveal(dsn: str | SecretStr) -> str:
 
 def password_of(dsn: str | SecretStr) -> str | None:
     raw = _reveal(dsn)
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # e.g. a broken [IPv6] host: the userinfo may still be there
+        match = _USERINFO_PASSWORD.match(raw)
+        return unquote(match.group(1)) if match else None
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "password" and value:
             return value
@@ -103,15 +117,20 @@ def password_of(dsn: str | SecretStr) -> str | None:
 
 
 def redact(dsn: str | SecretStr) -> str:
-    """The DSN with its password (userinfo or ``password=`` parameter) replaced by ``***``."""
+    """The DSN with its password (userinfo or ``password=`` parameter) replaced by ``***``.
+
+    Whatever the scheme; a string that is neither a URL nor ``key=value`` pairs is not
+    shown at all (it may be a password pasted where the DSN belongs).
+    """
     raw = _reveal(dsn)
     try:
         parts = urlsplit(raw)
     except ValueError:
         return "<unparseable DSN>"
-    if parts.scheme not in _SCHEMES:
-        # key=value form, or garbage: blank anything that looks like a password.
-        return _PASSWORD_KV.sub(r"\1***", raw)
+    if not (parts.scheme and parts.netloc):
+        if "=" in raw:  # key=value form: blank anything that looks like a password.
+            return _PASSWORD_KV.sub(r"\1***", raw)
+        return "<unparseable DSN>"
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
@@ -119,7 +138,7 @@ def redact(dsn: str | SecretStr) -> str:
         netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
     query = urlencode(
         [
-            (k, "***" if k == "password" else v)
+            (k, "***" if "password" in k.lower() else v)
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
         ],
         safe="*",
@@ -134,7 +153,8 @@ def scrub(text: str, dsn: str | SecretStr) -> str:
     password = password_of(raw)
     if password:
         text = text.replace(password, "***")
-        quoted = urlsplit(raw).password
+        match = _USERINFO_PASSWORD.match(raw)
+        quoted = match.group(1) if match else None  # as written: maybe percent-encoded
         if quoted and quoted != password:
             text = text.replace(quoted, "***")
     return text
@@ -157,19 +177,20 @@ class LibpqTarget:
 
     ``conninfo`` goes on the command line (``--dbname=``): it is visible in ``ps``, so it
     carries everything but the password, which travels in ``env`` as ``PGPASSWORD``
-    (only the same user and root can read a process's environment).
+    (only the same user and root can read a process's environment). ``env`` is left
+    out of ``repr``: it holds the password.
     """
 
     conninfo: str
-    env: Mapping[str, str]
+    env: Mapping[str, str] = field(repr=False)
     database: str
 
 
 def libpq_target(dsn: SecretStr, *, base_env: Mapping[str, str] | None = None) -> LibpqTarget:
     raw = dsn.get_secret_value()
-    parts = urlsplit(raw)
-    if parts.scheme not in _SCHEMES:
+    if _scheme(raw) not in _SCHEMES:
         raise PermanentError(f"not a postgresql:// URI: {redact(raw)}")
+    parts = urlsplit(raw)
     password = password_of(raw)
     netloc = parts.netloc
     if "@" in netloc:
@@ -179,18 +200,17 @@ def libpq_target(dsn: SecretStr, *, base_env: Mapping[str, str] | None = None) -
         [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"]
     )
     conninfo = urlunsplit(("postgresql", netloc, parts.path, query, ""))
-    env = {
-        # Stray PG* variables (PGSERVICE, PGPASSFILE, PGOPTIONS...) would silently change
-        # which server or settings the tool uses; the DSN alone decides.
-        k: v
-        for k, v in (os.environ if base_env is None else base_env).items()
-        if not k.startswith("PG")
+    # Allow-listed (child_env): no daemon secrets, and no stray PG* variables (PGSERVICE,
+    # PGPASSFILE, PGOPTIONS...) that would silently change which server or settings the
+    # tool uses; the DSN alone decides.
+    values = {
+        "PGAPPNAME": "remediator",
+        "PGCONNECT_TIMEOUT": "10",
+        "LC_MESSAGES": "C",  # error text we parse and show is English
     }
-    env["PGAPPNAME"] = "remediator"
-    env["PGCONNECT_TIMEOUT"] = "10"
-    env["LC_MESSAGES"] = "C"  # error text we parse and show is English
     if password is not None:
-        env["PGPASSWORD"] = password
+        values["PGPASSWORD"] = password
+    env = child_env(values, parent=base_env)
     return LibpqTarget(conninfo=conninfo, env=env, database=database_of(raw))
 
 

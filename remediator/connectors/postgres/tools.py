@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from remediator.connectors.childenv import child_env
 from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 
 __all__ = ["ToolResult", "find_bindir", "run_tool", "server_major"]
@@ -73,12 +74,14 @@ async def run_tool(
 ) -> ToolResult:
     """Run one client tool; nonzero exit -> TemporaryError or PermanentError with stderr.
 
+    The tool's environment is the allow-listed one (:func:`child_env`) plus ``env``, the
+    variables set for this call (``PGPASSWORD``...): never the daemon's own.
     Output is scrubbed of ``secret`` before it is kept anywhere.
     """
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            env=dict(env),
+            env=child_env(env),
             cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
             stdout=asyncio.subprocess.PIPE,

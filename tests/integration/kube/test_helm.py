@@ -25,6 +25,13 @@ from remediator.connectors.helm import (
     HelmRollbackFailed,
 )
 from remediator.connectors.kubernetes.client import KubeClient, Ref
+from remediator.settings import load_settings
+from tests.integration.child_env import (
+    assert_no_parent_secret,
+    recorded,
+    recording_wrapper,
+    set_parent_secrets,
+)
 from tests.integration.kube.conftest import Kubectl
 
 pytestmark = pytest.mark.integration
@@ -238,3 +245,46 @@ async def test_rollback_that_does_not_become_ready_fails(
     assert failed.value.stderr  # helm's own words, for the journal
     history = await connector.history(release=rel, namespace=ns)
     assert [(h.revision, h.status) for h in history][-1] == (3, "failed")
+
+
+async def test_helm_starts_with_an_allow_listed_environment(
+    helm: Any,
+    kube: Any,
+    chart: Path,
+    release_ns: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon's secrets in its environment never reach helm; helm still works."""
+    env = helm_env(tmp_path)
+    cli = HelmCli(helm.endpoints["helm"], kube.endpoints["kubeconfig"], env)
+    ns, rel = release_ns, "env"
+    common = ["--namespace", ns, "--wait", "--timeout", "60s"]
+    await cli.run("install", rel, str(chart), *common)
+    await cli.run("upgrade", rel, str(chart), "--set", "image=example/tiny:2", *common)
+
+    records = tmp_path / "records"
+    wrapper = recording_wrapper(tmp_path / "bin", "helm", helm.endpoints["helm"], records)
+    # Built as the runtime builds it: the helm binary setting points at the wrapper.
+    k = load_settings(overrides={"kubernetes": {"helm_binary": str(wrapper)}}).kubernetes
+    connector = Helm(binary=Path(k.helm_binary), kubeconfig=k.kubeconfig, kube_context=k.context)
+    set_parent_secrets(monkeypatch)
+    for name, value in env.items():  # helm's own settings, as an operator sets them
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KUBECONFIG", kube.endpoints["kubeconfig"])
+
+    history = await connector.history(release=rel, namespace=ns)
+    assert [h.revision for h in history] == [1, 2]
+    dry = await connector.rollback(
+        release=rel, namespace=ns, revision=1, timeout_seconds=60, dry_run=True
+    )
+    assert dry.to_revision == 1
+
+    starts = recorded(records, "helm")
+    assert len(starts) == 3  # history, history, rollback --dry-run
+    for started in starts:
+        assert_no_parent_secret(started)
+        assert started["KUBECONFIG"] == kube.endpoints["kubeconfig"]
+        assert started["HELM_CACHE_HOME"] == env["HELM_CACHE_HOME"]
+        assert started["PATH"] == os.environ["PATH"]
+        assert "AWS_SECRET_ACCESS_KEY" not in started
