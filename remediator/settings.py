@@ -7,17 +7,20 @@ Precedence, highest first: command-line flags, environment (``REMEDIATOR_`` pref
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -26,6 +29,7 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -39,6 +43,24 @@ DEFAULT_JOURNAL = "sqlite:///var/remediator.db"
 MIB = 1024 * 1024
 
 _config_file: ContextVar[Path | None] = ContextVar("remediator_config_file", default=None)
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^/@\s]*@")
+
+
+def _mask_url_passwords(value: Any) -> Any:
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<head>***@", value)
+    if isinstance(value, dict):
+        return {key: _mask_url_passwords(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_url_passwords(item) for item in value]
+    return value
+
+
+def _is_path(value: Any) -> bool:
+    """Set, and of a type the secret file can be read from (others fail validation)."""
+    return isinstance(value, str | Path) and bool(str(value))
 
 
 class _Group(BaseModel):
@@ -185,8 +207,7 @@ class KafkaSettings(_Group):
             self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
         ):
             raise ValueError(
-                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
-                "sasl_username and sasl_password"
+                "a SASL_* security_protocol needs sasl_mechanism, sasl_username and sasl_password"
             )
         return self
 
@@ -219,9 +240,7 @@ class KubernetesSettings(_Group):
     @model_validator(mode="after")
     def _lock_retry_ordered(self) -> KubernetesSettings:
         if self.lock_retry_max_seconds < self.lock_retry_base_seconds:
-            raise ValueError(
-                "kubernetes.lock_retry_max_seconds must be >= kubernetes.lock_retry_base_seconds"
-            )
+            raise ValueError("lock_retry_max_seconds must be >= lock_retry_base_seconds")
         return self
 
 
@@ -238,14 +257,14 @@ class SlackSettings(_Group):
     @model_validator(mode="before")
     @classmethod
     def _token_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("token_file") and not data.get("token"):
-            data = {**data, "token": _read_secret(Path(data["token_file"]), "slack.token")}
+        if isinstance(data, dict) and _is_path(data.get("token_file")) and not data.get("token"):
+            data = {**data, "token": _read_secret(Path(data["token_file"]), "token")}
         return data
 
     @model_validator(mode="after")
     def _channel_when_on(self) -> SlackSettings:
         if self.token is not None and self.default_channel is None:
-            raise ValueError("slack.default_channel is required when a Slack token is set")
+            raise ValueError("default_channel is required when a token is set")
         return self
 
     @property
@@ -270,8 +289,12 @@ class EmailSettings(_Group):
     @model_validator(mode="before")
     @classmethod
     def _password_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("password_file") and not data.get("password"):
-            data = {**data, "password": _read_secret(Path(data["password_file"]), "email.password")}
+        if (
+            isinstance(data, dict)
+            and _is_path(data.get("password_file"))
+            and not data.get("password")
+        ):
+            data = {**data, "password": _read_secret(Path(data["password_file"]), "password")}
         return data
 
     @property
@@ -344,16 +367,30 @@ class Settings(BaseSettings):
     def _read_secret_files(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        problems = []
         for name in ("webhook_token", "webhook_password"):
             path = data.get(f"{name}_file")
-            if path and not data.get(name):
-                data = {**data, name: _read_secret(Path(path), name)}
+            # A path of the wrong type is left to the field's own validation to name.
+            if _is_path(path) and not data.get(name):
+                try:
+                    data = {**data, name: _read_secret(Path(str(path)), name)}
+                except ValueError as exc:
+                    problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
         return data
 
     @field_validator("failpoints")
     @classmethod
     def _valid_failpoints(cls, value: str | None) -> str | None:
-        Failpoints.parse(value)
+        try:
+            Failpoints.parse(value)
+        except ValueError:
+            # Failpoints' own message quotes the item; settings errors never quote values.
+            raise ValueError(
+                "expected POINT[:KEY][*COUNT],... with POINT one of the points in "
+                "remediator/domain/failpoints.py"
+            ) from None
         return value
 
     @property
@@ -388,24 +425,33 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def redacted(self) -> dict[str, Any]:
-        """A JSON-able view for ``config show`` and start-up logs: secrets masked."""
-        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        """A JSON-able view for ``config show`` and start-up logs: secrets masked.
+
+        SecretStr dumps as ``**********``; a password inside a URL (``https://u:pw@host``,
+        e.g. a base URL through an authenticating proxy) is masked too.
+        """
+        shown: dict[str, Any] = _mask_url_passwords(self.model_dump(mode="json"))
+        return shown
 
 
 def _read_secret(path: Path, name: str) -> str:
+    # The path is not shown: a secret pasted where its file's path belongs would be.
     try:
         value = path.read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"{name}_file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}_file: not UTF-8 text") from None
+    except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) else None
+        raise ValueError(f"{name}_file: cannot be read ({reason or type(exc).__name__})") from None
     if not value:
-        raise ValueError(f"{name}_file {path} is empty")
+        raise ValueError(f"{name}_file: the file is empty")
     return value
 
 
 def host_port(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+        raise ValueError("not HOST:PORT (e.g. 127.0.0.1:9095)")
     return host.strip("[]"), int(port)
 
 
@@ -421,14 +467,62 @@ def is_loopback(host: str) -> bool:
 def load_settings(
     *, config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
-    """Build Settings once; raise ConfigError naming what is wrong and where it came from."""
-    if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"--config {config_file}: no such file")
+    """Build Settings once; raise ConfigError naming what is wrong and where it came from.
+
+    The error names each field and its problem, never a value: a value may be a secret,
+    or a secret put in the wrong place, and this message ends up in the pod log. The
+    cause is not chained either (pydantic's error text quotes the input).
+    """
+    if config_file is not None:
+        _check_config_file(config_file)
+    origin = f" (config file {config_file}, environment REMEDIATOR_*)" if config_file else ""
     token = _config_file.set(config_file)
     try:
         return Settings(**(overrides or {}))
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        origin = f" (config file {config_file})" if config_file else ""
-        raise ConfigError(f"invalid settings{origin}:\n{exc}") from exc
+    except ValidationError as exc:
+        problems = describe_errors(exc)
+    except SettingsError as exc:  # an environment value that is not valid JSON
+        problems = f"  {exc}"
+    except (ValueError, yaml.YAMLError) as exc:  # from a settings source; its text unseen
+        problems = f"  cannot be read ({type(exc).__name__})"
     finally:
         _config_file.reset(token)
+    raise ConfigError(f"invalid settings{origin}:\n{problems}") from None
+
+
+def _check_config_file(path: Path) -> None:
+    """A readable YAML mapping, or ConfigError saying where it is not (never its text)."""
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        document = yaml.safe_load(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({_yaml_problem(exc)})") from None
+    if document is not None and not isinstance(document, dict):
+        raise ConfigError(
+            f"--config {path}: expected a mapping of settings (e.g. http: {{listen: ...}}), "
+            f"got a {type(document).__name__}"
+        )
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem, ``  http.listen: not HOST:PORT``, without the input."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+        ).removeprefix(".")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}" if where else f"  {message}")
+    return "\n".join(lines)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, not the snippet of the file (it may show a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return f"{where}{exc.problem or exc.context or type(exc).__name__}"
+    return type(exc).__name__

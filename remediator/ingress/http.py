@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,9 +51,9 @@ _LIMIT_TEXT = re.compile(r"[0-9]{1,4}")
 class AuthConfig:
     """Credentials webhook and API callers must present (either one will do)."""
 
-    bearer_token: str | None = None
+    bearer_token: str | None = field(default=None, repr=False)  # secrets stay out of reprs
     basic_user: str | None = None
-    basic_password: str | None = None
+    basic_password: str | None = field(default=None, repr=False)
 
     @property
     def enabled(self) -> bool:

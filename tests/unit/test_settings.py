@@ -83,9 +83,11 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
         load_settings(config_file=tmp_path / "nope.yaml")
 
 
-def test_missing_token_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing-token"):
+def test_missing_token_file_names_the_setting_not_the_path(tmp_path: Path) -> None:
+    # The path is not shown: a token pasted into *_file by mistake would be.
+    with pytest.raises(ConfigError, match="webhook_token_file: cannot be read") as caught:
         load_settings(overrides={"webhook_token_file": str(tmp_path / "missing-token")})
+    assert "missing-token" not in str(caught.value)
 
 
 def test_non_loopback_without_credentials_is_refused() -> None:
@@ -114,5 +116,67 @@ def test_limits_have_sane_defaults_and_reach_the_intake(
     limits = load_settings(config_file=config).limits.input_limits()
     assert (limits.label_value_bytes, limits.alerts_per_request) == (100, 7)
     assert limits.event_bytes == 2048
-    with pytest.raises(ConfigError, match=r"limits\.name_bytes"):
+    with pytest.raises(ConfigError, match=r"limits\.name_bytes: Input should be greater than"):
         load_settings(overrides={"limits": {"name_bytes": 0}})
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (
+            'slack:\n  token: "xoxb-not-closed\n',
+            "not valid YAML (line 3, column 1: found unexpected",
+        ),
+        ("- a\n- xoxb-in-a-list\n", "expected a mapping of settings"),
+        ("webhook_token: !!python/name:os.system xoxb\n", "not valid YAML"),
+    ],
+)
+def test_a_broken_config_file_is_named_without_its_text(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config_file=config)
+    assert fragment in str(caught.value)
+    assert str(config) in str(caught.value)
+    assert "xoxb" not in str(caught.value)
+
+
+def test_an_environment_group_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMEDIATOR_SLACK", '{"token": "xoxb-unterminated')
+    with pytest.raises(ConfigError, match='field "slack"') as caught:
+        load_settings()
+    assert "xoxb" not in str(caught.value)
+
+
+def test_every_problem_is_listed_one_per_line_without_values() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            overrides={
+                "http": {"listen": "xoxb-1", "body_limit_bytes": "xoxb-2"},
+                "kafka": {"deploy_topics": ["ok", 5]},
+                "failpoints": "xoxb-3",
+            }
+        )
+    assert str(caught.value).splitlines() == [
+        "invalid settings:",
+        "  http.listen: not HOST:PORT (e.g. 127.0.0.1:9095)",
+        "  http.body_limit_bytes: Input should be a valid integer, unable to parse string as an "
+        "integer",
+        "  kafka.deploy_topics[1]: Input should be a valid string",
+        "  failpoints: expected POINT[:KEY][*COUNT],... with POINT one of the points in "
+        "remediator/domain/failpoints.py",
+    ]
+
+
+def test_config_show_masks_a_password_inside_a_url() -> None:
+    s = load_settings(
+        overrides={
+            "slack": {"base_url": "https://bot:hunter2@proxy.example/api/"},
+            "http": {"public_url": "https://remediator.example.com"},
+        }
+    )
+    shown = s.redacted()
+    assert shown["slack"]["base_url"] == "https://bot:***@proxy.example/api/"
+    assert shown["http"]["public_url"] == "https://remediator.example.com"
