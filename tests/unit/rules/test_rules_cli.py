@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remediator import cli_rules
+from remediator.cli import rules as cli_rules
 
 from .conftest import RULES_DIR
 
