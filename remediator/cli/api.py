@@ -45,6 +45,7 @@ CA_FILE_ENV = "REMEDIATOR_CA_FILE"
 CLIENT_CERT_ENV = "REMEDIATOR_CLIENT_CERT"
 CLIENT_KEY_ENV = "REMEDIATOR_CLIENT_KEY"
 DEFAULT_TIMEOUT_SECONDS = 30.0
+MAX_TIMEOUT_SECONDS = 3600.0
 # Far above any page the server sends (it pages by bytes); a bound, not a limit in use.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 _MESSAGE_CHARS = 500
@@ -179,8 +180,11 @@ def api_options(args: argparse.Namespace, environ: Mapping[str, str]) -> ApiOpti
         raise CliError(f"{flag} needs an https:// --url", code=EXIT_USAGE)
     if tls["client_key"] is not None and tls["client_cert"] is None:
         raise CliError("--client-key needs --client-cert", code=EXIT_USAGE)
-    if not args.timeout > 0:
-        raise CliError(f"--timeout must be above 0, got {args.timeout:g}", code=EXIT_USAGE)
+    if not 0 < args.timeout <= MAX_TIMEOUT_SECONDS:
+        raise CliError(
+            f"--timeout must be above 0 and at most {MAX_TIMEOUT_SECONDS:g}, got {args.timeout:g}",
+            code=EXIT_USAGE,
+        )
     return ApiOptions(
         url=url,
         credential=read_credential(args.token_file, environ),
@@ -393,7 +397,7 @@ class ApiClient:
         if status == 429:
             return self._error(f"too many requests: {message}{retry}", EXIT_USAGE)
         if 300 <= status < 400:
-            location = answer.headers.get("Location", "?")
+            location = _one_line(answer.headers.get("Location") or "?")[:200]
             return self._error(
                 f"{what}: redirected ({status}) to {location}; the credential is only sent to "
                 "--url itself: give the final address as --url",

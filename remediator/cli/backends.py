@@ -151,7 +151,11 @@ class JournalBackend:
             yield backend
 
     def __enter__(self) -> Self:
-        self._run(self._journal.open())
+        try:
+            self._run(self._journal.open())
+        except BaseException:
+            self._runner.close()
+            raise
         return self
 
     def __exit__(

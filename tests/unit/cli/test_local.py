@@ -153,3 +153,9 @@ def test_report_and_unknown_ids_from_the_journal(cli: Cli, journal_path: Path) -
     code, out, err = cli("remediations", "rem_nope", *journal_flag(journal_path))
     assert (code, out) == (1, "")
     assert err == "remediator: no remediation 'rem_nope'\n"
+
+
+def test_a_journal_that_cannot_be_opened_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    code, out, err = cli("signals", "--journal", f"sqlite:///{tmp_path}")  # a directory
+    assert (code, out) == (1, "")
+    assert err.startswith(f"remediator: journal {tmp_path}") and err.count("\n") == 1

@@ -103,6 +103,8 @@ def test_limit_must_be_a_positive_integer(limit: str, cli: Cli) -> None:
         (["--url", "http://127.0.0.1:1", "--ca-file", "ca.pem"], "--ca-file needs an https://"),
         (["--url", "https://h", "--client-key", "k.pem"], "--client-key needs --client-cert"),
         (["--url", "https://h", "--timeout", "0"], "--timeout must be above 0"),
+        (["--url", "https://h", "--timeout", "nan"], "--timeout must be above 0"),
+        (["--url", "https://h", "--timeout", "inf"], "--timeout must be above 0"),
     ],
 )
 def test_api_flag_mistakes_are_usage_errors_before_any_request(
