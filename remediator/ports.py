@@ -240,9 +240,15 @@ class Journal(Protocol):
         ...
 
     async def service_events(
-        self, *, service: str, kinds: Sequence[str], limit: int = 50
+        self,
+        *,
+        service: str,
+        kinds: Sequence[str],
+        limit: int = 50,
+        sources: Sequence[str] | None = None,
     ) -> list[StoredSignal]:
-        """Journaled signals of these kinds for a service (deploys, migrations), newest first."""
+        """Journaled signals of these kinds for a service (deploys, migrations), newest first;
+        only from ``sources`` when given (so untrusted signals cannot crowd out the limit)."""
         ...
 
     async def firing_alert_times(

@@ -43,7 +43,10 @@ class StepKind(StrEnum):
 
 class NoActionReason(StrEnum):
     RESOLVED = "resolved"  # resolved alerts never start actions
-    UNROUTABLE = "unroutable"  # no service label, or service not in the catalog
+    UNROUTABLE = "unroutable"  # names no service
+    # Outside what remediator may act on: a service not in the catalog, a namespace other
+    # than the catalog's, or a protected namespace.
+    NOT_IN_CATALOG = "not_in_catalog"
     NO_RULE = "no_rule"
     IN_PROGRESS = "in_progress"  # a remediation for this service is still open
     COOLDOWN = "cooldown"
@@ -53,6 +56,9 @@ class NoActionReason(StrEnum):
     OUTSIDE_ROLLBACK_WINDOW = "outside_rollback_window"  # no healthy revision in range
     ESCALATED = "escalated"  # at max replicas and no recent deploy: people decide
     NOT_APPLICABLE = "not_applicable"  # the action lacks what it needs (db, config, replicas)
+    # The signal asks for something only trusted history may decide, and that history
+    # disagrees or is silent (a migration an alert names): people decide.
+    NEEDS_HUMAN = "needs_human"
     # Deciding this signal failed (a bug or data the rules cannot handle); the engine, not
     # the rules, records it so that one signal never stops deciding for the others.
     INTERNAL_ERROR = "internal_error"

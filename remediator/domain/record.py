@@ -283,6 +283,13 @@ def status_note(record: RollbackRecord) -> str | None:
                 "Not decided: remediator failed while deciding this signal, so nothing was "
                 "done; people decide."
             )
+        if record.reason == NoActionReason.NEEDS_HUMAN:
+            return (
+                "Needs a human: only trusted history may choose what to undo, and it does not "
+                "back this signal; nothing was done, people decide."
+            )
+        if record.reason == NoActionReason.NOT_IN_CATALOG:
+            return "Skipped: outside the catalog remediator may act on; nothing was touched."
         return "Skipped: no action was taken."
     if record.status is RemediationStatus.AWAITING_APPROVAL:
         return "Awaiting approval: nothing runs until an approver approves the plan."

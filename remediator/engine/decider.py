@@ -34,6 +34,7 @@ from remediator.domain.plans import ActionKind, Decision, NoAction, NoActionReas
 from remediator.domain.record import RemediationStatus as RecordStatus
 from remediator.domain.record import stage_for
 from remediator.domain.rules import (
+    HISTORY_KINDS,
     CircuitState,
     DeployRecord,
     MigrationRecord,
@@ -44,8 +45,10 @@ from remediator.domain.rules import (
     circuit_trip_reason,
     decide,
     deploy_record_from_signal,
+    history_trusted,
     migration_record_from_signal,
 )
+from remediator.domain.rules.events import DEPLOY_SUCCEEDED
 from remediator.domain.signals import Signal, Source, Status
 from remediator.engine.notify import notice_messages
 from remediator.ports import (
@@ -78,8 +81,6 @@ _STATUS_FOR_HISTORY = {
 }
 
 
-HISTORY_KINDS = ("deployment.succeeded", "migration.started", "migration.applied",
-                 "migration.failed")  # fmt: skip
 HISTORY_EVENTS = 50
 # How much of an exception's message a decision's explanation keeps.
 MAX_ERROR_TEXT = 500
@@ -226,7 +227,7 @@ class DecisionEngine:
         now = self._clock()
         circuit = await self._circuit_state()
         histories: dict[str, list[RemediationRecord]] = {}
-        view = _BatchView(journal=self._journal, facts=self._facts,
+        view = _BatchView(journal=self._journal, facts=self._facts, pack=self._pack,
                           alert_kinds=self._alert_kinds, on_error=self._facts_failed)  # fmt: skip
         records: list[DecisionRecord] = []
         decisions: list[Decision] = []
@@ -247,7 +248,7 @@ class DecisionEngine:
         await self._latch_circuit(circuit, now=now)
         if self._on_deploy is not None:
             for item in items:
-                if item.signal.kind == "deployment.succeeded":
+                if self._is_trusted_deploy(item.signal):
                     await self._deploy_hook(item.signal)
 
     async def _decide(
@@ -329,6 +330,13 @@ class DecisionEngine:
         if self._on_facts_error is not None:
             self._on_facts_error(service)
 
+    def _is_trusted_deploy(self, signal: Signal) -> bool:
+        # Snapshots are labelled with the event's revision: only a source trusted for
+        # deploy history may name one (an alert called deployment.succeeded may not).
+        return signal.kind == DEPLOY_SUCCEEDED and history_trusted(
+            signal, defaults=self._pack.defaults
+        )
+
     async def _deploy_hook(self, signal: Signal) -> None:
         assert self._on_deploy is not None
         try:
@@ -408,9 +416,13 @@ class DecisionEngine:
         view: _BatchView,
     ) -> ServiceState:
         signal = item.signal
-        spec = self._pack.services.get(signal.service) if signal.service else None
-        if spec is None or signal.service is None:
+        if signal.service is None or self._pack.out_of_scope(
+            signal.service, signal.namespace or None
+        ):
+            # Decided not_in_catalog without reading anything: a forged service or
+            # namespace costs no cluster or history reads.
             return ServiceState(remediations=tuple(history), circuit=circuit)
+        spec = self._pack.services[signal.service]
         # Replicas only matter when an action could follow; resolved alerts never act.
         replicas = None
         if signal.status is not Status.RESOLVED:
@@ -459,7 +471,7 @@ class DecisionEngine:
             )
         else:
             outcome, reason, rule = "no_action", decision.reason.value, decision.rule
-            if decision.reason not in _NOT_REMEDIATIONS and signal.service is not None:
+            if _opens_remediation(decision) and signal.service is not None:
                 status = "dry-run" if decision.reason is NoActionReason.DRY_RUN else "skipped"
                 remediation = self._remediation(
                     signal, decision, plan=decision.plan, status=status, reason=reason, now=now,
@@ -495,6 +507,8 @@ class DecisionEngine:
         manual = signal.source is Source.MANUAL
         action = plan.action.value if plan is not None else None
         spec = self._pack.services.get(signal.service)
+        if isinstance(decision, NoAction) and decision.reason is NoActionReason.NOT_IN_CATALOG:
+            spec = None  # the namespace the signal asked for, not the catalog's
         return NewRemediation(
             id=remediation_id(signal.id),
             signal_id=signal.id,
@@ -528,11 +542,13 @@ class _BatchView:
         *,
         journal: Journal,
         facts: ServiceFacts,
+        pack: RulePack,
         alert_kinds: tuple[str, ...],
         on_error: Callable[[str, str, Exception], None],
     ) -> None:
         self._journal = journal
         self._facts = facts
+        self._defaults = pack.defaults
         self._alert_kinds = alert_kinds
         self._on_error = on_error
         self._replicas: dict[str, tuple[int, int | None] | None] = {}
@@ -560,14 +576,15 @@ class _BatchView:
 
     async def history(self, service: str, *, upto_seq: int) -> _History:
         if service not in self._events:
+            # Untrusted signals are left out by the query, so a flood of alerts named
+            # like deploy events cannot push the real history past the limit.
             newest_first = await self._journal.service_events(
-                service=service, kinds=HISTORY_KINDS, limit=HISTORY_EVENTS
-            )
+                service=service, kinds=HISTORY_KINDS, limit=HISTORY_EVENTS,
+                sources=[source.value for source in self._defaults.trusted_history_sources],
+            )  # fmt: skip
             events = list(reversed(newest_first))
             finishes = [
-                d.finished_at
-                for d in map(deploy_record_from_signal, (e.signal for e in events))
-                if d is not None
+                d.finished_at for d in (self._deploy(e.signal) for e in events) if d is not None
             ]
             # Only alerts between the oldest and newest deploy can mark one unhealthy.
             alert_times: list[datetime] = []
@@ -587,14 +604,20 @@ class _BatchView:
         if key not in self._memo:
             visible = [e.signal for e in events[:prefix]]
             deploys = mark_healthy(
-                [d for d in map(deploy_record_from_signal, visible) if d is not None],
+                [d for d in map(self._deploy, visible) if d is not None],
                 alerts_between=self._alert_times[service],
             )
             migrations = tuple(
-                m for m in map(migration_record_from_signal, visible) if m is not None
+                m
+                for m in (migration_record_from_signal(s, defaults=self._defaults) for s in visible)
+                if m is not None
             )
             self._memo[key] = (deploys, migrations)
         return self._memo[key]
+
+    def _deploy(self, signal: Signal) -> DeployRecord | None:
+        # The filter again, on the signal itself: also the pack's trusted event sources.
+        return deploy_record_from_signal(signal, defaults=self._defaults)
 
 
 class _WriteRefused(Exception):
@@ -603,6 +626,18 @@ class _WriteRefused(Exception):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+def _opens_remediation(decision: NoAction) -> bool:
+    """Whether a skip is recorded as a remediation (listed in the API, notified if flagged).
+
+    Out-of-catalog signals are, when a rule would have acted on them: someone tried to
+    have a service outside the scope remediated. One no rule matches (say a deploy event
+    of another team's service) is only journaled as a decision, like ``no_rule``.
+    """
+    if decision.reason is NoActionReason.NOT_IN_CATALOG:
+        return decision.rule is not None
+    return decision.reason not in _NOT_REMEDIATIONS
 
 
 def _remember(

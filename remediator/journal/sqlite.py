@@ -408,18 +408,24 @@ class SqliteJournal:
         await self._transaction(write)
 
     async def service_events(
-        self, *, service: str, kinds: Sequence[str], limit: int = 50
+        self,
+        *,
+        service: str,
+        kinds: Sequence[str],
+        limit: int = 50,
+        sources: Sequence[str] | None = None,
     ) -> list[StoredSignal]:
-        if not kinds:
+        if not kinds or (sources is not None and not sources):
             return []
         marks = ",".join("?" * len(kinds))
+        by_source = "" if sources is None else f" AND source IN ({','.join('?' * len(sources))})"
 
         def query(conn: sqlite3.Connection) -> list[StoredSignal]:
             rows = conn.execute(
                 "SELECT seq, id, key, source, kind, status, service, namespace, starts_at,"
                 f" ends_at, received_at, body FROM signals WHERE service = ? AND kind IN ({marks})"
-                " ORDER BY seq DESC LIMIT ?",
-                (service, *kinds, limit),
+                f"{by_source} ORDER BY seq DESC LIMIT ?",
+                (service, *kinds, *(sources or ()), limit),
             ).fetchall()
             return [_row_to_stored(row) for row in rows]
 

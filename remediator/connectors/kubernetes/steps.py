@@ -92,6 +92,7 @@ class KubernetesStepRunner:
     ) -> dict[str, Any]:
         p = step.params
         namespace = str(p["namespace"])
+        self._in_scope(service, namespace)
         kind = step.kind
         if kind is StepKind.ROLLOUT_UNDO:
             target = int(str(p["to_revision"]))
@@ -264,6 +265,16 @@ class KubernetesStepRunner:
         return _record(result)
 
     # -- lookups -----------------------------------------------------------------------
+    def _in_scope(self, service: str, namespace: str) -> None:
+        """Refuse, before touching anything, a step outside the catalog (defence in depth:
+        the decision engine never plans one, but a journal is not a trust boundary)."""
+        outside = self._pack.out_of_scope(service, namespace)
+        if outside is not None:
+            raise ActionRefused(
+                f"{outside}; remediator acts only on the catalog's services",
+                target=f"{namespace}/{service}", reason="not-in-catalog",
+            )  # fmt: skip
+
     def _workload(self, service: str) -> str:
         spec = self._pack.services.get(service)
         if spec is None:

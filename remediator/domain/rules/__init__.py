@@ -2,7 +2,9 @@
 
 from remediator.domain.rules.decide import decide, match_rule, rule_mismatch
 from remediator.domain.rules.events import (
+    HISTORY_KINDS,
     deploy_record_from_signal,
+    history_trusted,
     migration_record_from_signal,
     signal_from_cloudevent,
 )
@@ -26,6 +28,7 @@ from remediator.domain.rules.state import (
 )
 
 __all__ = [
+    "HISTORY_KINDS",
     "CircuitState",
     "Defaults",
     "DeployRecord",
@@ -45,6 +48,7 @@ __all__ = [
     "circuit_trip_reason",
     "decide",
     "deploy_record_from_signal",
+    "history_trusted",
     "load_rule_pack",
     "match_rule",
     "migration_record_from_signal",

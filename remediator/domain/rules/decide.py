@@ -20,6 +20,7 @@ from remediator.domain.plans import (
     StepKind,
 )
 from remediator.domain.rules.durations import format_duration
+from remediator.domain.rules.events import history_trusted
 from remediator.domain.rules.matchers import first_mismatch
 from remediator.domain.rules.model import (
     BlueGreenRollback,
@@ -33,6 +34,7 @@ from remediator.domain.rules.model import (
 )
 from remediator.domain.rules.state import (
     DeployRecord,
+    MigrationRecord,
     MigrationStatus,
     RemediationStatus,
     ServiceState,
@@ -103,17 +105,16 @@ def decide(
         )
     if signal.service is None:
         return skip(NoActionReason.UNROUTABLE, f"{_describe(signal)} names no service")
+    # Scope before rules: whatever a rule says, nothing outside the catalog is touched.
+    outside = pack.out_of_scope(signal.service, signal.namespace or None)
+    if outside is not None:
+        return skip(
+            NoActionReason.NOT_IN_CATALOG,
+            f"{_describe(signal)}: {outside}; remediator acts only on the catalog's services",
+        )
     if rule is None:
         return skip(NoActionReason.NO_RULE, f"no enabled rule matches {_describe(signal)}")
-    spec = pack.services.get(signal.service)
-    if spec is None:
-        return skip(NoActionReason.UNROUTABLE, f"service {signal.service!r} is not in the catalog")
-    if signal.namespace and signal.namespace != spec.namespace:
-        return skip(
-            NoActionReason.UNROUTABLE,
-            f"{_describe(signal)} is in namespace {signal.namespace!r}, but the catalog "
-            f"places {signal.service!r} in {spec.namespace!r}",
-        )
+    spec = pack.services[signal.service]
 
     manual = signal.source is Source.MANUAL
     automated = rule.action is not ActionKind.NOTIFY_ONLY and not manual
@@ -460,18 +461,13 @@ class _Context:
                 NoActionReason.NOT_APPLICABLE,
                 f"service {self.service!r} has no database settings",
             )
-        labels = self.signal.labels
-        failed = [m for m in self.state.migrations if m.status is MigrationStatus.FAILED]
-        failed.sort(key=lambda m: m.at)
-        migration_id = labels.get("migration") or (failed[-1].id if failed else None)
-        if not migration_id:
-            return self._skip(
-                NoActionReason.NOT_APPLICABLE,
-                f"no failed migration of {self.service!r} is known (no 'migration' label, "
-                f"none recorded failed)",
-            )
-        record = next((m for m in failed if m.id == migration_id), None)
-        version = labels.get("version") or (record.version if record else None)
+        if history_trusted(self.signal, defaults=self.pack.defaults):
+            chosen = self._migration_from_event()
+        else:
+            chosen = self._migration_from_history()
+        if isinstance(chosen, NoAction):
+            return chosen
+        migration_id, version = chosen
         deploys = self.state.deploys_newest_first()
         rolled_out = version is not None and bool(deploys) and deploys[0].version == version
         steps = [
@@ -516,6 +512,51 @@ class _Context:
         ]
         return self._plan(ActionKind.REVERT_MIGRATION, steps, explanation=explanation)
 
+    def _migration_from_event(self) -> tuple[str, str | None] | NoAction:
+        """(migration, release) for a signal from a trusted source: it may name them."""
+        labels = self.signal.labels
+        failed = [m for m in self.state.migrations if m.status is MigrationStatus.FAILED]
+        failed.sort(key=lambda m: m.at)
+        migration_id = labels.get("migration") or (failed[-1].id if failed else None)
+        if not migration_id:
+            return self._skip(
+                NoActionReason.NOT_APPLICABLE,
+                f"no failed migration of {self.service!r} is known (no 'migration' label, "
+                f"none recorded failed)",
+            )
+        record = next((m for m in failed if m.id == migration_id), None)
+        return migration_id, labels.get("version") or (record.version if record else None)
+
+    def _migration_from_history(self) -> tuple[str, str | None] | NoAction:
+        """(migration, release) for an alert or a request: only the migration trusted
+        history records as the service's latest, whatever the signal's labels say."""
+        claimed = self.signal.labels.get("migration")
+        asks = f"{_describe(self.signal)} asks to revert " + (
+            f"migration {claimed!r}" if claimed else "a migration"
+        )
+        latest = _latest(self.state.migrations)
+        sources = ", ".join(self.pack.defaults.trusted_history_sources) or "none configured"
+        if latest is None:
+            return self._needs_human(
+                f"{asks}, but no trusted source ({sources}) recorded a migration of "
+                f"{self.service!r}; only they may say which migration to revert"
+            )
+        seen = f"{latest.id!r} ({latest.status.value} at {latest.at.isoformat()})"
+        if latest.status is MigrationStatus.REVERTED:
+            return self._needs_human(
+                f"{asks}, but the latest migration recorded for {self.service!r}, {seen}, "
+                f"is already reverted"
+            )
+        if claimed and claimed != latest.id:
+            return self._needs_human(
+                f"{asks}, but the latest migration trusted history records for "
+                f"{self.service!r} is {seen}; a signal cannot choose what to revert"
+            )
+        return latest.id, latest.version
+
+    def _needs_human(self, detail: str) -> NoAction:
+        return self._skip(NoActionReason.NEEDS_HUMAN, f"{detail}; people decide", notify=True)
+
     def _restore_config(self) -> Plan | NoAction:
         config = self.spec.config
         if config is None:
@@ -554,6 +595,14 @@ class _Context:
             steps,
             explanation=f"{_describe(self.signal)}: restoring the previous config",
         )
+
+
+def _latest(migrations: tuple[MigrationRecord, ...]) -> MigrationRecord | None:
+    """The newest record; of two at one instant, the later one in history order."""
+    if not migrations:
+        return None
+    _, latest = max(enumerate(migrations), key=lambda pair: (pair[1].at, pair[0]))
+    return latest
 
 
 def _label(deploy: DeployRecord) -> str:

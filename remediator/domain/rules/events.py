@@ -19,6 +19,7 @@ import orjson
 
 from remediator.domain.errors import InvalidInput
 from remediator.domain.limits import InputLimits
+from remediator.domain.rules.model import Defaults
 from remediator.domain.rules.state import DeployRecord, MigrationRecord, MigrationStatus
 from remediator.domain.signals import Signal, Source, Status, signal_time
 
@@ -181,16 +182,34 @@ MIGRATION_KINDS = {
     "migration.applied": "applied",
     "migration.reverted": "reverted",
 }
+# Every kind that may become history, for the journal query that reads it.
+HISTORY_KINDS = (DEPLOY_SUCCEEDED, *MIGRATION_KINDS)
 
 
-def deploy_record_from_signal(signal: Signal) -> DeployRecord | None:
-    """The deploy a ``deployment.succeeded`` event reports, for the service's history.
+def history_trusted(signal: Signal, *, defaults: Defaults) -> bool:
+    """Whether ``signal`` comes from a source trusted to say what a service runs.
+
+    Only such signals become deploy and migration history, and only history chooses
+    what to roll back or revert to. A signal's name proves nothing: an alert named
+    ``deployment.succeeded`` is still an alert.
+    """
+    if signal.source not in defaults.trusted_history_sources:
+        return False
+    if signal.source is Source.KAFKA and defaults.trusted_event_sources:
+        return signal.labels.get("event_source") in defaults.trusted_event_sources
+    return True
+
+
+def deploy_record_from_signal(signal: Signal, *, defaults: Defaults) -> DeployRecord | None:
+    """The deploy a trusted ``deployment.succeeded`` event reports, for the service's history.
 
     ``healthy`` stays unknown: only the engine's later verification may mark it healthy,
     and only healthy revisions are ever rollback targets.
     """
     revision = signal.labels.get("revision") or signal.labels.get("version")
     if signal.kind != DEPLOY_SUCCEEDED or not revision:
+        return None
+    if not history_trusted(signal, defaults=defaults):
         return None
     return DeployRecord(
         revision=revision,
@@ -200,11 +219,11 @@ def deploy_record_from_signal(signal: Signal) -> DeployRecord | None:
     )
 
 
-def migration_record_from_signal(signal: Signal) -> MigrationRecord | None:
-    """The migration outcome a ``migration.*`` event reports, for the service's history."""
+def migration_record_from_signal(signal: Signal, *, defaults: Defaults) -> MigrationRecord | None:
+    """The migration outcome a trusted ``migration.*`` event reports, for the history."""
     status = MIGRATION_KINDS.get(signal.kind)
     migration = signal.labels.get("migration")
-    if status is None or not migration:
+    if status is None or not migration or not history_trusted(signal, defaults=defaults):
         return None
     return MigrationRecord(
         id=migration,

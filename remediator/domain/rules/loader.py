@@ -165,6 +165,7 @@ def _merge(
 ) -> RulePack:
     services: dict[str, ServiceSpec] = {}
     service_origin: dict[str, str] = {}
+    service_files: dict[str, _Parsed] = {}
     rules: list[Rule] = []
     origins: dict[str, str] = {}
     defaults: Defaults | None = None
@@ -185,6 +186,7 @@ def _merge(
                 continue
             services[service_name] = spec
             service_origin[service_name] = f"{item.name}:{line}"
+            service_files[service_name] = item
         for index, rule in enumerate(item.content.rules):
             line, _ = _locate(item.root, ("rules", index))
             if rule.name in origins:
@@ -213,11 +215,30 @@ def _merge(
                 )
             else:
                 defaults, defaults_origin = item.content.defaults, f"{item.name}:{line}"
+    pack_defaults = defaults or Defaults()
     for item, index, rule in placed if check_references else ():
         problems.extend(_cross_check(item, index, rule, services))
-    return RulePack(
-        services=services, rules=tuple(rules), defaults=defaults or Defaults(), origins=origins
-    )
+    if check_references:  # the allow-list may sit in a file that did not parse
+        problems.extend(_protected_namespaces(services, service_files, pack_defaults))
+    return RulePack(services=services, rules=tuple(rules), defaults=pack_defaults, origins=origins)
+
+
+def _protected_namespaces(
+    services: Mapping[str, ServiceSpec], files: Mapping[str, _Parsed], defaults: Defaults
+) -> Iterator[RuleProblem]:
+    """Catalog entries in namespaces such as kube-system, unless explicitly allowed."""
+    for service_name, spec in services.items():
+        if spec.namespace not in defaults.protected:
+            continue
+        item = files[service_name]
+        line, field = _locate(item.root, ("services", service_name, "namespace"))
+        yield RuleProblem(
+            item.name,
+            line,
+            field,
+            f"namespace {spec.namespace!r} is protected: remediator acts there only if "
+            f"defaults.allow_protected_namespaces lists it",
+        )
 
 
 # What an action needs from the catalog entry of every service it may act on.

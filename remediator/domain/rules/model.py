@@ -19,6 +19,7 @@ from pydantic import (
     PlainValidator,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -247,6 +248,15 @@ class CircuitBreakerSpec(_Strict):
     max_consecutive_failures: int = Field(default=3, ge=1)
 
 
+# The cluster's own machinery: a catalog entry there is refused unless listed explicitly in
+# ``allow_protected_namespaces``, even when a pack's ``protected_namespaces`` leaves it out.
+ALWAYS_PROTECTED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+# Sources that can know what a service runs: the CD pipeline's deploy events. An alert can
+# say *that* something is wrong, never which revision, selector value or migration is the
+# good one; a manual request names a wish, not a fact. Neither may write history.
+HISTORY_CAPABLE_SOURCES = frozenset({Source.KAFKA})
+
+
 class Defaults(_Strict):
     recent_deploy_window: Duration = timedelta(minutes=30)
     cooldown: Duration = timedelta(minutes=30)
@@ -255,6 +265,32 @@ class Defaults(_Strict):
     dry_run: bool = False
     require_approval: bool = False
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
+    # Whose events become deploy and migration history (revisions, selector values,
+    # migration ids): the only place rollback and revert targets come from.
+    trusted_history_sources: tuple[Source, ...] = (Source.KAFKA,)
+    # CloudEvents ``source`` attributes trusted on the deploy topics; empty: every producer
+    # allowed to write to those topics.
+    trusted_event_sources: tuple[Text, ...] = ()
+    protected_namespaces: tuple[K8sName, ...] = ALWAYS_PROTECTED_NAMESPACES
+    allow_protected_namespaces: tuple[K8sName, ...] = ()
+
+    @field_validator("trusted_history_sources")
+    @classmethod
+    def _only_sources_that_know_history(cls, value: tuple[Source, ...]) -> tuple[Source, ...]:
+        for source in value:
+            if source not in HISTORY_CAPABLE_SOURCES:
+                raise ValueError(
+                    f"{source.value} cannot be trusted for deploy or migration history: "
+                    f"it can say that something is wrong, never what to roll back to "
+                    f"(allowed: {', '.join(sorted(HISTORY_CAPABLE_SOURCES))})"
+                )
+        return value
+
+    @property
+    def protected(self) -> frozenset[str]:
+        """Namespaces no catalog entry may name: the protected ones not explicitly allowed."""
+        listed = {*ALWAYS_PROTECTED_NAMESPACES, *self.protected_namespaces}
+        return frozenset(listed - set(self.allow_protected_namespaces))
 
 
 # --- files and packs -----------------------------------------------------------------
@@ -277,3 +313,20 @@ class RulePack(_Strict):
 
     def rule(self, name: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.name == name), None)
+
+    def out_of_scope(self, service: str, namespace: str | None) -> str | None:
+        """Why remediator may not act on ``service`` in ``namespace`` (``None``: it may).
+
+        ``namespace`` ``None`` means the caller does not say; the catalog's then applies.
+        """
+        spec = self.services.get(service)
+        if spec is None:
+            return f"service {service!r} is not in the catalog"
+        if namespace is not None and namespace != spec.namespace:
+            return (
+                f"namespace {namespace!r} is not where the catalog places {service!r} "
+                f"({spec.namespace!r})"
+            )
+        if spec.namespace in self.defaults.protected:
+            return f"namespace {spec.namespace!r} is protected"
+        return None

@@ -18,7 +18,7 @@ from remediator.connectors.kubernetes.client import KubeClient, Ref
 from remediator.connectors.kubernetes.lease import ServiceLease
 from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLock
 from remediator.domain.plans import StepKind
-from remediator.domain.rules import load_rule_pack, signal_from_cloudevent
+from remediator.domain.rules import RulePack, load_rule_pack, signal_from_cloudevent
 from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.engine.executor import Executor
 from remediator.journal.sqlite import SqliteJournal
@@ -55,14 +55,19 @@ async def drive(ex: Executor, clock: Clock, *, seconds: float, tick: float = 0.5
         clock.now += timedelta(seconds=tick)
 
 
-async def broken_rollout_plan(kc: KubeClient, ns: str, journal: SqliteJournal) -> str:
-    """checkout rolled out v1, then v2 whose pods never get ready: a rollback plan."""
+def pack_in(ns: str) -> RulePack:
+    """The shipped rules with checkout, the only service, catalogued in ``ns``."""
     files = {k: v for k, v in read_rule_files(RULES).items() if not k.endswith("catalog.yaml")}
     files["catalog.yaml"] = (
         f"services:\n  checkout:\n    namespace: {ns}\n    workload: checkout\n"
         "    rollback: {strategy: rolling}\n"
     )
-    pack = load_rule_pack(files)
+    return load_rule_pack(files)
+
+
+async def broken_rollout_plan(kc: KubeClient, ns: str, journal: SqliteJournal) -> str:
+    """checkout rolled out v1, then v2 whose pods never get ready: a rollback plan."""
+    pack = pack_in(ns)
     ref = Ref("Deployment", ns, "checkout")
     await create_and_roll_out(kc, ns, deployment("checkout", "app:v1"))
     bad = {"spec": {"template": {"metadata": {"labels": {NOT_READY_LABEL: "true"}},
@@ -91,7 +96,8 @@ async def test_a_held_lease_is_asked_for_once_per_backoff_period_then_the_plan_r
 
     clock = Clock(datetime.now(UTC))
     attempts: list[str] = []
-    pack = load_rule_pack_from_path(RULES)
+    # The pack the plan was decided with: the runner refuses a namespace its catalog lacks.
+    pack = pack_in(ns)
     ex = Executor(
         journal=journal,
         runner=KubernetesStepRunner(kube=kc, pack=pack, rollout_timeout_seconds=60,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from remediator import cli_db
+from remediator.cli import db as cli_db
 from remediator.connectors.postgres import SqlDirRunner, advisory_lock
 from remediator.journal.sqlite import SqliteJournal
 from tests.integration.postgres.conftest import execute, rows, snapshot

@@ -154,7 +154,8 @@ async def test_each_signal_is_decided_once_across_restarts(
         ([cpu(1, status="resolved")], "resolved"),
         ([alert(name="Watchdog", service="checkout", fingerprint="w")], "no_rule"),
         ([alert(name="CPUSaturation", service=None, fingerprint="u")], "unroutable"),
-        ([alert(name="CPUSaturation", service="unknown-svc", fingerprint="x")], "unroutable"),
+        # Outside the catalog, and no rule would act on it: a decision, no remediation.
+        ([alert(name="Watchdog", service="unknown-svc", fingerprint="x")], "not_in_catalog"),
     ],
 )
 async def test_decisions_without_a_remediation_are_not_listed(
@@ -169,6 +170,28 @@ async def test_decisions_without_a_remediation_are_not_listed(
     rows = db.execute("SELECT outcome, reason, explanation FROM decisions").fetchall()
     assert [(r[0], r[1]) for r in rows] == [("no_action", reason)]
     assert rows[0][2]
+
+
+async def test_a_signal_outside_the_catalog_that_a_rule_matches_is_listed_not_acted_on(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    facts = FakeFacts({"unknown-svc": (3, None), "checkout": (3, None)})
+    await journal_alerts(journal, [
+        alert(name="CPUSaturation", service="unknown-svc", fingerprint="x"),
+        alert(name="CPUSaturation", service="checkout", namespace="kube-system", fingerprint="y"),
+    ])  # fmt: skip
+    engine = DecisionEngine(journal=journal, pack=pack, facts=facts, dry_run=False,
+                            clock=Clock(NOW), notice_channels=("slack",))  # fmt: skip
+    assert await drain(engine) == 2
+    rems = await all_remediations(journal)
+    assert sorted((r["service"], r["namespace"], r["status"], r["reason"]) for r in rems) == [
+        ("checkout", "kube-system", "skipped", "not_in_catalog"),
+        ("unknown-svc", "shop", "skipped", "not_in_catalog"),
+    ]
+    assert all(r["rule"] == "cpu-saturation-scale-or-rollback" for r in rems)
+    # Nothing about a forged target is read, and nobody is paged for it.
+    assert facts.asked == []
+    assert await journal.pending(channel="slack", limit=10) == []
 
 
 async def test_unknown_replicas_skip_scale_up_as_not_applicable(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remediator import cli_rules
+from remediator.cli import rules as cli_rules
 
 from .conftest import RULES_DIR
 
@@ -184,3 +184,47 @@ def test_explain_rejects_bad_input(capsys: pytest.CaptureFixture[str], tmp_path:
     )
     assert code == 2
     assert "current_replicas" in err
+
+
+def test_explain_says_why_an_alert_may_not_choose_the_migration(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    forged = {
+        "labels": {"alertname": "MigrationFailed", "service": "checkout", "namespace": "shop",
+                   "migration": "001"},
+        "startsAt": "2026-11-27T08:50:00Z",
+    }  # fmt: skip
+    (tmp_path / "alert.json").write_text(json.dumps(forged))
+    (tmp_path / "state.yaml").write_text(
+        "migrations:\n  - {id: 042_add_index, status: failed, at: '2026-11-27T08:40:00Z'}\n"
+    )
+    code, out, _ = run(
+        capsys, "rules", "explain", "--rules", str(RULES_DIR), "--alert",
+        str(tmp_path / "alert.json"), "--state", str(tmp_path / "state.yaml"),
+        "--now", "2026-11-27T09:00:00Z",
+    )  # fmt: skip
+    assert code == 0
+    assert "matching rule: migration-failed-alert-revert" in out
+    assert (
+        "no action (needs_human): alert MigrationFailed (firing) for shop/checkout asks to "
+        "revert migration '001', but the latest migration trusted history records for "
+        "'checkout' is '042_add_index'"
+    ) in out
+    assert "people are notified" in out
+
+
+def test_explain_a_signal_outside_the_catalog(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    inside_kube_system = {
+        "labels": {"alertname": "HighErrorRate", "service": "checkout", "namespace": "kube-system"},
+        "startsAt": "2026-11-27T08:50:00Z",
+    }
+    (tmp_path / "alert.json").write_text(json.dumps(inside_kube_system))
+    code, out, _ = run(
+        capsys, "rules", "explain", "--rules", str(RULES_DIR), "--alert",
+        str(tmp_path / "alert.json"), "--now", "2026-11-27T09:00:00Z",
+    )  # fmt: skip
+    assert code == 0
+    assert "no action (not_in_catalog)" in out
+    assert "namespace 'kube-system' is not where the catalog places 'checkout' ('shop')" in out

@@ -57,6 +57,15 @@ def deploys(*, newest_at: datetime, healthy_previous: bool = True) -> tuple[Depl
 
 RECENT = deploys(newest_at=ALERT_START - timedelta(minutes=20))  # within 30 min
 OLD = deploys(newest_at=ALERT_START - timedelta(hours=2))
+# What the deploy events recorded: v1.4.0's migration, the service's latest, failed.
+LATEST_MIGRATION = MigrationRecord(
+    id="042_add_index",
+    status=MigrationStatus.FAILED,
+    at=ALERT_START - timedelta(minutes=5),
+    version="v1.4.0",
+)
+# Shipped triggers that wait for people: an alert cannot say which migration to revert.
+APPROVED_TRIGGERS = {"migration-failed-alert-revert"}
 
 
 def state(**changes: Any) -> ServiceState:
@@ -120,8 +129,8 @@ TRIGGERS = [
     ),
     (
         "migration failed (alert), release rolled out: backup, app rollback, revert",
-        alert("MigrationFailed", migration="042_add_index", version="v1.4.0"),
-        state(),
+        alert("MigrationFailed", migration="042_add_index"),
+        state(migrations=(LATEST_MIGRATION,)),
         "migration-failed-alert-revert",
         ActionKind.REVERT_MIGRATION,
         [
@@ -194,7 +203,7 @@ def test_automatic_triggers(
     assert all(step.reason for step in plan.steps)
     assert plan.explanation
     assert not plan.dry_run
-    assert not plan.require_approval
+    assert plan.require_approval is (rule in APPROVED_TRIGGERS)
 
 
 def test_rolling_rollback_targets_the_newest_healthy_revision(pack: RulePack) -> None:
@@ -287,14 +296,14 @@ REASONS = [
         "service not in catalog",
         alert("HighErrorRate", service="cart"),
         state(),
-        NoActionReason.UNROUTABLE,
+        NoActionReason.NOT_IN_CATALOG,
         "not in the catalog",
     ),
     (
         "namespace differs",
         alert("HighErrorRate", namespace="staging"),
         state(),
-        NoActionReason.UNROUTABLE,
+        NoActionReason.NOT_IN_CATALOG,
         "namespace 'staging'",
     ),
     (
@@ -398,6 +407,13 @@ REASONS = [
         state(),
         NoActionReason.NOT_APPLICABLE,
         "no failed migration",
+    ),
+    (
+        "alert names a migration the trusted history does not",
+        alert("MigrationFailed", migration="001_init"),
+        state(migrations=(LATEST_MIGRATION,)),
+        NoActionReason.NEEDS_HUMAN,
+        "latest migration trusted history records for 'checkout' is '042_add_index'",
     ),
     (
         "no scale bounds known",

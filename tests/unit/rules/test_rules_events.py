@@ -9,6 +9,7 @@ import pytest
 
 from remediator.domain.errors import InvalidInput
 from remediator.domain.rules import (
+    Defaults,
     MigrationStatus,
     deploy_record_from_signal,
     migration_record_from_signal,
@@ -18,6 +19,7 @@ from remediator.domain.rules.events import event_kind
 from remediator.domain.signals import Source, Status
 
 RECEIVED = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+DEFAULTS = Defaults()
 
 
 def cloudevent(**changes: Any) -> dict[str, Any]:
@@ -149,7 +151,7 @@ def test_deploy_and_migration_records_from_events() -> None:
         ),
         received_at=RECEIVED,
     )
-    record = deploy_record_from_signal(deployed)
+    record = deploy_record_from_signal(deployed, defaults=DEFAULTS)
     assert record is not None
     assert (record.revision, record.version, record.previous_revision, record.healthy) == (
         "9",
@@ -159,7 +161,7 @@ def test_deploy_and_migration_records_from_events() -> None:
     )
     assert record.finished_at == datetime(2026, 11, 27, 8, 59, tzinfo=UTC)
     failed = migration_record_from_signal(
-        signal_from_cloudevent(cloudevent(), received_at=RECEIVED)
+        signal_from_cloudevent(cloudevent(), received_at=RECEIVED), defaults=DEFAULTS
     )
     assert failed is not None
     assert (failed.id, failed.status, failed.version) == (
@@ -167,8 +169,10 @@ def test_deploy_and_migration_records_from_events() -> None:
         MigrationStatus.FAILED,
         "v1.4.0",
     )
-    assert migration_record_from_signal(deployed) is None
+    assert migration_record_from_signal(deployed, defaults=DEFAULTS) is None
     assert (
-        deploy_record_from_signal(signal_from_cloudevent(cloudevent(), received_at=RECEIVED))
+        deploy_record_from_signal(
+            signal_from_cloudevent(cloudevent(), received_at=RECEIVED), defaults=DEFAULTS
+        )
         is None
     )

@@ -1,0 +1,161 @@
+"""Without --url the commands read the local journal file (a real SQLite journal here);
+approving and resetting there is break-glass: said so, and recorded as the OS user."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from remediator.domain.rules import RulePack
+from remediator.domain.signals import Signal, Source, Status
+from remediator.engine.decider import DecisionEngine
+from remediator.journal.sqlite import SqliteJournal
+from remediator.rulefiles import load_rule_pack_from_path
+from tests.unit.cli.conftest import Cli
+from tests.unit.engine.test_decider import (
+    NOW,
+    RULES,
+    Clock,
+    FakeFacts,
+    deploy_event,
+    journal_alerts,
+    journal_events,
+)
+from tests.unit.payloads import alert
+
+USER = f"local:{getpass.getuser()}"
+
+
+@pytest.fixture
+def journal_path(tmp_path: Path) -> Path:
+    return tmp_path / "journal.db"
+
+
+def journal_flag(path: Path) -> list[str]:
+    return ["--journal", f"sqlite:///{path}"]
+
+
+async def _awaiting_approval(path: Path) -> str:
+    """A rollback plan whose rule requires approval, as the engine journals it."""
+    pack = load_rule_pack_from_path(RULES)
+    rules = tuple(
+        r.model_copy(update={"require_approval": True}) if r.name == "pod-not-ready-rollback" else r
+        for r in pack.rules
+    )
+    gated: RulePack = pack.model_copy(update={"rules": rules})
+    journal = SqliteJournal(path=path)
+    await journal.open()
+    try:
+        await journal_events(journal, [deploy_event(1, at=NOW - timedelta(days=1)),
+                                       deploy_event(2, at=NOW - timedelta(minutes=8))])  # fmt: skip
+        await journal_alerts(journal, [alert(name="PodNotReady", fingerprint="gate",
+                                             starts_at=(NOW - timedelta(minutes=5)).isoformat())])  # fmt: skip
+        await DecisionEngine(journal=journal, pack=gated, facts=FakeFacts({}), dry_run=False,
+                             clock=Clock(NOW)).run_once()  # fmt: skip
+        [item] = (await journal.list_remediations(status="awaiting_approval")).items
+        return str(item["id"])
+    finally:
+        await journal.close()
+
+
+async def _read(path: Path, remediation_id: str) -> dict[str, object]:
+    journal = SqliteJournal(path=path)
+    await journal.open()
+    try:
+        item = await journal.get_remediation(remediation_id)
+        assert item is not None
+        return item
+    finally:
+        await journal.close()
+
+
+def test_approving_in_the_journal_file_is_break_glass_as_the_os_user(
+    cli: Cli, journal_path: Path
+) -> None:
+    rid = asyncio.run(_awaiting_approval(journal_path))
+    code, out, err = cli("approve", rid, *journal_flag(journal_path))
+    assert code == 0
+    assert "break-glass" in err and f"Recorded as who did it: {USER}, the local OS user" in err
+    assert out.startswith(f"{rid} approved by {USER}: rollback on checkout will run")
+    item = asyncio.run(_read(journal_path, rid))
+    assert item["status"] == "planned" and item["approved_by"] == USER
+
+    code, _, err = cli("approve", rid, *journal_flag(journal_path))
+    assert code == 1
+    assert err.splitlines()[-1] == f"remediator: {rid} is planned, not awaiting approval"
+
+
+def test_by_is_recorded_next_to_the_os_user(cli: Cli, journal_path: Path) -> None:
+    rid = asyncio.run(_awaiting_approval(journal_path))
+    code, _, _ = cli("approve", rid, "--by", "alice", *journal_flag(journal_path))
+    assert code == 0
+    assert asyncio.run(_read(journal_path, rid))["approved_by"] == f"alice ({USER})"
+
+
+@pytest.mark.parametrize("by", ["", "  ", "al\nice", "x" * 201])
+def test_a_bad_by_is_refused_before_the_journal(by: str, cli: Cli, journal_path: Path) -> None:
+    code, _, err = cli("approve", "rem_1", "--by", by, *journal_flag(journal_path))
+    assert code == 2 and "--by: a name of 1 to 200 characters" in err
+    assert not journal_path.exists()
+
+
+def test_resetting_the_breaker_in_the_journal_file_records_the_os_user(
+    cli: Cli, journal_path: Path
+) -> None:
+    async def trip() -> None:
+        journal = SqliteJournal(path=journal_path)
+        await journal.open()
+        await journal.set_circuit(open=True, reason="5 failed remediations in a row", at=NOW)
+        await journal.close()
+
+    asyncio.run(trip())
+    code, out, _ = cli("circuit", "status", *journal_flag(journal_path))
+    assert (code, out.splitlines()[:2]) == (
+        0, ["circuit breaker OPEN: rules only notify", "reason: 5 failed remediations in a row"]
+    )  # fmt: skip
+
+    code, out, err = cli("circuit", "reset", *journal_flag(journal_path))
+    assert code == 0 and "break-glass" in err and USER in err
+    assert out.splitlines()[:2] == [
+        "circuit breaker closed",
+        f"reason: reset by {USER} from the journal file (break-glass)",
+    ]
+
+
+def test_reading_lists_pages_past_one_journal_page(cli: Cli, journal_path: Path) -> None:
+    async def fill() -> None:
+        journal = SqliteJournal(path=journal_path)
+        await journal.open()
+        await journal.record_signals([
+            Signal(key=f"k{n}", source=Source.MANUAL, kind="test", status=Status.EVENT,
+                   service="checkout", namespace="shop", labels={}, annotations={},
+                   starts_at=NOW, ends_at=None, received_at=NOW)
+            for n in range(1200)
+        ])  # fmt: skip
+        await journal.close()
+
+    asyncio.run(fill())
+    code, out, _ = cli("signals", "--limit", "1100", "--json", *journal_flag(journal_path))
+    assert code == 0
+    ids = [orjson.loads(line)["id"] for line in out.splitlines()]
+    assert len(ids) == len(set(ids)) == 1100
+
+
+def test_report_and_unknown_ids_from_the_journal(cli: Cli, journal_path: Path) -> None:
+    rid = asyncio.run(_awaiting_approval(journal_path))
+    code, out, _ = cli("report", rid, *journal_flag(journal_path))
+    assert code == 0 and out.startswith("# Rollback record") and "checkout" in out
+    code, out, err = cli("remediations", "rem_nope", *journal_flag(journal_path))
+    assert (code, out) == (1, "")
+    assert err == "remediator: no remediation 'rem_nope'\n"
+
+
+def test_a_journal_that_cannot_be_opened_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    code, out, err = cli("signals", "--journal", f"sqlite:///{tmp_path}")  # a directory
+    assert (code, out) == (1, "")
+    assert err.startswith(f"remediator: journal {tmp_path}") and err.count("\n") == 1
