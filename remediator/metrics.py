@@ -97,3 +97,14 @@ class Metrics:
             ["route", "code"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "remediator_auth_failures",
+            "Requests whose credential was missing (reason=missing) or not known (invalid).",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_throttled = Counter(
+            "remediator_auth_throttled",
+            "Requests answered 429 because their address failed authentication too often.",
+            registry=r,
+        )

@@ -24,6 +24,8 @@ class RecordResult:
 class SignalPage:
     items: Sequence[dict[str, Any]]
     next_cursor: str | None
+    # item_cursors[i] continues right after items[i] (the API pages by bytes with them)
+    item_cursors: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,12 +84,15 @@ class CircuitRecord:
     open: bool
     reason: str | None
     changed_at: datetime | None  # last open or reset; actions before a reset don't count
+    changed_by: str | None = None  # the principal that reset it; None: the engine
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Page:
     items: Sequence[dict[str, Any]]
     next_cursor: str | None
+    # item_cursors[i] continues right after items[i] (the API pages by bytes with them)
+    item_cursors: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -298,7 +303,11 @@ class Journal(Protocol):
 
     async def circuit(self) -> CircuitRecord: ...
 
-    async def set_circuit(self, *, open: bool, reason: str | None, at: datetime) -> None: ...
+    async def set_circuit(
+        self, *, open: bool, reason: str | None, at: datetime, by: str | None = None
+    ) -> None:
+        """Open or close the breaker; ``by`` is the principal who did it (None: the engine)."""
+        ...
 
     async def list_remediations(
         self,
@@ -314,9 +323,20 @@ class Journal(Protocol):
     async def get_signal(self, signal_id: str) -> Signal | None: ...
 
     async def approve_remediation(
-        self, remediation_id: str, *, by: str, at: datetime, outbox: Sequence[OutboxMessage] = ()
+        self,
+        remediation_id: str,
+        *,
+        by: str,
+        at: datetime,
+        roles: Sequence[str] = (),
+        comment: str | None = None,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> bool:
-        """``awaiting_approval`` becomes ``planned`` (runnable); False if it was not waiting."""
+        """``awaiting_approval`` becomes ``planned`` (runnable); False if it was not waiting.
+
+        ``by`` is the approving principal, ``roles`` the plan's approver roles it holds,
+        ``comment`` what it said; all three are recorded with the remediation.
+        """
         ...
 
     # -- execution -------------------------------------------------------------------

@@ -15,9 +15,10 @@ import contextlib
 import functools
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +44,88 @@ from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.engine.executor import Executor
 from remediator.engine.notify import NotificationRelay
 from remediator.engine.outbox import OutboxRelay
-from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
+from remediator.ingress.auth import (
+    Authenticator,
+    FailedAuthLimiter,
+    WebhookCredential,
+    load_principals,
+    principals_summary,
+)
+from remediator.ingress.http import IntakeApp, IntakeState
 from remediator.ingress.kafka import KafkaIntake, KafkaIntakeMetrics
 from remediator.journal import journal_from_url
 from remediator.metrics import Metrics
 from remediator.ports import Journal, ServiceFacts, StepRunner
 from remediator.rulefiles import load_rule_pack_from_path
-from remediator.settings import Settings, is_loopback
+from remediator.settings import HttpSettings, Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 3600.0
 
 
-def auth_from_settings(settings: Settings) -> AuthConfig:
-    return AuthConfig(
+def auth_from_settings(settings: Settings) -> Authenticator:
+    """The principals of ``auth.principals_file`` and the ingest-only webhook credential;
+    ConfigError naming the file and the entry when they are not right."""
+    webhook = WebhookCredential(
         bearer_token=settings.webhook_token.get_secret_value() if settings.webhook_token else None,
         basic_user=settings.webhook_username,
         basic_password=(
             settings.webhook_password.get_secret_value() if settings.webhook_password else None
         ),
     )
+    path = settings.auth.principals_file
+    principals = load_principals(path) if path is not None else []
+    return Authenticator(principals=principals, webhook=webhook)
+
+
+def failed_auth_limiter(settings: Settings) -> FailedAuthLimiter:
+    a = settings.auth
+    return FailedAuthLimiter(
+        max_failures=a.max_failures,
+        window_seconds=a.failure_window_seconds,
+        max_clients=a.tracked_clients,
+    )
+
+
+def server_ssl_context(http: HttpSettings) -> ssl.SSLContext | None:
+    """HTTPS (TLS 1.2 or later) when a certificate is set; with a client CA, every
+    client must present a certificate that CA signed (refused in the handshake otherwise).
+
+    ConfigError names the setting and the file, never their contents.
+    """
+    if http.tls_cert_file is None or http.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"http.tls_cert_file {http.tls_cert_file} / http.tls_key_file {http.tls_key_file}: "
+            f"cannot load them ({_tls_problem(exc)})"
+        ) from None
+    if http.tls_client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=http.tls_client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"http.tls_client_ca_file {http.tls_client_ca_file}: cannot load it "
+                f"({_tls_problem(exc)})"
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _tls_problem(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return exc.strerror or type(exc).__name__
+
+
+def approval_windows(pack: RulePack) -> dict[str, timedelta | None]:
+    """Each loaded rule's approval_timeout (None: no window)."""
+    return {rule.name: rule.approval_timeout for rule in pack.rules}
 
 
 def check_bind_is_safe(settings: Settings) -> None:
@@ -73,6 +135,7 @@ def check_bind_is_safe(settings: Settings) -> None:
         return
     raise ConfigError(
         f"refusing to listen on {settings.http.listen} without credentials: set "
+        "auth.principals_file (REMEDIATOR_AUTH__PRINCIPALS_FILE) and/or "
         "REMEDIATOR_WEBHOOK_TOKEN (or REMEDIATOR_WEBHOOK_TOKEN_FILE, or basic auth), "
         "listen on 127.0.0.1, or pass --insecure-no-auth"
     )
@@ -110,22 +173,41 @@ class Runtime:
     async def run(self) -> int:
         settings = self.settings
         check_bind_is_safe(settings)
+        # Credentials and certificates are start-up errors, before anything is opened.
+        auth = auth_from_settings(settings)
+        tls = server_ssl_context(settings.http)
         if self.failpoints.armed:
             log.warning("failpoints armed (testing only, never in production): %s",
                         ", ".join(self.failpoints.armed))  # fmt: skip
-        if not settings.auth_configured:
-            log.warning("no webhook credential configured: anyone reaching %s may post alerts",
-                        settings.http.listen)  # fmt: skip
+        self._log_auth(auth, tls)
         async with contextlib.AsyncExitStack() as stack:
             # Every close runs, in reverse order of start, even when one raises: the
             # journal, opened first, closes last.
             closing = Closing(stack)
             await self.journal.open()
             closing.add("journal", self.journal.close)
-            await self._serve(closing)
+            await self._serve(closing, auth=auth, tls=tls)
         return 0
 
-    async def _serve(self, closing: Closing) -> None:
+    def _log_auth(self, auth: Authenticator, tls: ssl.SSLContext | None) -> None:
+        settings = self.settings
+        if not auth.enabled:
+            log.warning("no credential configured: anyone reaching %s may post alerts, read, "
+                        "approve and reset the circuit breaker", settings.http.listen)  # fmt: skip
+        else:
+            log.info("principals: %s", principals_summary(auth.principals))
+            if settings.auth.principals_file is None:
+                log.warning("no auth.principals_file: the webhook credential may only post "
+                            "alerts; reading and approving over the API need principals "
+                            "(docs/security.md)")  # fmt: skip
+        if tls is None and not is_loopback(settings.http.host):
+            log.warning("no TLS (http.tls_cert_file): credentials cross the network to %s "
+                        "in clear unless something in front adds TLS",
+                        settings.http.listen)  # fmt: skip
+
+    async def _serve(
+        self, closing: Closing, *, auth: Authenticator, tls: ssl.SSLContext | None
+    ) -> None:
         settings = self.settings
         relay, closers = self._notification_relay()
         for name, close in closers:
@@ -194,7 +276,8 @@ class Runtime:
         intake = IntakeApp(
             journal=self.journal,
             metrics=self.metrics,
-            auth=auth_from_settings(settings),
+            auth=auth,
+            failed_auth=failed_auth_limiter(settings),
             state=self.state,
             service_labels=settings.signals.service_labels,
             namespace_labels=settings.signals.namespace_labels,
@@ -204,6 +287,9 @@ class Runtime:
             readiness_details=lambda: {"kubernetes": self.kube_status},
             on_approved=executor.wake if executor is not None else None,
             input_limits=settings.limits.input_limits(),
+            response_bytes=settings.limits.response_bytes,
+            approval_windows=approval_windows(self.pack),
+            metrics_need_read=settings.auth.metrics_need_read,
         )
         runner = web.AppRunner(
             intake.build(),
@@ -214,11 +300,13 @@ class Runtime:
         )
         await runner.setup()
         closing.add("http listener", runner.cleanup)
-        site = web.TCPSite(runner, settings.http.host, settings.http.port, backlog=1024)
+        site = web.TCPSite(
+            runner, settings.http.host, settings.http.port, backlog=1024, ssl_context=tls
+        )
         await site.start()
         self.bound_port = _bound_port(runner, settings.http.port)
         self._install_signal_handlers()
-        self._log_started(executor, relay, publisher)
+        self._log_started(executor, relay, publisher, scheme="https" if tls else "http")
         tasks = {
             asyncio.create_task(
                 keep_running(name, fn, on_crash=self._root_crashed), name=name
@@ -241,12 +329,14 @@ class Runtime:
         executor: Executor | None,
         relay: NotificationRelay | None,
         publisher: KafkaPublisher | None,
+        *,
+        scheme: str,
     ) -> None:
         settings = self.settings
         log.info(
-            "remediator listening on http://%s:%d (journal %s, rules %s: %d services, "
+            "remediator listening on %s://%s:%d (journal %s, rules %s: %d services, "
             "%d rules, dry_run=%s)",
-            settings.http.host, self.bound_port, settings.journal.url, settings.rules_path,
+            scheme, settings.http.host, self.bound_port, settings.journal.url, settings.rules_path,
             len(self.pack.services), len(self.pack.rules), settings.dry_run,
         )  # fmt: skip
         if executor is None:

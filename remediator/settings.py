@@ -83,12 +83,33 @@ class HttpSettings(_Group):
         description="How people reach this daemon (e.g. https://remediator.example.com); "
         "rollback records in Slack and email link to it.",
     )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) of the listener: serve HTTPS (TLS 1.2+)."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle: every client must present a certificate it signed (mTLS); "
+        "the certificate's subject may name a principal (auth.principals_file).",
+    )
 
     @field_validator("listen")
     @classmethod
     def _valid_listen(cls, value: str) -> str:
         host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> HttpSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file (HTTPS)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
     @property
     def host(self) -> str:
@@ -162,9 +183,38 @@ class LimitsSettings(_Group):
         "externalURL, fingerprint, CloudEvents id).",
     )
     event_bytes: int = Field(256 * KIB, ge=1, description="Largest Kafka event (record value).")
+    response_bytes: int = Field(
+        4 * MIB,
+        ge=1,
+        description="Most bytes of items in one page of /api/v1/signals or "
+        "/api/v1/remediations; the rest is on the next page (`next`).",
+    )
 
     def input_limits(self) -> InputLimits:
-        return InputLimits(**self.model_dump())
+        return InputLimits(**self.model_dump(exclude={"response_bytes"}))
+
+
+class AuthSettings(_Group):
+    """Who may call the API (docs/security.md)."""
+
+    principals_file: Path | None = Field(
+        None,
+        description="YAML file of principals: names, roles, approver roles, token hashes, "
+        "client-certificate subjects (a mounted Secret or ConfigMap).",
+    )
+    max_failures: int = Field(
+        10,
+        ge=1,
+        description="Failed authentications one client address may make within "
+        "failure_window_seconds; past that it is answered 429 with Retry-After.",
+    )
+    failure_window_seconds: float = Field(60.0, gt=0, description="See max_failures.")
+    tracked_clients: int = Field(
+        10000, ge=1, description="Most client addresses whose failures are remembered."
+    )
+    metrics_need_read: bool = Field(
+        False, description="/metrics asks for the read role (default: open, like /healthz)."
+    )
 
 
 def _comma_list(value: Any) -> Any:
@@ -347,6 +397,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     limits: LimitsSettings = LimitsSettings()
+    auth: AuthSettings = AuthSettings()
     rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
     dry_run: bool = Field(False, description="Decide and record, but change nothing.")
     failpoints: str | None = Field(
@@ -407,7 +458,11 @@ class Settings(BaseSettings):
 
     @property
     def auth_configured(self) -> bool:
-        return self.webhook_token is not None or self.webhook_username is not None
+        return (
+            self.webhook_token is not None
+            or self.webhook_username is not None
+            or self.auth.principals_file is not None
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -3,7 +3,7 @@
 One module per group of commands, each with a ``register(subparsers)``:
 ``run`` (the daemon, ``config show``), ``operate`` (signals, remediations, history,
 report, approve, circuit: over the API with ``--url``, or on the local journal),
-``rules`` (check, explain) and ``db`` (a service's database).
+``rules`` (check, explain), ``db`` (a service's database) and ``auth`` (hash-token).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Sequence
 
 import remediator
-from remediator.cli import db, operate, rules, run
+from remediator.cli import auth, db, operate, rules, run
 from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
 from remediator.domain.errors import ConfigError, RemediatorError
 
@@ -33,6 +33,7 @@ EPILOG = textwrap.dedent(
       remediator config show                          # effective settings, secrets masked
       remediator rules check rules/                   # validate rule files, exit 1 on problems
       remediator rules explain --rules rules/ --alert alert.json
+      remediator auth hash-token < alice.token        # the line for a principals file
 
     against a running daemon, as your principal (no shell in the pod needed):
       export REMEDIATOR_URL=https://remediator.example:9095
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register_config(sub)
     rules.register(sub)
     db.register(sub)
+    auth.register(sub)
     version = sub.add_parser("version", help="Print the version.")
     version.set_defaults(func=cmd_version)
     return parser

@@ -391,7 +391,11 @@ class ApiClient:
             )
             return self._error(f"unauthorized: {message}; {hint}", EXIT_USAGE)
         if status == 403:
-            return self._error(f"forbidden: {message}", EXIT_USAGE)
+            # The daemon's own message already starts "forbidden: role 'operate' required".
+            return self._error(
+                message if message.startswith("forbidden") else f"forbidden: {message}",
+                EXIT_USAGE,
+            )
         if status in (404, 409):  # no such thing, or not in that state: an answer
             return self._error(message, EXIT_FAILED)
         if status == 429:

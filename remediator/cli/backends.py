@@ -216,10 +216,9 @@ class JournalBackend:
         return _circuit_body(self._run(self._journal.circuit()))
 
     def reset_circuit(self) -> dict[str, Any]:
-        # The journal keeps no "who" for a reset; the reason of a closed breaker is free,
-        # and says who closed it and how.
+        # Who: the local actor, as the API records its principal; the reason says how.
         reason = f"reset by {self.actor} from the journal file (break-glass)"
-        self._run(self._journal.set_circuit(open=False, reason=reason, at=_now()))
+        self._run(self._journal.set_circuit(open=False, reason=reason, at=_now(), by=self.actor))
         return self.circuit()
 
 
@@ -233,4 +232,5 @@ def _circuit_body(record: CircuitRecord) -> dict[str, Any]:
         "open": record.open,
         "reason": record.reason,
         "changed_at": record.changed_at.isoformat() if record.changed_at else None,
+        "changed_by": record.changed_by,
     }

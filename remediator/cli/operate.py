@@ -333,7 +333,10 @@ def cmd_history(args: argparse.Namespace) -> int:
               + (f" ({item['reason']})" if item["reason"] else ""))  # fmt: skip
         print(f"  {item['created_at']}  decided by rule {item['rule']}")
         if item.get("approved_by"):
-            print(f"  {item.get('approved_at') or ''}  approved by {item['approved_by']}")
+            roles = item.get("approved_as") or ()
+            print(f"  {item.get('approved_at') or ''}  approved by {item['approved_by']}"
+                  + (f" as {', '.join(roles)}" if roles else "")
+                  + (f": {item['approval_comment']}" if item.get("approval_comment") else ""))  # fmt: skip
         if item["claimed_at"]:
             print(f"  {item['claimed_at']}  claimed by {item['claimed_by']}")
         for step in item.get("steps", ()):
@@ -374,4 +377,6 @@ def cmd_circuit(args: argparse.Namespace) -> int:
         print(f"reason: {state['reason']}")
     if state.get("changed_at"):
         print(f"since: {state['changed_at']}")
+    if state.get("changed_by"):
+        print(f"by: {state['changed_by']}")
     return EXIT_OK

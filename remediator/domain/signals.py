@@ -68,6 +68,8 @@ class Signal:
     received_at: datetime
     raw: Mapping[str, Any] = field(default_factory=dict)
     id: str = ""
+    # The authenticated principal that sent it over the API (None: Kafka, or older rows).
+    received_by: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id:

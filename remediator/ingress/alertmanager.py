@@ -139,6 +139,7 @@ def to_signals(
     received_at: datetime,
     service_labels: Sequence[str],
     namespace_labels: Sequence[str],
+    received_by: str | None = None,
 ) -> list[Signal]:
     signals = []
     for alert in payload.alerts:
@@ -169,6 +170,7 @@ def to_signals(
                     "generatorURL": alert.generatorURL,
                     "fingerprint": alert.fingerprint,
                 },
+                received_by=received_by,
             )
         )
     return signals

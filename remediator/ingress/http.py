@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import logging
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from remediator.domain.auth import ApprovalRefusal, Principal, Role, check_approval, forbidden
 from remediator.domain.errors import InvalidInput, TemporaryError
 from remediator.domain.limits import InputLimits, TooLarge
 from remediator.domain.paging import parse_cursor, shown
@@ -27,73 +24,34 @@ from remediator.domain.record import CONTENT_TYPES, RECORD_FORMATS, render
 from remediator.domain.record_build import record_from_journal
 from remediator.domain.signals import Status
 from remediator.ingress.alertmanager import parse_payload, to_signals
+from remediator.ingress.auth import (
+    Authenticator,
+    AuthFailure,
+    FailedAuthLimiter,
+)
 from remediator.ingress.openapi import openapi_document
 from remediator.ingress.throttled_log import ThrottledWarnings
 from remediator.metrics import Metrics
-from remediator.ports import CircuitRecord, Journal
+from remediator.ports import CircuitRecord, Journal, Page, SignalPage
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
-MAX_APPROVER_CHARS = 200
+MAX_COMMENT_CHARS = 500
+DEFAULT_RESPONSE_BYTES = 4 * 1024 * 1024
 READY_PROBE_TIMEOUT = 3.0
+# The first journal read of a byte-capped page; later reads are sized from the items seen.
+FIRST_CHUNK = 16
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AuthorizedHandler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
 # Where error_response keeps its message, for the rejection log line.
 ERROR_MESSAGE = web.ResponseKey("error_message", str)
 # Statuses that are ordinary answers (no such id, not awaiting approval), not mistakes
 # worth a log line; every 4xx is still counted.
 _QUIET_STATUSES = frozenset({404, 409})
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_COMMENT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # newlines and tabs are fine
 _LIMIT_TEXT = re.compile(r"[0-9]{1,4}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthConfig:
-    """Credentials webhook and API callers must present (either one will do)."""
-
-    bearer_token: str | None = field(default=None, repr=False)  # secrets stay out of reprs
-    basic_user: str | None = None
-    basic_password: str | None = field(default=None, repr=False)
-
-    @property
-    def enabled(self) -> bool:
-        return self.bearer_token is not None or self.basic_user is not None
-
-    def challenge(self) -> str:
-        schemes = []
-        if self.bearer_token is not None:
-            schemes.append('Bearer realm="remediator"')
-        if self.basic_user is not None:
-            schemes.append('Basic realm="remediator"')
-        return ", ".join(schemes)
-
-    def accepts(self, header: str | None) -> bool:
-        if not self.enabled:
-            return True
-        if not header:
-            return False
-        try:
-            # aiohttp decodes header bytes as UTF-8 with surrogateescape; this gives the
-            # bytes back, so a header holding any bytes is compared, never an error.
-            raw = header.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            return False
-        scheme, _, credentials = raw.partition(b" ")
-        scheme = scheme.lower()
-        credentials = credentials.strip()
-        if scheme == b"bearer" and self.bearer_token is not None:
-            return hmac.compare_digest(credentials, self.bearer_token.encode())
-        if scheme == b"basic" and self.basic_user is not None and self.basic_password is not None:
-            try:
-                decoded = base64.b64decode(credentials, validate=True)
-            except (binascii.Error, ValueError):
-                return False
-            user, sep, password = decoded.partition(b":")
-            # Both comparisons always run, so timing doesn't tell which part was wrong.
-            user_ok = hmac.compare_digest(user, self.basic_user.encode())
-            password_ok = hmac.compare_digest(password, self.basic_password.encode())
-            return bool(sep) and user_ok and password_ok
-        return False
 
 
 class ServerLog:
@@ -183,7 +141,7 @@ class IntakeApp:
         *,
         journal: Journal,
         metrics: Metrics,
-        auth: AuthConfig,
+        auth: Authenticator,
         state: IntakeState,
         service_labels: Sequence[str],
         namespace_labels: Sequence[str],
@@ -195,10 +153,19 @@ class IntakeApp:
         on_approved: Callable[[], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         input_limits: InputLimits | None = None,
+        failed_auth: FailedAuthLimiter | None = None,
+        response_bytes: int = DEFAULT_RESPONSE_BYTES,
+        approval_windows: Mapping[str, timedelta | None] | None = None,
+        metrics_need_read: bool = False,
     ) -> None:
         self.journal = journal
         self.metrics = metrics
         self.auth = auth
+        self.failed_auth = failed_auth
+        self.response_bytes = response_bytes
+        # Rule name -> approval_timeout of the loaded pack; None: windows not checked.
+        self.approval_windows = approval_windows
+        self.metrics_need_read = metrics_need_read
         self.state = state
         self.service_labels = tuple(service_labels)
         self.namespace_labels = tuple(namespace_labels)
@@ -223,18 +190,29 @@ class IntakeApp:
             middlewares=[self._contain],
             handler_args={"logger": self._server_log},
         )
+        read, operate = Role.READ, Role.OPERATE
+        # The webhook checks its role (ingest) itself: a draining daemon answers 503 first.
         app.router.add_post("/api/v1/webhooks/alertmanager", self.alertmanager_webhook)
-        app.router.add_get("/api/v1/signals", self._authenticated(self.list_signals))
-        app.router.add_get("/api/v1/remediations", self._authenticated(self.list_remediations))
-        app.router.add_get("/api/v1/remediations/{id}", self._authenticated(self.get_remediation))
-        app.router.add_get("/api/v1/remediations/{id}/record", self._authenticated(self.get_record))
-        app.router.add_post("/api/v1/remediations/{id}/approve", self._authenticated(self.approve))
-        app.router.add_get("/api/v1/circuit", self._authenticated(self.get_circuit))
-        app.router.add_post("/api/v1/circuit/reset", self._authenticated(self.reset_circuit))
+        app.router.add_get("/api/v1/signals", self._requires(read, self.list_signals))
+        app.router.add_get("/api/v1/remediations", self._requires(read, self.list_remediations))
+        app.router.add_get("/api/v1/remediations/{id}", self._requires(read, self.get_remediation))
+        app.router.add_get(
+            "/api/v1/remediations/{id}/record", self._requires(read, self.get_record)
+        )
+        app.router.add_post(
+            "/api/v1/remediations/{id}/approve", self._requires(operate, self.approve)
+        )
+        app.router.add_get("/api/v1/circuit", self._requires(read, self.get_circuit))
+        app.router.add_post("/api/v1/circuit/reset", self._requires(operate, self.reset_circuit))
+        # Open: probes and tools must reach them without a credential, and they hold
+        # nothing secret (docs/security.md).
         app.router.add_get("/api/v1/openapi.json", self.openapi)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_endpoint)
+        metrics: Handler = self.metrics_endpoint
+        if self.metrics_need_read:
+            metrics = self._requires(read, self._anyone(self.metrics_endpoint))
+        app.router.add_get("/metrics", metrics)
         return app
 
     # -- errors --------------------------------------------------------------------
@@ -297,18 +275,54 @@ class IntakeApp:
     def _unavailable(self, reason: str) -> web.Response:
         return error_response(503, reason, headers={"Retry-After": self.retry_after})
 
-    def _unauthorized(self) -> web.Response:
-        return error_response(
-            401, "missing or wrong credentials", headers={"WWW-Authenticate": self.auth.challenge()}
-        )
-
-    def _authenticated(self, handler: Handler) -> Handler:
+    # -- authentication and authorization -----------------------------------------------
+    def _requires(self, role: Role, handler: AuthorizedHandler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if not self.auth.accepts(request.headers.get("Authorization")):
-                return self._unauthorized()
-            return await handler(request)
+            outcome = self._authorize(request, role)
+            if isinstance(outcome, web.Response):
+                return outcome
+            return await handler(request, outcome)
 
         return guarded
+
+    @staticmethod
+    def _anyone(handler: Handler) -> AuthorizedHandler:
+        async def answer(request: web.Request, principal: Principal) -> web.StreamResponse:
+            return await handler(request)
+
+        return answer
+
+    def _authorize(self, request: web.Request, role: Role) -> Principal | web.Response:
+        """The request's principal if it holds ``role``; else the 429, 401 or 403 answer.
+
+        An address past its failed-authentication budget is answered 429 before its
+        credential is looked at. Nothing here touches the journal.
+        """
+        client = request.remote or "unknown"
+        if self.failed_auth is not None:
+            wait = self.failed_auth.retry_after(client)
+            if wait is not None:
+                self.metrics.auth_throttled.inc()
+                return error_response(
+                    429,
+                    f"too many failed authentications from {client}: retry in {wait}s",
+                    headers={"Retry-After": str(wait)},
+                )
+        outcome = self.auth.authenticate(
+            request.headers.get("Authorization"), _peer_certificate(request)
+        )
+        if isinstance(outcome, AuthFailure):
+            self.metrics.auth_failures.labels(reason=outcome.value).inc()
+            if self.failed_auth is not None:
+                self.failed_auth.failed(client)
+            return error_response(
+                401,
+                "missing or wrong credentials",
+                headers={"WWW-Authenticate": self.auth.challenge()},
+            )
+        if not outcome.holds(role):
+            return error_response(403, forbidden(outcome, role))
+        return outcome
 
     # -- intake --------------------------------------------------------------------
     async def alertmanager_webhook(self, request: web.Request) -> web.StreamResponse:
@@ -327,8 +341,9 @@ class IntakeApp:
     async def _handle_alertmanager(self, request: web.Request) -> web.Response:
         if self.state.draining:
             return self._unavailable("draining: shutting down, retry against another replica")
-        if not self.auth.accepts(request.headers.get("Authorization")):
-            return self._unauthorized()
+        principal = self._authorize(request, Role.INGEST)
+        if isinstance(principal, web.Response):
+            return principal
         body = await request.read()
         try:
             payload = parse_payload(body, limits=self.input_limits)
@@ -347,6 +362,7 @@ class IntakeApp:
             received_at=self.clock(),
             service_labels=self.service_labels,
             namespace_labels=self.namespace_labels,
+            received_by=principal.name,
         )
         write_started = time.perf_counter()
         try:
@@ -392,18 +408,17 @@ class IntakeApp:
         )
 
     # -- read API ------------------------------------------------------------------
-    async def list_signals(self, request: web.Request) -> web.StreamResponse:
+    async def list_signals(self, request: web.Request, _: Principal) -> web.StreamResponse:
         query = request.query
         limit, cursor = _limit(query), _cursor(query)
-        try:
-            page = await self.journal.list_signals(
-                service=_text(query, "service"), limit=limit, cursor=cursor
-            )
-        except TemporaryError as exc:
-            return self._unavailable(f"journal unavailable: {exc}")
-        return json_response({"items": list(page.items), "next": page.next_cursor})
+        service = _text(query, "service")
 
-    async def list_remediations(self, request: web.Request) -> web.StreamResponse:
+        async def fetch(count: int, after: str | None) -> SignalPage:
+            return await self.journal.list_signals(service=service, limit=count, cursor=after)
+
+        return await self._page_answer(fetch, limit=limit, cursor=cursor)
+
+    async def list_remediations(self, request: web.Request, _: Principal) -> web.StreamResponse:
         query = request.query
         limit, cursor = _limit(query), _cursor(query)
         status = query.get("status") or None
@@ -412,15 +427,32 @@ class IntakeApp:
                 f"must be one of {', '.join(REMEDIATION_STATUSES)}, got {shown(status)}",
                 where="status",
             )
+        service = _text(query, "service")
+
+        async def fetch(count: int, after: str | None) -> Page:
+            return await self.journal.list_remediations(
+                service=service, status=status, limit=count, cursor=after
+            )
+
+        return await self._page_answer(fetch, limit=limit, cursor=cursor)
+
+    async def _page_answer(
+        self,
+        fetch: Callable[[int, str | None], Awaitable[Page | SignalPage]],
+        *,
+        limit: int,
+        cursor: str | None,
+    ) -> web.Response:
         try:
-            page = await self.journal.list_remediations(
-                service=_text(query, "service"), status=status, limit=limit, cursor=cursor
+            items, next_cursor = await capped_page(
+                fetch, limit=limit, cursor=cursor, max_bytes=self.response_bytes
             )
         except TemporaryError as exc:
             return self._unavailable(f"journal unavailable: {exc}")
-        return json_response({"items": list(page.items), "next": page.next_cursor})
+        body = b'{"items":[' + b",".join(items) + b'],"next":' + orjson.dumps(next_cursor) + b"}"
+        return web.Response(body=body, content_type="application/json")
 
-    async def get_remediation(self, request: web.Request) -> web.StreamResponse:
+    async def get_remediation(self, request: web.Request, _: Principal) -> web.StreamResponse:
         rid = request.match_info["id"]
         try:
             item = await self.journal.get_remediation(rid)
@@ -430,7 +462,7 @@ class IntakeApp:
             return error_response(404, f"id: no remediation {shown(rid)}")
         return json_response(item)
 
-    async def get_record(self, request: web.Request) -> web.StreamResponse:
+    async def get_record(self, request: web.Request, _: Principal) -> web.StreamResponse:
         """The rollback record (plan §3.11) as Markdown, HTML or JSON."""
         rid = request.match_info["id"]
         fmt = request.query.get("format", "md")
@@ -453,39 +485,88 @@ class IntakeApp:
             headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
         return web.Response(text=body, headers=headers)
 
-    async def approve(self, request: web.Request) -> web.StreamResponse:
-        """Approve a plan whose rule requires approval: it becomes runnable."""
+    async def approve(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """Approve a plan whose rule requires approval: it becomes runnable.
+
+        The approver is the authenticated principal, never a field of the body; it must
+        hold one of the plan's approver roles, within the rule's approval window.
+        """
         rid = request.match_info["id"]
-        by = _approver(await request.read())
+        comment = _approval_comment(await request.read())
         try:
-            approved = await self.journal.approve_remediation(rid, by=by, at=self.clock())
             item = await self.journal.get_remediation(rid)
         except TemporaryError as exc:
             return self._unavailable(f"journal unavailable: {exc}")
         if item is None:
             return error_response(404, f"id: no remediation {shown(rid)}")
-        if not approved:
+        if item["status"] != "awaiting_approval":
             return error_response(409, f"id: {rid} is {item['status']}, not awaiting approval")
-        log.warning("remediation %s approved by %s via the API", rid, by)
+        now = self.clock()
+        check = self._approval_check(item, principal, now)
+        if isinstance(check, web.Response):
+            return check
+        try:
+            approved = await self.journal.approve_remediation(
+                rid, by=principal.name, at=now, roles=check, comment=comment
+            )
+            item = await self.journal.get_remediation(rid)
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
+        if item is None or not approved:  # someone else was first
+            status = item["status"] if item else "gone"
+            return error_response(409, f"id: {rid} is {status}, not awaiting approval")
+        log.warning("remediation %s approved by %s (as %s) via the API", rid, principal.name,
+                    ", ".join(check) or "operate")  # fmt: skip
         if self.on_approved is not None:
             self.on_approved()
         return json_response(item)
 
-    async def get_circuit(self, request: web.Request) -> web.StreamResponse:
+    def _approval_check(
+        self, item: Mapping[str, Any], principal: Principal, now: datetime
+    ) -> tuple[str, ...] | web.Response:
+        """The approver roles the principal approves as, or the refusal to answer."""
+        rule = item.get("rule") or ""
+        timeout: timedelta | None = None
+        if self.approval_windows is not None:
+            if rule not in self.approval_windows:
+                return error_response(
+                    409,
+                    f"id: rule {shown(rule)} that asked for this approval is no longer "
+                    "loaded; nothing can approve it (a new signal is decided afresh)",
+                )
+            timeout = self.approval_windows[rule]
+        decision = item.get("decision") or {}
+        check = check_approval(
+            principal,
+            approvers=tuple(decision.get("approvers") or ()),
+            created_at=datetime.fromisoformat(item["created_at"]),
+            timeout=timeout,
+            now=now,
+        )
+        if check.refusal is ApprovalRefusal.EXPIRED:
+            return error_response(409, f"id: {item['id']} {check.detail}")
+        if check.refusal is ApprovalRefusal.NOT_AN_APPROVER:
+            return error_response(403, check.detail)
+        return check.roles
+
+    async def get_circuit(self, request: web.Request, _: Principal) -> web.StreamResponse:
         try:
             record = await self.journal.circuit()
         except TemporaryError as exc:
             return self._unavailable(f"journal unavailable: {exc}")
         return json_response(_circuit_body(record))
 
-    async def reset_circuit(self, request: web.Request) -> web.StreamResponse:
+    async def reset_circuit(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         """Close the breaker; automated actions before now no longer count toward it."""
         try:
-            await self.journal.set_circuit(open=False, reason=None, at=self.clock())
+            await self.journal.set_circuit(
+                open=False, reason=None, at=self.clock(), by=principal.name
+            )
             record = await self.journal.circuit()
         except TemporaryError as exc:
             return self._unavailable(f"journal unavailable: {exc}")
-        log.warning("circuit breaker reset through the API by %s", request.remote)
+        log.warning("circuit breaker reset through the API by %s (from %s)", principal.name,
+                    request.remote)  # fmt: skip
         return json_response(_circuit_body(record))
 
     # -- operations ----------------------------------------------------------------
@@ -514,7 +595,7 @@ class IntakeApp:
         )
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
-        return json_response(openapi_document())
+        return json_response(openapi_document(metrics_need_read=self.metrics_need_read))
 
 
 REMEDIATION_STATUSES = (
@@ -549,24 +630,82 @@ def _text(query: Mapping[str, str], name: str) -> str | None:
     return value
 
 
-def _approver(body: bytes) -> str:
-    """Who approves, from the approve body; ``InvalidInput`` naming the field otherwise."""
+def _approval_comment(body: bytes) -> str | None:
+    """The optional comment of an approve body; ``InvalidInput`` naming the field otherwise.
+
+    Who approves is never read from the body: a ``by`` field is refused, so that a
+    client relying on it learns that it is not what gets recorded.
+    """
     try:
         document = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"not valid JSON ({exc})", where="body") from None
     if not isinstance(document, dict):
-        raise InvalidInput('expected a JSON object such as {"by": "alice"}', where="body")
-    by = document.get("by")
-    if not isinstance(by, str) or not by.strip():
-        raise InvalidInput('name who approves (e.g. {"by": "alice"})', where="by")
-    by = by.strip()
-    if len(by) > MAX_APPROVER_CHARS or _CONTROL_CHARACTERS.search(by):
+        raise InvalidInput('expected a JSON object such as {"comment": "why"}', where="body")
+    if "by" in document:
         raise InvalidInput(
-            f"at most {MAX_APPROVER_CHARS} characters, no control characters: {shown(by)}",
+            "not accepted: the approver is the principal of the credential you send, "
+            "never a field of the body",
             where="by",
         )
-    return by
+    for key in document:
+        if key != "comment":
+            raise InvalidInput('unknown field (the body takes only "comment")', where=shown(key))
+    comment = document.get("comment")
+    if comment is None:
+        return None
+    if not isinstance(comment, str):
+        raise InvalidInput(f"expected a string, got {type(comment).__name__}", where="comment")
+    if len(comment) > MAX_COMMENT_CHARS:
+        raise InvalidInput(
+            f"at most {MAX_COMMENT_CHARS} characters, got {len(comment)}", where="comment"
+        )
+    if _COMMENT_CONTROL.search(comment):
+        raise InvalidInput("holds control characters (other than line breaks)", where="comment")
+    return comment.strip() or None
+
+
+async def capped_page(
+    fetch: Callable[[int, str | None], Awaitable[Page | SignalPage]],
+    *,
+    limit: int,
+    cursor: str | None,
+    max_bytes: int,
+) -> tuple[list[bytes], str | None]:
+    """Up to ``limit`` items (JSON-encoded) whose bytes stay within ``max_bytes``, and the
+    cursor of the rest (None when there is none).
+
+    A page is cut short at the byte cap, never truncated: its ``next`` then continues
+    right after its last item. A single item larger than the cap is sent alone. The
+    journal is read a chunk at a time, sized from the items seen, so memory stays near
+    the cap whatever ``limit`` asks for.
+    """
+    encoded: list[bytes] = []
+    size = 0
+    chunk = min(limit, FIRST_CHUNK)
+    while True:
+        page = await fetch(chunk, cursor)
+        if not page.items:
+            return encoded, None
+        for item, after in zip(page.items, page.item_cursors, strict=True):
+            data = orjson.dumps(item)
+            if encoded and size + len(data) + 1 > max_bytes:
+                return encoded, cursor  # the cursor after the last item sent
+            encoded.append(data)
+            size += len(data) + 1
+            cursor = after
+        if page.next_cursor is None or len(encoded) >= limit:
+            return encoded, page.next_cursor
+        cursor = page.next_cursor
+        average = max(size // len(encoded), 1)
+        chunk = max(1, min(limit - len(encoded), MAX_PAGE, (max_bytes - size) // average + 1))
+
+
+def _peer_certificate(request: web.Request) -> dict[str, Any] | None:
+    """The verified TLS client certificate of the connection (mTLS), if there is one."""
+    transport = request.transport
+    certificate = transport.get_extra_info("peercert") if transport is not None else None
+    return certificate if isinstance(certificate, dict) and certificate else None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -587,4 +726,5 @@ def _circuit_body(record: CircuitRecord) -> dict[str, Any]:
         "open": record.open,
         "reason": record.reason,
         "changed_at": record.changed_at.isoformat() if record.changed_at else None,
+        "changed_by": record.changed_by,
     }

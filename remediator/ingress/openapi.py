@@ -24,9 +24,29 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
 
 
 _UNAUTHORIZED = _error(
-    "Missing, malformed or wrong credentials.",
+    "Missing, malformed or wrong credentials (a bearer token of a principal, the webhook's "
+    "basic-auth pair, or a client certificate mapped to a principal).",
     {"WWW-Authenticate": {"description": "Accepted schemes.", "schema": {"type": "string"}}},
 )
+_THROTTLED = _error(
+    "Too many failed authentications from this client address (auth.max_failures within "
+    "auth.failure_window_seconds); the credential was not looked at.",
+    _RETRY_AFTER,
+)
+
+
+def _forbidden(role: str) -> dict[str, Any]:
+    return _error(
+        f"The principal lacks the `{role}` role; the message names the role and what the "
+        "principal holds."
+    )
+
+
+def _guarded(role: str, responses: dict[str, Any]) -> dict[str, Any]:
+    """The answers every route that asks for a role may give, besides its own."""
+    return {"401": _UNAUTHORIZED, "403": _forbidden(role), "429": _THROTTLED, **responses}
+
+
 _INTERNAL = {
     "description": "Unexpected server error; error_id finds its line in the server log.",
     **_json({"$ref": "#/components/schemas/InternalError"}),
@@ -44,7 +64,9 @@ _SERVICE = {
 }
 _TIME_RANGE = "Within 1970-01-01T00:00:00Z .. 9000-01-01T00:00:00Z once converted to UTC."
 
-_SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
+# Principals use bearer tokens or client certificates; basic auth is the webhook's only.
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"mutualTLS": []}]
+_WEBHOOK_SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}, {"mutualTLS": []}]
 _LIMIT = {
     "name": "limit",
     "in": "query",
@@ -149,6 +171,10 @@ _SCHEMAS: dict[str, Any] = {
             "starts_at": {"type": ["string", "null"], "format": "date-time"},
             "ends_at": {"type": ["string", "null"], "format": "date-time"},
             "received_at": {"type": "string", "format": "date-time"},
+            "received_by": {
+                "type": ["string", "null"],
+                "description": "The principal that sent it (null: Kafka, or journaled earlier).",
+            },
         },
     },
     "SignalPage": {
@@ -158,7 +184,9 @@ _SCHEMAS: dict[str, Any] = {
             "items": {"type": "array", "items": {"$ref": "#/components/schemas/Signal"}},
             "next": {
                 "type": ["string", "null"],
-                "description": "Pass as `cursor` for the next (older) page; null on the last.",
+                "description": "Pass as `cursor` for the next (older) page; null on the last. "
+                "A page holds fewer than `limit` items when they would pass "
+                "limits.response_bytes: the rest is on the next page, never dropped.",
             },
         },
     },
@@ -208,6 +236,17 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "description": "The full decision (plan steps with reasons); detail view only.",
             },
+            "approved_by": {
+                "type": ["string", "null"],
+                "description": "The principal that approved (break-glass: local:<user>).",
+            },
+            "approved_at": {"type": ["string", "null"], "format": "date-time"},
+            "approved_as": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "The plan's approver roles the approver holds.",
+            },
+            "approval_comment": {"type": ["string", "null"]},
         },
     },
     "RemediationPage": {
@@ -225,6 +264,10 @@ _SCHEMAS: dict[str, Any] = {
             "open": {"type": "boolean", "description": "While open, rules only notify."},
             "reason": {"type": ["string", "null"]},
             "changed_at": {"type": ["string", "null"], "format": "date-time"},
+            "changed_by": {
+                "type": ["string", "null"],
+                "description": "The principal that last reset it; null: opened by the engine.",
+            },
         },
     },
     "Health": {
@@ -238,11 +281,18 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(*, metrics_need_read: bool = False) -> dict[str, Any]:
     document = _document()
-    # Any operation may meet a bug: the middleware answers it the same way everywhere.
+    if metrics_need_read:
+        document["paths"]["/metrics"]["get"].update(
+            {"security": _SECURED, "x-required-role": "read"}
+        )
     for operations in document["paths"].values():
         for operation in operations.values():
+            role = operation.get("x-required-role")
+            if role is not None:
+                operation["responses"] = _guarded(role, operation["responses"])
+            # Any operation may meet a bug: the middleware answers it the same way everywhere.
             operation["responses"]["500"] = _INTERNAL
     return document
 
@@ -253,13 +303,29 @@ def _document() -> dict[str, Any]:
         "info": {
             "title": "remediator",
             "version": remediator.__version__,
-            "description": "Alert-to-remediation daemon: webhook intake and read API.",
+            "description": "Alert-to-remediation daemon: webhook intake and read API. Every "
+            "route under /api/v1 except this document asks for a role (x-required-role): "
+            "ingest, read or operate; admin holds them all (docs/security.md).",
         },
         "components": {
             "schemas": _SCHEMAS,
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "basic": {"type": "http", "scheme": "basic"},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A principal's token (auth.principals_file) or the "
+                    "webhook token (ingest only).",
+                },
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "The webhook's username and password (ingest only).",
+                },
+                "mutualTLS": {
+                    "type": "mutualTLS",
+                    "description": "A client certificate whose subject names a principal "
+                    "(http.tls_client_ca_file).",
+                },
             },
         },
         "paths": {
@@ -270,7 +336,8 @@ def _document() -> dict[str, Any]:
                         "Answers 200 only once every alert is durably journaled. Replays are "
                         "idempotent: an alert's key is receiver + fingerprint + startsAt + status."
                     ),
-                    "security": [{"bearer": []}, {"basic": []}],
+                    "security": _WEBHOOK_SECURED,
+                    "x-required-role": "ingest",
                     "requestBody": {
                         "required": True,
                         **_json({"$ref": "#/components/schemas/AlertmanagerPayload"}),
@@ -285,7 +352,6 @@ def _document() -> dict[str, Any]:
                             "label past limits.label_value_bytes); the message names the "
                             "field. Nothing of the payload is journaled."
                         ),
-                        "401": _UNAUTHORIZED,
                         "413": _error(
                             "The body is larger than http.body_limit_bytes, or holds more "
                             "alerts than limits.alerts_per_request. Nothing is journaled."
@@ -299,7 +365,8 @@ def _document() -> dict[str, Any]:
             "/api/v1/signals": {
                 "get": {
                     "summary": "List journaled signals, newest first.",
-                    "security": [{"bearer": []}, {"basic": []}],
+                    "security": _SECURED,
+                    "x-required-role": "read",
                     "parameters": [_SERVICE, _LIMIT, _CURSOR],
                     "responses": {
                         "200": {
@@ -307,7 +374,6 @@ def _document() -> dict[str, Any]:
                             **_json({"$ref": "#/components/schemas/SignalPage"}),
                         },
                         "400": _error("A query parameter is invalid; the message names it."),
-                        "401": _UNAUTHORIZED,
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
                 }
@@ -316,6 +382,7 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "List remediations (plans, dry-runs, skips), newest first.",
                     "security": _SECURED,
+                    "x-required-role": "read",
                     "parameters": [
                         _SERVICE,
                         {"name": "status", "in": "query", "schema": {"type": "string"}},
@@ -328,7 +395,6 @@ def _document() -> dict[str, Any]:
                             **_json({"$ref": "#/components/schemas/RemediationPage"}),
                         },
                         "400": _error("A query parameter is invalid; the message names it."),
-                        "401": _UNAUTHORIZED,
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
                 }
@@ -337,6 +403,7 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "One remediation with its full decision.",
                     "security": _SECURED,
+                    "x-required-role": "read",
                     "parameters": [
                         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
                     ],
@@ -345,7 +412,6 @@ def _document() -> dict[str, Any]:
                             "description": "The remediation.",
                             **_json({"$ref": "#/components/schemas/Remediation"}),
                         },
-                        "401": _UNAUTHORIZED,
                         "404": _error("No remediation with that id."),
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
@@ -356,6 +422,7 @@ def _document() -> dict[str, Any]:
                     "summary": "The rollback record: basic facts, timeline, results, impact, "
                     "and root cause / improvements / lessons to fill in.",
                     "security": _SECURED,
+                    "x-required-role": "read",
                     "parameters": [
                         {
                             "name": "id",
@@ -379,7 +446,6 @@ def _document() -> dict[str, Any]:
                             },
                         },
                         "400": _error("format is not md, html or json."),
-                        "401": _UNAUTHORIZED,
                         "404": _error("No remediation with that id."),
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
@@ -388,34 +454,55 @@ def _document() -> dict[str, Any]:
             "/api/v1/remediations/{id}/approve": {
                 "post": {
                     "summary": "Approve a plan whose rule requires approval; it then runs.",
+                    "description": (
+                        "The approver is the principal of the credential, never a field of "
+                        "the body. When the plan names approver roles, the principal must "
+                        "hold one of them (approver_roles in the principals file); the roles "
+                        "it approved as are recorded. Within the rule's approval_timeout "
+                        "from the plan's creation only."
+                    ),
                     "security": _SECURED,
+                    "x-required-role": "operate",
                     "parameters": [
                         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
                     ],
                     "requestBody": {
-                        "required": True,
+                        "required": False,
                         **_json(
                             {
                                 "type": "object",
-                                "required": ["by"],
+                                "additionalProperties": False,
                                 "properties": {
-                                    "by": {"type": "string", "minLength": 1, "maxLength": 200}
+                                    "comment": {
+                                        "type": ["string", "null"],
+                                        "maxLength": 500,
+                                        "pattern": "^[^\\x00-\\x08\\x0b-\\x1f\\x7f]*$",
+                                        "description": "Why; recorded with the approval.",
+                                    }
                                 },
                             }
                         ),
                     },
                     "responses": {
                         "200": {
-                            "description": "Approved: the plan is now planned (runnable).",
+                            "description": "Approved: the plan is now planned (runnable); "
+                            "approved_by names the principal.",
                             **_json({"$ref": "#/components/schemas/Remediation"}),
                         },
                         "400": _error(
-                            "The body is not a JSON object naming who approves (`by`: 1 to 200 "
-                            "characters, no control characters)."
+                            "The body is not a JSON object with at most a `comment` (up to "
+                            "500 characters, no control characters but line breaks); a `by` "
+                            "field is refused: who approves is the credential's principal."
                         ),
-                        "401": _UNAUTHORIZED,
+                        "403": _error(
+                            "The principal lacks the operate role, or holds none of the "
+                            "plan's approver roles (the message names them)."
+                        ),
                         "404": _error("No remediation with that id."),
-                        "409": _error("The remediation is not awaiting approval."),
+                        "409": _error(
+                            "Not awaiting approval, or its approval window has expired, or "
+                            "the rule that asked for the approval is no longer loaded."
+                        ),
                         "413": _error("The body is larger than http.body_limit_bytes."),
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
@@ -425,9 +512,9 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "The global circuit breaker.",
                     "security": _SECURED,
+                    "x-required-role": "read",
                     "responses": {
                         "200": {"description": "State.", **_json(_CIRCUIT)},
-                        "401": _UNAUTHORIZED,
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
                 }
@@ -436,9 +523,9 @@ def _document() -> dict[str, Any]:
                 "post": {
                     "summary": "Close the circuit breaker; earlier actions stop counting.",
                     "security": _SECURED,
+                    "x-required-role": "operate",
                     "responses": {
                         "200": {"description": "State after the reset.", **_json(_CIRCUIT)},
-                        "401": _UNAUTHORIZED,
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
                 }

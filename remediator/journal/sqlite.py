@@ -314,9 +314,8 @@ class SqliteJournal:
                 rows = self._reader.execute(sql, (*params, limit + 1)).fetchall()
         except sqlite3.Error as exc:
             raise TemporaryError(f"journal read failed: {exc}", delay=1.0) from exc
-        items = [_row_to_item(row) for row in rows[:limit]]
-        next_cursor = str(rows[limit - 1][0]) if len(rows) > limit else None
-        return SignalPage(items=items, next_cursor=next_cursor)
+        items, cursors, next_cursor = _page_of(rows, limit, _row_to_item)
+        return SignalPage(items=items, next_cursor=next_cursor, item_cursors=cursors)
 
     # -- helpers -------------------------------------------------------------------
     async def _write(self, action: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -603,13 +602,18 @@ class SqliteJournal:
                 open=bool(doc["open"]),
                 reason=doc.get("reason"),
                 changed_at=_parse_utc(changed) if changed else None,
+                changed_by=doc.get("changed_by"),
             )
 
         result: CircuitRecord = await self._read(query)
         return result
 
-    async def set_circuit(self, *, open: bool, reason: str | None, at: datetime) -> None:
-        value = orjson.dumps({"open": open, "reason": reason, "changed_at": _utc_text(at)})
+    async def set_circuit(
+        self, *, open: bool, reason: str | None, at: datetime, by: str | None = None
+    ) -> None:
+        value = orjson.dumps(
+            {"open": open, "reason": reason, "changed_at": _utc_text(at), "changed_by": by}
+        )
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -645,9 +649,8 @@ class SqliteJournal:
                 " ORDER BY seq DESC LIMIT ?",
                 (*params, limit + 1),
             ).fetchall()
-            items = [_remediation_item(row) for row in rows[:limit]]
-            next_cursor = str(rows[limit - 1][0]) if len(rows) > limit else None
-            return Page(items=items, next_cursor=next_cursor)
+            items, cursors, next_cursor = _page_of(rows, limit, _remediation_item)
+            return Page(items=items, next_cursor=next_cursor, item_cursors=cursors)
 
         result: Page = await self._read(query)
         return result
@@ -757,16 +760,24 @@ class SqliteJournal:
         await self._transaction(write)
 
     async def approve_remediation(
-        self, remediation_id: str, *, by: str, at: datetime, outbox: Sequence[OutboxMessage] = ()
+        self,
+        remediation_id: str,
+        *,
+        by: str,
+        at: datetime,
+        roles: Sequence[str] = (),
+        comment: str | None = None,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> bool:
         stamp = _utc_text(at)
+        approved_as = orjson.dumps(list(roles)).decode() if roles else None
 
         def write(conn: sqlite3.Connection) -> bool:
             approved = conn.execute(
                 "UPDATE remediations SET status = 'planned', approved_by = ?,"
-                " approved_at = ?, updated_at = ?"
+                " approved_at = ?, approved_as = ?, approval_comment = ?, updated_at = ?"
                 " WHERE id = ? AND status = 'awaiting_approval'",
-                (by, stamp, stamp, remediation_id),
+                (by, stamp, approved_as, comment, stamp, remediation_id),
             ).rowcount
             if approved:
                 _insert_outbox(conn, outbox)
@@ -794,7 +805,7 @@ class SqliteJournal:
 _REMEDIATION_COLUMNS = (
     "seq, id, signal_id, service, namespace, rule, action, status, reason, manual, automated,"
     " created_at, updated_at, decision, explanation, claimed_by, claimed_at, finished_at,"
-    " approved_by, approved_at"
+    " approved_by, approved_at, approved_as, approval_comment"
 )
 
 
@@ -814,7 +825,7 @@ def _steps(conn: sqlite3.Connection, remediation_id: str) -> list[dict[str, Any]
 def _remediation_item(row: tuple[Any, ...], *, full: bool = False) -> dict[str, Any]:
     (_, rid, signal_id, service, namespace, rule, action, status, reason, manual, automated,
      created_at, updated_at, decision, explanation, claimed_by, claimed_at, finished_at,
-     approved_by, approved_at) = row  # fmt: skip
+     approved_by, approved_at, approved_as, approval_comment) = row  # fmt: skip
     item: dict[str, Any] = {
         "id": rid,
         "signal_id": signal_id,
@@ -834,6 +845,8 @@ def _remediation_item(row: tuple[Any, ...], *, full: bool = False) -> dict[str, 
         "finished_at": finished_at,
         "approved_by": approved_by,
         "approved_at": approved_at,
+        "approved_as": orjson.loads(approved_as) if approved_as else None,
+        "approval_comment": approval_comment,
     }
     if full:
         item["decision"] = orjson.loads(decision)
@@ -875,6 +888,7 @@ def _row_to_stored(row: tuple[Any, ...]) -> StoredSignal:
             ends_at=_parse_utc(ends_at) if ends_at else None,
             received_at=_parse_utc(received_at),
             raw=doc["raw"],
+            received_by=doc.get("received_by"),
         ),
     )
 
@@ -910,10 +924,29 @@ def _signal_row(signal: Signal, received_at: str) -> tuple[Any, ...]:
         _ts(signal.starts_at),
         _ts(signal.ends_at),
         received_at,
-        orjson.dumps(
-            {"labels": signal.labels, "annotations": signal.annotations, "raw": signal.raw}
-        ).decode(),
+        orjson.dumps(_signal_body(signal)).decode(),
     )
+
+
+def _signal_body(signal: Signal) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "labels": signal.labels,
+        "annotations": signal.annotations,
+        "raw": signal.raw,
+    }
+    if signal.received_by is not None:
+        body["received_by"] = signal.received_by  # the principal that sent it
+    return body
+
+
+def _page_of(
+    rows: Sequence[tuple[Any, ...]], limit: int, item: Callable[[tuple[Any, ...]], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str], str | None]:
+    """Items of a ``limit + 1`` query (newest first), the cursor continuing after each
+    item (its seq), and the page's ``next`` cursor."""
+    kept = rows[:limit]
+    cursors = [str(row[0]) for row in kept]
+    return [item(row) for row in kept], cursors, cursors[-1] if len(rows) > limit else None
 
 
 def _row_to_item(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -933,6 +966,7 @@ def _row_to_item(row: tuple[Any, ...]) -> dict[str, Any]:
         "starts_at": starts_at,
         "ends_at": ends_at,
         "received_at": received_at,
+        "received_by": doc.get("received_by"),
     }
 
 

@@ -16,13 +16,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from remediator.domain.errors import InvalidInput
 from remediator.domain.limits import InputLimits
-from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
+from remediator.ingress.auth import Authenticator, FailedAuthLimiter, WebhookCredential
+from remediator.ingress.http import IntakeApp, IntakeState
 from remediator.journal.sqlite import SqliteJournal
 from remediator.metrics import Metrics
+from tests.unit.auth_helpers import OPERATOR_TOKEN, WEBHOOK_TOKEN, bearer, standard_authenticator
 from tests.unit.payloads import alert, payload, storm
 
-TOKEN = "s3cret-token"
-BEARER = {"Authorization": f"Bearer {TOKEN}"}
+TOKEN = WEBHOOK_TOKEN
+BEARER = bearer(TOKEN)  # the webhook's credential: ingest only
+API = bearer(OPERATOR_TOKEN)  # a principal with read and operate
 WEBHOOK = "/api/v1/webhooks/alertmanager"
 
 
@@ -54,7 +57,9 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
 
     async def make(
         *,
-        auth: AuthConfig | None = None,
+        auth: Authenticator | None = None,
+        failed_auth: FailedAuthLimiter | None = None,
+        response_bytes: int = 4 * 1024 * 1024,
         body_limit_bytes: int = 16 * 1024 * 1024,
         wrap: Callable[[SqliteJournal], Any] = lambda journal: journal,
         monotonic: Callable[[], float] | None = None,
@@ -66,7 +71,9 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
         intake = IntakeApp(
             journal=wrap(journal),
             metrics=Metrics(),
-            auth=auth or AuthConfig(bearer_token=TOKEN),
+            auth=auth or standard_authenticator(),
+            failed_auth=failed_auth,
+            response_bytes=response_bytes,
             state=IntakeState(),
             service_labels=("service", "app"),
             namespace_labels=("namespace",),
@@ -158,10 +165,15 @@ async def test_missing_or_wrong_token_is_401_and_nothing_is_stored(
     assert await h.stored() == []
     api = await h.client.get("/api/v1/signals", headers=headers)
     assert api.status == 401
+    assert h.intake.metrics.registry.get_sample_value(
+        "remediator_auth_failures_total", {"reason": "invalid" if headers else "missing"}
+    ) == 2
 
 
 async def test_basic_auth_is_accepted_when_configured(make_harness: MakeHarness) -> None:
-    h = await make_harness(auth=AuthConfig(basic_user="am", basic_password="pw"))
+    h = await make_harness(
+        auth=Authenticator(webhook=WebhookCredential(basic_user="am", basic_password="pw"))
+    )
     good = "Basic " + base64.b64encode(b"am:pw").decode()
     bad = "Basic " + base64.b64encode(b"am:nope").decode()
     assert (await h.post(payload([alert()]), headers={"Authorization": bad}))[0] == 401
@@ -229,7 +241,7 @@ async def test_signals_api_pages_newest_first(make_harness: MakeHarness) -> None
     await h.post(storm(5))
     await h.post(payload([alert(service="other", fingerprint="o")]))
     resp = await h.client.get(
-        "/api/v1/signals", params={"service": "checkout", "limit": "3"}, headers=BEARER
+        "/api/v1/signals", params={"service": "checkout", "limit": "3"}, headers=API
     )
     page = await resp.json()
     assert resp.status == 200
@@ -237,7 +249,7 @@ async def test_signals_api_pages_newest_first(make_harness: MakeHarness) -> None
     resp2 = await h.client.get(
         "/api/v1/signals",
         params={"service": "checkout", "limit": "3", "cursor": page["next"]},
-        headers=BEARER,
+        headers=API,
     )
     page2 = await resp2.json()
     assert len(page2["items"]) == 2 and page2["next"] is None
@@ -257,7 +269,7 @@ async def test_signals_api_rejects_bad_parameters(
     make_harness: MakeHarness, query: dict[str, str], fragment: str
 ) -> None:
     h = await make_harness()
-    resp = await h.client.get("/api/v1/signals", params=query, headers=BEARER)
+    resp = await h.client.get("/api/v1/signals", params=query, headers=API)
     assert resp.status == 400
     assert fragment in (await resp.json())["error"]
 
@@ -393,7 +405,7 @@ async def test_bad_paging_and_filters_are_400_naming_the_parameter(
     field: str,
 ) -> None:
     h = await make_harness()
-    resp = await h.client.get(f"{path}?{query}", headers=BEARER)
+    resp = await h.client.get(f"{path}?{query}", headers=API)
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert error.startswith(f"{field}: ")
@@ -409,7 +421,7 @@ async def test_the_largest_cursor_and_limit_are_served(
     h = await make_harness()
     await h.post(payload([alert()]))
     resp = await h.client.get(
-        path, params={"cursor": "9223372036854775807", "limit": "1000"}, headers=BEARER
+        path, params={"cursor": "9223372036854775807", "limit": "1000"}, headers=API
     )
     assert resp.status == 200
     assert (await resp.json())["next"] is None
@@ -456,7 +468,9 @@ async def test_a_malformed_authorization_header_is_401_without_a_traceback(
     make_harness: MakeHarness, caplog: pytest.LogCaptureFixture, authorization: bytes
 ) -> None:
     h = await make_harness(
-        auth=AuthConfig(bearer_token=TOKEN, basic_user="am", basic_password="pw")
+        auth=Authenticator(
+            webhook=WebhookCredential(bearer_token=TOKEN, basic_user="am", basic_password="pw")
+        )
     )
     body = orjson.dumps(payload([alert()]))
     for head, content in [
@@ -477,19 +491,35 @@ async def test_a_malformed_authorization_header_is_401_without_a_traceback(
     assert rejected(h, "/api/v1/signals", 401) == 1
 
 
-async def test_raw_bearer_and_basic_credentials_still_work(make_harness: MakeHarness) -> None:
+async def test_raw_bearer_and_basic_webhook_credentials_post_alerts_and_nothing_else(
+    make_harness: MakeHarness,
+) -> None:
     h = await make_harness(
-        auth=AuthConfig(bearer_token=TOKEN, basic_user="am", basic_password="pw")
+        auth=Authenticator(
+            webhook=WebhookCredential(bearer_token=TOKEN, basic_user="am", basic_password="pw")
+        )
     )
+    body = orjson.dumps(payload([alert()]))
     for authorization in (
         b"Bearer " + TOKEN.encode(),
         b"bearer   " + TOKEN.encode() + b"  ",
         b"Basic " + base64.b64encode(b"am:pw"),
     ):
         status, _, _ = await raw_request(
+            h,
+            b"POST " + WEBHOOK.encode() + b" HTTP/1.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nAuthorization: "
+            + authorization,
+            body,
+        )  # fmt: skip
+        assert status == 200
+        status, _, answer = await raw_request(
             h, b"GET /api/v1/signals HTTP/1.1\r\nAuthorization: " + authorization
         )
-        assert status == 200
+        assert status == 403
+        assert orjson.loads(answer) == {
+            "error": "forbidden: role 'read' required (principal 'webhook' has: ingest)"
+        }
 
 
 @pytest.mark.parametrize(
@@ -502,22 +532,27 @@ async def test_raw_bearer_and_basic_credentials_still_work(make_harness: MakeHar
         (b'"alice"', "body"),
         (b"null", "body"),
         (b"[" * 5000 + b"]" * 5000, "body"),  # deeper than the parser's limit
-        (b"{}", "by"),
-        (b'{"by": 5}', "by"),
-        (b'{"by": ["alice"]}', "by"),
-        (b'{"by": "   "}', "by"),
-        (b'{"by": "ali\\u0000ce"}', "by"),
-        (b'{"by": "alice\\nFAKE LOG LINE"}', "by"),
-        (orjson.dumps({"by": "a" * 201}), "by"),
+        (b'{"by": "alice"}', "by"),  # identity comes from the credential, never the body
+        (b'{"by": 5, "comment": "ok"}', "by"),
+        (b'{"comment": 5}', "comment"),
+        (b'{"comment": ["why"]}', "comment"),
+        (b'{"comment": "ali\\u0000ce"}', "comment"),
+        (b'{"comment": "a\\u001b[31mred"}', "comment"),
+        (orjson.dumps({"comment": "a" * 501}), "comment"),
+        (orjson.dumps({"comment": "x" * (1024 * 1024)}), "comment"),  # 1 MiB
+        (b'{"approver": "alice"}', "'approver'"),
     ],
 )
 async def test_bad_approve_bodies_are_400_naming_the_field(
     make_harness: MakeHarness, caplog: pytest.LogCaptureFixture, body: bytes, field: str
 ) -> None:
     h = await make_harness()
-    resp = await h.client.post("/api/v1/remediations/rem_x/approve", data=body, headers=BEARER)
+    resp = await h.client.post(
+        "/api/v1/remediations/rem_x/approve", data=io.BytesIO(body), headers=API
+    )
     assert resp.status == 400
-    assert (await resp.json())["error"].startswith(f"{field}: ")
+    error = (await resp.json())["error"]
+    assert error.startswith(f"{field}: ") and len(error) < 300
     assert_no_error_logged(caplog)
     assert rejected(h, "/api/v1/remediations/{id}/approve", 400) == 1
 
@@ -537,7 +572,7 @@ async def test_other_odd_requests_are_4xx_json_naming_what_was_wrong(
         ("PUT", "/api/v1/signals", {}, 405, ""),
     ]
     for method, path, kwargs, code, prefix in cases:
-        resp = await h.client.request(method, path, headers=BEARER, **kwargs)
+        resp = await h.client.request(method, path, headers=API, **kwargs)
         assert resp.status == code, (method, path)
         error = (await resp.json())["error"]
         assert error.startswith(prefix) and len(error) < 300, error
@@ -599,7 +634,7 @@ async def test_rejections_log_one_line_per_route_and_kind_per_minute(
     for _ in range(10):
         assert (await h.post(bad))[0] == 400
     assert (await h.post(bad, headers={}))[0] == 401  # another kind: its own line
-    resp = await h.client.get("/api/v1/signals?cursor=x", headers=BEARER)  # another route
+    resp = await h.client.get("/api/v1/signals?cursor=x", headers=API)  # another route
     assert resp.status == 400
     lines = warning_lines(caplog)
     assert len(lines) == 3
@@ -639,7 +674,7 @@ async def test_an_unexpected_error_is_a_500_with_an_error_id_and_one_log_line(
     h = await make_harness(
         wrap=lambda journal: BrokenJournal(journal, broken={"circuit", "record_signals"})
     )
-    resp = await h.client.get("/api/v1/circuit", headers=BEARER)
+    resp = await h.client.get("/api/v1/circuit", headers=API)
     assert resp.status == 500
     body = await resp.json()
     assert body["error_id"] and body["error_id"] in body["error"]
@@ -682,7 +717,7 @@ async def test_a_15_mib_label_is_400_naming_it_and_the_signals_api_stays_small(
         assert answer == {"error": "alerts[3].labels.foo: value is 15728640 bytes, limit 4096"}
     [before] = await h.stored()  # none of the refused payload, not even its valid alerts
     assert before["labels"]["alertname"] == "HighErrorRate"
-    resp = await h.client.get("/api/v1/signals?limit=5", headers=BEARER)
+    resp = await h.client.get("/api/v1/signals?limit=5", headers=API)
     assert resp.status == 200
     assert len(await resp.read()) < 4096
     # One WARNING for the three (throttled), naming the field, never quoting the value.

@@ -13,13 +13,28 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from jsonschema import Draft202012Validator
 
-from remediator.ingress.http import AuthConfig, IntakeApp, IntakeState
+from remediator.domain.auth import Role
+from remediator.ingress.auth import Authenticator, FailedAuthLimiter, WebhookCredential
+from remediator.ingress.http import IntakeApp, IntakeState
 from remediator.ingress.openapi import openapi_document
 from remediator.journal.sqlite import SqliteJournal
 from remediator.metrics import Metrics
+from tests.unit.auth_helpers import OPERATOR_TOKEN, bearer, principal
 from tests.unit.payloads import alert, payload
 
-AUTH = {"Authorization": "Bearer t"}
+AUTH = {"Authorization": "Bearer t"}  # the webhook's: ingest only
+API = bearer(OPERATOR_TOKEN)  # read and operate
+READER = bearer("reader-token-0123456789abcdef0123456789")
+
+
+def authenticator() -> Authenticator:
+    return Authenticator(
+        principals=[
+            principal("ops", Role.READ, Role.OPERATE, token=OPERATOR_TOKEN),
+            principal("reader", Role.READ, token=READER["Authorization"].split()[1]),
+        ],
+        webhook=WebhookCredential(bearer_token="t"),
+    )
 
 
 @pytest.fixture
@@ -29,12 +44,13 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
     intake = IntakeApp(
         journal=journal,
         metrics=Metrics(),
-        auth=AuthConfig(bearer_token="t"),
+        auth=authenticator(),
         state=IntakeState(),
         service_labels=("service",),
         namespace_labels=("namespace",),
         body_limit_bytes=4096,
         retry_after_seconds=1,
+        failed_auth=FailedAuthLimiter(max_failures=3, window_seconds=60, max_clients=10),
     )
     c = TestClient(TestServer(intake.build()))
     await c.start_server()
@@ -101,49 +117,72 @@ async def test_real_responses_match_their_schemas(client: TestClient) -> None:
             ({"cursor": "9" * 5000}, 400),
             ({"service": "a\x00"}, 400),
         ]:
-            resp = await client.get(path, params=params, headers=AUTH)
+            resp = await client.get(path, params=params, headers=API)
             assert resp.status == expected
             check(doc, path, "get", resp.status, await resp.json())
-    resp = await client.get("/api/v1/remediations", params={"status": "planned"}, headers=AUTH)
+    resp = await client.get("/api/v1/remediations", params={"status": "planned"}, headers=API)
     assert resp.status == 200
     check(doc, "/api/v1/remediations", "get", 200, await resp.json())
-    resp = await client.get("/api/v1/remediations", params={"status": "bogus"}, headers=AUTH)
+    resp = await client.get("/api/v1/remediations", params={"status": "bogus"}, headers=API)
     assert resp.status == 400
     assert "status: must be one of" in (await resp.json())["error"]
     check(doc, "/api/v1/remediations", "get", 400, await resp.json())
-    resp = await client.get("/api/v1/remediations/rem_nope", headers=AUTH)
+    resp = await client.get("/api/v1/remediations/rem_nope", headers=API)
     assert resp.status == 404
     check(doc, "/api/v1/remediations/{id}", "get", 404, await resp.json())
-    resp = await client.get("/api/v1/remediations/rem_nope/record", headers=AUTH)
+    resp = await client.get("/api/v1/remediations/rem_nope/record", headers=API)
     assert resp.status == 404
     check(doc, "/api/v1/remediations/{id}/record", "get", 404, await resp.json())
-    resp = await client.get("/api/v1/remediations/x/record?format=pdf", headers=AUTH)
+    resp = await client.get("/api/v1/remediations/x/record?format=pdf", headers=API)
     assert resp.status == 400
     check(doc, "/api/v1/remediations/{id}/record", "get", 400, await resp.json())
+    approve = "/api/v1/remediations/{id}/approve"
     resp = await client.post(
-        "/api/v1/remediations/rem_nope/approve", json={"by": "a"}, headers=AUTH
+        "/api/v1/remediations/rem_nope/approve", json={"comment": "a"}, headers=API
     )
     assert resp.status == 404
-    check(doc, "/api/v1/remediations/{id}/approve", "post", 404, await resp.json())
-    resp = await client.post("/api/v1/remediations/rem_nope/approve", json={}, headers=AUTH)
+    check(doc, approve, "post", 404, await resp.json())
+    resp = await client.post("/api/v1/remediations/rem_nope/approve", json={"by": "a"}, headers=API)
     assert resp.status == 400 and (await resp.json())["error"].startswith("by:")
-    check(doc, "/api/v1/remediations/{id}/approve", "post", 400, await resp.json())
+    check(doc, approve, "post", 400, await resp.json())
     resp = await client.post(
-        "/api/v1/remediations/rem_nope/approve", data=b"[" * 5000, headers=AUTH
+        "/api/v1/remediations/rem_nope/approve", data=b"[" * 5000, headers=API
     )
     assert resp.status == 413
-    check(doc, "/api/v1/remediations/{id}/approve", "post", 413, await resp.json())
-    resp = await client.get("/api/v1/circuit", headers=AUTH)
+    check(doc, approve, "post", 413, await resp.json())
+    for headers in (READER, AUTH):  # no operate role
+        resp = await client.post("/api/v1/remediations/rem_nope/approve", json={}, headers=headers)
+        assert resp.status == 403
+        check(doc, approve, "post", 403, await resp.json())
+    resp = await client.get("/api/v1/circuit", headers=API)
     check(doc, "/api/v1/circuit", "get", resp.status, await resp.json())
-    resp = await client.post("/api/v1/circuit/reset", headers=AUTH)
+    resp = await client.post("/api/v1/circuit/reset", headers=READER)
+    assert resp.status == 403
+    check(doc, "/api/v1/circuit/reset", "post", 403, await resp.json())
+    resp = await client.post("/api/v1/circuit/reset", headers=API)
     body = await resp.json()
     assert resp.status == 200 and body["open"] is False and body["changed_at"]
+    assert body["changed_by"] == "ops"
     check(doc, "/api/v1/circuit/reset", "post", resp.status, body)
+    resp = await client.get("/api/v1/signals", headers=API)
+    signals = await resp.json()
+    assert signals["items"][0]["received_by"] == "webhook"
+    check(doc, "/api/v1/signals", "get", 200, signals)
     for path in ("/healthz", "/readyz"):
         resp = await client.get(path)
         check(doc, path, "get", resp.status, await resp.json())
     metrics = await client.get("/metrics")
     assert metrics.status == 200 and metrics.content_type == "text/plain"
+    # Last: the webhook post without a credential above failed once; two more failures
+    # make three, and the address is throttled.
+    for _ in range(2):
+        resp = await client.get("/api/v1/circuit", headers=bearer("wrong"))
+        assert resp.status == 401
+        check(doc, "/api/v1/circuit", "get", 401, await resp.json())
+    for path, method in [("/api/v1/circuit", "get"), (hook, "post")]:
+        resp = await client.request(method, path, headers=API)
+        assert resp.status == 429 and resp.headers["Retry-After"] == "60"
+        check(doc, path, method, 429, await resp.json())
 
 
 async def test_a_malformed_authorization_answer_matches_the_document(client: TestClient) -> None:
@@ -180,7 +219,7 @@ async def test_an_internal_error_answer_matches_the_document(tmp_path: Path) -> 
     intake = IntakeApp(
         journal=Broken(),  # type: ignore[arg-type]
         metrics=Metrics(),
-        auth=AuthConfig(bearer_token="t"),
+        auth=authenticator(),
         state=IntakeState(),
         service_labels=("service",),
         namespace_labels=("namespace",),
@@ -190,7 +229,7 @@ async def test_an_internal_error_answer_matches_the_document(tmp_path: Path) -> 
     c = TestClient(TestServer(intake.build()))
     await c.start_server()
     try:
-        resp = await c.get("/api/v1/remediations", headers=AUTH)
+        resp = await c.get("/api/v1/remediations", headers=API)
         assert resp.status == 500
         check(openapi_document(), "/api/v1/remediations", "get", 500, await resp.json())
     finally:

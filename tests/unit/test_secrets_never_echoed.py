@@ -320,9 +320,10 @@ def test_the_running_daemon_logs_no_secret(tmp_path: Path, source: str) -> None:
         )  # fmt: skip
     try:
         wait_ready(proc, port, log_path)
-        # A refused request (wrong token) and an accepted one (the real token).
+        # A refused request (wrong token) and one authenticated by the real token (as the
+        # ingest-only webhook principal: 403 on a read route, not 401).
         assert http_status(port, "/api/v1/circuit", token="wrong") == 401
-        assert http_status(port, "/api/v1/circuit", token=marker(("webhook_token",))) == 200
+        assert http_status(port, "/api/v1/circuit", token=marker(("webhook_token",))) == 403
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -410,7 +411,7 @@ def test_reprs_of_settings_and_connectors_hold_no_secret(
     from remediator.connectors.helm import Helm
     from remediator.connectors.kafka import KafkaPublisher
     from remediator.connectors.slack import SlackNotifier
-    from remediator.ingress.http import AuthConfig
+    from remediator.ingress.auth import Authenticator, WebhookCredential
     from remediator.ingress.kafka import KafkaDeadLetters
 
     settings = load_settings(overrides=valid_secrets(tmp_path))
@@ -431,11 +432,12 @@ def test_reprs_of_settings_and_connectors_hold_no_secret(
         KafkaPublisher(settings=settings.kafka),
         KafkaDeadLetters(settings=settings.kafka),
         Helm(binary=Path("helm"), kubeconfig=None, env={"HELM_X": marker(("helm",))}),
-        AuthConfig(
+        webhook := WebhookCredential(
             bearer_token=marker(("webhook_token",)),
             basic_user="u",
             basic_password=marker(("webhook_password",)),
         ),
+        Authenticator(webhook=webhook),
         dsn,
         libpq_target(dsn),
     ]
