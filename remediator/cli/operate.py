@@ -334,9 +334,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"  {item['created_at']}  decided by rule {item['rule']}")
         if item.get("approved_by"):
             roles = item.get("approved_as") or ()
+            comment = item.get("approval_comment")
             print(f"  {item.get('approved_at') or ''}  approved by {item['approved_by']}"
                   + (f" as {', '.join(roles)}" if roles else "")
-                  + (f": {item['approval_comment']}" if item.get("approval_comment") else ""))  # fmt: skip
+                  + (f": {comment}" if comment else ""))  # fmt: skip
         if item["claimed_at"]:
             print(f"  {item['claimed_at']}  claimed by {item['claimed_by']}")
         for step in item.get("steps", ()):
