@@ -165,9 +165,12 @@ async def test_missing_or_wrong_token_is_401_and_nothing_is_stored(
     assert await h.stored() == []
     api = await h.client.get("/api/v1/signals", headers=headers)
     assert api.status == 401
-    assert h.intake.metrics.registry.get_sample_value(
-        "remediator_auth_failures_total", {"reason": "invalid" if headers else "missing"}
-    ) == 2
+    assert (
+        h.intake.metrics.registry.get_sample_value(
+            "remediator_auth_failures_total", {"reason": "invalid" if headers else "missing"}
+        )
+        == 2
+    )
 
 
 async def test_basic_auth_is_accepted_when_configured(make_harness: MakeHarness) -> None:

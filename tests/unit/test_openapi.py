@@ -145,9 +145,7 @@ async def test_real_responses_match_their_schemas(client: TestClient) -> None:
     resp = await client.post("/api/v1/remediations/rem_nope/approve", json={"by": "a"}, headers=API)
     assert resp.status == 400 and (await resp.json())["error"].startswith("by:")
     check(doc, approve, "post", 400, await resp.json())
-    resp = await client.post(
-        "/api/v1/remediations/rem_nope/approve", data=b"[" * 5000, headers=API
-    )
+    resp = await client.post("/api/v1/remediations/rem_nope/approve", data=b"[" * 5000, headers=API)
     assert resp.status == 413
     check(doc, approve, "post", 413, await resp.json())
     for headers in (READER, AUTH):  # no operate role
