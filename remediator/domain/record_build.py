@@ -48,7 +48,8 @@ def record_from_journal(
                 at=signal.received_at,
                 step="signal received",
                 status="done",
-                detail=f"{signal.source.value} {signal.kind} ({signal.status.value})",
+                detail=f"{signal.source.value} {signal.kind} ({signal.status.value})"
+                + (f", sent by {signal.received_by}" if signal.received_by else ""),
             )
         )
     entries.append(
@@ -59,6 +60,9 @@ def record_from_journal(
             detail=remediation.get("action") or remediation.get("reason") or "",
         )
     )
+    approved = _approval_entry(remediation)
+    if approved is not None:
+        entries.append(approved)
     for step in remediation.get("steps", ()):
         started = _parse(step["started_at"])
         assert started is not None
@@ -107,8 +111,23 @@ def record_from_journal(
         revision_to=_first_param(plan, "to_revision", "revision"),
         version_from=_first_param(plan, "from_version"),
         version_to=_first_param(plan, "to_version"),
+        approvers=tuple(plan.get("approvers") or ()) if plan else (),
         created_at=created,
         started_at=_parse(remediation.get("claimed_at")),
         finished_at=finished,
         timeline=tuple(entries),
     )
+
+
+def _approval_entry(remediation: Mapping[str, Any]) -> TimelineEntry | None:
+    """Who approved (the principal), as which of the plan's approver roles, and why."""
+    at = _parse(remediation.get("approved_at"))
+    if at is None:
+        return None
+    roles = remediation.get("approved_as") or ()
+    detail = f"by {remediation.get('approved_by') or 'unknown'}"
+    if roles:
+        detail += f" as {', '.join(roles)}"
+    if remediation.get("approval_comment"):
+        detail += f": {remediation['approval_comment']}"
+    return TimelineEntry(at=at, step="approved", status="done", detail=detail)
