@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -15,8 +17,24 @@ from typing import Any
 
 from tests.env.base import free_port, tail
 
-TOKEN = "e2e-token-5f2c"
+TOKEN = "e2e-token-5f2c"  # the webhook's: ingest only
+OPERATOR_TOKEN = "e2e-operator-token-3d9a61f0c4b27e58a1d6"  # read and operate
 RULES = Path(__file__).resolve().parents[2] / "rules"
+# Every approver role the shipped rules name: the operator may approve any plan.
+APPROVER_ROLES = ["product-manager", "tech-lead", "dba", "security-lead", "ops-lead"]
+
+
+def principals_file(path: Path, entries: list[dict[str, Any]]) -> Path:
+    """A principals file (JSON is YAML) for ``entries`` given with plain ``token``s."""
+    principals = []
+    for entry in entries:
+        entry = dict(entry)
+        token = entry.pop("token", None)
+        if token is not None:
+            entry["tokens"] = ["sha256:" + hashlib.sha256(token.encode()).hexdigest()]
+        principals.append(entry)
+    path.write_text(json.dumps({"principals": principals}, indent=2))
+    return path
 
 
 class Daemon:
@@ -25,13 +43,18 @@ class Daemon:
         workdir: Path,
         *,
         token: str = TOKEN,
+        operator_token: str = OPERATOR_TOKEN,
         extra_env: dict[str, str] | None = None,
         rules: Path = RULES,
+        client_tls: ssl.SSLContext | None = None,
     ):
         self.rules = rules
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token = token
+        self.operator_token = operator_token
+        # With client_tls the daemon is reached over https (its settings come in extra_env).
+        self.client_tls = client_tls
         self.journal = workdir / "journal.db"
         self.log_path = workdir / "daemon.log"
         self.port = free_port()
@@ -40,7 +63,8 @@ class Daemon:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.client_tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def webhook_url(self) -> str:
@@ -51,7 +75,14 @@ class Daemon:
         # Never let a test daemon find a real cluster through the developer's kubeconfig.
         env.pop("KUBERNETES_SERVICE_HOST", None)
         env["KUBECONFIG"] = str(self.workdir / "no-kubeconfig")
-        env.update({"REMEDIATOR_WEBHOOK_TOKEN": self.token, **self.extra_env})
+        operator = {"name": "e2e-operator", "roles": ["read", "operate"],
+                    "approver_roles": APPROVER_ROLES, "token": self.operator_token}  # fmt: skip
+        principals = principals_file(self.workdir / "principals.json", [operator])
+        env.update({
+            "REMEDIATOR_WEBHOOK_TOKEN": self.token,
+            "REMEDIATOR_AUTH__PRINCIPALS_FILE": str(principals),
+            **self.extra_env,
+        })  # fmt: skip
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remediator", "run", "--listen", f"127.0.0.1:{self.port}",
@@ -81,11 +112,14 @@ class Daemon:
         return code
 
     def get(self, path: str, *, auth: bool = True) -> tuple[int, Any]:
-        request = urllib.request.Request(self.url + path)  # noqa: S310 - loopback http
+        """GET as the operator principal (read and operate); the webhook token is ingest-only."""
+        request = urllib.request.Request(self.url + path)  # noqa: S310 - loopback http(s)
         if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
+            request.add_header("Authorization", f"Bearer {self.operator_token}")
         try:
-            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                request, timeout=10, context=self.client_tls
+            ) as resp:
                 body = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as err:

@@ -46,7 +46,7 @@ def workdir(tmp_path: Path) -> Path:
 @pytest.fixture
 def token_file(daemon: Daemon, workdir: Path) -> Path:
     path = workdir / "token"
-    path.write_text(daemon.token + "\n")
+    path.write_text(daemon.operator_token + "\n")  # read and operate
     path.chmod(0o600)
     return path
 
@@ -93,8 +93,9 @@ def test_the_cli_reads_a_running_daemon_over_its_api(
     outputs += [shown, history, report, circuit]
 
     for done in outputs:
-        assert daemon.token not in done.stdout + done.stderr
-        assert daemon.token not in " ".join(done.args)
+        for token in (daemon.token, daemon.operator_token):
+            assert token not in done.stdout + done.stderr
+            assert token not in " ".join(done.args)
     assert not (workdir / "var").exists()  # no local journal was made or read
 
 
@@ -123,7 +124,7 @@ def test_a_wrong_token_is_exit_2_with_one_clear_line(
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
         assert done.stderr.startswith("remediator: unauthorized: ")
         assert "the credential given was refused" in done.stderr
-        assert wrong_token not in done.stderr and daemon.token not in done.stderr
+        assert wrong_token not in done.stderr and daemon.operator_token not in done.stderr
 
 
 def test_no_daemon_there_is_exit_3(workdir: Path) -> None:

@@ -59,7 +59,7 @@ def authenticator() -> Authenticator:
                 Role.OPERATE,
                 token=TOKENS["lead"],
                 approver_roles=["tech-lead", "product-manager"],
-            ),  # fmt: skip
+            ),
             principal("admin", Role.ADMIN, token=TOKENS["admin"]),
         ],
         webhook=WebhookCredential(bearer_token=TOKENS["webhook"]),
