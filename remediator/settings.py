@@ -405,7 +405,10 @@ class Settings(BaseSettings):
         description="Testing only: fault-injection points to arm (see "
         "remediator/domain/failpoints.py); never set in production.",
     )
-    webhook_token: SecretStr | None = Field(None, description="Bearer token webhook callers send.")
+    webhook_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the principal `webhook`, which may only post alerts.",
+    )
     webhook_token_file: Path | None = Field(
         None, description="File holding the bearer token (a mounted Secret)."
     )
