@@ -125,6 +125,7 @@ def test_resetting_the_breaker_in_the_journal_file_records_the_os_user(
         "circuit breaker closed",
         f"reason: reset by {USER} from the journal file (break-glass)",
     ]
+    assert out.splitlines()[-1] == f"by: {USER}"  # the journal records who, as the API does
 
 
 def test_reading_lists_pages_past_one_journal_page(cli: Cli, journal_path: Path) -> None:
