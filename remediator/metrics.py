@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -60,5 +60,11 @@ class Metrics:
             "remediator_journal_write_duration_seconds",
             "Time from handing signals to the journal until they are durable.",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.journal_writer_up = Gauge(
+            "remediator_journal_writer_up",
+            "1 while the journal's writer can make progress, 0 once it stopped "
+            "(/healthz fails then, so the pod is restarted).",
             registry=r,
         )

@@ -83,7 +83,10 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.journal = journal or journal_from_url(
-            settings.journal.url, max_batch=settings.journal.max_batch
+            settings.journal.url,
+            max_batch=settings.journal.max_batch,
+            call_timeout_seconds=settings.journal.call_timeout_seconds,
+            prune_batch_size=settings.journal.prune_batch_size,
         )
         # Rule problems are start-up errors: refuse to run on rules nobody can trust.
         self.pack = pack or load_rule_pack_from_path(settings.rules_path)
