@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 2000
 DEFAULT_CALL_TIMEOUT_SECONDS = 5.0
 DEFAULT_PRUNE_BATCH_SIZE = 5000
+# A prune batch holds the writer: webhooks wait behind it. Batches adapt to about this
+# long (commit included) and examine rows this many at a time.
+PRUNE_BATCH_TARGET_SECONDS = 0.03
+PRUNE_CHUNK_ROWS = 200
 # Below this much free space the readiness probe fails even if its small write
 # would still fit: WAL space left over from earlier commits lets a heartbeat succeed
 # on a full disk while a webhook's larger batch cannot.
@@ -463,21 +467,31 @@ class SqliteJournal:
             )
 
     async def prune(self, *, older_than_seconds: float) -> int:
-        """Delete old signals in batches of ``prune_batch_size``, one transaction each.
+        """Delete old signals in batches of at most ``prune_batch_size``, one transaction each.
 
-        Between batches the writer serves whatever queued meanwhile (webhooks), so a
-        large backlog of old rows never holds up intake for longer than one batch.
+        Between batches the writer serves whatever queued meanwhile (webhooks). Deleting
+        a signal rewrites a random page of the id index, so a batch costs about a page
+        write per row: batches shrink until each takes about PRUNE_BATCH_TARGET_SECONDS
+        on this disk, and end early when another write is waiting.
         """
         cutoff = _utc_text(self._clock() - timedelta(seconds=older_than_seconds))
+        limit = min(self._prune_batch_size, PRUNE_CHUNK_ROWS)
         total = 0
         after: int | None = 0
         while after is not None:
-            deleted, after = await self._transaction(
-                functools.partial(_prune_batch, cutoff=cutoff, after=after,
-                                  size=self._prune_batch_size)
-            )  # fmt: skip
-            total += deleted
+            batch: _PruneBatch = await self._write(
+                functools.partial(
+                    _prune_batch, cutoff=cutoff, after=after, limit=limit, waiting=self._waiting
+                )
+            )
+            total += batch.deleted
+            after = batch.next_after
+            limit = _next_prune_limit(batch, limit, most=self._prune_batch_size)
         return total
+
+    def _waiting(self) -> bool:
+        """Another job is queued for the writer (called on the writer thread)."""
+        return not self._queue.empty()
 
     async def list_signals(
         self, *, service: str | None = None, limit: int = 50, cursor: str | None = None
@@ -1048,27 +1062,72 @@ def _insert_outbox(conn: sqlite3.Connection, messages: Sequence[OutboxMessage]) 
     )
 
 
-def _prune_batch(
-    conn: sqlite3.Connection, *, cutoff: str, after: int, size: int
-) -> tuple[int, int | None]:
-    """Delete the old signals among the next ``size`` after seq ``after``.
+@dataclass(frozen=True, slots=True)
+class _PruneBatch:
+    deleted: int
+    examined: int
+    next_after: int | None  # where the next batch starts; None: done
+    seconds: float  # the batch's time on the writer, commit and checkpoint included
 
-    Returns how many went and where the next batch starts, or None when done: at the
-    end of the table, or at the first batch holding no old signal. seq grows with
-    received_at, so that batch is where the signals still within retention begin; a
-    newer signal among old ones (the clock stepped back) is kept, never forgotten early.
-    No index on received_at: it would tax every insert on the webhook's hot path.
+
+def _prune_batch(
+    conn: sqlite3.Connection,
+    *,
+    cutoff: str,
+    after: int,
+    limit: int,
+    waiting: Callable[[], bool],
+) -> _PruneBatch:
+    """Delete old signals among at most ``limit`` after seq ``after``, in one transaction.
+
+    Rows are examined in seq order, a chunk at a time. The prune is done at the end of
+    the table or at the first chunk holding no old signal: seq grows with received_at,
+    so that is where the signals still within retention begin. A newer signal among old
+    ones (the clock stepped back) is kept, never forgotten early. No index on
+    received_at: it would tax every insert on the webhook's hot path.
     """
-    rows = conn.execute(
-        "SELECT seq, received_at FROM signals WHERE seq > ? ORDER BY seq LIMIT ?", (after, size)
-    ).fetchall()
-    old = [seq for seq, received_at in rows if received_at < cutoff]
-    if len(old) == len(rows) and rows:
-        conn.execute("DELETE FROM signals WHERE seq > ? AND seq <= ?", (after, rows[-1][0]))
-    elif old:
-        conn.executemany("DELETE FROM signals WHERE seq = ?", [(seq,) for seq in old])
-    done = not old or len(rows) < size
-    return len(old), None if done else rows[-1][0]
+    started = time.monotonic()
+    deleted = examined = 0
+    next_after: int | None = after
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        while next_after is not None:
+            size = min(PRUNE_CHUNK_ROWS, limit - examined)
+            rows = conn.execute(
+                "SELECT seq, received_at FROM signals WHERE seq > ? ORDER BY seq LIMIT ?",
+                (next_after, size),
+            ).fetchall()
+            old = [seq for seq, received_at in rows if received_at < cutoff]
+            if rows and len(old) == len(rows):
+                conn.execute(
+                    "DELETE FROM signals WHERE seq > ? AND seq <= ?", (next_after, rows[-1][0])
+                )
+            elif old:
+                conn.executemany("DELETE FROM signals WHERE seq = ?", [(seq,) for seq in old])
+            deleted += len(old)
+            examined += len(rows)
+            next_after = None if not old or len(rows) < size else rows[-1][0]
+            if examined >= limit or waiting():
+                break
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    # Copy the batch's pages into the database now, in the prune's turn, rather than in
+    # the next webhook's commit (SQLite checkpoints in whichever commit crosses the
+    # threshold). An optimisation only: a failure here leaves it to a later commit.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    return _PruneBatch(deleted, examined, next_after, time.monotonic() - started)
+
+
+def _next_prune_limit(batch: _PruneBatch, limit: int, *, most: int) -> int:
+    """As many rows as the last batch's pace fits in the target time; at most doubling,
+    so one quick batch (e.g. cut short by a waiting write) cannot overshoot."""
+    if batch.examined == 0 or batch.seconds <= 0:
+        return limit
+    fits = int(batch.examined * PRUNE_BATCH_TARGET_SECONDS / batch.seconds)
+    return max(1, min(most, limit * 2, fits))
 
 
 def _parse_utc(text: str) -> datetime:

@@ -14,7 +14,13 @@ import pytest
 
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.signals import Signal, Source, Status
-from remediator.journal.sqlite import SqliteJournal
+from remediator.journal.sqlite import (
+    PRUNE_CHUNK_ROWS,
+    SqliteJournal,
+    _next_prune_limit,
+    _prune_batch,
+    _PruneBatch,
+)
 from tests.unit.journal_helpers import writer_held
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -211,6 +217,46 @@ async def test_prune_follows_the_injected_clock(journal: SqliteJournal, clock: C
     assert await journal.prune(older_than_seconds=3600) == 0
     clock.now = NOW + timedelta(hours=2)
     assert await journal.prune(older_than_seconds=3600) == 1
+
+
+async def test_a_prune_batch_ends_after_one_chunk_when_another_write_waits(
+    journal: SqliteJournal,
+) -> None:
+    old = NOW - timedelta(days=10)
+    await journal.record_signals(
+        [make_signal(i, received_at=old) for i in range(PRUNE_CHUNK_ROWS * 3)]
+    )
+    cutoff = "2026-11-26T10:00:00.000000Z"
+    batch = await journal._write(
+        lambda conn: _prune_batch(
+            conn, cutoff=cutoff, after=0, limit=PRUNE_CHUNK_ROWS * 3, waiting=lambda: True
+        )
+    )
+    assert (batch.deleted, batch.examined) == (PRUNE_CHUNK_ROWS, PRUNE_CHUNK_ROWS)
+    assert batch.next_after == PRUNE_CHUNK_ROWS  # seq of the last row it deleted
+    rest = await journal._write(
+        lambda conn: _prune_batch(
+            conn, cutoff=cutoff, after=batch.next_after, limit=10_000, waiting=lambda: False
+        )
+    )
+    assert (rest.deleted, rest.next_after) == (PRUNE_CHUNK_ROWS * 2, None)
+
+
+@pytest.mark.parametrize(
+    ("examined", "seconds", "limit", "expected"),
+    [
+        (200, 0.001, 200, 400),  # quick: at most double
+        (200, 0.001, 4000, 5000),  # never above the setting
+        (1000, 0.1, 1000, 300),  # slow: what fits in the 30 ms target
+        (1, 10.0, 1000, 1),  # very slow: still at least one row per batch
+        (0, 0.0, 700, 700),  # nothing examined: nothing learned
+    ],
+)
+def test_prune_batches_adapt_to_the_time_they_take(
+    examined: int, seconds: float, limit: int, expected: int
+) -> None:
+    batch = _PruneBatch(deleted=examined, examined=examined, next_after=None, seconds=seconds)
+    assert _next_prune_limit(batch, limit, most=5000) == expected
 
 
 # -- faults: every job settled, deadlines, a dead writer ------------------------------
