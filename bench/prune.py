@@ -259,7 +259,7 @@ def main() -> int:
     parser.add_argument("--alerts-per-request", type=int, default=10)
     parser.add_argument("--prune-batch-size", type=int, default=5000)
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
-    parser.add_argument("--baseline-seconds", type=float, default=5.0)
+    parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--db", type=Path, help="reuse (a copy of) this prepared journal")
     args = parser.parse_args()
 
