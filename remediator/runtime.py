@@ -88,16 +88,20 @@ class Runtime:
         facts: ServiceFacts | None = None,
     ) -> None:
         self.settings = settings
+        # Parsed once: a counted failpoint fires that many times in the whole process.
+        self.failpoints = settings.armed_failpoints
         self.journal = journal or journal_from_url(
-            settings.journal.url, max_batch=settings.journal.max_batch
+            settings.journal.url,
+            max_batch=settings.journal.max_batch,
+            call_timeout_seconds=settings.journal.call_timeout_seconds,
+            prune_batch_size=settings.journal.prune_batch_size,
+            failpoints=self.failpoints,
         )
         # Rule problems are start-up errors: refuse to run on rules nobody can trust.
         self.pack = pack or load_rule_pack_from_path(settings.rules_path)
         self.facts: ServiceFacts | None = facts
         self.kube_status = "not connected"
         self.metrics = Metrics()
-        # Parsed once: a counted failpoint fires that many times in the whole process.
-        self.failpoints = settings.armed_failpoints
         self.state = IntakeState()
         self.stopping = asyncio.Event()
         self.bound_port: int | None = None
@@ -492,6 +496,7 @@ class Runtime:
             except TemporaryError as exc:
                 log.warning("journal prune failed, will retry: %s", exc)
             else:
+                self.metrics.pruned_signals.inc(deleted)
                 if deleted:
                     log.info("pruned %d signal(s) older than %.0fh", deleted, retention / 3600)
             await asyncio.sleep(PRUNE_INTERVAL_SECONDS)

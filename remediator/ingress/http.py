@@ -198,6 +198,7 @@ class IntakeApp:
     ) -> None:
         self.journal = journal
         self.metrics = metrics
+        metrics.journal_writer_up.set_function(lambda: float(journal.alive()))
         self.auth = auth
         self.state = state
         self.service_labels = tuple(service_labels)
@@ -490,6 +491,13 @@ class IntakeApp:
 
     # -- operations ----------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.StreamResponse:
+        # Liveness fails only for what a restart cures: a journal that can no longer
+        # write (draining or a busy disk are readiness matters).
+        if not self.journal.alive():
+            return json_response(
+                {"status": "unavailable", "checks": {"journal": "writer stopped; restart needed"}},
+                status=503,
+            )
         return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
