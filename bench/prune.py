@@ -261,6 +261,7 @@ def main() -> int:
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--db", type=Path, help="reuse (a copy of) this prepared journal")
+    parser.add_argument("--settle-seconds", type=float, default=15.0)
     args = parser.parse_args()
 
     if args.command == "serve":
@@ -282,9 +283,11 @@ def main() -> int:
         else:
             print(f"preparing {args.rows:,} old signals ...", flush=True)
             print(f"  prepared in {prepare(db, args.rows):.1f} s", flush=True)
-        # Write back the copy's dirty pages first: on ext4 (data=ordered) the server's
-        # first fsyncs would otherwise wait for a gigabyte of someone else's writeback.
+        # Write back the copy's dirty pages first, and let the file system settle (with
+        # online discard, the previous run's deleted gigabyte is trimmed meanwhile): the
+        # server's fsyncs would otherwise wait for that writeback, not for its own work.
         os.sync()
+        time.sleep(args.settle_seconds)
         size_mb = db.stat().st_size / 1e6
         port = free_port()
         server = subprocess.Popen(
