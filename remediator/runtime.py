@@ -54,6 +54,7 @@ from remediator.settings import Settings, is_loopback
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 3600.0
+CANCEL_RETRY_SECONDS = 0.5
 
 
 def auth_from_settings(settings: Settings) -> AuthConfig:
@@ -455,9 +456,12 @@ class Runtime:
 
         async def stop(*names: str) -> None:
             chosen = [by_name[n] for n in names if n in by_name]
-            for task in chosen:
-                task.cancel()
-            await asyncio.gather(*chosen, return_exceptions=True)
+            # Cancel again while any is still running: a library may swallow one
+            # cancellation (Python 3.11's wait_for does when its inner await just ended).
+            while pending := [task for task in chosen if not task.done()]:
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=CANCEL_RETRY_SECONDS)
 
         await stop("kafka-intake")
         if kafka_intake is not None:
@@ -493,8 +497,9 @@ class Runtime:
         while True:
             try:
                 deleted = await self.journal.prune(older_than_seconds=retention)
-            except TemporaryError as exc:
-                log.warning("journal prune failed, will retry: %s", exc)
+            except (TemporaryError, PermanentError) as exc:
+                log.warning("journal prune failed, will retry in %.0fs: %s",
+                            PRUNE_INTERVAL_SECONDS, exc)  # fmt: skip
             else:
                 self.metrics.pruned_signals.inc(deleted)
                 if deleted:

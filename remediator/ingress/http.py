@@ -504,10 +504,12 @@ class IntakeApp:
         if self.state.draining:
             return self._unavailable("draining")
         try:
-            await asyncio.wait_for(self.journal.check_writable(), timeout=READY_PROBE_TIMEOUT)
+            async with asyncio.timeout(READY_PROBE_TIMEOUT):
+                await self.journal.check_writable()
         except (TemporaryError, TimeoutError) as exc:
+            why = str(exc) or f"no answer within {READY_PROBE_TIMEOUT:g}s"
             return json_response(
-                {"status": "unavailable", "checks": {"journal": f"not writable: {exc}"}},
+                {"status": "unavailable", "checks": {"journal": f"not writable: {why}"}},
                 status=503,
                 headers={"Retry-After": self.retry_after},
             )

@@ -428,8 +428,11 @@ class SqliteJournal:
     async def _within_deadline(self, work: Awaitable[Any], what: str) -> Any:
         # On timeout the future is cancelled: a queued write is then skipped, one
         # already running completes and stands (Alertmanager's retry is a duplicate).
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+        # that arrives as the work completes, and a root task would then never stop.
         try:
-            return await asyncio.wait_for(work, timeout=self._call_timeout)
+            async with asyncio.timeout(self._call_timeout):
+                return await work
         except TimeoutError as exc:
             raise TemporaryError(
                 f"journal {what} took longer than {self._call_timeout:g}s", delay=1.0

@@ -21,7 +21,7 @@ import pytest
 from remediator.domain.signals import signal_id
 from remediator.journal.sqlite import INSERT_SIGNAL, SqliteJournal
 from tests.e2e.daemon import Daemon
-from tests.e2e.test_alertmanager_intake import post, wait_for
+from tests.e2e.test_alertmanager_intake import post
 from tests.unit.payloads import alert, payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -98,7 +98,7 @@ def fill_with_old_signals(db: Path, rows: int) -> None:
                 None,
                 stamp,
                 body,
-            )  # fmt: skip
+            )
             for n in range(rows)
         ),
     )
