@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -95,6 +95,17 @@ class Metrics:
             "remediator_http_rejected",
             "HTTP requests answered with a 4xx (the client's mistake), by route and status code.",
             ["route", "code"],
+            registry=r,
+        )
+        self.pruned_signals = Counter(
+            "remediator_journal_pruned_signals",
+            "Signals (and their idempotency keys) forgotten after journal.retention_hours.",
+            registry=r,
+        )
+        self.journal_writer_up = Gauge(
+            "remediator_journal_writer_up",
+            "1 while the journal's writer can make progress, 0 once it stopped "
+            "(/healthz fails then, so the pod is restarted).",
             registry=r,
         )
         self.auth_failures = Counter(

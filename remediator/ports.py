@@ -220,12 +220,23 @@ class Journal(Protocol):
         """Newest first. ``cursor`` is the ``next_cursor`` of the previous page."""
         ...
 
+    def alive(self) -> bool:
+        """The journal is open and can still make progress (for /healthz).
+
+        False once it cannot recover without a restart (e.g. its writer stopped):
+        every call then fails with TemporaryError at once.
+        """
+        ...
+
     async def check_writable(self) -> None:
-        """Raise TemporaryError unless a write would succeed now (for /readyz)."""
+        """Commit a small real write, or raise TemporaryError (for /readyz)."""
         ...
 
     async def prune(self, *, older_than_seconds: float) -> int:
-        """Forget signals (and their keys) received longer ago than this; return how many."""
+        """Forget signals (and their keys) received longer ago than this; return how many.
+
+        Deletes in bounded batches, one transaction each, so other writes interleave.
+        """
         ...
 
     # -- decisions -------------------------------------------------------------------

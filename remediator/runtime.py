@@ -62,6 +62,7 @@ from remediator.settings import HttpSettings, Settings, is_loopback
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 3600.0
+CANCEL_RETRY_SECONDS = 0.5
 
 
 def auth_from_settings(settings: Settings) -> Authenticator:
@@ -151,16 +152,20 @@ class Runtime:
         facts: ServiceFacts | None = None,
     ) -> None:
         self.settings = settings
+        # Parsed once: a counted failpoint fires that many times in the whole process.
+        self.failpoints = settings.armed_failpoints
         self.journal = journal or journal_from_url(
-            settings.journal.url, max_batch=settings.journal.max_batch
+            settings.journal.url,
+            max_batch=settings.journal.max_batch,
+            call_timeout_seconds=settings.journal.call_timeout_seconds,
+            prune_batch_size=settings.journal.prune_batch_size,
+            failpoints=self.failpoints,
         )
         # Rule problems are start-up errors: refuse to run on rules nobody can trust.
         self.pack = pack or load_rule_pack_from_path(settings.rules_path)
         self.facts: ServiceFacts | None = facts
         self.kube_status = "not connected"
         self.metrics = Metrics()
-        # Parsed once: a counted failpoint fires that many times in the whole process.
-        self.failpoints = settings.armed_failpoints
         self.state = IntakeState()
         self.stopping = asyncio.Event()
         self.bound_port: int | None = None
@@ -541,9 +546,12 @@ class Runtime:
 
         async def stop(*names: str) -> None:
             chosen = [by_name[n] for n in names if n in by_name]
-            for task in chosen:
-                task.cancel()
-            await asyncio.gather(*chosen, return_exceptions=True)
+            # Cancel again while any is still running: a library may swallow one
+            # cancellation (Python 3.11's wait_for does when its inner await just ended).
+            while pending := [task for task in chosen if not task.done()]:
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=CANCEL_RETRY_SECONDS)
 
         await stop("kafka-intake")
         if kafka_intake is not None:
@@ -579,9 +587,11 @@ class Runtime:
         while True:
             try:
                 deleted = await self.journal.prune(older_than_seconds=retention)
-            except TemporaryError as exc:
-                log.warning("journal prune failed, will retry: %s", exc)
+            except (TemporaryError, PermanentError) as exc:
+                log.warning("journal prune failed, will retry in %.0fs: %s",
+                            PRUNE_INTERVAL_SECONDS, exc)  # fmt: skip
             else:
+                self.metrics.pruned_signals.inc(deleted)
                 if deleted:
                     log.info("pruned %d signal(s) older than %.0fh", deleted, retention / 3600)
             await asyncio.sleep(PRUNE_INTERVAL_SECONDS)

@@ -132,6 +132,18 @@ class JournalSettings(_Group):
     max_batch: int = Field(
         5000, ge=1, description="Most alerts written in one transaction (group commit)."
     )
+    call_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest any journal read or write may take; past it the caller gets a "
+        "temporary error (a webhook answers 503 with Retry-After).",
+    )
+    prune_batch_size: int = Field(
+        5000,
+        ge=1,
+        description="Most old signals deleted per transaction when pruning, so webhook "
+        "writes interleave with a large prune.",
+    )
 
     @field_validator("url")
     @classmethod

@@ -199,8 +199,11 @@ class Executor:
                     doubled = POLL_SECONDS * 2.0 ** min(failed_passes, 16)
                     await self._sleep(min(self._retry_max, doubled))
                     continue
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that arrives as the wait ends, and shutdown relies on it.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._next_pass_in())
+                    async with asyncio.timeout(self._next_pass_in()):
+                        await self._wake.wait()
         finally:
             await self.drain()
 

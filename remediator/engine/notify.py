@@ -111,8 +111,9 @@ class NotificationRelay:
             delay = 1.0
             if sent == 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see Executor.run
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self._wake.wait()
 
     async def deliver_pending(self, channel: str, *, limit: int = 50) -> int:
         """Deliver queued notices of a channel in order; raise TemporaryError to back off."""

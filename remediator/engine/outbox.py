@@ -79,8 +79,9 @@ class OutboxRelay:
                 continue
             backoff = 0.0
             if published < self._batch_size:  # drained: wait for news or the next poll
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see Executor.run
+                    async with asyncio.timeout(self._poll):
+                        await self._wake.wait()
 
     async def run_once(self) -> int:
         """Publish one batch; return how many. TemporaryError: nothing marked published."""

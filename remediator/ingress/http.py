@@ -160,6 +160,7 @@ class IntakeApp:
     ) -> None:
         self.journal = journal
         self.metrics = metrics
+        metrics.journal_writer_up.set_function(lambda: float(journal.alive()))
         self.auth = auth
         self.failed_auth = failed_auth
         self.response_bytes = response_bytes
@@ -571,16 +572,25 @@ class IntakeApp:
 
     # -- operations ----------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.StreamResponse:
+        # Liveness fails only for what a restart cures: a journal that can no longer
+        # write (draining or a busy disk are readiness matters).
+        if not self.journal.alive():
+            return json_response(
+                {"status": "unavailable", "checks": {"journal": "writer stopped; restart needed"}},
+                status=503,
+            )
         return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         if self.state.draining:
             return self._unavailable("draining")
         try:
-            await asyncio.wait_for(self.journal.check_writable(), timeout=READY_PROBE_TIMEOUT)
+            async with asyncio.timeout(READY_PROBE_TIMEOUT):
+                await self.journal.check_writable()
         except (TemporaryError, TimeoutError) as exc:
+            why = str(exc) or f"no answer within {READY_PROBE_TIMEOUT:g}s"
             return json_response(
-                {"status": "unavailable", "checks": {"journal": f"not writable: {exc}"}},
+                {"status": "unavailable", "checks": {"journal": f"not writable: {why}"}},
                 status=503,
                 headers={"Retry-After": self.retry_after},
             )

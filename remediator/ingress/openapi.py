@@ -540,12 +540,16 @@ def _document() -> dict[str, Any]:
             },
             "/healthz": {
                 "get": {
-                    "summary": "Liveness: the process serves HTTP.",
+                    "summary": "Liveness: the process serves HTTP and its journal can write.",
                     "responses": {
                         "200": {
                             "description": "Alive.",
                             **_json({"$ref": "#/components/schemas/Health"}),
-                        }
+                        },
+                        "503": {
+                            "description": "The journal's writer stopped: restart the process.",
+                            **_json({"$ref": "#/components/schemas/Health"}),
+                        },
                     },
                 }
             },

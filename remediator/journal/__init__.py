@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 from remediator.domain.errors import ConfigError
-from remediator.journal.sqlite import SqliteJournal
+from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
+from remediator.journal.sqlite import (
+    DEFAULT_CALL_TIMEOUT_SECONDS,
+    DEFAULT_PRUNE_BATCH_SIZE,
+    SqliteJournal,
+)
 from remediator.ports import Journal
 
 
-def journal_from_url(url: str, *, max_batch: int = 5000) -> Journal:
+def journal_from_url(
+    url: str,
+    *,
+    max_batch: int = 5000,
+    call_timeout_seconds: float = DEFAULT_CALL_TIMEOUT_SECONDS,
+    prune_batch_size: int = DEFAULT_PRUNE_BATCH_SIZE,
+    failpoints: Failpoints = NO_FAILPOINTS,
+) -> Journal:
     if url.startswith("sqlite:///"):
         from pathlib import Path
 
-        return SqliteJournal(path=Path(url.removeprefix("sqlite:///")), max_batch=max_batch)
+        return SqliteJournal(
+            path=Path(url.removeprefix("sqlite:///")),
+            max_batch=max_batch,
+            call_timeout_seconds=call_timeout_seconds,
+            prune_batch_size=prune_batch_size,
+            failpoints=failpoints,
+        )
     raise ConfigError(f"journal URL {url!r}: unsupported scheme (use sqlite:///PATH)")
 
 

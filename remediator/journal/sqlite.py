@@ -4,19 +4,28 @@ The durable write sits on the webhook's hot path. One commit per alert (or per
 request) would cap intake at the disk's fsync rate, so concurrent writes queue up
 and the writer thread commits everything waiting in one transaction. The event
 loop never blocks: it awaits a future the writer resolves after COMMIT.
+
+Every call has a deadline (``call_timeout_seconds``): past it the caller gets
+``TemporaryError`` (a webhook answers 503) instead of waiting on a stuck disk. The
+writer settles every job whatever it raises; should the thread itself die, every
+queued and later call fails at once and ``alive()`` turns false, so /healthz fails
+and Kubernetes restarts the pod.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import queue
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -24,7 +33,8 @@ from typing import Any
 
 import orjson
 
-from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.errors import PermanentError, RemediatorError, TemporaryError
+from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
 from remediator.domain.notices import SlackMessageRef
 from remediator.domain.paging import check_limit, parse_cursor
 from remediator.domain.signals import Signal, Source, Status
@@ -45,6 +55,19 @@ log = logging.getLogger(__name__)
 # Short waits for a lock held by another process are absorbed here; past this the
 # caller gets TemporaryError (the webhook answers 503 and Alertmanager retries).
 BUSY_TIMEOUT_MS = 2000
+DEFAULT_CALL_TIMEOUT_SECONDS = 5.0
+DEFAULT_PRUNE_BATCH_SIZE = 5000
+# A prune batch holds the writer: webhooks wait behind it. Batches adapt to about this
+# long (commit included) and examine rows this many at a time.
+PRUNE_BATCH_TARGET_SECONDS = 0.03
+PRUNE_CHUNK_ROWS = 200
+# Below this much free space the readiness probe fails even if its small write
+# would still fit: WAL space left over from earlier commits lets a heartbeat succeed
+# on a full disk while a webhook's larger batch cannot.
+MIN_FREE_BYTES = 1024 * 1024
+# SQLite VM steps between checks of a read's deadline: each check takes the GIL, so
+# not too often.
+_PROGRESS_STEPS = 50_000
 _ZERO = timedelta(0)
 
 
@@ -59,6 +82,10 @@ def _utc_text(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(slots=True)
 class _Job:
     """Work for the writer thread; ``signals`` jobs are batched into one transaction."""
@@ -67,14 +94,24 @@ class _Job:
     future: asyncio.Future[Any]
     signals: Sequence[Signal] | None = None
     action: Callable[[sqlite3.Connection], Any] | None = None
-    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def abandoned(self) -> bool:
+        """The caller stopped waiting (deadline, disconnect): don't start its write."""
+        return self.future.done()
+
+    def resolve(self, result: Any, error: BaseException | None = None) -> None:
+        # The caller's loop may be closed already (e.g. a CLI run ended); the writer
+        # must not die of that.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
 
 
 _STOP = object()
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller went away (e.g. client disconnected); the write stands
+    if future.done():  # the caller stopped waiting (deadline, disconnect); the write stands
         return
     if error is not None:
         future.set_exception(error)
@@ -82,17 +119,79 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
+# SQLite errors caused by what a job asked for, not by the storage: retrying the same
+# job cannot help, and the other requests sharing its commit are not to blame.
+_INPUT_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.NotSupportedError,
+)
+
+
+def _storage_fault(exc: BaseException) -> bool:
+    """Locked, busy, disk full, read-only, I/O error: the storage may recover."""
+    return isinstance(exc, sqlite3.Error) and not isinstance(exc, _INPUT_ERRORS)
+
+
+def _job_error(exc: Exception) -> RemediatorError:
+    """What the caller of a failed job gets; our own errors pass through unchanged."""
+    if isinstance(exc, RemediatorError):
+        return exc
+    error: RemediatorError
+    if _storage_fault(exc):
+        error = TemporaryError(f"journal: {exc}", delay=1.0)
+    else:
+        # A defect in this job (or its input), not in the storage: the writer goes on
+        # with the next job. Logged here, once, with the type and the trace.
+        log.error("journal job failed with %s: %s", type(exc).__name__, exc, exc_info=exc)
+        if isinstance(exc, MemoryError | OSError):
+            error = TemporaryError(f"journal: {type(exc).__name__}: {exc}", delay=1.0)
+        else:
+            error = PermanentError(f"journal: internal error ({type(exc).__name__}: {exc})")
+    error.__cause__ = exc  # as `raise error from exc` would, for whoever logs it
+    return error
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
 class SqliteJournal:
     def __init__(
-        self, *, path: Path, max_batch: int = 5000, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+        self,
+        *,
+        path: Path,
+        max_batch: int = 5000,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        call_timeout_seconds: float = DEFAULT_CALL_TIMEOUT_SECONDS,
+        prune_batch_size: int = DEFAULT_PRUNE_BATCH_SIZE,
+        min_free_bytes: int = MIN_FREE_BYTES,
+        clock: Callable[[], datetime] = _utc_now,
+        instance: str | None = None,
+        failpoints: Failpoints = NO_FAILPOINTS,
     ) -> None:
         self._path = path
+        self._failpoints = failpoints
         self._busy_timeout_ms = busy_timeout_ms
         self._max_batch = max_batch
+        self._call_timeout = call_timeout_seconds
+        self._prune_batch_size = prune_batch_size
+        self._min_free_bytes = min_free_bytes
+        self._clock = clock
+        self._instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        # Held while a job is queued and while the writer stops taking jobs, so no job
+        # slips into the queue after the writer's last look at it.
+        self._accepting = threading.Lock()
+        self._stopped: str | None = None  # why the writer takes no more jobs
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
+        self._read_deadline: float | None = None  # monotonic; guarded by _reader_lock
         self.last_batch_size = 0  # observability: alerts in the most recent commit
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -102,6 +201,9 @@ class SqliteJournal:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
+        # A fresh queue: a writer that died may have left a stop request behind.
+        self._queue = queue.SimpleQueue()
+        self._stopped = None
         self._writer = threading.Thread(
             target=self._write_loop, args=(loop, ready), name="journal-writer", daemon=True
         )
@@ -112,7 +214,7 @@ class SqliteJournal:
             self._writer.join()
             self._writer = None
             raise
-        self._reader = await asyncio.to_thread(self._connect)
+        self._reader = await asyncio.to_thread(self._connect_reader)
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -120,9 +222,18 @@ class SqliteJournal:
             await asyncio.to_thread(self._writer.join)
             self._writer = None
         if self._reader is not None:
-            with self._reader_lock:
+            # In a thread: a read still running holds the lock (at most until its deadline).
+            await asyncio.to_thread(self._close_reader)
+
+    def _close_reader(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
                 self._reader.close()
             self._reader = None
+
+    def alive(self) -> bool:
+        writer = self._writer
+        return writer is not None and writer.is_alive() and self._stopped is None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -132,6 +243,17 @@ class SqliteJournal:
             timeout=self._busy_timeout_ms / 1000,
         )
         return conn
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = self._connect()
+        # A read past its deadline is interrupted ("interrupted" -> TemporaryError), so
+        # abandoned reads don't pile up in the thread pool behind the reader lock.
+        conn.set_progress_handler(self._read_overdue, _PROGRESS_STEPS)
+        return conn
+
+    def _read_overdue(self) -> int:
+        deadline = self._read_deadline
+        return int(deadline is not None and time.monotonic() > deadline)
 
     # -- writer thread -------------------------------------------------------------
     def _write_loop(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
@@ -148,73 +270,99 @@ class SqliteJournal:
             )
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
+        in_hand: list[_Job] = []
+        reason = "journal is closed"
         try:
-            while True:
-                job = self._queue.get()
-                if job is _STOP:
-                    return
-                assert isinstance(job, _Job)
-                if job.action is not None:
-                    self._run_action(conn, job)
-                    continue
-                batch = [job]
-                pending = len(job.signals or ())
-                stop_after = False
-                while pending < self._max_batch:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop_after = True
-                        break
-                    assert isinstance(nxt, _Job)
-                    if nxt.action is not None:
-                        self._commit_signals(conn, batch)
-                        batch = []
-                        pending = 0
-                        self._run_action(conn, nxt)
-                        continue
-                    batch.append(nxt)
-                    pending += len(nxt.signals or ())
-                if batch:
-                    self._commit_signals(conn, batch)
-                if stop_after:
-                    return
+            self._serve(conn, in_hand)
+        except BaseException as exc:  # the thread's last word: settle every caller, then end
+            reason = f"journal writer stopped ({type(exc).__name__}: {exc})"
+            log.critical(
+                "%s: every journal call fails until the daemon restarts", reason, exc_info=exc
+            )
         finally:
-            conn.close()
+            self._stop_accepting(reason, in_hand)
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
-    def _commit_signals(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        signals = [s for job in batch for s in job.signals or ()]
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+    def _stop_accepting(self, reason: str, in_hand: list[_Job]) -> None:
+        """Refuse new jobs, then fail every job held or queued: no caller waits forever."""
+        with self._accepting:
+            self._stopped = reason
+        error = TemporaryError(reason, delay=1.0)
+        for job in in_hand:
+            job.resolve(None, error)
+        while True:
             try:
-                known = _existing_ids(conn, [s.id for s in signals])
-                fresh: dict[str, Signal] = {}
-                for signal in signals:
-                    if signal.id not in known:
-                        fresh.setdefault(signal.id, signal)
-                # A request's signals share one received_at: format it once per request.
-                stamps: dict[int, str] = {}
-                for signal in fresh.values():
-                    if id(signal.received_at) not in stamps:
-                        stamps[id(signal.received_at)] = _utc_text(signal.received_at)
-                conn.executemany(
-                    INSERT_SIGNAL,
-                    (_signal_row(s, stamps[id(s.received_at)]) for s in fresh.values()),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            error = TemporaryError(f"journal write failed: {exc}", delay=1.0)
-            log.error("journal write of %d request(s) failed: %s", len(batch), exc)
-            for job in batch:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, error)
+                leftover = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(leftover, _Job):
+                leftover.resolve(None, error)
+
+    def _serve(self, conn: sqlite3.Connection, in_hand: list[_Job]) -> None:
+        """Take jobs until _STOP; ``in_hand`` holds those not yet settled."""
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            assert isinstance(job, _Job)
+            in_hand[:] = [job]
+            # A bug outside any one job; keyed by the first signal's service so a test
+            # can let the daemon start first.
+            self._failpoints.hit("journal.writer", job.signals[0].service if job.signals else None)
+            if job.action is not None:
+                self._run_action(conn, job)
+                in_hand.clear()
+                continue
+            pending = len(job.signals or ())
+            stop_after = False
+            while pending < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop_after = True
+                    break
+                assert isinstance(nxt, _Job)
+                if nxt.action is not None:
+                    self._commit_signals(conn, in_hand)
+                    in_hand[:] = [nxt]
+                    self._run_action(conn, nxt)
+                    in_hand.clear()
+                    pending = 0
+                    continue
+                in_hand.append(nxt)
+                pending += len(nxt.signals or ())
+            if in_hand:
+                self._commit_signals(conn, in_hand)
+            in_hand.clear()
+            if stop_after:
+                return
+
+    def _commit_signals(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        batch = [job for job in jobs if not job.abandoned]
+        if not batch:
             return
-        self.last_batch_size = len(signals)
+        try:
+            fresh = self._insert_signals(conn, batch)
+        except Exception as exc:  # noqa: BLE001 - settled below, whatever it is
+            if _storage_fault(exc):
+                # Disk full, locked, read-only: every request of the batch may retry.
+                error = TemporaryError(f"journal write failed: {exc}", delay=1.0)
+                error.__cause__ = exc
+                log.error("journal write of %d request(s) failed: %s", len(batch), exc)
+                for job in batch:
+                    job.resolve(None, error)
+                return
+            if len(batch) > 1:
+                # One request's bad input must not fail the others sharing its commit.
+                for job in batch:
+                    self._commit_signals(conn, [job])
+                return
+            batch[0].resolve(None, _job_error(exc))
+            return
+        self.last_batch_size = sum(len(job.signals or ()) for job in batch)
         # The first occurrence of a fresh id in this batch is the one stored; every
         # other occurrence (earlier commit or same batch) is a duplicate.
         claimed: set[str] = set()
@@ -225,30 +373,70 @@ class SqliteJournal:
                 if new:
                     claimed.add(signal.id)
                 results.append(RecordResult(signal_id=signal.id, duplicate=not new))
-            job.loop.call_soon_threadsafe(_settle, job.future, results, None)
+            job.resolve(results)
+
+    @staticmethod
+    def _insert_signals(conn: sqlite3.Connection, batch: list[_Job]) -> set[str]:
+        """Store the batch's new signals in one transaction; return their ids."""
+        signals = [s for job in batch for s in job.signals or ()]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            known = _existing_ids(conn, [s.id for s in signals])
+            fresh: dict[str, Signal] = {}
+            for signal in signals:
+                if signal.id not in known:
+                    fresh.setdefault(signal.id, signal)
+            # A request's signals share one received_at: format it once per request.
+            stamps: dict[int, str] = {}
+            for signal in fresh.values():
+                if id(signal.received_at) not in stamps:
+                    stamps[id(signal.received_at)] = _utc_text(signal.received_at)
+            conn.executemany(
+                INSERT_SIGNAL,
+                (_signal_row(s, stamps[id(s.received_at)]) for s in fresh.values()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        return set(fresh)
 
     @staticmethod
     def _run_action(conn: sqlite3.Connection, job: _Job) -> None:
         assert job.action is not None
+        if job.abandoned:
+            return
         try:
             result = job.action(conn)
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            job.loop.call_soon_threadsafe(
-                _settle, job.future, None, TemporaryError(f"journal: {exc}", delay=1.0)
-            )
+        except Exception as exc:  # noqa: BLE001 - every job is settled, whatever it raised
+            _rollback(conn)
+            job.resolve(None, _job_error(exc))
             return
-        job.loop.call_soon_threadsafe(_settle, job.future, result, None)
+        job.resolve(result)
 
     async def _submit(self, job_factory: Callable[[asyncio.Future[Any]], _Job]) -> Any:
-        if self._writer is None:
-            raise TemporaryError("journal is not open", delay=1.0)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(job_factory(future))
-        return await future
+        with self._accepting:
+            if self._writer is None:
+                raise TemporaryError("journal is not open", delay=1.0)
+            if self._stopped is not None:
+                raise TemporaryError(self._stopped, delay=1.0)
+            self._queue.put(job_factory(future))
+        return await self._within_deadline(future, "write")
+
+    async def _within_deadline(self, work: Awaitable[Any], what: str) -> Any:
+        # On timeout the future is cancelled: a queued write is then skipped, one
+        # already running completes and stands (Alertmanager's retry is a duplicate).
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+        # that arrives as the work completes, and a root task would then never stop.
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                return await work
+        except TimeoutError as exc:
+            raise TemporaryError(
+                f"journal {what} took longer than {self._call_timeout:g}s", delay=1.0
+            ) from exc
 
     # -- port ----------------------------------------------------------------------
     async def record_signals(self, signals: Sequence[Signal]) -> list[RecordResult]:
@@ -261,38 +449,65 @@ class SqliteJournal:
         return result
 
     async def check_writable(self) -> None:
-        def probe(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
+        """Commit a heartbeat: a full disk, a read-only filesystem or a lock fails it."""
+        beat_at = _utc_text(self._clock())
 
-        loop = asyncio.get_running_loop()
-        await self._submit(lambda fut: _Job(loop=loop, future=fut, action=probe))
+        def beat(conn: sqlite3.Connection) -> None:
+            self._check_free_space()
+            conn.execute(
+                "INSERT INTO heartbeat (id, beat_at, instance) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at,"
+                " instance = excluded.instance",
+                (beat_at, self._instance),
+            )
+
+        await self._transaction(beat)
+
+    def _check_free_space(self) -> None:
+        try:
+            stat = os.statvfs(self._path.parent)
+        except OSError as exc:
+            raise TemporaryError(f"journal filesystem: {exc}", delay=1.0) from exc
+        free = stat.f_bavail * stat.f_frsize
+        if free < self._min_free_bytes:
+            raise TemporaryError(
+                f"journal filesystem nearly full: {free} bytes free, "
+                f"at least {self._min_free_bytes} needed",
+                delay=1.0,
+            )
 
     async def prune(self, *, older_than_seconds: float) -> int:
-        cutoff = _utc_text(datetime.now(UTC) - timedelta(seconds=older_than_seconds))
+        """Delete old signals in batches of at most ``prune_batch_size``, one transaction each.
 
-        def delete(conn: sqlite3.Connection) -> int:
-            # No index on received_at (it would tax every insert); seq grows with
-            # received_at, so find the newest old row once and delete by rowid.
-            row = conn.execute(
-                "SELECT max(seq) FROM signals WHERE received_at < ?", (cutoff,)
-            ).fetchone()
-            if row[0] is None:
-                return 0
-            return conn.execute("DELETE FROM signals WHERE seq <= ?", (row[0],)).rowcount
+        Between batches the writer serves whatever queued meanwhile (webhooks). Deleting
+        a signal rewrites a random page of the id index, so a batch costs about a page
+        write per row: batches shrink until each takes about PRUNE_BATCH_TARGET_SECONDS
+        on this disk, and end early when another write is waiting.
+        """
+        cutoff = _utc_text(self._clock() - timedelta(seconds=older_than_seconds))
+        limit = min(self._prune_batch_size, PRUNE_CHUNK_ROWS)
+        total = 0
+        after: int | None = 0
+        while after is not None:
+            batch: _PruneBatch = await self._write(
+                functools.partial(
+                    _prune_batch, cutoff=cutoff, after=after, limit=limit, waiting=self._waiting
+                )
+            )
+            total += batch.deleted
+            after = batch.next_after
+            limit = _next_prune_limit(batch, limit, most=self._prune_batch_size)
+        return total
 
-        loop = asyncio.get_running_loop()
-        deleted: int = await self._submit(lambda fut: _Job(loop=loop, future=fut, action=delete))
-        return deleted
+    def _waiting(self) -> bool:
+        """Another job is queued for the writer (called on the writer thread)."""
+        return not self._queue.empty()
 
     async def list_signals(
         self, *, service: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> SignalPage:
         check_limit(limit)
         before = None if cursor is None else parse_cursor(cursor)
-        return await asyncio.to_thread(self._list_signals, service, limit, before)
-
-    def _list_signals(self, service: str | None, limit: int, before: int | None) -> SignalPage:
         clauses: list[str] = []
         params: list[Any] = []
         if service is not None:
@@ -307,15 +522,14 @@ class SqliteJournal:
             f" received_at, body FROM signals {where}"
             " ORDER BY seq DESC LIMIT ?"
         )
-        if self._reader is None:
-            raise TemporaryError("journal is not open", delay=1.0)
-        try:
-            with self._reader_lock:
-                rows = self._reader.execute(sql, (*params, limit + 1)).fetchall()
-        except sqlite3.Error as exc:
-            raise TemporaryError(f"journal read failed: {exc}", delay=1.0) from exc
-        items, cursors, next_cursor = _page_of(rows, limit, _row_to_item)
-        return SignalPage(items=items, next_cursor=next_cursor, item_cursors=cursors)
+
+        def query(conn: sqlite3.Connection) -> SignalPage:
+            rows = conn.execute(sql, (*params, limit + 1)).fetchall()
+            items, cursors, next_cursor = _page_of(rows, limit, _row_to_item)
+            return SignalPage(items=items, next_cursor=next_cursor, item_cursors=cursors)
+
+        result: SignalPage = await self._read(query)
+        return result
 
     # -- helpers -------------------------------------------------------------------
     async def _write(self, action: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -331,24 +545,30 @@ class SqliteJournal:
                 result = work(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             return result
 
         return await self._write(run)
 
     async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+        timeout = self._call_timeout
+
         def run() -> Any:
-            if self._reader is None:
-                raise TemporaryError("journal is not open", delay=1.0)
+            if not self._reader_lock.acquire(timeout=timeout):
+                raise TemporaryError(f"journal read waited {timeout:g}s for the reader")
             try:
-                with self._reader_lock:
-                    return query(self._reader)
+                if self._reader is None:
+                    raise TemporaryError("journal is not open", delay=1.0)
+                self._read_deadline = time.monotonic() + timeout
+                return query(self._reader)
             except sqlite3.Error as exc:
                 raise TemporaryError(f"journal read failed: {exc}", delay=1.0) from exc
+            finally:
+                self._read_deadline = None
+                self._reader_lock.release()
 
-        return await asyncio.to_thread(run)
+        return await self._within_deadline(asyncio.to_thread(run), "read")
 
     # -- decisions -------------------------------------------------------------------
     async def undecided_signals(self, *, limit: int) -> list[StoredSignal]:
@@ -862,6 +1082,74 @@ def _insert_outbox(conn: sqlite3.Connection, messages: Sequence[OutboxMessage]) 
             for m in messages
         ],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _PruneBatch:
+    deleted: int
+    examined: int
+    next_after: int | None  # where the next batch starts; None: done
+    seconds: float  # the batch's time on the writer, commit and checkpoint included
+
+
+def _prune_batch(
+    conn: sqlite3.Connection,
+    *,
+    cutoff: str,
+    after: int,
+    limit: int,
+    waiting: Callable[[], bool],
+) -> _PruneBatch:
+    """Delete old signals among at most ``limit`` after seq ``after``, in one transaction.
+
+    Rows are examined in seq order, a chunk at a time. The prune is done at the end of
+    the table or at the first chunk holding no old signal: seq grows with received_at,
+    so that is where the signals still within retention begin. A newer signal among old
+    ones (the clock stepped back) is kept, never forgotten early. No index on
+    received_at: it would tax every insert on the webhook's hot path.
+    """
+    started = time.monotonic()
+    deleted = examined = 0
+    next_after: int | None = after
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        while next_after is not None:
+            size = min(PRUNE_CHUNK_ROWS, limit - examined)
+            rows = conn.execute(
+                "SELECT seq, received_at FROM signals WHERE seq > ? ORDER BY seq LIMIT ?",
+                (next_after, size),
+            ).fetchall()
+            old = [seq for seq, received_at in rows if received_at < cutoff]
+            if rows and len(old) == len(rows):
+                conn.execute(
+                    "DELETE FROM signals WHERE seq > ? AND seq <= ?", (next_after, rows[-1][0])
+                )
+            elif old:
+                conn.executemany("DELETE FROM signals WHERE seq = ?", [(seq,) for seq in old])
+            deleted += len(old)
+            examined += len(rows)
+            next_after = None if not old or len(rows) < size else rows[-1][0]
+            if examined >= limit or waiting():
+                break
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    # Copy the batch's pages into the database now, in the prune's turn, rather than in
+    # the next webhook's commit (SQLite checkpoints in whichever commit crosses the
+    # threshold). An optimisation only: a failure here leaves it to a later commit.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    return _PruneBatch(deleted, examined, next_after, time.monotonic() - started)
+
+
+def _next_prune_limit(batch: _PruneBatch, limit: int, *, most: int) -> int:
+    """As many rows as the last batch's pace fits in the target time; at most doubling,
+    so one quick batch (e.g. cut short by a waiting write) cannot overshoot."""
+    if batch.examined == 0 or batch.seconds <= 0:
+        return limit
+    fits = int(batch.examined * PRUNE_BATCH_TARGET_SECONDS / batch.seconds)
+    return max(1, min(most, limit * 2, fits))
 
 
 def _parse_utc(text: str) -> datetime:

@@ -17,7 +17,7 @@ import yaml
 from tests.e2e.daemon import RULES, Daemon
 from tests.e2e.test_alertmanager_intake import post, wait_for
 from tests.integration.kube.conftest import Kubectl, deployment, rolled_out
-from tests.integration.kube.test_rbac import documented_role
+from tests.integration.kube.test_rbac import bound, documented_rules
 from tests.unit.payloads import alert, payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -36,7 +36,7 @@ def two_namespaces(kube: Any) -> Iterator[tuple[Kubectl, str, str]]:
 
 def service_account_kubeconfig(kube: Any, kubectl: Kubectl, namespace: str, tmp: Path) -> Path:
     manifest = tmp / "rbac.yaml"
-    manifest.write_text(documented_role(namespace))
+    manifest.write_text(yaml.safe_dump_all(bound(namespace, "remediator", documented_rules())))
     kubectl.run("apply", "-f", str(manifest))
     token = kubectl.run("create", "token", "remediator", "-n", namespace, "--duration=30m")
     config = yaml.safe_load(Path(kube.endpoints["kubeconfig"]).read_text())

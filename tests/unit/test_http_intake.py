@@ -21,6 +21,7 @@ from remediator.ingress.http import IntakeApp, IntakeState
 from remediator.journal.sqlite import SqliteJournal
 from remediator.metrics import Metrics
 from tests.unit.auth_helpers import OPERATOR_TOKEN, WEBHOOK_TOKEN, bearer, standard_authenticator
+from tests.unit.journal_helpers import writer_held
 from tests.unit.payloads import alert, payload, storm
 
 TOKEN = WEBHOOK_TOKEN
@@ -64,9 +65,12 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
         wrap: Callable[[SqliteJournal], Any] = lambda journal: journal,
         monotonic: Callable[[], float] | None = None,
         input_limits: InputLimits | None = None,
+        call_timeout_seconds: float = 5.0,
     ) -> Harness:
         db = tmp_path / f"journal{len(opened)}.db"
-        journal = SqliteJournal(path=db, busy_timeout_ms=100)
+        journal = SqliteJournal(
+            path=db, busy_timeout_ms=100, call_timeout_seconds=call_timeout_seconds
+        )
         await journal.open()
         intake = IntakeApp(
             journal=wrap(journal),
@@ -765,3 +769,48 @@ async def test_configured_limits_are_400_naming_the_field(
     status, answer = await h.post(payload([{**alert(extra_labels=extra_labels), **change}]))
     assert (status, answer) == (400, {"error": error})
     assert await h.stored() == []
+
+
+def writer_up(metrics_text: str) -> str:
+    (line,) = [
+        x for x in metrics_text.splitlines() if x.startswith("remediator_journal_writer_up ")
+    ]
+    return line.split()[1]
+
+
+async def test_a_dead_journal_writer_fails_liveness_and_webhooks_get_503(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = await make_harness()
+    assert (await h.client.get("/healthz")).status == 200
+    assert writer_up(await (await h.client.get("/metrics")).text()) == "1.0"
+
+    def crash(conn: sqlite3.Connection, jobs: object) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(h.journal, "_commit_signals", crash)
+    for _ in range(2):  # the request that meets the crash, and every one after it
+        resp = await h.client.post(WEBHOOK, data=orjson.dumps(payload([alert()])), headers=BEARER)
+        assert resp.status == 503 and resp.headers["Retry-After"] == "7"
+        assert "writer stopped" in (await resp.json())["error"]
+    health = await h.client.get("/healthz")
+    assert health.status == 503
+    assert (await health.json()) == {
+        "status": "unavailable",
+        "checks": {"journal": "writer stopped; restart needed"},
+    }
+    assert (await h.client.get("/readyz")).status == 503
+    assert writer_up(await (await h.client.get("/metrics")).text()) == "0.0"
+
+
+async def test_a_journal_write_past_its_deadline_is_503_then_retry_succeeds(
+    make_harness: MakeHarness,
+) -> None:
+    h = await make_harness(call_timeout_seconds=0.5)
+    async with writer_held(h.journal):
+        resp = await h.client.post(WEBHOOK, data=orjson.dumps(payload([alert()])), headers=BEARER)
+        assert resp.status == 503 and resp.headers["Retry-After"] == "7"
+        assert "took longer than 0.5s" in (await resp.json())["error"]
+    assert (await h.client.get("/healthz")).status == 200
+    status, body = await h.post(payload([alert()]))
+    assert status == 200 and body["accepted"] == 1

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,7 +14,14 @@ import pytest
 
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.signals import Signal, Source, Status
-from remediator.journal.sqlite import SqliteJournal
+from remediator.journal.sqlite import (
+    PRUNE_CHUNK_ROWS,
+    SqliteJournal,
+    _next_prune_limit,
+    _prune_batch,
+    _PruneBatch,
+)
+from tests.unit.journal_helpers import writer_held
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
@@ -32,9 +43,24 @@ def make_signal(n: int, *, service: str | None = "checkout", received_at: dateti
     )
 
 
+class Clock:
+    """The journal's wall clock, set by the test."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 @pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
-    j = SqliteJournal(path=tmp_path / "var" / "journal.db", busy_timeout_ms=100)
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def journal(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteJournal]:
+    j = SqliteJournal(path=tmp_path / "var" / "journal.db", busy_timeout_ms=100, clock=clock)
     await j.open()
     yield j
     await j.close()
@@ -116,10 +142,12 @@ async def test_locked_database_is_a_temporary_error_then_recovers(
 
 
 async def test_prune_forgets_old_signals_and_their_keys(journal: SqliteJournal) -> None:
-    old = datetime.now(UTC) - timedelta(hours=30)
+    # The journal's clock says NOW whatever day the test runs.
+    old = NOW - timedelta(hours=30)
     await journal.record_signals([make_signal(1, received_at=old), make_signal(2)])
     assert await journal.prune(older_than_seconds=24 * 3600) == 1
-    assert [r.duplicate for r in await journal.record_signals([make_signal(1)])] == [False]
+    again = await journal.record_signals([make_signal(1), make_signal(2)])
+    assert [r.duplicate for r in again] == [False, True]
 
 
 async def test_unusable_path_fails_open_with_the_path(tmp_path: Path) -> None:
@@ -127,3 +155,243 @@ async def test_unusable_path_fails_open_with_the_path(tmp_path: Path) -> None:
     j = SqliteJournal(path=tmp_path / "file" / "journal.db")
     with pytest.raises((PermanentError, OSError)):
         await j.open()
+
+
+async def test_alive_only_while_open(tmp_path: Path) -> None:
+    j = SqliteJournal(path=tmp_path / "j.db")
+    assert not j.alive()
+    await j.open()
+    assert j.alive()
+    await j.close()
+    assert not j.alive()
+    with pytest.raises(TemporaryError, match="not open"):
+        await j.record_signals([make_signal(1)])
+    await j.open()
+    try:
+        assert j.alive()
+        assert [r.duplicate for r in await j.record_signals([make_signal(1)])] == [False]
+    finally:
+        await j.close()
+
+
+# -- prune ---------------------------------------------------------------------------
+async def test_prune_deletes_in_batches_and_other_writes_interleave(
+    tmp_path: Path, clock: Clock
+) -> None:
+    j = SqliteJournal(path=tmp_path / "j.db", clock=clock, prune_batch_size=2)
+    await j.open()
+    try:
+        old = NOW - timedelta(days=10)
+        await j.record_signals([make_signal(i, received_at=old) for i in range(7)])
+        await j.record_signals([make_signal(100)])
+        async with writer_held(j):
+            prune = asyncio.create_task(j.prune(older_than_seconds=24 * 3600))
+            await asyncio.sleep(0)  # the prune's first batch is queued ...
+            other = asyncio.create_task(
+                j._write(lambda conn: conn.execute("SELECT count(*) FROM signals").fetchone()[0])
+            )
+            await asyncio.sleep(0)  # ... and another write right behind it
+        # That write ran after the first batch (2 of 7 old gone) and before the rest.
+        assert await other == 8 - 2
+        assert await prune == 7
+        again = await j.record_signals([make_signal(0), make_signal(6), make_signal(100)])
+        assert [r.duplicate for r in again] == [False, False, True]
+    finally:
+        await j.close()
+
+
+async def test_prune_keeps_a_newer_signal_among_old_ones(journal: SqliteJournal) -> None:
+    # The clock stepped back: a signal journaled later carries an older received_at.
+    # Whatever the order, only signals older than the cutoff go.
+    old = NOW - timedelta(days=10)
+    await journal.record_signals([make_signal(1, received_at=old)])
+    await journal.record_signals([make_signal(2)])
+    await journal.record_signals([make_signal(3, received_at=old)])
+    assert await journal.prune(older_than_seconds=24 * 3600) == 2
+    page = await journal.list_signals(limit=10)
+    assert [item["labels"]["n"] for item in page.items] == ["2"]
+
+
+async def test_prune_follows_the_injected_clock(journal: SqliteJournal, clock: Clock) -> None:
+    await journal.record_signals([make_signal(1)])
+    assert await journal.prune(older_than_seconds=3600) == 0
+    clock.now = NOW + timedelta(hours=2)
+    assert await journal.prune(older_than_seconds=3600) == 1
+
+
+async def test_a_prune_batch_ends_after_one_chunk_when_another_write_waits(
+    journal: SqliteJournal,
+) -> None:
+    old = NOW - timedelta(days=10)
+    await journal.record_signals(
+        [make_signal(i, received_at=old) for i in range(PRUNE_CHUNK_ROWS * 3)]
+    )
+    cutoff = "2026-11-26T10:00:00.000000Z"
+    batch = await journal._write(
+        lambda conn: _prune_batch(
+            conn, cutoff=cutoff, after=0, limit=PRUNE_CHUNK_ROWS * 3, waiting=lambda: True
+        )
+    )
+    assert (batch.deleted, batch.examined) == (PRUNE_CHUNK_ROWS, PRUNE_CHUNK_ROWS)
+    assert batch.next_after == PRUNE_CHUNK_ROWS  # seq of the last row it deleted
+    rest = await journal._write(
+        lambda conn: _prune_batch(
+            conn, cutoff=cutoff, after=batch.next_after, limit=10_000, waiting=lambda: False
+        )
+    )
+    assert (rest.deleted, rest.next_after) == (PRUNE_CHUNK_ROWS * 2, None)
+
+
+@pytest.mark.parametrize(
+    ("examined", "seconds", "limit", "expected"),
+    [
+        (200, 0.001, 200, 400),  # quick: at most double
+        (200, 0.001, 4000, 5000),  # never above the setting
+        (1000, 0.1, 1000, 300),  # slow: what fits in the 30 ms target
+        (1, 10.0, 1000, 1),  # very slow: still at least one row per batch
+        (0, 0.0, 700, 700),  # nothing examined: nothing learned
+    ],
+)
+def test_prune_batches_adapt_to_the_time_they_take(
+    examined: int, seconds: float, limit: int, expected: int
+) -> None:
+    batch = _PruneBatch(deleted=examined, examined=examined, next_after=None, seconds=seconds)
+    assert _next_prune_limit(batch, limit, most=5000) == expected
+
+
+# -- faults: every job settled, deadlines, a dead writer ------------------------------
+async def test_an_unexpected_error_in_a_job_fails_that_call_only(
+    journal: SqliteJournal, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        raise ZeroDivisionError("a bug in one journal call")
+
+    with (
+        caplog.at_level(logging.ERROR, logger="remediator.journal.sqlite"),
+        pytest.raises(PermanentError, match="ZeroDivisionError"),
+    ):
+        await journal._write(broken)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "ZeroDivisionError" in errors[0].getMessage()
+    # The writer rolled back and goes on serving.
+    assert journal.alive()
+    assert [r.duplicate for r in await journal.record_signals([make_signal(1)])] == [False]
+    await journal.check_writable()
+
+
+async def test_a_signal_the_journal_cannot_store_fails_only_its_own_request(
+    journal: SqliteJournal,
+) -> None:
+    poison = replace(make_signal(1), raw={"n": 2**70})  # beyond what JSON encoding takes
+    async with writer_held(journal):
+        # Both requests wait in the queue, so the writer commits them together.
+        bad = asyncio.create_task(journal.record_signals([poison]))
+        good = asyncio.create_task(journal.record_signals([make_signal(2)]))
+        await asyncio.sleep(0)
+    with pytest.raises(PermanentError, match="TypeError"):
+        await bad
+    assert [r.duplicate for r in await good] == [False]
+    page = await journal.list_signals(limit=10)
+    assert [item["labels"]["n"] for item in page.items] == ["2"]
+    assert journal.alive()
+
+
+async def test_a_dead_writer_fails_every_call_at_once_and_says_so(
+    journal: SqliteJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(conn: sqlite3.Connection, jobs: object) -> None:
+        raise RuntimeError("a bug in the writer, outside any job")
+
+    async with writer_held(journal):
+        monkeypatch.setattr(journal, "_commit_signals", crash)
+        calls = [asyncio.create_task(journal.record_signals([make_signal(i)])) for i in range(5)]
+        await asyncio.sleep(0)
+    # Settled by the dying writer, not by their deadline (5 s): the message says why.
+    for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        assert isinstance(outcome, TemporaryError)
+        assert "writer stopped (RuntimeError" in str(outcome)
+    assert not journal.alive()
+    with pytest.raises(TemporaryError, match="writer stopped"):
+        await journal.record_signals([make_signal(9)])
+    with pytest.raises(TemporaryError, match="writer stopped"):
+        await journal.check_writable()
+
+
+async def test_a_write_past_its_deadline_is_temporary_and_a_started_one_stands(
+    tmp_path: Path,
+) -> None:
+    j = SqliteJournal(path=tmp_path / "j.db", call_timeout_seconds=1.0)
+    await j.open()
+    started, release = threading.Event(), threading.Event()
+
+    def slow_write(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(timeout=30)
+        conn.execute("INSERT INTO heartbeat (id, beat_at, instance) VALUES (1, 'late', 'test')")
+
+    try:
+        slow = asyncio.create_task(j._write(slow_write))
+        assert await asyncio.to_thread(started.wait, 30)
+        queued = asyncio.create_task(j.record_signals([make_signal(1)]))
+        with pytest.raises(TemporaryError, match="took longer than 1s"):
+            await slow
+        with pytest.raises(TemporaryError, match="took longer than 1s"):
+            await queued
+        release.set()
+        # The write already running completed; the one still queued was never started.
+        again = await j.record_signals([make_signal(1)])
+        assert [r.duplicate for r in again] == [False]
+        beats = await j._read(lambda conn: conn.execute("SELECT beat_at FROM heartbeat").fetchall())
+        assert beats == [("late",)]
+        assert j.alive()
+    finally:
+        release.set()
+        await j.close()
+
+
+async def test_a_read_past_its_deadline_is_interrupted_and_the_reader_recovers(
+    tmp_path: Path,
+) -> None:
+    j = SqliteJournal(path=tmp_path / "j.db", call_timeout_seconds=0.3)
+    await j.open()
+
+    def endless(conn: sqlite3.Connection) -> object:
+        return conn.execute(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+        ).fetchone()
+
+    try:
+        with pytest.raises(TemporaryError):
+            await j._read(endless)
+        # Had the endless query kept the reader, this would wait out its deadline.
+        assert (await j.list_signals(limit=5)).items == []
+    finally:
+        await j.close()
+
+
+# -- readiness probe -------------------------------------------------------------------
+async def test_check_writable_commits_a_heartbeat(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "j.db"
+    j = SqliteJournal(path=path, clock=clock, instance="replica-a")
+    await j.open()
+    try:
+        await j.check_writable()
+        clock.now = NOW + timedelta(seconds=10)
+        await j.check_writable()
+    finally:
+        await j.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT id, beat_at, instance FROM heartbeat").fetchall()
+    assert rows == [(1, "2026-11-27T10:00:10.000000Z", "replica-a")]
+
+
+async def test_check_writable_fails_while_the_filesystem_is_nearly_full(tmp_path: Path) -> None:
+    j = SqliteJournal(path=tmp_path / "j.db", min_free_bytes=2**62)
+    await j.open()
+    try:
+        with pytest.raises(TemporaryError, match="nearly full"):
+            await j.check_writable()
+        assert j.alive()
+    finally:
+        await j.close()

@@ -1,0 +1,31 @@
+"""Holding the SQLite journal's writer thread, so tests can line jobs up behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+
+from remediator.domain.errors import TemporaryError
+from remediator.journal.sqlite import SqliteJournal
+
+
+@contextlib.asynccontextmanager
+async def writer_held(journal: SqliteJournal) -> AsyncIterator[None]:
+    """The writer is busy with one job until the block ends; other jobs queue behind it."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(timeout=30)
+
+    holder = asyncio.create_task(journal._write(hold))
+    try:
+        assert await asyncio.to_thread(started.wait, 30), "the writer never took the job"
+        yield
+    finally:
+        release.set()
+        with contextlib.suppress(TemporaryError):  # its own deadline may have passed
+            await holder
