@@ -12,10 +12,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from tests.env.base import free_port, tail
+from tests.unit.payloads import alert, payload
 
 TOKEN = "e2e-token-5f2c"  # the webhook's: ingest only
 OPERATOR_TOKEN = "e2e-operator-token-3d9a61f0c4b27e58a1d6"  # read and operate
@@ -139,6 +143,26 @@ class Daemon:
             if page["next"] is None:
                 return items
             cursor = f"&cursor={page['next']}"
+
+    def remediations(self) -> list[dict[str, Any]]:
+        """The newest 100 remediations (what a test's daemon decides fits in one page)."""
+        status, page = self.get("/api/v1/remediations?limit=100")
+        assert status == 200, page
+        return list(page["items"])
+
+    def post_alert(
+        self, name: str, service: str, namespace: str, fingerprint: str
+    ) -> dict[str, Any]:
+        """Post one firing alert (starting now); assert it was journaled; the answer."""
+        body = payload([alert(name=name, service=service, namespace=namespace,
+                              fingerprint=fingerprint, starts_at=datetime.now(UTC).isoformat())])  # fmt: skip
+        request = urllib.request.Request(  # noqa: S310 - loopback http
+            self.webhook_url, data=orjson.dumps(body), method="POST",
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+            answer: dict[str, Any] = json.loads(resp.read())
+        return answer
 
     def metric(self, name: str) -> float:
         """Sum of every sample of a metric family line-matched by exact series prefix."""

@@ -15,10 +15,9 @@ import pytest
 import yaml
 
 from tests.e2e.daemon import RULES, Daemon
-from tests.e2e.test_alertmanager_intake import post, wait_for
+from tests.e2e.test_alertmanager_intake import wait_for
 from tests.integration.kube.conftest import Kubectl, deployment, rolled_out
 from tests.integration.kube.test_rbac import bound, documented_rules
-from tests.unit.payloads import alert, payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -62,19 +61,6 @@ def rules_for(tmp: Path, allowed: str, forbidden: str) -> Path:
     return directory
 
 
-def remediations(d: Daemon) -> list[dict[str, Any]]:
-    status, page = d.get("/api/v1/remediations?limit=100")
-    assert status == 200, page
-    return list(page["items"])
-
-
-def cpu_alert(d: Daemon, service: str, namespace: str) -> None:
-    body = payload([alert(name="CPUSaturation", service=service, namespace=namespace,
-                          fingerprint=f"cpu-{service}")])  # fmt: skip
-    status, answer = post(d, orjson.dumps(body))
-    assert status == 200, answer
-
-
 def test_a_403_for_one_service_stops_nothing_for_the_other(
     kube: Any, two_namespaces: tuple[Kubectl, str, str], tmp_path: Path
 ) -> None:
@@ -102,15 +88,17 @@ def test_a_403_for_one_service_stops_nothing_for_the_other(
     try:
         _, ready = d.get("/readyz", auth=False)
         assert ready["checks"]["kubernetes"] == "connected", ready
-        cpu_alert(d, "ledger", forbidden)  # the engine meets the 403 first
-        cpu_alert(d, "cart", allowed)
+        d.post_alert(
+            "CPUSaturation", "ledger", forbidden, "cpu-ledger"
+        )  # the engine meets the 403 first
+        d.post_alert("CPUSaturation", "cart", allowed, "cpu-cart")
 
         def finished(items: list[dict[str, Any]]) -> bool:
             cart = [i for i in items if i["service"] == "cart"]
             return bool(cart) and cart[0]["status"] in ("succeeded", "failed", "needs_human")
 
-        wait_for(lambda: finished(remediations(d)), timeout=60, what="cart's scale-up to end")
-        by_service = {r["service"]: r for r in remediations(d)}
+        wait_for(lambda: finished(d.remediations()), timeout=60, what="cart's scale-up to end")
+        by_service = {r["service"]: r for r in d.remediations()}
         assert by_service["cart"]["action"] == "scale_up"
         assert by_service["cart"]["status"] == "succeeded", by_service["cart"]
         assert kubectl.json("get", "deployment", "cart", "-n", allowed)["spec"]["replicas"] == 3

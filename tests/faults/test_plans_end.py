@@ -24,13 +24,12 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from tests.e2e.daemon import RULES, Daemon
-from tests.e2e.test_alertmanager_intake import post, wait_for
-from tests.e2e.test_rollback import _remediations, bad_release
+from tests.e2e.test_alertmanager_intake import wait_for
+from tests.e2e.test_rollback import bad_release
 from tests.faults.conftest import HealthEndpoint
 from tests.faults.test_shutdown import plan_steps, rules_with_health
 from tests.integration.kube.conftest import Kubectl, deployment, rolled_out
 from tests.polling import eventually
-from tests.unit.payloads import alert, payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 FINAL = ("succeeded", "failed", "needs_human")
@@ -86,21 +85,8 @@ def acting_daemon(tmp: Path, kube: Any, rules: Path, **env: str) -> Daemon:
     )
 
 
-def remediations(d: Daemon) -> list[dict[str, Any]]:
-    status, page = d.get("/api/v1/remediations?limit=100")
-    assert status == 200, page
-    return list(page["items"])
-
-
-def cpu_alert(d: Daemon, service: str, namespace: str, fingerprint: str) -> None:
-    body = payload([alert(name="CPUSaturation", service=service, namespace=namespace,
-                          fingerprint=fingerprint)])  # fmt: skip
-    status, answer = post(d, orjson.dumps(body))
-    assert status == 200, answer
-
-
 def ended(d: Daemon, service: str) -> dict[str, Any] | None:
-    for item in remediations(d):
+    for item in d.remediations():
         if item["service"] == service and item["status"] in FINAL:
             return item
     return None
@@ -115,8 +101,8 @@ def test_an_unexpected_error_in_a_plan_ends_it_failed_and_frees_the_service(
                       REMEDIATOR_FAILPOINTS="executor.step:ledger*1")  # fmt: skip
     d.start()
     try:
-        cpu_alert(d, "ledger", ns, "cpu-ledger")
-        cpu_alert(d, "cart", ns, "cpu-cart")
+        d.post_alert("CPUSaturation", "ledger", ns, "cpu-ledger")
+        d.post_alert("CPUSaturation", "cart", ns, "cpu-cart")
         wait_for(lambda: ended(d, "ledger") and ended(d, "cart"), timeout=60, what="both end")
         ledger, cart = ended(d, "ledger"), ended(d, "cart")
         assert ledger is not None and cart is not None
@@ -166,12 +152,12 @@ def test_a_lease_held_elsewhere_is_retried_with_backoff_then_acted_on_once(
     )
     d.start()
     try:
-        cpu_alert(d, "cart", ns, "cpu-cart")
+        d.post_alert("CPUSaturation", "cart", ns, "cpu-cart")
         metric = 'remediator_lock_attempts_total{result="held_elsewhere"}'
         wait_for(lambda: d.metric(metric) >= 1, timeout=30, what="the first refusal")
         started, first = time.monotonic(), d.metric(metric)
         # Meanwhile another service is not held up.
-        cpu_alert(d, "ledger", ns, "cpu-ledger")
+        d.post_alert("CPUSaturation", "ledger", ns, "cpu-ledger")
         wait_for(lambda: ended(d, "ledger") is not None, timeout=60, what="ledger's plan")
         assert ended(d, "cart") is None
         # Let several retries happen, then compare their count with the time they took.
@@ -217,7 +203,7 @@ async def test_a_lease_taken_over_mid_plan_stops_it_before_the_next_step(
         await bad_release(client.AppsV1Api(api), namespace, d, kafka)
 
         async def in_health_check() -> list[dict[str, Any]]:
-            items = await _remediations(d)
+            items = await asyncio.to_thread(d.remediations)
             rollbacks = [i for i in items if i["action"] == "rollback"]
             return plan_steps(d, rollbacks[0]["id"]) if rollbacks else []
 
@@ -238,7 +224,7 @@ async def test_a_lease_taken_over_mid_plan_stops_it_before_the_next_step(
         )
         health_endpoint.healthy.set()
         items = await eventually(
-            lambda: _remediations(d),
+            lambda: asyncio.to_thread(d.remediations),
             lambda items: any(i["action"] == "rollback" and i["status"] in FINAL for i in items),
             timeout=60,
             what="the plan to end",

@@ -12,8 +12,7 @@ import orjson
 import pytest
 
 from tests.e2e.daemon import Daemon
-from tests.e2e.test_alertmanager_intake import post, wait_for
-from tests.unit.payloads import alert, payload
+from tests.e2e.test_alertmanager_intake import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -40,27 +39,14 @@ def poisoned_daemon(tmp_path: Path, smtp_server: Any) -> Iterator[Daemon]:
         assert d.stop() == 0
 
 
-def remediations(d: Daemon) -> list[dict[str, Any]]:
-    status, page = d.get("/api/v1/remediations?limit=100")
-    assert status == 200, page
-    return list(page["items"])
-
-
-def send(d: Daemon, service: str, namespace: str, fingerprint: str) -> None:
-    body = payload([alert(name="HighErrorRate", service=service, namespace=namespace,
-                          fingerprint=fingerprint)])  # fmt: skip
-    status, answer = post(d, orjson.dumps(body))
-    assert status == 200, answer
-
-
 def test_a_poison_signal_is_decided_as_internal_error_and_deciding_goes_on(
     poisoned_daemon: Daemon, smtp_server: Any
 ) -> None:
     d = poisoned_daemon
-    send(d, "payments", "payments", "poison-1")
-    send(d, "checkout", "shop", "good-1")
-    wait_for(lambda: len(remediations(d)) >= 2, timeout=30, what="both decided")
-    by_service = {r["service"]: r for r in remediations(d)}
+    d.post_alert("HighErrorRate", "payments", "payments", "poison-1")
+    d.post_alert("HighErrorRate", "checkout", "shop", "good-1")
+    wait_for(lambda: len(d.remediations()) >= 2, timeout=30, what="both decided")
+    by_service = {r["service"]: r for r in d.remediations()}
     assert by_service["payments"]["reason"] == "internal_error"
     assert by_service["payments"]["status"] == "skipped"
     assert by_service["checkout"]["reason"] != "internal_error"
@@ -75,7 +61,7 @@ def test_a_poison_signal_is_decided_as_internal_error_and_deciding_goes_on(
     # A restart with the fault still armed: no crash loop, nothing decided twice.
     assert d.stop() == 0
     d.start()
-    send(d, "checkout", "shop", "good-2")
-    wait_for(lambda: len(remediations(d)) >= 3, timeout=30, what="the new alert decided")
+    d.post_alert("HighErrorRate", "checkout", "shop", "good-2")
+    wait_for(lambda: len(d.remediations()) >= 3, timeout=30, what="the new alert decided")
     assert d.metric('remediator_decisions_total{outcome="no_action",reason="internal_error"}') == 0
-    assert [r["service"] for r in remediations(d)].count("payments") == 1
+    assert [r["service"] for r in d.remediations()].count("payments") == 1
