@@ -51,8 +51,10 @@ class Daemon:
         extra_env: dict[str, str] | None = None,
         rules: Path = RULES,
         client_tls: ssl.SSLContext | None = None,
+        config: Path | None = None,
     ):
         self.rules = rules
+        self.config = config  # a settings file (--config); the flags below still win
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token = token
@@ -90,7 +92,8 @@ class Daemon:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remediator", "run", "--listen", f"127.0.0.1:{self.port}",
-             "--journal", f"sqlite:///{self.journal}", "--rules", str(self.rules)],
+             "--journal", f"sqlite:///{self.journal}", "--rules", str(self.rules),
+             *(["--config", str(self.config)] if self.config is not None else [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             cwd=self.workdir,
         )  # fmt: skip
