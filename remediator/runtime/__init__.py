@@ -16,9 +16,8 @@ import functools
 import logging
 import signal
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,102 +43,32 @@ from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.engine.executor import Executor
 from remediator.engine.notify import NotificationRelay
 from remediator.engine.outbox import OutboxRelay
-from remediator.ingress.auth import (
-    Authenticator,
-    FailedAuthLimiter,
-    WebhookCredential,
-    load_principals,
-    principals_summary,
-)
+from remediator.ingress.auth import Authenticator, principals_summary
 from remediator.ingress.http import IntakeApp, IntakeState
 from remediator.ingress.kafka import KafkaIntake, KafkaIntakeMetrics
 from remediator.journal import journal_from_url
 from remediator.metrics import Metrics
 from remediator.ports import Journal, ServiceFacts, StepRunner
 from remediator.rulefiles import load_rule_pack_from_path
-from remediator.settings import HttpSettings, Settings, is_loopback
+from remediator.runtime.listener import (
+    approval_windows,
+    auth_from_settings,
+    check_bind_is_safe,
+    failed_auth_limiter,
+    server_ssl_context,
+)
+from remediator.runtime.supervision import (
+    Closing,
+    ShutdownBudget,
+    flush_until_empty,
+    keep_running,
+)
+from remediator.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 3600.0
 CANCEL_RETRY_SECONDS = 0.5
-
-
-def auth_from_settings(settings: Settings) -> Authenticator:
-    """The principals of ``auth.principals_file`` and the ingest-only webhook credential;
-    ConfigError naming the file and the entry when they are not right."""
-    webhook = WebhookCredential(
-        bearer_token=settings.webhook_token.get_secret_value() if settings.webhook_token else None,
-        basic_user=settings.webhook_username,
-        basic_password=(
-            settings.webhook_password.get_secret_value() if settings.webhook_password else None
-        ),
-    )
-    path = settings.auth.principals_file
-    principals = load_principals(path) if path is not None else []
-    return Authenticator(principals=principals, webhook=webhook)
-
-
-def failed_auth_limiter(settings: Settings) -> FailedAuthLimiter:
-    a = settings.auth
-    return FailedAuthLimiter(
-        max_failures=a.max_failures,
-        window_seconds=a.failure_window_seconds,
-        max_clients=a.tracked_clients,
-    )
-
-
-def server_ssl_context(http: HttpSettings) -> ssl.SSLContext | None:
-    """HTTPS (TLS 1.2 or later) when a certificate is set; with a client CA, every
-    client must present a certificate that CA signed (refused in the handshake otherwise).
-
-    ConfigError names the setting and the file, never their contents.
-    """
-    if http.tls_cert_file is None or http.tls_key_file is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"http.tls_cert_file {http.tls_cert_file} / http.tls_key_file {http.tls_key_file}: "
-            f"cannot load them ({_tls_problem(exc)})"
-        ) from None
-    if http.tls_client_ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=http.tls_client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"http.tls_client_ca_file {http.tls_client_ca_file}: cannot load it "
-                f"({_tls_problem(exc)})"
-            ) from None
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def _tls_problem(exc: OSError | ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason)
-    return exc.strerror or type(exc).__name__
-
-
-def approval_windows(pack: RulePack) -> dict[str, timedelta | None]:
-    """Each loaded rule's approval_timeout (None: no window)."""
-    return {rule.name: rule.approval_timeout for rule in pack.rules}
-
-
-def check_bind_is_safe(settings: Settings) -> None:
-    """Without credentials anyone who reaches the port could trigger rollbacks."""
-    host = settings.http.host
-    if settings.auth_configured or is_loopback(host) or settings.http.insecure_no_auth:
-        return
-    raise ConfigError(
-        f"refusing to listen on {settings.http.listen} without credentials: set "
-        "auth.principals_file (REMEDIATOR_AUTH__PRINCIPALS_FILE) and/or "
-        "REMEDIATOR_WEBHOOK_TOKEN (or REMEDIATOR_WEBHOOK_TOKEN_FILE, or basic auth), "
-        "listen on 127.0.0.1, or pass --insecure-no-auth"
-    )
 
 
 class Runtime:
@@ -572,12 +501,14 @@ class Runtime:
             log.warning("%d request(s) still in flight; closing anyway", self.state.in_flight)
         await stop("outbox-relay", "notification-relay")
         if outbox is not None:
-            await budget.run("outbox flush", _flush(outbox.run_once), may_use_reserve=True)
+            await budget.run(
+                "outbox flush", flush_until_empty(outbox.run_once), may_use_reserve=True
+            )
         if relay is not None:
             for channel in relay.channels:
                 await budget.run(
                     f"{channel} notices flush",
-                    _flush(functools.partial(relay.deliver_pending, channel)),
+                    flush_until_empty(functools.partial(relay.deliver_pending, channel)),
                     may_use_reserve=True,
                 )
         log.info("drained in %.1fs of %.0fs", budget.elapsed(), budget.total)
@@ -631,95 +562,13 @@ def _bound_port(runner: web.AppRunner, configured: int) -> int:
     return configured
 
 
-async def keep_running(
-    name: str,
-    run: Callable[[], Awaitable[None]],
-    *,
-    on_crash: Callable[[str], None],
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    clock: Callable[[], float] = time.monotonic,
-    max_backoff: float = 60.0,
-) -> None:
-    """Run a root task until cancelled; restart it, with backoff, when it raises.
-
-    Each component contains its own inputs' errors; this is the last line behind them.
-    A bug that escapes one must not take the whole daemon down, which would only meet
-    the same state again after Kubernetes restarts it. A task that ran for longer than
-    ``max_backoff`` before failing starts its backoff again from one second.
-    """
-    failures = 0
-    while True:
-        started = clock()
-        try:
-            await run()
-            raise RuntimeError("returned, though it should run until cancelled")
-        except Exception as exc:  # counted, logged, restarted
-            failures = 1 if clock() - started > max_backoff else failures + 1
-            delay = min(2.0 ** (failures - 1), max_backoff)
-            log.error("root task %s failed (%s: %s); restarting it in %.0fs",
-                      name, type(exc).__name__, exc, delay, exc_info=exc)  # fmt: skip
-            on_crash(name)
-        await sleep(delay)
-
-
-async def _flush(publish_once: Callable[[], Awaitable[int]]) -> None:
-    """Publish until nothing is pending (or the first failure: it stays queued)."""
-    while await publish_once():
-        pass
-
-
-class ShutdownBudget:
-    """One deadline for the whole drain; each phase gets what is left of it.
-
-    Phases that may take long (running plans) leave ``RESERVE_SHARE`` of the budget to
-    the phases after them, so a slow plan cannot starve the outbox flush and closing.
-    """
-
-    RESERVE_SHARE = 0.25
-
-    def __init__(self, total: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.total = total
-        self._clock = clock
-        self._started = clock()
-        self._reserve = total * self.RESERVE_SHARE
-
-    def elapsed(self) -> float:
-        return self._clock() - self._started
-
-    def remaining(self, *, reserve: bool = False) -> float:
-        left = self.total - self.elapsed() - (self._reserve if reserve else 0.0)
-        return max(left, 0.0)
-
-    async def run(self, what: str, work: Awaitable[Any], *, may_use_reserve: bool = False) -> None:
-        """Run one phase within the budget; log (never raise) when it fails or runs out.
-
-        Phases that may use the reserve get all that is left; the others stop short of it.
-        """
-        timeout = self.remaining(reserve=not may_use_reserve)
-        try:
-            await asyncio.wait_for(work, timeout=max(timeout, 0.001))
-        except TimeoutError:
-            log.warning("shutdown: %s did not finish within the budget (%.0fs); moving on",
-                        what, self.total)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - one phase must not skip the others
-            log.error("shutdown: %s failed: %r; moving on", what, exc)
-
-
-class Closing:
-    """Closes resources through an AsyncExitStack, each within the shutdown budget."""
-
-    def __init__(self, stack: contextlib.AsyncExitStack) -> None:
-        self._stack = stack
-        self.budget: ShutdownBudget | None = None  # set when the drain starts
-        # Each close gets at least this long, even when the plans used the whole budget.
-        self.minimum_seconds = 1.0
-
-    def add(self, name: str, close: Callable[[], Awaitable[Any]]) -> None:
-        async def closed() -> None:
-            left = self.budget.remaining() if self.budget is not None else 10.0
-            try:
-                await asyncio.wait_for(close(), timeout=max(left, self.minimum_seconds))
-            except Exception as exc:  # noqa: BLE001 - every other close still runs
-                log.error("shutdown: closing the %s failed: %r", name, exc)
-
-        self._stack.push_async_callback(closed)
+__all__ = [
+    "Closing",
+    "Runtime",
+    "ShutdownBudget",
+    "approval_windows",
+    "auth_from_settings",
+    "check_bind_is_safe",
+    "keep_running",
+    "server_ssl_context",
+]
