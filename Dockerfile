@@ -28,29 +28,19 @@ RUN apt-get update \
 COPY requirements-build.lock /tmp/
 RUN python3 -m venv /opt/build \
     && /opt/build/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requirements-build.lock
-COPY pyproject.toml README.md /src/
-COPY remediator /src/remediator
-RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src
-# The runtime venv: every dependency exactly as locked (binary wheels only), then our wheel
-# without resolving anything again.
+# The runtime venv: every dependency exactly as locked (binary wheels only, hash-checked);
+# before the source is copied, so a code change does not download them again.
 COPY requirements.lock /tmp/
 RUN python3 -m venv /opt/remediator \
-    && /opt/remediator/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
+    && /opt/remediator/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock
+COPY pyproject.toml README.md /src/
+COPY remediator /src/remediator
+# Our wheel, installed without resolving anything again; pip itself stays behind.
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src \
     && /opt/remediator/bin/pip install --no-deps /wheels/*.whl \
     && /opt/remediator/bin/pip uninstall -y pip setuptools
 
 FROM ${BASE_IMAGE}
-ARG BASE_IMAGE
-ARG VERSION=0.1.0.dev0
-ARG REVISION=unknown
-ARG SOURCE=unknown
-LABEL org.opencontainers.image.title="remediator" \
-      org.opencontainers.image.description="Event-driven alert-to-remediation daemon for Kubernetes" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.base.name="${BASE_IMAGE}"
 # python3 for the venv; postgresql-client-15 for backups and reverts (its major must be at
 # least the servers' major: pg_dump refuses newer servers); ca-certificates for TLS peers.
 RUN apt-get update \
@@ -61,9 +51,6 @@ RUN groupadd --system --gid 10001 remediator \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/remediator \
         --no-create-home --shell /usr/sbin/nologin remediator \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/remediator
-COPY --from=build /opt/remediator /opt/remediator
-COPY build/helm /usr/local/bin/helm
-COPY rules /etc/remediator/rules
 # Everything the daemon and its tools write goes under /var/lib/remediator (the journal
 # volume): the SQLite journal, pg_dump backups (database.backup_root), helm's and
 # client-go's caches ($HOME, HELM_*_HOME). The root filesystem can be read-only.
@@ -87,3 +74,18 @@ EXPOSE 9095
 # SIGTERM itself (drain within shutdown.timeout_seconds), so no init process is needed.
 ENTRYPOINT ["remediator"]
 CMD ["run", "--listen", "0.0.0.0:9095"]
+# What changes most comes last, so warm rebuilds redo only these steps.
+COPY build/helm /usr/local/bin/helm
+COPY rules /etc/remediator/rules
+COPY --from=build /opt/remediator /opt/remediator
+ARG BASE_IMAGE
+ARG VERSION=0.1.0.dev0
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="remediator" \
+      org.opencontainers.image.description="Event-driven alert-to-remediation daemon for Kubernetes" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
