@@ -3,10 +3,10 @@
 #
 #   make image                 here: builds the base from Debian's packages, stages build/helm,
 #                              then `buildah bud` (see docs/image.md)
-#   docker build -t remediator .   anywhere a registry is reachable, after `make image-context`
+#   docker build -t remediator .   anywhere a registry is reachable, after staging build/helm
 #
 # build/helm must be in the build context: it is the helm binary the tests run
-# (tests/env/versions.py HELM), staged by `make image-context`.
+# (tests/env/versions.py HELM), staged by image/stage_helm.py.
 
 # Pinned by Debian's dated tag. Not by digest: here the base is made locally from Debian's
 # packages (image/build-base.sh) and tagged with this name, and a locally made tree never has
