@@ -9,9 +9,11 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -129,9 +131,18 @@ class DaemonRun:
 
 
 @pytest.fixture(scope="module")
-def daemon_run(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonRun]:
+def daemon_run(image: str) -> Iterator[DaemonRun]:
     """The image's entrypoint and command, run once: start, ready, an alert, SIGTERM."""
-    work = tmp_path_factory.mktemp("image-daemon")
+    # Not pytest's tmp_path: a concurrent pytest session of the same user prunes older
+    # basetemp directories, which would pull the volume from under the running daemon.
+    work = Path(tempfile.mkdtemp(prefix="remediator-image-test-", dir="/var/tmp"))
+    try:
+        yield from _daemon_run(image, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _daemon_run(image: str, work: Path) -> Iterator[DaemonRun]:
     volume = work / "volume"
     secrets = work / "secrets"
     volume.mkdir()
