@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make run    the daemon on embedded defaults (127.0.0.1:9095, SQLite journal in var/)
-#   make test   every tier: lint, unit, integration (real peers), e2e
+#   make test   every tier: lint, unit, integration (real peers), e2e, the image
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: help install system-deps run test lint test-unit test-integration test-e2e test-faults env-up env-down env-status env-build bench clean
+.PHONY: help install system-deps run test lint test-unit test-integration test-e2e test-faults image test-image lock env-up env-down env-status env-build bench clean
 
 help:
 	@echo "make run               run the daemon on embedded defaults"
@@ -18,6 +18,9 @@ help:
 	@echo "make test-integration  tests against real peers (Alertmanager, Kafka, Kubernetes, ...)"
 	@echo "make test-e2e          the daemon as a process against real peers"
 	@echo "make test-faults       inject faults into the daemon as a process (real peers; root for tmpfs)"
+	@echo "make image             build the container image remediator:dev with buildah (docs/image.md)"
+	@echo "make test-image        build the image, then run it: daemon, helm, pg_dump, writes"
+	@echo "make lock              refresh requirements.lock and requirements-build.lock from pyproject.toml"
 	@echo "make env-up|env-down|env-status   run the real peers by hand (see docs/testing.md)"
 	@echo "make bench             intake benchmark (see docs/benchmarks.md)"
 
@@ -53,8 +56,29 @@ test-e2e: $(STAMP) system-deps
 test-faults: $(STAMP) system-deps
 	$(PYTEST) tests/faults
 
+image: $(STAMP)
+	PYTHON=$(PY) bash image/build.sh
+
+# The image tier's fixture builds the image too (and fails, never skips, if it cannot).
+test-image: image
+	$(PYTEST) tests/image
+
+# Pins every Python dependency (with hashes) for the image, from a throwaway venv.
+# PIP_FIND_LINKS is unset so local wheel folders cannot leak hashes PyPI does not have.
+LOCK_VENV := build/lock-venv
+PIP_TOOLS := pip-tools==7.6.2
+PIP_COMPILE := env -u PIP_FIND_LINKS $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes \
+	--strip-extras --no-emit-index-url --no-emit-find-links
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && \
+		$(LOCK_VENV)/bin/pip install --quiet --upgrade pip '$(PIP_TOOLS)'; }
+	$(PIP_COMPILE) --upgrade --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --upgrade --allow-unsafe --all-build-deps --only-build-deps \
+		--output-file requirements-build.lock pyproject.toml
+
 test: $(STAMP) system-deps lint
 	$(PY) -m tests.env build
+	PYTHON=$(PY) bash image/build.sh
 	$(PYTEST) tests
 
 env-build: $(STAMP) system-deps
