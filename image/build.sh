@@ -24,12 +24,16 @@ base=$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
 bash image/build-base.sh "$base"
 PYTHONPATH=$PWD "$python" image/stage_helm.py build/helm
 
+# Only a public URL is a source; a local clone's origin path is not (and would make every
+# clone's build look different).
+source=$(git remote get-url origin 2>/dev/null || true)
+case $source in https://* | http://* | git@* | ssh://*) ;; *) source=unknown ;; esac
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # The chart's default tag is its appVersion (= this version): tag that too.
 versioned=${image%%:*}:$version
 args=(--isolation chroot --layers --pull=never -t "$image"
   --build-arg "VERSION=$version"
-  --build-arg "SOURCE=$(git remote get-url origin 2>/dev/null || echo unknown)")
+  --build-arg "SOURCE=$source")
 # Where TLS to PyPI is intercepted, pip in the build stage needs the host's CA bundle.
 host_ca=${HOST_CA:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}
 if [[ -f $host_ca ]]; then
