@@ -575,10 +575,8 @@ class IntakeApp:
         # Liveness fails only for what a restart cures: a journal that can no longer
         # write (draining or a busy disk are readiness matters).
         if not self.journal.alive():
-            return json_response(
-                {"status": "unavailable", "checks": {"journal": "writer stopped; restart needed"}},
-                status=503,
-            )
+            checks = {"journal": "writer stopped or stuck; restart needed"}
+            return json_response({"status": "unavailable", "checks": checks}, status=503)
         return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 # Short waits for a lock held by another process are absorbed here; past this the
 # caller gets TemporaryError (the webhook answers 503 and Alertmanager retries).
 BUSY_TIMEOUT_MS = 2000
+HUNG_AFTER_DEADLINES = 12  # with the default 5 s journal deadline: hung after 60 s
 DEFAULT_CALL_TIMEOUT_SECONDS = 5.0
 DEFAULT_PRUNE_BATCH_SIZE = 5000
 # A prune batch holds the writer: webhooks wait behind it. Batches adapt to about this
@@ -173,9 +174,15 @@ class SqliteJournal:
         clock: Callable[[], datetime] = _utc_now,
         instance: str | None = None,
         failpoints: Failpoints = NO_FAILPOINTS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = path
         self._failpoints = failpoints
+        self._monotonic = monotonic
+        # A writer busy with one job for this long is hung (a stuck fsync, a dead disk):
+        # alive() turns False so the liveness probe restarts the pod.
+        self._hung_after = HUNG_AFTER_DEADLINES * call_timeout_seconds
+        self._working_since: float | None = None  # monotonic; set by the writer thread
         self._busy_timeout_ms = busy_timeout_ms
         self._max_batch = max_batch
         self._call_timeout = call_timeout_seconds
@@ -233,7 +240,10 @@ class SqliteJournal:
 
     def alive(self) -> bool:
         writer = self._writer
-        return writer is not None and writer.is_alive() and self._stopped is None
+        if writer is None or not writer.is_alive() or self._stopped is not None:
+            return False
+        since = self._working_since
+        return since is None or self._monotonic() - since <= self._hung_after
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -306,39 +316,48 @@ class SqliteJournal:
             if job is _STOP:
                 return
             assert isinstance(job, _Job)
-            in_hand[:] = [job]
-            # A bug outside any one job; keyed by the first signal's service so a test
-            # can let the daemon start first.
-            self._failpoints.hit("journal.writer", job.signals[0].service if job.signals else None)
-            if job.action is not None:
-                self._run_action(conn, job)
-                in_hand.clear()
-                continue
-            pending = len(job.signals or ())
-            stop_after = False
-            while pending < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop_after = True
-                    break
-                assert isinstance(nxt, _Job)
-                if nxt.action is not None:
-                    self._commit_signals(conn, in_hand)
-                    in_hand[:] = [nxt]
-                    self._run_action(conn, nxt)
-                    in_hand.clear()
-                    pending = 0
-                    continue
-                in_hand.append(nxt)
-                pending += len(nxt.signals or ())
-            if in_hand:
-                self._commit_signals(conn, in_hand)
-            in_hand.clear()
-            if stop_after:
+            self._working_since = self._monotonic()
+            try:
+                stop = self._serve_one(conn, job, in_hand)
+            finally:
+                self._working_since = None
+            if stop:
                 return
+
+    def _serve_one(self, conn: sqlite3.Connection, job: _Job, in_hand: list[_Job]) -> bool:
+        """Run ``job``, batching the signal writes queued behind it; True on _STOP."""
+        in_hand[:] = [job]
+        # A bug outside any one job; keyed by the first signal's service so a test
+        # can let the daemon start first.
+        self._failpoints.hit("journal.writer", job.signals[0].service if job.signals else None)
+        if job.action is not None:
+            self._run_action(conn, job)
+            in_hand.clear()
+            return False
+        pending = len(job.signals or ())
+        stop_after = False
+        while pending < self._max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                stop_after = True
+                break
+            assert isinstance(nxt, _Job)
+            if nxt.action is not None:
+                self._commit_signals(conn, in_hand)
+                in_hand[:] = [nxt]
+                self._run_action(conn, nxt)
+                in_hand.clear()
+                pending = 0
+                continue
+            in_hand.append(nxt)
+            pending += len(nxt.signals or ())
+        if in_hand:
+            self._commit_signals(conn, in_hand)
+        in_hand.clear()
+        return stop_after
 
     def _commit_signals(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         batch = [job for job in jobs if not job.abandoned]

@@ -797,7 +797,7 @@ async def test_a_dead_journal_writer_fails_liveness_and_webhooks_get_503(
     assert health.status == 503
     assert (await health.json()) == {
         "status": "unavailable",
-        "checks": {"journal": "writer stopped; restart needed"},
+        "checks": {"journal": "writer stopped or stuck; restart needed"},
     }
     assert (await h.client.get("/readyz")).status == 503
     assert writer_up(await (await h.client.get("/metrics")).text()) == "0.0"

@@ -174,6 +174,24 @@ async def test_alive_only_while_open(tmp_path: Path) -> None:
         await j.close()
 
 
+async def test_a_writer_stuck_in_one_job_is_not_alive_until_it_moves_again(
+    tmp_path: Path,
+) -> None:
+    now = [1000.0]
+    j = SqliteJournal(path=tmp_path / "j.db", call_timeout_seconds=5.0, monotonic=lambda: now[0])
+    await j.open()
+    try:
+        async with writer_held(j):  # e.g. an fsync that never returns
+            now[0] += 59.0
+            assert j.alive()  # slow is not hung: 12 journal deadlines are allowed
+            now[0] += 2.0
+            assert not j.alive()  # /healthz fails, the pod is restarted
+        assert j.alive()  # the job ended: the writer moves again
+        assert [r.duplicate for r in await j.record_signals([make_signal(7)])] == [False]
+    finally:
+        await j.close()
+
+
 # -- prune ---------------------------------------------------------------------------
 async def test_prune_deletes_in_batches_and_other_writes_interleave(
     tmp_path: Path, clock: Clock
