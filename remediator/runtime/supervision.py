@@ -92,14 +92,16 @@ class Closing:
     def __init__(self, stack: contextlib.AsyncExitStack) -> None:
         self._stack = stack
         self.budget: ShutdownBudget | None = None  # set when the drain starts
-        # Each close gets at least this long, even when the plans used the whole budget.
-        self.minimum_seconds = 1.0
+        # Once the plans used the whole budget, the closes still share this much more
+        # (together, not each), so the journal always gets its turn.
+        self.grace_seconds = 2.0
 
     def add(self, name: str, close: Callable[[], Awaitable[Any]]) -> None:
         async def closed() -> None:
-            left = self.budget.remaining() if self.budget is not None else 10.0
+            budget = self.budget
+            left = 10.0 if budget is None else budget.total + self.grace_seconds - budget.elapsed()
             try:
-                await asyncio.wait_for(close(), timeout=max(left, self.minimum_seconds))
+                await asyncio.wait_for(close(), timeout=max(left, 0.05))
             except Exception as exc:  # noqa: BLE001 - every other close still runs
                 log.error("shutdown: closing the %s failed: %r", name, exc)
 

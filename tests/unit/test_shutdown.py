@@ -99,8 +99,8 @@ async def test_a_close_that_hangs_is_abandoned_within_the_budget() -> None:
         closing = Closing(stack)
         closing.add("journal", journal_close)
         closing.add("slack client", hangs)
-        # The budget is spent: each close still gets its minimum moment, then moves on.
+        # The budget and the closes' shared grace are spent: each close gets a moment.
         closing.budget = ShutdownBudget(1.0, clock=clock)
         clock.now += 5.0
-        closing.minimum_seconds = 0.05
+        closing.grace_seconds = 0.0
     assert closed == ["journal"]
