@@ -94,6 +94,16 @@ class Container:
         self.procs.append(proc)
         return proc
 
+    def unmark_volume(self, path: str) -> None:
+        """Drop ``path`` from this container's VOLUMEs, so a host directory mounted there wins.
+
+        buildah 1.28 mounts an anonymous copy of each image VOLUME, and when `--volume`
+        names the same path it picks one of the two at random (about half the runs got
+        the anonymous copy). A kubelet mounts the pod's volume there instead; this does
+        the same. The image's own config keeps the VOLUME.
+        """
+        buildah("config", "--volume", f"{path}-", self.cid)
+
     def mount(self) -> Path:
         return Path(buildah("mount", self.cid).strip())
 

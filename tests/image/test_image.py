@@ -162,6 +162,7 @@ def _daemon_run(image: str, work: Path) -> Iterator[DaemonRun]:
     env = {"REMEDIATOR_WEBHOOK_TOKEN_FILE": f"{SECRETS}/token"}
 
     with container(image) as box:
+        box.unmark_volume(VOLUME)
         root = box.mount()
         # What one `buildah run` itself changes in the root (mount points it creates, the
         # hosts and resolv.conf it writes), so the daemon is judged on its own writes.
