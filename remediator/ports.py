@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord, StepStatus
 from remediator.domain.notices import SlackMessageRef
-from remediator.domain.plans import Step, StepKind
+from remediator.domain.plans import ActionKind, Step, StepKind
 from remediator.domain.signals import Signal
 
 
@@ -41,8 +42,8 @@ class NewRemediation:
     service: str
     namespace: str | None
     rule: str | None
-    action: str | None
-    status: str  # planned | dry-run | skipped (later running | succeeded | failed | needs_human)
+    action: ActionKind | None
+    status: RemediationStatus  # an initial status: planned, awaiting_approval, dry-run, skipped
     reason: str | None
     manual: bool
     automated: bool  # counts toward the circuit breaker's action budget
@@ -71,8 +72,8 @@ class RemediationSummary:
     """What the decision needs to know about a past remediation of a service."""
 
     id: str
-    action: str | None
-    status: str
+    action: ActionKind | None
+    status: RemediationStatus
     rule: str | None
     manual: bool
     automated: bool
@@ -88,8 +89,8 @@ class CircuitRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Page:
-    items: Sequence[dict[str, Any]]
+class RemediationPage:
+    items: Sequence[Remediation]
     next_cursor: str | None
     # item_cursors[i] continues right after items[i] (the API pages by bytes with them)
     item_cursors: Sequence[str] = ()
@@ -195,30 +196,27 @@ class ServiceFacts(Protocol):
         ...
 
 
-class Journal(Protocol):
-    """Durable state. Implementations: SQLite (embedded), PostgreSQL (HA, later).
+# -- the journal, by role ------------------------------------------------------------
+# Each component depends only on the roles it uses. Both journals (SQLite, PostgreSQL)
+# implement every role, and tests/contract runs one suite against both. Every method
+# raises ``TemporaryError`` when storage is unavailable for now and ``PermanentError``
+# for requests that can never succeed.
 
-    Every method raises ``TemporaryError`` when storage is unavailable for now and
-    ``PermanentError`` for requests that can never succeed.
-    """
 
-    async def open(self) -> None: ...
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UndecidedBatch:
+    """Signals after the decision cursor, oldest first, and the cursor they follow."""
+
+    cursor: int  # the last decided seq when read; record_decisions compares it
+    signals: Sequence[StoredSignal]
+
+
+class JournalLifecycle(Protocol):
+    async def open(self) -> None:
+        """Connect and migrate the schema to this version's."""
+        ...
 
     async def close(self) -> None: ...
-
-    async def record_signals(self, signals: Sequence[Signal]) -> list[RecordResult]:
-        """Store each signal whose key is new; durable when this returns.
-
-        Results are in input order. A key seen before (earlier or within the same
-        call) is a duplicate and is not stored again.
-        """
-        ...
-
-    async def list_signals(
-        self, *, service: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> SignalPage:
-        """Newest first. ``cursor`` is the ``next_cursor`` of the previous page."""
-        ...
 
     def alive(self) -> bool:
         """The journal is open and can still make progress (for /healthz).
@@ -229,8 +227,28 @@ class Journal(Protocol):
         ...
 
     async def check_writable(self) -> None:
-        """Commit a small real write, or raise TemporaryError (for /readyz)."""
+        """Commit this instance's heartbeat, or raise TemporaryError (for /readyz).
+
+        Other replicas read heartbeats to tell a dead replica's claims from a live one's."""
         ...
+
+
+class SignalStore(Protocol):
+    async def record_signals(self, signals: Sequence[Signal]) -> list[RecordResult]:
+        """Store each signal whose key is new; durable when this returns.
+
+        Results are in input order. A key seen before (earlier or within the same
+        call, on any replica) is a duplicate and is not stored again.
+        """
+        ...
+
+    async def list_signals(
+        self, *, service: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> SignalPage:
+        """Newest first. ``cursor`` is the ``next_cursor`` of the previous page."""
+        ...
+
+    async def get_signal(self, signal_id: str) -> Signal | None: ...
 
     async def prune(self, *, older_than_seconds: float) -> int:
         """Forget signals (and their keys) received longer ago than this; return how many.
@@ -239,20 +257,29 @@ class Journal(Protocol):
         """
         ...
 
-    # -- decisions -------------------------------------------------------------------
-    async def undecided_signals(self, *, limit: int) -> list[StoredSignal]:
-        """Signals after the engine's cursor, oldest first."""
+
+class DecisionStore(Protocol):
+    """What the decider reads and writes: the signals to decide, and the history the
+    rules weigh (deploys, firing alerts, past remediations)."""
+
+    async def undecided_signals(self, *, limit: int) -> UndecidedBatch:
+        """Signals after the decision cursor, oldest first."""
         ...
 
     async def record_decisions(
         self,
         decisions: Sequence[DecisionRecord],
         *,
+        cursor: int,
         through_seq: int,
         outbox: Sequence[OutboxMessage] = (),
-    ) -> None:
-        """Store decisions, their remediations and outbox messages, and move the cursor,
-        atomically."""
+    ) -> bool:
+        """Store decisions, their remediations and outbox messages, and move the cursor
+        from ``cursor`` to ``through_seq``, atomically.
+
+        False, with nothing written, when the cursor is no longer ``cursor``: another
+        replica decided these signals first. So each signal is decided exactly once.
+        """
         ...
 
     async def service_events(
@@ -273,31 +300,6 @@ class Journal(Protocol):
         """When firing alerts of these kinds started for a service, in [since, until)."""
         ...
 
-    # -- outbox ----------------------------------------------------------------------
-    async def enqueue(self, messages: Sequence[OutboxMessage]) -> None:
-        """Add messages to the outbox (ids already present are ignored)."""
-        ...
-
-    async def pending(self, *, channel: str, limit: int) -> list[PendingMessage]:
-        """Unpublished messages of a channel, oldest first."""
-        ...
-
-    async def mark_published(self, *, ids: Sequence[str], at: datetime) -> None: ...
-
-    async def mark_failed_attempt(self, *, ids: Sequence[str], error: str) -> None: ...
-
-    async def mark_dead(self, *, ids: Sequence[str], error: str, at: datetime) -> None:
-        """Give up on messages that can never be delivered (kept, with the error)."""
-        ...
-
-    async def slack_ref(self, remediation_id: str) -> SlackMessageRef | None: ...
-
-    async def save_slack_ref(self, remediation_id: str, ref: SlackMessageRef) -> None: ...
-
-    async def outbox_backlog(self) -> dict[str, int]:
-        """Unpublished message count per channel (for metrics)."""
-        ...
-
     async def remediation_history(
         self, *, service: str, since: datetime
     ) -> list[RemediationSummary]:
@@ -312,6 +314,8 @@ class Journal(Protocol):
         """Finished remediations that failed in a row, newest first, since ``since``."""
         ...
 
+
+class CircuitStore(Protocol):
     async def circuit(self) -> CircuitRecord: ...
 
     async def set_circuit(
@@ -320,18 +324,24 @@ class Journal(Protocol):
         """Open or close the breaker; ``by`` is the principal who did it (None: the engine)."""
         ...
 
+
+class RemediationStore(Protocol):
+    """Remediations as people see and steer them (API, CLI)."""
+
     async def list_remediations(
         self,
         *,
         service: str | None = None,
-        status: str | None = None,
+        status: RemediationStatus | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> Page: ...
+    ) -> RemediationPage:
+        """Newest first, without decision and steps."""
+        ...
 
-    async def get_remediation(self, remediation_id: str) -> dict[str, Any] | None: ...
-
-    async def get_signal(self, signal_id: str) -> Signal | None: ...
+    async def get_remediation(self, remediation_id: str) -> Remediation | None:
+        """With its decision and steps."""
+        ...
 
     async def approve_remediation(
         self,
@@ -350,40 +360,122 @@ class Journal(Protocol):
         """
         ...
 
-    # -- execution -------------------------------------------------------------------
-    async def runnable_remediations(self, *, limit: int) -> list[dict[str, Any]]:
+
+class ExecutionLog(Protocol):
+    """Claims and timelines of running plans. A claim names the instance that holds it;
+    every write about a claimed remediation names it too and is refused (ClaimLost)
+    once another instance took the claim over."""
+
+    async def runnable_remediations(self, *, limit: int) -> list[Remediation]:
         """Unclaimed plans (``planned``, and ``dry-run`` ones to rehearse), oldest first,
-        as full items with ``decision``."""
+        with their decisions."""
         ...
 
     async def claim_remediation(
-        self, remediation_id: str, *, by: str, at: datetime, outbox: Sequence[OutboxMessage] = ()
+        self,
+        remediation_id: str,
+        *,
+        by: str,
+        at: datetime,
+        to: RemediationStatus,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> bool:
-        """Mark it claimed (``planned`` becomes ``running``); False if already claimed."""
+        """Claim it for instance ``by`` and move it to ``to`` (``running``, or ``dry-run``
+        to rehearse); False if already claimed or finished. IllegalTransition if the
+        lifecycle does not allow it."""
         ...
 
-    async def unfinished_claims(self) -> list[dict[str, Any]]:
-        """Claimed but never finished: what a crash left behind (full items)."""
+    async def unfinished_claims(self, *, holder: str, stale_before: datetime) -> list[Remediation]:
+        """Claimed, never finished, and held by ``holder`` or by an instance whose last
+        heartbeat is older than ``stale_before`` (a crashed or stopped replica), with
+        decisions and steps, oldest first."""
+        ...
+
+    async def take_over_claim(
+        self, remediation_id: str, *, from_holder: str, by: str, at: datetime
+    ) -> bool:
+        """Move an unfinished claim from ``from_holder`` to ``by``; False if it is no
+        longer ``from_holder``'s (someone else took it, or it finished)."""
         ...
 
     async def step_started(
-        self, remediation_id: str, *, idx: int, kind: str, at: datetime
+        self, remediation_id: str, *, holder: str, idx: int, kind: str, at: datetime
     ) -> None: ...
 
     async def step_finished(
-        self, remediation_id: str, *, idx: int, status: str, detail: dict[str, Any], at: datetime
+        self,
+        remediation_id: str,
+        *,
+        holder: str,
+        idx: int,
+        status: StepStatus,
+        detail: dict[str, Any],
+        at: datetime,
     ) -> None: ...
 
-    async def remediation_steps(self, remediation_id: str) -> list[dict[str, Any]]: ...
+    async def remediation_steps(self, remediation_id: str) -> list[StepRecord]: ...
 
     async def finish_remediation(
         self,
         remediation_id: str,
         *,
-        status: str | None,
+        holder: str,
+        status: RemediationStatus,
         reason: str | None,
         at: datetime,
         outbox: Sequence[OutboxMessage] = (),
     ) -> None:
-        """Record the end (``status`` None keeps it, e.g. a rehearsed dry run)."""
+        """Record the end. IllegalTransition if the lifecycle does not allow ``status``
+        (a dry run ends ``dry-run``)."""
         ...
+
+
+class Outbox(Protocol):
+    """Messages to publish at least once; ids make redelivery detectable downstream."""
+
+    async def enqueue(self, messages: Sequence[OutboxMessage]) -> None:
+        """Add messages to the outbox (ids already present are ignored)."""
+        ...
+
+    async def pending(
+        self, *, channel: str, limit: int, holder: str, at: datetime, lease_seconds: float
+    ) -> list[PendingMessage]:
+        """Unpublished messages of a channel, oldest first, leased to ``holder`` for
+        ``lease_seconds`` so no other replica relays them meanwhile."""
+        ...
+
+    async def mark_published(self, *, ids: Sequence[str], at: datetime) -> None: ...
+
+    async def mark_failed_attempt(self, *, ids: Sequence[str], error: str) -> None:
+        """Count a failed attempt and release the lease (retried later)."""
+        ...
+
+    async def mark_dead(self, *, ids: Sequence[str], error: str, at: datetime) -> None:
+        """Give up on messages that can never be delivered (kept, with the error)."""
+        ...
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        """Unpublished message count per channel (for metrics)."""
+        ...
+
+
+class SlackThreads(Protocol):
+    """Where each remediation's Slack message is, so later stages update it."""
+
+    async def slack_ref(self, remediation_id: str) -> SlackMessageRef | None: ...
+
+    async def save_slack_ref(self, remediation_id: str, ref: SlackMessageRef) -> None: ...
+
+
+class Journal(
+    JournalLifecycle,
+    SignalStore,
+    DecisionStore,
+    CircuitStore,
+    RemediationStore,
+    ExecutionLog,
+    Outbox,
+    SlackThreads,
+    Protocol,
+):
+    """Every role: what the runtime builds and hands out, one role to each component."""

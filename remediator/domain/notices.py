@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.record import (
     CheckStatus,
-    RemediationStatus,
     RollbackRecord,
     basic_facts,
     format_duration,

@@ -22,33 +22,11 @@ from urllib.parse import urlsplit
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import NoActionReason
 
 PLACEHOLDER = "to be filled in"
 _FORMAT_VERSION = 1
-
-
-class RemediationStatus(StrEnum):
-    PLANNED = "planned"
-    AWAITING_APPROVAL = "awaiting_approval"
-    DRY_RUN = "dry-run"
-    SKIPPED = "skipped"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    NEEDS_HUMAN = "needs_human"
-
-    @property
-    def label(self) -> str:
-        return self.value.replace("_", " ")
-
-    @property
-    def final(self) -> bool:
-        return self not in (
-            RemediationStatus.PLANNED,
-            RemediationStatus.AWAITING_APPROVAL,
-            RemediationStatus.RUNNING,
-        )
 
 
 class CheckStatus(StrEnum):

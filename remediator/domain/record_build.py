@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from remediator.domain.record import RemediationStatus, RollbackRecord, TimelineEntry, Trigger
+from remediator.domain.lifecycle import RemediationStatus
+from remediator.domain.record import RollbackRecord, TimelineEntry, Trigger
 from remediator.domain.signals import Signal
 
 

@@ -29,17 +29,17 @@ from pydantic import ValidationError
 
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.outcomes import outcome_event
 from remediator.domain.plans import ActionKind, Decision, NoAction, NoActionReason, Plan, explain
-from remediator.domain.record import RemediationStatus as RecordStatus
 from remediator.domain.record import stage_for
 from remediator.domain.rules import (
     HISTORY_KINDS,
     CircuitState,
     DeployRecord,
     MigrationRecord,
+    PastOutcome,
     RemediationRecord,
-    RemediationStatus,
     RulePack,
     ServiceState,
     circuit_trip_reason,
@@ -70,14 +70,14 @@ HISTORY_WINDOW = timedelta(days=2)
 # Decisions that need no remediation row: nothing matched, or nothing could.
 _NOT_REMEDIATIONS = {NoActionReason.RESOLVED, NoActionReason.NO_RULE, NoActionReason.UNROUTABLE}
 _STATUS_FOR_HISTORY = {
-    "planned": RemediationStatus.OPEN,
-    "awaiting_approval": RemediationStatus.OPEN,  # people are deciding; automation waits
-    "running": RemediationStatus.OPEN,
-    "needs_human": RemediationStatus.OPEN,  # blocks automation until people close it
-    "dry-run": RemediationStatus.SUCCEEDED,  # a simulation ends at once; cooldown applies
-    "succeeded": RemediationStatus.SUCCEEDED,
-    "failed": RemediationStatus.FAILED,
-    "cancelled": RemediationStatus.CANCELLED,
+    "planned": PastOutcome.OPEN,
+    "awaiting_approval": PastOutcome.OPEN,  # people are deciding; automation waits
+    "running": PastOutcome.OPEN,
+    "needs_human": PastOutcome.OPEN,  # blocks automation until people close it
+    "dry-run": PastOutcome.SUCCEEDED,  # a simulation ends at once; cooldown applies
+    "succeeded": PastOutcome.SUCCEEDED,
+    "failed": PastOutcome.FAILED,
+    "cancelled": PastOutcome.CANCELLED,
 }
 
 
@@ -365,7 +365,7 @@ class DecisionEngine:
                 continue
             messages += notice_messages(
                 remediation_id=r.id,
-                stage=stage_for(RecordStatus(r.status)),
+                stage=stage_for(RemediationStatus(r.status)),
                 channels=self._notice_channels,
                 at=r.created_at,
             )

@@ -40,9 +40,9 @@ from typing import Any
 
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.outcomes import outcome_event, rolledback_cdevent
 from remediator.domain.plans import ActionKind, Plan, Step, StepKind
-from remediator.domain.record import RemediationStatus as RecordStatus
 from remediator.domain.record import stage_for
 from remediator.engine.backoff import Backoff
 from remediator.engine.notify import notice_messages
@@ -85,7 +85,7 @@ def _error_detail(exc: BaseException) -> dict[str, str]:
 class _Ending:
     """How a plan ends; kept until the journal has taken it."""
 
-    status: RecordStatus
+    status: RemediationStatus
     reason: str | None
     failed_step: int | None = None  # a step started and not finished: it is marked failed
     step_detail: dict[str, str] | None = None
@@ -277,7 +277,7 @@ class Executor:
     async def _execute(self, item: dict[str, Any], *, resume_at: int | None = None) -> None:
         run = _Run(
             item=item,
-            rehearsal=item["status"] == RecordStatus.DRY_RUN or self._dry_run,
+            rehearsal=item["status"] == RemediationStatus.DRY_RUN or self._dry_run,
             claimed=resume_at is not None,
         )
         try:
@@ -322,7 +322,7 @@ class Executor:
             # could race another replica, so the plan fails, loudly, instead of waiting.
             if run.claimed or await self._claim(run):
                 reason = f"cannot take the lock of {service}: {exc}"
-                await self._end(run, _Ending(status=RecordStatus.FAILED, reason=reason))
+                await self._end(run, _Ending(status=RemediationStatus.FAILED, reason=reason))
             return False
         if not acquired:
             self._lock_refused(run, LockAttempt.HELD_ELSEWHERE, None)
@@ -372,7 +372,7 @@ class Executor:
     async def _claimed_run(self, run: _Run, resume_at: int | None) -> None:
         item, rid = run.item, run.id
         if resume_at is None:
-            started = [] if run.rehearsal else self._messages(item, RecordStatus.RUNNING)
+            started = [] if run.rehearsal else self._messages(item, RemediationStatus.RUNNING)
             if not await self._claim(run, started):
                 return  # someone else claimed it first
             resume_at = 0
@@ -396,17 +396,19 @@ class Executor:
                 detail = await self._run_step(step, service=item["service"],
                                               dry_run=run.rehearsal, context=context)  # fmt: skip
             except NeedsHuman as exc:
-                await self._end(run, self._step_ending(RecordStatus.NEEDS_HUMAN, idx, step, exc))
+                await self._end(
+                    run, self._step_ending(RemediationStatus.NEEDS_HUMAN, idx, step, exc)
+                )
                 return
             except (PermanentError, TemporaryError) as exc:
-                await self._end(run, self._step_ending(RecordStatus.FAILED, idx, step, exc))
+                await self._end(run, self._step_ending(RemediationStatus.FAILED, idx, step, exc))
                 return
             context[f"step{idx}"] = detail
             await self._journal.step_finished(
                 rid, idx=idx, status="succeeded", detail=detail, at=self._clock()
             )
             run.step = run.step_kind = None
-        await self._end(run, _Ending(status=RecordStatus.SUCCEEDED, reason=None))
+        await self._end(run, _Ending(status=RemediationStatus.SUCCEEDED, reason=None))
 
     def _still_locked(self, run: _Run) -> bool:
         return self._lock is None or self._lock.held(service=run.service)
@@ -419,10 +421,10 @@ class Executor:
             f"({step.kind.value}): another instance may be acting on it, so nothing more "
             "was done here; check the workload and close this remediation by hand"
         )
-        return _Ending(status=RecordStatus.NEEDS_HUMAN, reason=reason)
+        return _Ending(status=RemediationStatus.NEEDS_HUMAN, reason=reason)
 
     @staticmethod
-    def _step_ending(status: RecordStatus, idx: int, step: Step, exc: Exception) -> _Ending:
+    def _step_ending(status: RemediationStatus, idx: int, step: Step, exc: Exception) -> _Ending:
         return _Ending(
             status=status,
             reason=f"{step.kind.value}: {exc}",
@@ -472,7 +474,7 @@ class Executor:
                     return  # not ours: whoever claimed it ends it
                 where = "" if run.step_kind is None else f"{run.step_kind}: "
                 run.ending = _Ending(
-                    status=RecordStatus.FAILED,
+                    status=RemediationStatus.FAILED,
                     reason=f"{where}internal error: {describe(exc)}",
                     failed_step=run.step,
                     step_detail=_error_detail(exc) if run.step is not None else None,
@@ -537,7 +539,7 @@ class Executor:
                     self._internal_error(f"{rid}: settling the plan", exc)
                     if run.ending is None:
                         # Whatever made its timeline unreadable, the plan must still end.
-                        run.ending = _Ending(status=RecordStatus.FAILED,
+                        run.ending = _Ending(status=RemediationStatus.FAILED,
                                              reason=f"internal error: {describe(exc)}")  # fmt: skip
                 self._settle_later(run, exc)
                 continue
@@ -546,7 +548,7 @@ class Executor:
         return resumed
 
     async def _finish(
-        self, item: dict[str, Any], status: RecordStatus, reason: str | None, rehearsal: bool
+        self, item: dict[str, Any], status: RemediationStatus, reason: str | None, rehearsal: bool
     ) -> None:
         if rehearsal:
             # A dry run keeps its status; its timeline shows what would have happened.
@@ -565,11 +567,11 @@ class Executor:
         )
         if self._on_finished is not None:
             self._on_finished(item["action"] or "none", status.value)
-        level = logging.INFO if status is RecordStatus.SUCCEEDED else logging.ERROR
+        level = logging.INFO if status is RemediationStatus.SUCCEEDED else logging.ERROR
         log.log(level, "%s: %s %s%s", item["id"], item["action"], status.value,
                 f": {reason}" if reason else "")  # fmt: skip
 
-    def _messages(self, item: dict[str, Any], status: RecordStatus) -> list[OutboxMessage]:
+    def _messages(self, item: dict[str, Any], status: RemediationStatus) -> list[OutboxMessage]:
         at = self._clock()
         messages = notice_messages(
             remediation_id=item["id"],
@@ -586,7 +588,10 @@ class Executor:
                     at=at,
                 )
             ]  # fmt: skip
-            if status is RecordStatus.SUCCEEDED and item["action"] == ActionKind.ROLLBACK.value:
+            if (
+                status is RemediationStatus.SUCCEEDED
+                and item["action"] == ActionKind.ROLLBACK.value
+            ):
                 events.append(
                     rolledback_cdevent(
                         remediation_id=item["id"], service=item["service"],
@@ -624,7 +629,7 @@ class Executor:
             self._busy.add(item["service"])
             self._unsettled[item["id"]] = _Run(
                 item=item,
-                rehearsal=item["status"] == RecordStatus.DRY_RUN or self._dry_run,
+                rehearsal=item["status"] == RemediationStatus.DRY_RUN or self._dry_run,
                 claimed=True,
             )
         await self._settle_due()
@@ -638,7 +643,7 @@ class Executor:
             resume_at = 0 if last is None else last["idx"] + 1
         elif last["status"] == "failed":
             reason = f"{last['kind']}: {last['detail']}"
-            await self._end(run, _Ending(status=RecordStatus.FAILED, reason=reason))
+            await self._end(run, _Ending(status=RemediationStatus.FAILED, reason=reason))
             return False
         elif run.rehearsal or self._runner.resumable(StepKind(last["kind"])):
             resume_at = last["idx"]
@@ -649,7 +654,7 @@ class Executor:
                 "run again: check the workload and close this remediation by hand"
             )
             ending = _Ending(
-                status=RecordStatus.NEEDS_HUMAN,
+                status=RemediationStatus.NEEDS_HUMAN,
                 reason=reason,
                 failed_step=last["idx"],
                 step_detail=_error_detail(RuntimeError("interrupted")),

@@ -52,7 +52,7 @@ from remediator.connectors.postgres.model import (
 )
 from remediator.connectors.postgres.validate import IntegrityQuery, ValidationReport, validate
 from remediator.domain.errors import PermanentError, RemediatorError, TemporaryError
-from remediator.domain.record import RemediationStatus
+from remediator.domain.lifecycle import RemediationStatus
 
 __all__ = [
     "MigrationRunner",

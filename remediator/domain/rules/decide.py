@@ -36,7 +36,7 @@ from remediator.domain.rules.state import (
     DeployRecord,
     MigrationRecord,
     MigrationStatus,
-    RemediationStatus,
+    PastOutcome,
     ServiceState,
     circuit_trip_reason,
     count_since,
@@ -127,7 +127,7 @@ def decide(
                 f"{tripped}; only notifying about {_describe(signal)}",
                 notify=True,
             )
-    open_ones = [r for r in state.remediations if r.status is RemediationStatus.OPEN]
+    open_ones = [r for r in state.remediations if r.status is PastOutcome.OPEN]
     if open_ones:
         current = max(open_ones, key=lambda record: record.started_at)
         return skip(
@@ -179,7 +179,7 @@ def _rate_limit_detail(
     started = tuple(
         r.started_at
         for r in state.remediations
-        if r.action is not ActionKind.NOTIFY_ONLY and r.status is not RemediationStatus.CANCELLED
+        if r.action is not ActionKind.NOTIFY_ONLY and r.status is not PastOutcome.CANCELLED
     )
     recent = count_since(started, now=now, window=_DAY)
     if recent < limit:

@@ -44,7 +44,9 @@ class MigrationRecord(_State):
     version: str | None = None  # the release the migration belongs to
 
 
-class RemediationStatus(StrEnum):
+class PastOutcome(StrEnum):
+    """How the rules see a past remediation: still open, or how it ended."""
+
     OPEN = "open"  # planned, awaiting approval, running or being watched
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -54,7 +56,7 @@ class RemediationStatus(StrEnum):
 class RemediationRecord(_State):
     action: ActionKind  # the concrete action run (rollback, scale_up, ...)
     started_at: AwareDatetime
-    status: RemediationStatus
+    status: PastOutcome
     rule: str | None = None
     manual: bool = False
 

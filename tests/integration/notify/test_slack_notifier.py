@@ -10,8 +10,9 @@ import pytest
 
 from remediator.connectors.slack import SlackNotifier, SlackRejected
 from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.notices import slack_blocks, slack_text
-from remediator.domain.record import RemediationStatus, TimelineEntry
+from remediator.domain.record import TimelineEntry
 from tests.unit.notify import samples
 from tests.unit.notify.blockkit import assert_valid_blocks
 

@@ -17,7 +17,7 @@ from remediator.connectors.postgres import (
     revert_with_backup,
 )
 from remediator.domain.errors import PermanentError
-from remediator.domain.record import RemediationStatus
+from remediator.domain.lifecycle import RemediationStatus
 from tests.integration.postgres.conftest import ALEMBIC_PROJECT, execute, rows, snapshot
 
 pytest.importorskip("alembic", reason="the Alembic runner's test needs alembic installed")

@@ -23,7 +23,8 @@ from remediator.connectors.postgres import (
     revert_with_backup,
     verify_backup,
 )
-from remediator.domain.record import CheckStatus, RemediationStatus
+from remediator.domain.lifecycle import RemediationStatus
+from remediator.domain.record import CheckStatus
 from tests.integration.postgres.conftest import at_004_with_data, rows, snapshot
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from remediator.connectors.postgres import ServiceLocks, SqlDirRunner, backup, revert_with_backup
 from remediator.connectors.postgres.dsn import password_of, with_database
 from remediator.domain.errors import PermanentError, RemediatorError, TemporaryError
-from remediator.domain.record import RemediationStatus
+from remediator.domain.lifecycle import RemediationStatus
 from tests.integration.postgres.conftest import at_004_with_data
 
 pytestmark = pytest.mark.integration

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.record import (
     CheckResult,
     CheckResults,
     CheckStatus,
     Impact,
-    RemediationStatus,
     RollbackRecord,
     TimelineEntry,
     Trigger,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.notices import (
     SlackMessageRef,
     clip,
@@ -19,7 +20,7 @@ from remediator.domain.notices import (
     slack_escape,
     slack_text,
 )
-from remediator.domain.record import RemediationStatus, RollbackRecord, TimelineEntry
+from remediator.domain.record import RollbackRecord, TimelineEntry
 from tests.unit.notify import samples
 from tests.unit.notify.blockkit import assert_valid_blocks
 

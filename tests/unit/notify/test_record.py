@@ -11,13 +11,13 @@ from html.parser import HTMLParser
 import pytest
 from pydantic import ValidationError
 
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.record import (
     CONTENT_TYPES,
     PLACEHOLDER,
     RECORD_FORMATS,
     Notice,
     RecordFormat,
-    RemediationStatus,
     RollbackRecord,
     Stage,
     TimelineEntry,

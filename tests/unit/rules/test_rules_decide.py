@@ -24,8 +24,8 @@ from remediator.domain.rules import (
     DeployRecord,
     MigrationRecord,
     MigrationStatus,
+    PastOutcome,
     RemediationRecord,
-    RemediationStatus,
     RulePack,
     ServiceState,
     decide,
@@ -260,18 +260,18 @@ def test_migration_id_falls_back_to_the_recorded_failure(pack: RulePack) -> None
 # --- every NoAction reason -------------------------------------------------------------
 
 OPEN = RemediationRecord(
-    action=ActionKind.ROLLBACK, started_at=NOW - timedelta(minutes=3), status=RemediationStatus.OPEN
+    action=ActionKind.ROLLBACK, started_at=NOW - timedelta(minutes=3), status=PastOutcome.OPEN
 )
 DONE_ROLLBACK = RemediationRecord(
     action=ActionKind.ROLLBACK,
     started_at=NOW - timedelta(minutes=20),
-    status=RemediationStatus.SUCCEEDED,
+    status=PastOutcome.SUCCEEDED,
 )
 DAY_OF_SCALING = tuple(
     RemediationRecord(
         action=ActionKind.SCALE_UP,
         started_at=NOW - timedelta(hours=hours),
-        status=RemediationStatus.SUCCEEDED,
+        status=PastOutcome.SUCCEEDED,
     )
     for hours in (2, 8, 20)
 )
@@ -482,7 +482,7 @@ def test_old_actions_fall_out_of_the_windows(pack: RulePack) -> None:
     old = RemediationRecord(
         action=ActionKind.ROLLBACK,
         started_at=NOW - timedelta(hours=25),
-        status=RemediationStatus.FAILED,
+        status=PastOutcome.FAILED,
     )
     circuit = CircuitState(
         automated_action_times=tuple(NOW - timedelta(hours=2, minutes=m) for m in range(20))
@@ -630,7 +630,7 @@ def test_an_alert_storm_yields_one_plan(pack: RulePack) -> None:
         decisions.append(decision)
         if isinstance(decision, Plan):  # what the engine records before the next decision
             opened = RemediationRecord(
-                action=decision.action, started_at=NOW, status=RemediationStatus.OPEN
+                action=decision.action, started_at=NOW, status=PastOutcome.OPEN
             )
             service_state = service_state.model_copy(update={"remediations": (opened,)})
     plans = [d for d in decisions if isinstance(d, Plan)]
@@ -805,7 +805,7 @@ def test_decide_never_raises_for_any_representable_time(
         ),
         remediations=tuple(
             RemediationRecord(
-                action=ActionKind.SCALE_UP, started_at=t, status=RemediationStatus.SUCCEEDED
+                action=ActionKind.SCALE_UP, started_at=t, status=PastOutcome.SUCCEEDED
             )
             for t in remediation_times
         ),
