@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-ParamValue = str | int | bool | None
+from remediator.domain.steps import Step as Step
+from remediator.domain.steps import StepKind as StepKind
 
 
 class ActionKind(StrEnum):
@@ -23,22 +24,6 @@ class ActionKind(StrEnum):
     REVERT_MIGRATION = "revert_migration"
     RESTORE_CONFIG = "restore_config"
     NOTIFY_ONLY = "notify_only"
-
-
-class StepKind(StrEnum):
-    ROLLOUT_UNDO = "rollout_undo"  # rolling: kubectl rollout undo --to-revision
-    WAIT_ROLLOUT = "wait_rollout"  # rolling/helm: watch rollout status
-    SWITCH_SELECTOR = "switch_selector"  # blue-green: point the Service back
-    SET_ROUTE_WEIGHTS = "set_route_weights"  # canary: HTTPRoute weight to 0
-    SCALE_DEPLOYMENT = "scale_deployment"
-    HELM_ROLLBACK = "helm_rollback"
-    BACKUP_DATABASE = "backup_database"
-    REVERT_MIGRATION = "revert_migration"
-    EXPORT_CONFIG = "export_config"
-    RESTORE_CONFIG = "restore_config"
-    RESTART_WORKLOAD = "restart_workload"
-    VERIFY_HEALTH = "verify_health"
-    NOTIFY = "notify"
 
 
 class NoActionReason(StrEnum):
@@ -70,12 +55,6 @@ class _Frozen(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the journal and the HTTP API."""
         return self.model_dump(mode="json")
-
-
-class Step(_Frozen):
-    kind: StepKind
-    params: dict[str, ParamValue]
-    reason: str
 
 
 class Plan(_Frozen):
@@ -142,7 +121,7 @@ def explain(decision: Decision) -> str:
 def _step_lines(plan: Plan) -> list[str]:
     lines = []
     for number, step in enumerate(plan.steps, start=1):
-        params = " ".join(f"{key}={value}" for key, value in step.params.items())
+        params = " ".join(f"{key}={value}" for key, value in step.params.model_dump().items())
         lines.append(f"  {number}. {step.kind.value} {params}".rstrip())
         lines.append(f"     because {step.reason}")
     return lines

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +40,22 @@ from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import CanaryRollback
 from remediator.domain.signals import Signal
+from remediator.domain.steps import (
+    ExportConfigStep,
+    HelmRollbackParams,
+    HelmRollbackStep,
+    NotifyStep,
+    RestartWorkloadStep,
+    RestoreConfigStep,
+    RolloutUndoStep,
+    ScaleDeploymentParams,
+    ScaleDeploymentStep,
+    SetRouteWeightsStep,
+    SwitchSelectorParams,
+    SwitchSelectorStep,
+    VerifyHealthStep,
+    WaitRolloutStep,
+)
 from remediator.ports import NeedsHuman
 
 log = logging.getLogger(__name__)
@@ -90,83 +106,61 @@ class KubernetesStepRunner:
     async def run(
         self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
     ) -> dict[str, Any]:
-        p = step.params
-        namespace = str(p["namespace"])
+        namespace = step.params.namespace
         self._in_scope(service, namespace)
-        kind = step.kind
-        if kind is StepKind.ROLLOUT_UNDO:
-            target = int(str(p["to_revision"]))
-            return _record(
-                await rollout_undo(
-                    self._kube,
-                    namespace=namespace,
-                    deployment=str(p["deployment"]),
-                    to_revision=target,
-                    # The engine only ever targets a revision recorded healthy.
-                    allowed_revisions={target},
-                    dry_run=dry_run,
+        match step:
+            case RolloutUndoStep(params=undo):
+                return _record(
+                    await rollout_undo(
+                        self._kube,
+                        namespace=namespace,
+                        deployment=undo.deployment,
+                        to_revision=undo.to_revision,
+                        # The engine only ever targets a revision recorded healthy.
+                        allowed_revisions={undo.to_revision},
+                        dry_run=dry_run,
+                    )
                 )
-            )
-        if kind is StepKind.WAIT_ROLLOUT:
-            return await self._wait_rollout(namespace, str(p["deployment"]), dry_run=dry_run)
-        if kind is StepKind.SWITCH_SELECTOR:
-            return await self._switch(namespace, p, dry_run=dry_run)
-        if kind is StepKind.SET_ROUTE_WEIGHTS:
-            canary = self._canary_spec(service)
-            return _record(
-                await set_canary_weight_zero(
-                    self._kube,
-                    namespace=namespace,
-                    route=str(p["route"]),
-                    canary_backend=canary.canary_deployment,
-                    stable_backend=canary.stable_deployment,
-                    dry_run=dry_run,
+            case WaitRolloutStep(params=wait):
+                return await self._wait_rollout(namespace, wait.deployment, dry_run=dry_run)
+            case SwitchSelectorStep(params=switch):
+                return await self._switch(switch, dry_run=dry_run)
+            case SetRouteWeightsStep(params=weights):
+                canary = self._canary_spec(service)
+                return _record(
+                    await set_canary_weight_zero(
+                        self._kube,
+                        namespace=namespace,
+                        route=weights.route,
+                        canary_backend=canary.canary_deployment,
+                        stable_backend=canary.stable_deployment,
+                        dry_run=dry_run,
+                    )
                 )
-            )
-        if kind is StepKind.SCALE_DEPLOYMENT:
-            return await self._scale(namespace, p, dry_run=dry_run)
-        if kind is StepKind.HELM_ROLLBACK:
-            return await self._helm_rollback(namespace, p, dry_run=dry_run)
-        if kind is StepKind.EXPORT_CONFIG:
-            deployment = self._workload(service)
-            revision = await self._revision(namespace, deployment)
-            return _record(
-                await snapshot_configmaps(
-                    self._kube, namespace=namespace, deployment=deployment, revision=revision,
-                    dry_run=dry_run,
-                )
-            )  # fmt: skip
-        if kind is StepKind.RESTORE_CONFIG:
-            if context.get("config_restored"):
-                return {"summary": "restored with the other ConfigMaps of this plan"}
-            deployment = self._workload(service)
-            revision = await self._previous_snapshot(namespace, deployment)
-            result = await restore_configmaps(
-                self._kube, namespace=namespace, deployment=deployment, revision=revision,
-                dry_run=dry_run,
-            )  # fmt: skip
-            context["config_restored"] = True
-            return _record(result)
-        if kind is StepKind.RESTART_WORKLOAD:
-            if context.get("config_restored"):
-                return {"summary": "restarted by the config restore"}
-            return _record(
-                await rollout_restart(
-                    self._kube, namespace=namespace, deployment=str(p["deployment"]),
-                    dry_run=dry_run,
-                )
-            )  # fmt: skip
-        if kind is StepKind.VERIFY_HEALTH:
-            if dry_run:
-                return {"summary": "skipped in dry run: nothing changed"}
-            verdict = await http_health(str(p["url"]), timeout_seconds=self._health_timeout)
-            if not verdict.ok:
-                raise PermanentError(f"health check failed: {verdict.detail}")
-            return {"summary": verdict.detail}
-        if kind is StepKind.NOTIFY:
-            return {"summary": "notices go out through the outbox"}
+            case ScaleDeploymentStep(params=sizes):
+                return await self._scale(sizes, dry_run=dry_run)
+            case HelmRollbackStep(params=helm):
+                return await self._helm_rollback(helm, dry_run=dry_run)
+            case ExportConfigStep():
+                return await self._export_config(namespace, service, dry_run=dry_run)
+            case RestoreConfigStep():
+                return await self._restore_config(namespace, service, dry_run=dry_run,
+                                                  context=context)  # fmt: skip
+            case RestartWorkloadStep(params=restart):
+                if context.get("config_restored"):
+                    return {"summary": "restarted by the config restore"}
+                return _record(
+                    await rollout_restart(
+                        self._kube, namespace=namespace, deployment=restart.deployment,
+                        dry_run=dry_run,
+                    )
+                )  # fmt: skip
+            case VerifyHealthStep(params=health):
+                return await self._verify_health(health.url, dry_run=dry_run)
+            case NotifyStep():
+                return {"summary": "notices go out through the outbox"}
         # Database steps go to the PostgreSQL step runner (runtime.RoutedStepRunner).
-        raise PermanentError(f"no Kubernetes implementation for step {kind.value}")
+        raise PermanentError(f"no Kubernetes implementation for step {step.kind.value}")
 
     # -- steps -----------------------------------------------------------------------
     async def _wait_rollout(
@@ -189,10 +183,43 @@ class KubernetesStepRunner:
             )
         return {"summary": status.message}
 
-    async def _switch(
-        self, namespace: str, p: Mapping[str, Any], *, dry_run: bool
+    async def _export_config(
+        self, namespace: str, service: str, *, dry_run: bool
     ) -> dict[str, Any]:
-        service, key, value = str(p["service_name"]), str(p["selector_label"]), str(p["to_value"])
+        deployment = self._workload(service)
+        revision = await self._revision(namespace, deployment)
+        return _record(
+            await snapshot_configmaps(
+                self._kube, namespace=namespace, deployment=deployment, revision=revision,
+                dry_run=dry_run,
+            )
+        )  # fmt: skip
+
+    async def _restore_config(
+        self, namespace: str, service: str, *, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        if context.get("config_restored"):
+            return {"summary": "restored with the other ConfigMaps of this plan"}
+        deployment = self._workload(service)
+        revision = await self._previous_snapshot(namespace, deployment)
+        result = await restore_configmaps(
+            self._kube, namespace=namespace, deployment=deployment, revision=revision,
+            dry_run=dry_run,
+        )  # fmt: skip
+        context["config_restored"] = True
+        return _record(result)
+
+    async def _verify_health(self, url: str, *, dry_run: bool) -> dict[str, Any]:
+        if dry_run:
+            return {"summary": "skipped in dry run: nothing changed"}
+        verdict = await http_health(url, timeout_seconds=self._health_timeout)
+        if not verdict.ok:
+            raise PermanentError(f"health check failed: {verdict.detail}")
+        return {"summary": verdict.detail}
+
+    async def _switch(self, p: SwitchSelectorParams, *, dry_run: bool) -> dict[str, Any]:
+        namespace, service = p.namespace, p.service_name
+        key, value = p.selector_label, p.to_value
         switched = await switch_service_selector(
             self._kube, namespace=namespace, service=service, selector_key=key, to_value=value,
             dry_run=dry_run,
@@ -217,17 +244,14 @@ class KubernetesStepRunner:
         result["endpoints"] = _record(ready)
         return result
 
-    async def _scale(
-        self, namespace: str, p: Mapping[str, Any], *, dry_run: bool
-    ) -> dict[str, Any]:
-        deployment = str(p["deployment"])
-        replicas = p.get("replicas")
-        if "from_replicas" in p:  # scale up: respect an HPA, never scale down
+    async def _scale(self, p: ScaleDeploymentParams, *, dry_run: bool) -> dict[str, Any]:
+        namespace, deployment, replicas = p.namespace, p.deployment, p.replicas
+        if p.from_replicas is not None and replicas is not None:
+            # A scale-up: respect an HPA, never scale down.
             return _record(
                 await scale_up(
                     self._kube, namespace=namespace, deployment=deployment,
-                    target_replicas=int(str(replicas)), max_replicas=int(str(replicas)),
-                    dry_run=dry_run,
+                    target_replicas=replicas, max_replicas=replicas, dry_run=dry_run,
                 )
             )  # fmt: skip
         if replicas is None:  # a canary's stable side: back to its pre-canary size
@@ -242,20 +266,18 @@ class KubernetesStepRunner:
         return _record(
             await scale(
                 self._kube, namespace=namespace, deployment=deployment,
-                replicas=int(str(replicas)), dry_run=dry_run,
+                replicas=replicas, dry_run=dry_run,
             )
         )  # fmt: skip
 
-    async def _helm_rollback(
-        self, namespace: str, p: Mapping[str, Any], *, dry_run: bool
-    ) -> dict[str, Any]:
+    async def _helm_rollback(self, p: HelmRollbackParams, *, dry_run: bool) -> dict[str, Any]:
         if self._helm is None:
             raise PermanentError("helm rollback needs the helm binary (kubernetes.helm_binary)")
         try:
             result = await self._helm.rollback(
-                release=str(p["release"]),
-                namespace=namespace,
-                revision=int(str(p["to_revision"])),
+                release=p.release,
+                namespace=p.namespace,
+                revision=p.to_revision,
                 wait=not dry_run,
                 timeout_seconds=self._rollout_timeout,
                 dry_run=dry_run,

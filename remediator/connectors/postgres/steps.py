@@ -46,6 +46,7 @@ from remediator.domain.errors import ConfigError, PermanentError, RemediatorErro
 from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import DatabaseSpec, ServiceSpec
+from remediator.domain.steps import BackupDatabaseStep, RevertMigrationStep
 from remediator.ports import NeedsHuman
 
 __all__ = [
@@ -297,16 +298,15 @@ class PostgresStepRunner:
         db = self.database(service)
         dsn = await db.dsn()
         runner = db.runner(dsn)
-        if step.kind is StepKind.BACKUP_DATABASE:
+        if isinstance(step, BackupDatabaseStep):
             return await self._backup(db, dsn, runner, dry_run=dry_run)
-        if step.kind is StepKind.REVERT_MIGRATION:
-            migration = step.params.get("migration")
+        if isinstance(step, RevertMigrationStep):
             return await self._revert(
                 db,
                 dsn,
                 runner,
-                migration=str(migration) if migration else None,
-                allow_without_backup=step.params.get("allow_without_backup") is True,
+                migration=step.params.migration,
+                allow_without_backup=step.params.allow_without_backup,
                 dry_run=dry_run,
                 context=context,
             )

@@ -14,10 +14,8 @@ from remediator.domain.plans import (
     Decision,
     NoAction,
     NoActionReason,
-    ParamValue,
     Plan,
     Step,
-    StepKind,
 )
 from remediator.domain.rules.durations import format_duration
 from remediator.domain.rules.events import history_trusted
@@ -42,6 +40,34 @@ from remediator.domain.rules.state import (
     count_since,
 )
 from remediator.domain.signals import Signal, Source, Status
+from remediator.domain.steps import (
+    BackupDatabaseParams,
+    BackupDatabaseStep,
+    ExportConfigParams,
+    ExportConfigStep,
+    HelmRollbackParams,
+    HelmRollbackStep,
+    NotifyParams,
+    NotifyStep,
+    RestartWorkloadParams,
+    RestartWorkloadStep,
+    RestoreConfigParams,
+    RestoreConfigStep,
+    RevertMigrationParams,
+    RevertMigrationStep,
+    RolloutUndoParams,
+    RolloutUndoStep,
+    ScaleDeploymentParams,
+    ScaleDeploymentStep,
+    SetRouteWeightsParams,
+    SetRouteWeightsStep,
+    SwitchSelectorParams,
+    SwitchSelectorStep,
+    VerifyHealthParams,
+    VerifyHealthStep,
+    WaitRolloutParams,
+    WaitRolloutStep,
+)
 
 _DAY = timedelta(days=1)
 _ZERO = timedelta(0)
@@ -268,20 +294,25 @@ class _Context:
             explanation=explanation,
         )
 
-    def _step(self, kind: StepKind, reason: str, **params: ParamValue) -> Step:
-        return Step(kind=kind, params={"namespace": self.spec.namespace, **params}, reason=reason)
+    @property
+    def namespace(self) -> str:
+        return self.spec.namespace
 
     def _notify(self, reason: str) -> Step:
-        return self._step(StepKind.NOTIFY, reason, service=self.service, signal=self.signal.kind)
+        return NotifyStep(
+            params=NotifyParams(
+                namespace=self.namespace, service=self.service, signal=self.signal.kind
+            ),
+            reason=reason,
+        )
 
     def _verify(self) -> list[Step]:
         if self.spec.health_url is None:
             return []
         return [
-            self._step(
-                StepKind.VERIFY_HEALTH,
-                "every change is verified before it counts as done",
-                url=self.spec.health_url,
+            VerifyHealthStep(
+                params=VerifyHealthParams(namespace=self.namespace, url=self.spec.health_url),
+                reason="every change is verified before it counts as done",
             )
         ]
 
@@ -293,12 +324,21 @@ class _Context:
         if not deploys:
             return f"no deploy of {self.service!r} is recorded, so no known revision to return to"
         current = deploys[0]
+        # Deployment and Helm revisions are numbers; a deploy event may have sent a version
+        # in their place (``revision`` falls back to ``version``), which cannot be undone to.
+        numbered = isinstance(self.spec.rollback, RollingRollback | HelmRollback)
+        if numbered and not _numbered(current):
+            return (
+                f"the newest deploy of {self.service!r} records {current.revision!r}, not a "
+                f"revision number, so a {self.spec.rollback.strategy} rollback cannot use it"
+            )
         limit = self.spec.max_revisions_back or self.pack.defaults.max_revisions_back
         candidates = deploys[1 : 1 + limit]
         for deploy in candidates:
-            if deploy.healthy is True and deploy.revision != current.revision:
+            usable = _numbered(deploy) or not numbered
+            if deploy.healthy is True and deploy.revision != current.revision and usable:
                 return current, deploy
-        seen = ", ".join(f"{d.revision} ({_health(d)})" for d in candidates) or "none"
+        seen = ", ".join(f"{d.revision} ({_health(d, numbered)})" for d in candidates) or "none"
         return (
             f"no revision recorded healthy among the last {limit} before the current "
             f"{current.revision} (seen: {seen})"
@@ -321,70 +361,76 @@ class _Context:
     def _rollback_steps(self, *, current: DeployRecord, target: DeployRecord) -> list[Step]:
         strategy = self.spec.rollback
         to_target = f"{_label(target)} is the newest revision recorded healthy"
+        ns = self.namespace
         if isinstance(strategy, RollingRollback):
             deployment = strategy.deployment or self.spec.workload
             return [
-                self._step(
-                    StepKind.ROLLOUT_UNDO,
-                    f"{_label(current)} is failing; {to_target}",
-                    deployment=deployment,
-                    from_revision=current.revision,
-                    to_revision=target.revision,
+                RolloutUndoStep(
+                    params=RolloutUndoParams(
+                        namespace=ns,
+                        deployment=deployment,
+                        from_revision=_number(current),
+                        to_revision=_number(target),
+                    ),
+                    reason=f"{_label(current)} is failing; {to_target}",
                 ),
-                self._step(
-                    StepKind.WAIT_ROLLOUT,
-                    "the rollback is done only when the old revision's pods are all ready",
-                    deployment=deployment,
-                ),
+                self._wait_rollout(deployment),
             ]
         if isinstance(strategy, BlueGreenRollback):
             return [
-                self._step(
-                    StepKind.SWITCH_SELECTOR,
-                    f"traffic goes back to the previous colour; {to_target}",
-                    service_name=strategy.service_name,
-                    selector_label=strategy.selector_label,
-                    from_value=current.revision,
-                    to_value=target.revision,
+                SwitchSelectorStep(
+                    params=SwitchSelectorParams(
+                        namespace=ns,
+                        service_name=strategy.service_name,
+                        selector_label=strategy.selector_label,
+                        from_value=current.revision,
+                        to_value=target.revision,
+                    ),
+                    reason=f"traffic goes back to the previous colour; {to_target}",
                 )
             ]
         if isinstance(strategy, CanaryRollback):
             return [
-                self._step(
-                    StepKind.SET_ROUTE_WEIGHTS,
-                    "the canary gets no more traffic",
-                    route=strategy.route_name,
-                    canary_weight=0,
-                    stable_weight=100,
+                SetRouteWeightsStep(
+                    params=SetRouteWeightsParams(
+                        namespace=ns, route=strategy.route_name, canary_weight=0, stable_weight=100
+                    ),
+                    reason="the canary gets no more traffic",
                 ),
-                self._step(
-                    StepKind.SCALE_DEPLOYMENT,
-                    f"the stable version carries all traffic again; {to_target}",
-                    deployment=strategy.stable_deployment,
-                    replicas=self.state.current_replicas,
+                ScaleDeploymentStep(
+                    params=ScaleDeploymentParams(
+                        namespace=ns,
+                        deployment=strategy.stable_deployment,
+                        replicas=self.state.current_replicas,
+                    ),
+                    reason=f"the stable version carries all traffic again; {to_target}",
                 ),
-                self._step(
-                    StepKind.SCALE_DEPLOYMENT,
-                    "the failing canary is stopped",
-                    deployment=strategy.canary_deployment,
-                    replicas=0,
+                ScaleDeploymentStep(
+                    params=ScaleDeploymentParams(
+                        namespace=ns, deployment=strategy.canary_deployment, replicas=0
+                    ),
+                    reason="the failing canary is stopped",
                 ),
             ]
         assert isinstance(strategy, HelmRollback)
         return [
-            self._step(
-                StepKind.HELM_ROLLBACK,
-                f"{_label(current)} is failing; {to_target}",
-                release=strategy.release,
-                from_revision=current.revision,
-                to_revision=target.revision,
+            HelmRollbackStep(
+                params=HelmRollbackParams(
+                    namespace=ns,
+                    release=strategy.release,
+                    from_revision=_number(current),
+                    to_revision=_number(target),
+                ),
+                reason=f"{_label(current)} is failing; {to_target}",
             ),
-            self._step(
-                StepKind.WAIT_ROLLOUT,
-                "the rollback is done only when the old revision's pods are all ready",
-                deployment=self.spec.workload,
-            ),
+            self._wait_rollout(self.spec.workload),
         ]
+
+    def _wait_rollout(self, deployment: str) -> Step:
+        return WaitRolloutStep(
+            params=WaitRolloutParams(namespace=self.namespace, deployment=deployment),
+            reason="the rollback is done only when the old revision's pods are all ready",
+        )
 
     # --- scale ----------------------------------------------------------------------
 
@@ -416,12 +462,14 @@ class _Context:
             )
         target = min(current + scale.step, maximum)
         steps = [
-            self._step(
-                StepKind.SCALE_DEPLOYMENT,
-                f"{why}; adding {target - current} replica(s), bounded by max {maximum}",
-                deployment=self.spec.workload,
-                from_replicas=current,
-                replicas=target,
+            ScaleDeploymentStep(
+                params=ScaleDeploymentParams(
+                    namespace=self.namespace,
+                    deployment=self.spec.workload,
+                    from_replicas=current,
+                    replicas=target,
+                ),
+                reason=f"{why}; adding {target - current} replica(s), bounded by max {maximum}",
             ),
             self._notify("people hear about every automated change"),
         ]
@@ -470,13 +518,15 @@ class _Context:
         migration_id, version = chosen
         deploys = self.state.deploys_newest_first()
         rolled_out = version is not None and bool(deploys) and deploys[0].version == version
-        steps = [
-            self._step(
-                StepKind.BACKUP_DATABASE,
-                "always back up before reverting a migration",
-                engine=database.engine,
-                dsn_secret=database.dsn_secret,
-                before_migration=migration_id,
+        steps: list[Step] = [
+            BackupDatabaseStep(
+                params=BackupDatabaseParams(
+                    namespace=self.namespace,
+                    engine=database.engine,
+                    dsn_secret=database.dsn_secret,
+                    before_migration=migration_id,
+                ),
+                reason="always back up before reverting a migration",
             )
         ]
         explanation = f"{_describe(self.signal)}: reverting migration {migration_id}"
@@ -498,14 +548,16 @@ class _Context:
             ]
             explanation += f", after rolling the application back to {_label(target)}"
         steps += [
-            self._step(
-                StepKind.REVERT_MIGRATION,
-                f"migration {migration_id} failed; its down script restores the schema",
-                engine=database.engine,
-                dsn_secret=database.dsn_secret,
-                migrations_table=database.migrations_table,
-                migration=migration_id,
-                allow_without_backup=self.rule.allow_without_backup,
+            RevertMigrationStep(
+                params=RevertMigrationParams(
+                    namespace=self.namespace,
+                    engine=database.engine,
+                    dsn_secret=database.dsn_secret,
+                    migrations_table=database.migrations_table,
+                    migration=migration_id,
+                    allow_without_backup=self.rule.allow_without_backup,
+                ),
+                reason=f"migration {migration_id} failed; its down script restores the schema",
             ),
             *self._verify(),
             self._notify("people hear about every automated change"),
@@ -565,27 +617,24 @@ class _Context:
                 f"service {self.service!r} lists no configmaps to restore",
             )
         steps: list[Step] = []
+        ns = self.namespace
         for name in config.configmaps:
             steps.append(
-                self._step(
-                    StepKind.EXPORT_CONFIG,
-                    "keep the current config for the record and to undo the restore",
-                    configmap=name,
+                ExportConfigStep(
+                    params=ExportConfigParams(namespace=ns, configmap=name),
+                    reason="keep the current config for the record and to undo the restore",
                 )
             )
             steps.append(
-                self._step(
-                    StepKind.RESTORE_CONFIG,
-                    "apply the previous version of the config",
-                    configmap=name,
-                    to="previous",
+                RestoreConfigStep(
+                    params=RestoreConfigParams(namespace=ns, configmap=name, to="previous"),
+                    reason="apply the previous version of the config",
                 )
             )
         steps += [
-            self._step(
-                StepKind.RESTART_WORKLOAD,
-                "pods read config at start, so they restart to pick up the restored one",
-                deployment=self.spec.workload,
+            RestartWorkloadStep(
+                params=RestartWorkloadParams(namespace=ns, deployment=self.spec.workload),
+                reason="pods read config at start, so they restart to pick up the restored one",
             ),
             *self._verify(),
             self._notify("people hear about every automated change"),
@@ -609,5 +658,17 @@ def _label(deploy: DeployRecord) -> str:
     return f"revision {deploy.revision}" + (f" ({deploy.version})" if deploy.version else "")
 
 
-def _health(deploy: DeployRecord) -> str:
-    return {True: "healthy", False: "unhealthy", None: "not verified"}[deploy.healthy]
+def _health(deploy: DeployRecord, numbered: bool) -> str:
+    health = {True: "healthy", False: "unhealthy", None: "not verified"}[deploy.healthy]
+    return health if _numbered(deploy) or not numbered else f"{health}, not a revision number"
+
+
+def _numbered(deploy: DeployRecord) -> bool:
+    """Whether the deploy's revision is a Deployment or Helm revision (counted from 1)."""
+    text = deploy.revision
+    return text.isascii() and text.isdigit() and int(text) > 0
+
+
+def _number(deploy: DeployRecord) -> int:
+    """The revision as a number, for a deploy ``_numbered`` accepted."""
+    return int(deploy.revision)

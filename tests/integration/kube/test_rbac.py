@@ -53,10 +53,15 @@ from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLo
 from remediator.connectors.postgres.model import MigrationStatus
 from remediator.connectors.postgres.steps import ServiceDatabase
 from remediator.domain.errors import PermanentError
-from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import ServiceSpec
 from remediator.domain.signals import Signal, Source, Status
+from remediator.domain.steps import (
+    ExportConfigParams,
+    ExportConfigStep,
+    RestoreConfigParams,
+    RestoreConfigStep,
+)
 from remediator.rulefiles import load_rule_pack_from_path
 from remediator.runtime import Runtime
 from remediator.settings import load_settings
@@ -391,14 +396,18 @@ async def config_paths(ctx: Ctx) -> None:
         received_at=now,
     )  # fmt: skip
     await runner.snapshot_for_deploy(event)
-    params: dict[str, Any] = {"namespace": ctx.ns}
     exported = await runner.run(
-        Step(kind=StepKind.EXPORT_CONFIG, params=params, reason="rbac"),
+        ExportConfigStep(
+            params=ExportConfigParams(namespace=ctx.ns, configmap="web-config"), reason="rbac"
+        ),
         service="web", dry_run=True, context={},
     )  # fmt: skip
     assert exported["created"] == ["web-config-rev-2"]
     restored = await runner.run(
-        Step(kind=StepKind.RESTORE_CONFIG, params=params, reason="rbac"),
+        RestoreConfigStep(
+            params=RestoreConfigParams(namespace=ctx.ns, configmap="web-config", to="previous"),
+            reason="rbac",
+        ),
         service="web", dry_run=True, context={},
     )  # fmt: skip
     assert restored["restored"] == ["web-config"] and restored["revision"] == 1

@@ -13,7 +13,8 @@ import pytest
 from remediator.connectors.kubernetes.client import KubeClient, Ref
 from remediator.connectors.kubernetes.errors import ActionRefused
 from remediator.connectors.kubernetes.steps import KubernetesStepRunner
-from remediator.domain.plans import Step, StepKind
+from remediator.domain.plans import Step
+from remediator.domain.steps import RolloutUndoParams, RolloutUndoStep
 from remediator.rulefiles import load_rule_pack_from_path
 from tests.integration.kube.conftest import create_and_roll_out, deployment, eventually
 from tests.integration.kube.test_executor_lease import pack_in
@@ -24,9 +25,10 @@ pytestmark = pytest.mark.integration
 
 
 def undo(namespace: str) -> Step:
-    return Step(
-        kind=StepKind.ROLLOUT_UNDO,
-        params={"namespace": namespace, "deployment": "checkout", "to_revision": "1"},
+    return RolloutUndoStep(
+        params=RolloutUndoParams(
+            namespace=namespace, deployment="checkout", from_revision=2, to_revision=1
+        ),
         reason="test",
     )
 

@@ -23,13 +23,13 @@ from remediator.connectors.kubernetes.jobrunner import (
 )
 from remediator.connectors.postgres import MigrationFailed, ServiceLocks
 from remediator.connectors.postgres.steps import PostgresStepRunner, table_status
-from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import ServiceSpec
 from remediator.ports import NeedsHuman
 from remediator.rulefiles import load_rule_pack_from_path
 from tests.integration.kube.conftest import Kubectl, eventually
 from tests.integration.postgres.conftest import at_004_with_data, snapshot
+from tests.integration.postgres.test_steps import backup_step, revert_step
 
 pytestmark = pytest.mark.integration
 
@@ -195,13 +195,13 @@ async def test_step_runner_with_the_job_runner_and_a_secret_dsn(
     )
     context: dict[str, Any] = {}
     context["step0"] = await steps.run(
-        Step(kind=StepKind.BACKUP_DATABASE, params={}, reason="test"),
+        backup_step(AT_004),
         service="checkout",
         dry_run=False,
         context=context,
     )
     assert context["step0"]["backup"]["size_bytes"] > 0
-    revert = Step(kind=StepKind.REVERT_MIGRATION, params={"migration": AT_004}, reason="test")
+    revert = revert_step(AT_004)
     with pytest.raises(NeedsHuman, match=r"validation failed: migration_state"):
         await steps.run(revert, service="checkout", dry_run=False, context=context)
     [job] = kctl.json("get", "jobs", "-n", namespace)["items"]

@@ -28,6 +28,12 @@ from remediator.domain.errors import PermanentError
 from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack, signal_from_cloudevent
 from remediator.domain.rules.model import ServiceSpec
+from remediator.domain.steps import (
+    BackupDatabaseParams,
+    BackupDatabaseStep,
+    RevertMigrationParams,
+    RevertMigrationStep,
+)
 from remediator.engine.decider import DecisionEngine
 from remediator.engine.executor import Executor
 from remediator.journal.sqlite import SqliteJournal
@@ -46,6 +52,28 @@ RULES = Path(__file__).resolve().parents[3] / "rules"
 DSN_ENV = "CHECKOUT_TEST_DATABASE_URL"
 FAILED = "005_add_users_nickname"
 AT_004 = "004_add_users_email_index"
+
+
+def backup_step(migration: str = FAILED) -> BackupDatabaseStep:
+    """A backup step as decide plans it (the runner reads the database from the catalog)."""
+    params = BackupDatabaseParams(
+        namespace="shop", engine="postgres", dsn_secret=None, before_migration=migration
+    )
+    return BackupDatabaseStep(params=params, reason="test")
+
+
+def revert_step(
+    migration: str = FAILED, *, allow_without_backup: bool = False
+) -> RevertMigrationStep:
+    params = RevertMigrationParams(
+        namespace="shop",
+        engine="postgres",
+        dsn_secret=None,
+        migrations_table="schema_migrations",
+        migration=migration,
+        allow_without_backup=allow_without_backup,
+    )
+    return RevertMigrationStep(params=params, reason="test")
 
 
 class NoFacts:
@@ -251,17 +279,13 @@ async def test_revert_without_a_backup_is_refused(
     await failed_fifth(db, migrations)
     before = await snapshot(db)
     pack = pack_for(migrations, backups)
-    revert = Step(
-        kind=StepKind.REVERT_MIGRATION,
-        params={"namespace": "shop", "migration": FAILED},
-        reason="test",
-    )
+    revert = revert_step()
     runner = step_runner(pack, db, backups)
     with pytest.raises(PermanentError, match="revert refused: no verified backup"):
         await runner.run(revert, service="checkout", dry_run=False, context={})
     assert await snapshot(db) == before
     # ...unless the rule allows it (step param from the rule's allow_without_backup).
-    allowed = revert.model_copy(update={"params": {**revert.params, "allow_without_backup": True}})
+    allowed = revert_step(allow_without_backup=True)
     detail = await runner.run(allowed, service="checkout", dry_run=False, context={})
     assert detail["reverted"] == [FAILED] and detail["backup"] is None
     assert "no backup_database step" in detail["backup_error"]
@@ -275,9 +299,8 @@ async def test_dry_run_changes_nothing_and_writes_no_backup(
     pack = pack_for(migrations, backups)
     runner = step_runner(pack, db, backups)
     context: dict[str, Any] = {}
-    for kind in (StepKind.BACKUP_DATABASE, StepKind.REVERT_MIGRATION):
-        step = Step(kind=kind, params={"migration": FAILED}, reason="test")
-        context[kind.value] = await runner.run(
+    for step in (backup_step(), revert_step()):
+        context[step.kind.value] = await runner.run(
             step, service="checkout", dry_run=True, context=context
         )
     assert context["revert_migration"]["would_revert"] == [FAILED]
@@ -299,17 +322,16 @@ async def test_two_reverts_at_once_one_runs_the_other_is_refused_with_a_reason(
     # Two runners (two executors, or the daemon and the CLI) sharing nothing but the
     # process lock table; the advisory lock would refuse across processes the same way.
     runners = [step_runner(pack, db, backups, locks=locks) for _ in range(2)]
-    backup_step = Step(kind=StepKind.BACKUP_DATABASE, params={}, reason="test")
-    revert = Step(kind=StepKind.REVERT_MIGRATION, params={"migration": FAILED}, reason="test")
+    backup, revert = backup_step(), revert_step()
 
     async def plan(runner: PostgresStepRunner) -> dict[str, Any]:
-        context = {"step0": await runner.run(backup_step, service="checkout", dry_run=False,
+        context = {"step0": await runner.run(backup, service="checkout", dry_run=False,
                                              context={})}  # fmt: skip
         return await runner.run(revert, service="checkout", dry_run=False, context=context)
 
     # Both have their backup; then both revert at once.
     contexts = [
-        {"step0": await r.run(backup_step, service="checkout", dry_run=False, context={})}
+        {"step0": await r.run(backup, service="checkout", dry_run=False, context={})}
         for r in runners
     ]
     results = await asyncio.gather(
@@ -337,10 +359,9 @@ async def test_a_second_revert_waits_when_lock_wait_is_configured(
     down.write_text("SELECT pg_sleep(0.5);\n" + down.read_text())
     pack = pack_for(migrations, backups, lock_wait="30s")
     runner = step_runner(pack, db, backups)
-    backup_step = Step(kind=StepKind.BACKUP_DATABASE, params={}, reason="test")
-    context = {"step0": await runner.run(backup_step, service="checkout", dry_run=False,
+    context = {"step0": await runner.run(backup_step(), service="checkout", dry_run=False,
                                          context={})}  # fmt: skip
-    revert = Step(kind=StepKind.REVERT_MIGRATION, params={"migration": FAILED}, reason="test")
+    revert = revert_step()
     first, second = await asyncio.gather(
         runner.run(revert, service="checkout", dry_run=False, context=context),
         runner.run(revert, service="checkout", dry_run=False, context=context),
@@ -371,12 +392,12 @@ async def test_alembic_runner_through_the_steps(db: SecretStr, backups: Path) ->
     )
     context: dict[str, Any] = {}
     context["step0"] = await runner.run(
-        Step(kind=StepKind.BACKUP_DATABASE, params={}, reason="test"),
+        backup_step("0003"),
         service="checkout",
         dry_run=False,
         context=context,
     )
-    revert = Step(kind=StepKind.REVERT_MIGRATION, params={"migration": "0003"}, reason="test")
+    revert = revert_step("0003")
     detail = await runner.run(revert, service="checkout", dry_run=False, context=context)
     assert detail["runner"] == "alembic" and detail["reverted"] == ["0003"]
     assert detail["after"]["current"] == "0002" and detail["validation"]["passed"]

@@ -400,7 +400,7 @@ async def test_forged_deploys_cannot_steer_or_crowd_out_the_real_history(
     assert detail is not None
     undo = detail["decision"]["steps"][0]
     assert (undo["kind"], undo["params"]["from_revision"], undo["params"]["to_revision"]) == (
-        "rollout_undo", "2", "1",
+        "rollout_undo", 2, 1,  # revisions are numbers
     )  # fmt: skip
     assert [s.id for s in recorder.deploys] == [s.id for s in real]
 

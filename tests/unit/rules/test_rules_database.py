@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from remediator.domain.plans import Plan, StepKind
+from remediator.domain.plans import Plan
 from remediator.domain.rules import ServiceState, check_rule_pack, decide, load_rule_pack
+from remediator.domain.steps import RevertMigrationStep
 
 from .conftest import event, shipped_files
 
@@ -90,6 +91,6 @@ def test_allow_without_backup_reaches_the_revert_step() -> None:
         now=datetime(2026, 11, 27, 12, 0, tzinfo=UTC),
     )
     assert isinstance(plan, Plan)
-    [revert] = [s for s in plan.steps if s.kind is StepKind.REVERT_MIGRATION]
-    assert revert.params["allow_without_backup"] is True
-    assert revert.params["migration"] == "005_x"
+    [revert] = [s for s in plan.steps if isinstance(s, RevertMigrationStep)]
+    assert revert.params.allow_without_backup is True
+    assert revert.params.migration == "005_x"

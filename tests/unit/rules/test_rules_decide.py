@@ -32,6 +32,14 @@ from remediator.domain.rules import (
     load_rule_pack,
 )
 from remediator.domain.signals import Signal, Status
+from remediator.domain.steps import (
+    BackupDatabaseStep,
+    HelmRollbackStep,
+    RolloutUndoParams,
+    RolloutUndoStep,
+    ScaleDeploymentParams,
+    SwitchSelectorStep,
+)
 
 from .conftest import NOW, alert, event, manual, shipped_files
 
@@ -208,29 +216,27 @@ def test_automatic_triggers(
 
 def test_rolling_rollback_targets_the_newest_healthy_revision(pack: RulePack) -> None:
     plan = plan_for(pack, alert("HighErrorRate"))
-    assert plan.steps[0].params == {
-        "namespace": "shop",
-        "deployment": "checkout",
-        "from_revision": "8",
-        "to_revision": "7",
-    }
+    assert plan.steps[0].params == RolloutUndoParams(
+        namespace="shop", deployment="checkout", from_revision=8, to_revision=7
+    )
     assert "revision 7 (v1.3.0) is the newest revision recorded healthy" in plan.steps[0].reason
 
 
 def test_rollback_skips_unhealthy_revisions(pack: RulePack) -> None:
     service_state = state(deploys=deploys(newest_at=NOW, healthy_previous=False))
     plan = plan_for(pack, alert("HighErrorRate"), service_state)
-    assert plan.steps[0].params["to_revision"] == "6"
+    assert isinstance(plan.steps[0], RolloutUndoStep)
+    assert plan.steps[0].params.to_revision == 6
 
 
 def test_scale_up_adds_a_step_bounded_by_the_maximum(pack: RulePack) -> None:
     plan = plan_for(pack, alert("MemoryPressure"), state(deploys=OLD, current_replicas=11))
-    assert plan.steps[0].params == {
-        "namespace": "shop",
-        "deployment": "checkout",
-        "from_replicas": 11,
-        "replicas": 12,  # step 2, but max_replicas 12
-    }
+    assert plan.steps[0].params == ScaleDeploymentParams(
+        namespace="shop",
+        deployment="checkout",
+        from_replicas=11,
+        replicas=12,  # step 2, but max_replicas 12
+    )
 
 
 def test_state_max_replicas_caps_the_catalog(pack: RulePack) -> None:
@@ -253,7 +259,8 @@ def test_migration_id_falls_back_to_the_recorded_failure(pack: RulePack) -> None
         version="v1.4.0",
     )
     plan = plan_for(pack, event("migration.failed"), state(migrations=(failed,)))
-    assert plan.steps[0].params["before_migration"] == "041_users"
+    assert isinstance(plan.steps[0], BackupDatabaseStep)
+    assert plan.steps[0].params.before_migration == "041_users"
     assert S.ROLLOUT_UNDO in kinds(plan)  # v1.4.0 is the current deploy: rolled out
 
 
@@ -730,8 +737,10 @@ def test_plans_only_roll_back_to_healthy_revisions(
     healthy = {d.revision for d in service_state.deploys if d.healthy}
     if isinstance(decision, Plan):
         for step in decision.steps:
-            target = step.params.get("to_revision") or step.params.get("to_value")
-            assert target is None or target in healthy
+            if isinstance(step, RolloutUndoStep | HelmRollbackStep):
+                assert str(step.params.to_revision) in healthy
+            if isinstance(step, SwitchSelectorStep):
+                assert step.params.to_value in healthy
         assert json.loads(json.dumps(decision.to_dict()))["steps"]
 
 

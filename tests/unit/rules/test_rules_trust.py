@@ -58,7 +58,7 @@ def decided(pack: RulePack, signal: Signal, service_state: ServiceState) -> Plan
 
 def revert_step(plan: Plan) -> dict[str, Any]:
     [step] = [s for s in plan.steps if s.kind is StepKind.REVERT_MIGRATION]
-    return dict(step.params)
+    return step.params.model_dump()
 
 
 # --- which signals become history -----------------------------------------------------
