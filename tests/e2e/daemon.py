@@ -52,6 +52,7 @@ class Daemon:
         rules: Path = RULES,
         client_tls: ssl.SSLContext | None = None,
         config: Path | None = None,
+        journal_url: str | None = None,
     ):
         self.rules = rules
         self.config = config  # a settings file (--config); the flags below still win
@@ -62,6 +63,9 @@ class Daemon:
         # With client_tls the daemon is reached over https (its settings come in extra_env).
         self.client_tls = client_tls
         self.journal = workdir / "journal.db"
+        # Several daemons share one PostgreSQL journal (its DSN goes in the environment,
+        # not on the command line); by default each has its own SQLite journal.
+        self.journal_url = journal_url
         self.log_path = workdir / "daemon.log"
         self.port = free_port()
         self.extra_env = extra_env or {}
@@ -89,10 +93,12 @@ class Daemon:
             "REMEDIATOR_AUTH__PRINCIPALS_FILE": str(principals),
             **self.extra_env,
         })  # fmt: skip
+        if self.journal_url is not None:
+            env["REMEDIATOR_JOURNAL__URL"] = self.journal_url
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remediator", "run", "--listen", f"127.0.0.1:{self.port}",
-             "--journal", f"sqlite:///{self.journal}", "--rules", str(self.rules),
+             *self._journal_args(), "--rules", str(self.rules),
              *(["--config", str(self.config)] if self.config is not None else [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             cwd=self.workdir,
@@ -109,6 +115,9 @@ class Daemon:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"daemon not ready in 30s:\n{tail(self.log_path)}")
+
+    def _journal_args(self) -> list[str]:
+        return [] if self.journal_url is not None else ["--journal", f"sqlite:///{self.journal}"]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None
