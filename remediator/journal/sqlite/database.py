@@ -259,9 +259,7 @@ class SqliteDatabase:
         """Queue ``items`` for the batch committer: requests queued together share one
         commit. ``key`` narrows the journal.writer failpoint."""
         loop = asyncio.get_running_loop()
-        return await self._submit(
-            lambda fut: _Job(loop=loop, future=fut, items=items, key=key)
-        )
+        return await self._submit(lambda fut: _Job(loop=loop, future=fut, items=items, key=key))
 
     async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``query`` on the reader connection, within the call deadline."""

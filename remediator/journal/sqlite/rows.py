@@ -42,8 +42,7 @@ def json_text(value: Any) -> str:
 
 # -- signals ---------------------------------------------------------------------------
 SIGNAL_COLUMNS = (
-    "seq, id, key, source, kind, status, service, namespace, starts_at, ends_at,"
-    " received_at, body"
+    "seq, id, key, source, kind, status, service, namespace, starts_at, ends_at, received_at, body"
 )
 INSERT_SIGNAL = (
     "INSERT INTO signals (id, key, source, kind, status, service, namespace, starts_at,"

@@ -49,9 +49,7 @@ class SqliteSignals(Role):
     async def record_signals(self, signals: Sequence[Signal]) -> list[RecordResult]:
         if not signals:
             return []
-        result: list[RecordResult] = await self._db.write_batched(
-            signals, key=signals[0].service
-        )
+        result: list[RecordResult] = await self._db.write_batched(signals, key=signals[0].service)
         return result
 
     async def list_signals(
