@@ -21,7 +21,7 @@ async def writer_held(journal: SqliteJournal) -> AsyncIterator[None]:
         started.set()
         release.wait(timeout=30)
 
-    holder = asyncio.create_task(journal._write(hold))
+    holder = asyncio.create_task(journal.database.write(hold))
     try:
         assert await asyncio.to_thread(started.wait, 30), "the writer never took the job"
         yield

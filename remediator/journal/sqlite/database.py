@@ -24,7 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -357,13 +357,18 @@ class SqliteDatabase:
             if job is _STOP:
                 return
             assert isinstance(job, _Job)
-            self._working_since = self._monotonic()
-            try:
-                stop = self._serve_one(conn, job, in_hand)
-            finally:
-                self._working_since = None
-            if stop:
+            if self._serve_one(conn, job, in_hand):
                 return
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        """Marks the writer busy (for ``alive``) until the work is done and before its
+        callers are told, so that none of them can see it busy afterwards."""
+        self._working_since = self._monotonic()
+        try:
+            yield
+        finally:
+            self._working_since = None
 
     def _serve_one(self, conn: sqlite3.Connection, job: _Job, in_hand: list[_Job]) -> bool:
         """Run ``job``, batching the batched writes queued behind it; True on _STOP."""
@@ -405,7 +410,8 @@ class SqliteDatabase:
         if not batch:
             return
         try:
-            results = self._commit_batch(conn, [job.items or () for job in batch])
+            with self._working():
+                results = self._commit_batch(conn, [job.items or () for job in batch])
         except Exception as exc:  # noqa: BLE001 - settled below, whatever it is
             rollback(conn)
             if _storage_fault(exc):
@@ -427,13 +433,13 @@ class SqliteDatabase:
         for job, result in zip(batch, results, strict=True):
             job.resolve(result)
 
-    @staticmethod
-    def _run_action(conn: sqlite3.Connection, job: _Job) -> None:
+    def _run_action(self, conn: sqlite3.Connection, job: _Job) -> None:
         assert job.action is not None
         if job.abandoned:
             return
         try:
-            result = job.action(conn)
+            with self._working():
+                result = job.action(conn)
         except Exception as exc:  # noqa: BLE001 - every job is settled, whatever it raised
             rollback(conn)
             job.resolve(None, _job_error(exc))
