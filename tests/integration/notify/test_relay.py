@@ -22,6 +22,7 @@ from remediator.engine.notify import EMAIL, SLACK, NotificationRelay, notice_mes
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.journal.sqlite import SqliteJournal
 from remediator.rulefiles import load_rule_pack_from_path
+from tests.unit.journal_helpers import outbox_messages
 from tests.unit.payloads import alert, payload
 
 pytestmark = pytest.mark.integration
@@ -124,7 +125,7 @@ async def test_slack_down_delays_the_notice_and_it_arrives_once_after_recovery(
     rid = await plan_one_remediation(journal)  # the decision does not wait for Slack
     with pytest.raises(TemporaryError):
         await relay.deliver_pending(SLACK)
-    [pending] = await journal.pending(channel=SLACK, limit=10)
+    [pending] = await outbox_messages(journal, SLACK, limit=10)
     assert pending.attempts == 1
     slack_api.set_down(False)
     assert await relay.deliver_pending(SLACK) == 1

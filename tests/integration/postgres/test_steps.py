@@ -39,6 +39,7 @@ from tests.integration.postgres.conftest import (
     rows,
     snapshot,
 )
+from tests.unit.journal_helpers import outbox_messages
 
 pytestmark = pytest.mark.integration
 
@@ -215,7 +216,7 @@ async def test_failed_fifth_migration_event_is_backed_up_and_reverted_to_004(
     assert await snapshot(db) == at_004
     # The DSN is nowhere in the record.
     assert db.get_secret_value() not in str(item)
-    notices = [p.message.id for p in await journal.pending(channel="slack", limit=10)]
+    notices = [p.message.id for p in await outbox_messages(journal, "slack", limit=10)]
     assert notices[-1] == f"slack:{rid}:succeeded"
 
 
@@ -241,7 +242,7 @@ async def test_failing_down_script_fails_the_remediation_and_changes_nothing(
     assert await snapshot(db) == before  # the down script's transaction rolled back
     assert len(list_backups(backups, "checkout")) == 1  # the backup is still there
     # The escalation: a "failed" notice queued for Slack.
-    notices = [p.message.id for p in await journal.pending(channel="slack", limit=10)]
+    notices = [p.message.id for p in await outbox_messages(journal, "slack", limit=10)]
     assert f"slack:{rid}:failed" in notices
 
 
