@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from remediator.domain.errors import InvalidInput
+from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
 from remediator.domain.limits import InputLimits
 from remediator.ingress.auth import Authenticator, FailedAuthLimiter, WebhookCredential
 from remediator.ingress.http import IntakeApp, IntakeState
@@ -66,10 +67,14 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
         monotonic: Callable[[], float] | None = None,
         input_limits: InputLimits | None = None,
         call_timeout_seconds: float = 5.0,
+        failpoints: Failpoints = NO_FAILPOINTS,
     ) -> Harness:
         db = tmp_path / f"journal{len(opened)}.db"
         journal = SqliteJournal(
-            path=db, busy_timeout_ms=100, call_timeout_seconds=call_timeout_seconds
+            path=db,
+            busy_timeout_ms=100,
+            call_timeout_seconds=call_timeout_seconds,
+            failpoints=failpoints,
         )
         await journal.open()
         intake = IntakeApp(
@@ -779,18 +784,15 @@ def writer_up(metrics_text: str) -> str:
 
 
 async def test_a_dead_journal_writer_fails_liveness_and_webhooks_get_503(
-    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+    make_harness: MakeHarness,
 ) -> None:
-    h = await make_harness()
+    # A bug in the writer, outside any one request: injected for service "doomed".
+    h = await make_harness(failpoints=Failpoints.parse("journal.writer:doomed"))
     assert (await h.client.get("/healthz")).status == 200
     assert writer_up(await (await h.client.get("/metrics")).text()) == "1.0"
-
-    def crash(conn: sqlite3.Connection, jobs: object) -> None:
-        raise RuntimeError("a bug in the writer")
-
-    monkeypatch.setattr(h.journal, "_commit_signals", crash)
+    doomed = orjson.dumps(payload([alert(service="doomed")]))
     for _ in range(2):  # the request that meets the crash, and every one after it
-        resp = await h.client.post(WEBHOOK, data=orjson.dumps(payload([alert()])), headers=BEARER)
+        resp = await h.client.post(WEBHOOK, data=doomed, headers=BEARER)
         assert resp.status == 503 and resp.headers["Retry-After"] == "7"
         assert "writer stopped" in (await resp.json())["error"]
     health = await h.client.get("/healthz")
