@@ -205,9 +205,7 @@ class Executor:
             while True:
                 self._wake.clear()
                 try:
-                    if self._recovery_due():
-                        await self.recover()
-                    await self.start_runnable()
+                    await self.run_pass()
                     failed_passes = 0
                 except TemporaryError as exc:
                     log.warning("executor paused, journal unavailable: %s", exc)
@@ -243,6 +241,14 @@ class Executor:
 
     def _recovery_due(self) -> bool:
         return self._next_recovery is None or self._clock() >= self._next_recovery
+
+    async def run_pass(self) -> int:
+        """One pass of the root task: recovery when it is due (at once on the first
+        pass, then every ``recovery_interval_seconds``), then every runnable plan that
+        may start; return how many plans started or resumed."""
+        if self._recovery_due() and not self._stopping:
+            await self.recover()
+        return await self.start_runnable()
 
     async def drain(self, grace_seconds: float | None = None) -> None:
         """On shutdown: every running plan finishes the step it is in, then pauses.
