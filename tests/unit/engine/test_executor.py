@@ -114,7 +114,8 @@ async def planned_rollback(journal: SqliteJournal, pack: RulePack, *, dry_run: b
 
 def executor(journal: SqliteJournal, runner: FakeRunner, **kwargs: Any) -> Executor:
     kwargs.setdefault("clock", Clock(NOW + timedelta(minutes=1)))
-    return Executor(journal=journal, runner=runner, instance_id="test-1", sleep=no_sleep,
+    kwargs.setdefault("instance_id", "test-1")
+    return Executor(journal=journal, runner=runner, sleep=no_sleep,
                     outcome_channel="kafka:remediator.outcomes",
                     notice_channels=("slack",), **kwargs)  # fmt: skip
 
