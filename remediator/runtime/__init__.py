@@ -60,6 +60,7 @@ from remediator.runtime.listener import (
 from remediator.runtime.supervision import (
     Closing,
     ShutdownBudget,
+    beat_forever,
     flush_until_empty,
     keep_running,
 )
@@ -532,22 +533,7 @@ class Runtime:
         log.info("drained in %.1fs of %.0fs", budget.elapsed(), budget.total)
 
     async def _beat_forever(self) -> None:
-        """This instance's heartbeat: other replicas take over the claims of an instance
-        that stopped beating (journal.claim_stale_seconds)."""
-        interval = self.settings.journal.heartbeat_seconds
-        failing = False
-        while True:
-            try:
-                await self.journal.check_writable()
-            except (TemporaryError, PermanentError) as exc:
-                if not failing:  # one line when beats start failing, one when they resume
-                    log.warning("journal heartbeat failed (retrying every %gs): %s", interval, exc)
-                failing = True
-            else:
-                if failing:
-                    log.info("journal heartbeat written again")
-                failing = False
-            await asyncio.sleep(interval)
+        await beat_forever(self.journal, interval_seconds=self.settings.journal.heartbeat_seconds)
 
     async def _prune_forever(self) -> None:
         retention = self.settings.journal.retention_hours * 3600

@@ -161,3 +161,17 @@ def test_a_journal_that_cannot_be_opened_is_one_line(cli: Cli, tmp_path: Path) -
     code, out, err = cli("signals", "--journal", f"sqlite:///{tmp_path}")  # a directory
     assert (code, out) == (1, "")
     assert err.startswith(f"remediator: journal {tmp_path}") and err.count("\n") == 1
+
+
+def test_the_status_filter_is_one_of_the_lifecycle_statuses(cli: Cli, journal_path: Path) -> None:
+    rid = asyncio.run(_awaiting_approval(journal_path))
+    code, out, _ = cli(
+        "remediations", "--status", "awaiting_approval", "--json", *journal_flag(journal_path)
+    )
+    assert code == 0
+    assert [orjson.loads(line)["id"] for line in out.splitlines()] == [rid]
+    code, out, _ = cli("remediations", "--status", "planned", "--json", *journal_flag(journal_path))
+    assert (code, out) == (0, "")
+    code, out, err = cli("remediations", "--status", "done", *journal_flag(journal_path))
+    assert (code, out) == (2, "")
+    assert err.startswith("remediator: --status: one of planned, awaiting_approval, dry-run,")
