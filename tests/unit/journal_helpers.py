@@ -8,11 +8,11 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 from remediator.domain.errors import TemporaryError
 from remediator.journal.sqlite import SqliteJournal
-from remediator.ports import Outbox, PendingMessage
+from remediator.journal.sqlite.rows import pending_message
+from remediator.ports import PendingMessage
 
 
 @contextlib.asynccontextmanager
@@ -34,15 +34,16 @@ async def writer_held(journal: SqliteJournal) -> AsyncIterator[None]:
             await holder
 
 
-# Leases taken at the epoch for no time: reading this way never holds a message back
-# from a relay (any relay's clock is past the lease).
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 async def outbox_messages(
-    journal: Outbox, channel: str, *, limit: int = 100
+    journal: SqliteJournal, channel: str, *, limit: int = 100
 ) -> list[PendingMessage]:
-    """What waits in one channel of the outbox, oldest first, read without holding it."""
-    return await journal.pending(
-        channel=channel, limit=limit, holder="test-reader", at=_EPOCH, lease_seconds=0
+    """What waits in one channel of the outbox, oldest first: read only, so no relay's
+    lease is taken or changed (``pending`` would lease what it returns)."""
+    rows = await journal.database.read(
+        lambda conn: conn.execute(
+            "SELECT seq, id, channel, key, payload, created_at, attempts FROM outbox"
+            " WHERE channel = ? AND published_at IS NULL ORDER BY seq LIMIT ?",
+            (channel, limit),
+        ).fetchall()
     )
+    return [pending_message(row) for row in rows]

@@ -90,7 +90,8 @@ async def test_an_outcome_made_while_the_broker_is_down_arrives_once(
     publisher = KafkaPublisher(settings=settings, timeout_seconds=5)
     registry = CollectorRegistry()
     relay = OutboxRelay(
-        journal=journal, publisher=publisher, max_backoff_seconds=1.0, poll_seconds=0.2,
+        journal=journal, publisher=publisher, holder="replica-1", max_backoff_seconds=1.0,
+        poll_seconds=0.2,
         observer=KafkaOutboxMetrics(registry),
     )  # fmt: skip
     engine = DecisionEngine(

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from remediator.connectors.email import EmailNotifier
 from remediator.connectors.slack import SlackNotifier
 from remediator.domain.errors import TemporaryError
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.notices import EmailRouting, SlackRouting
 from remediator.domain.record import Stage
 from remediator.engine.decider import DecisionEngine
@@ -63,6 +64,7 @@ async def relay(
     )  # fmt: skip
     yield NotificationRelay(
         journal=journal,
+        holder="replica-1",
         slack=slack,
         slack_routes=SlackRouting(default="#alerts"),
         email=email,
@@ -83,8 +85,8 @@ async def plan_one_remediation(journal: SqliteJournal) -> str:
                             dry_run=False, notice_channels=(SLACK, EMAIL))  # fmt: skip
     assert await engine.run_once() == 1
     [item] = (await journal.list_remediations()).items
-    assert item["status"] == "planned"
-    return str(item["id"])
+    assert item.status is RemediationStatus.PLANNED
+    return item.id
 
 
 async def test_plan_is_announced_once_then_updated_in_place(
