@@ -536,6 +536,8 @@ class Executor:
             except Exception as again:  # noqa: BLE001 - kept and retried, or logged below
                 exc = again
         if isinstance(exc, IllegalTransition):
+            log.error("%s: the journal refuses this end (%s); the plan is left as it has it",
+                      run.id, exc)  # fmt: skip
             self._give_up(run)
             return
         if run.claimed:

@@ -15,7 +15,12 @@ from typing import Any
 import pytest
 
 from remediator.domain.errors import PermanentError, TemporaryError
-from remediator.domain.lifecycle import Remediation, RemediationStatus, StepStatus
+from remediator.domain.lifecycle import (
+    IllegalTransition,
+    Remediation,
+    RemediationStatus,
+    StepStatus,
+)
 from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
 from remediator.engine.decider import DecisionEngine
@@ -836,3 +841,35 @@ async def test_a_resumed_plan_whose_lock_can_never_be_taken_fails(
     assert item.status == "failed"
     assert item.reason == "cannot take the lock of checkout: namespace shop not found"
     assert ex._busy == set()
+
+
+class RefusingEnds(SqliteJournal):
+    """A journal whose lifecycle refuses every end (as a bug in a transition would)."""
+
+    async def finish_remediation(
+        self, remediation_id: str, *, status: RemediationStatus, **kwargs: Any
+    ) -> None:
+        raise IllegalTransition(remediation_id, RemediationStatus.RUNNING, status)
+
+
+async def test_an_end_the_lifecycle_refuses_is_given_up_not_retried_forever(
+    tmp_path: Path, pack: RulePack
+) -> None:
+    journal = RefusingEnds(path=tmp_path / "journal.db", instance="test-1")
+    await journal.open()
+    try:
+        rid = await planned_rollback(journal, pack)
+        clock = Clock(NOW + timedelta(minutes=1))
+        runner, hooks = FakeRunner(), Hooks()
+        ex = executor(journal, runner, clock=clock, lock=FakeLock(), **hooks.kwargs())
+        for _ in range(3):  # recovery is due on the first pass and again 30 s later
+            await ex.run_pass()
+            await asyncio.gather(*list(ex._tasks))
+            clock.now += timedelta(seconds=15)
+        assert len(runner.calls) == 4  # the plan ran once; its end was never retried
+        assert hooks.internal_errors == ["executor"]  # counted once
+        assert ex._busy == set()  # the service is free for its next plan
+        item = await journal.get_remediation(rid)
+        assert item is not None and (item.status, item.finished_at) == ("running", None)
+    finally:
+        await journal.close()
