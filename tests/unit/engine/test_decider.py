@@ -680,3 +680,21 @@ async def test_the_history_window_follows_the_injected_clock(
     assert [row[1:3] for row in await decisions_table(journal)] == [
         ("plan", None), ("no_action", "in_progress"), ("plan", None),
     ]  # fmt: skip
+
+
+async def test_two_engines_on_one_journal_decide_each_signal_once(
+    journal: SqliteJournal, pack: RulePack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two replicas' engines read the same undecided batch; the cursor's compare-and-set
+    # lets one write it, and the other reads again from where that one got to.
+    await journal_alerts(journal, [cpu(i) for i in range(500)])
+    engines = [engine_for(journal, pack, clock=Clock(NOW)) for _ in range(2)]
+    with caplog.at_level(logging.DEBUG, logger="remediator.engine.decider"):
+        counts = await asyncio.gather(*(drain(engine) for engine in engines))
+    assert sum(counts) == 500
+    assert any("another replica decided" in r.getMessage() for r in caplog.records)
+    table = await decisions_table(journal)
+    assert len(table) == len({row[0] for row in table}) == 500
+    remediations = await all_remediations(journal)
+    assert len(remediations) == 500
+    assert [r.status for r in remediations].count(RemediationStatus.PLANNED) == 1
