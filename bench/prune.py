@@ -92,20 +92,20 @@ async def serve(args: argparse.Namespace) -> None:
 
     from remediator.ingress.auth import Authenticator, WebhookCredential
     from remediator.ingress.http import IntakeApp, IntakeState
-    from remediator.journal import sqlite as journal_module
     from remediator.journal.sqlite import SqliteJournal
+    from remediator.journal.sqlite import signals as journal_module
     from remediator.metrics import Metrics
 
     # Observe each prune batch's time on the writer (a wrapper, the batch is unchanged).
     batch_seconds: list[float] = []
-    prune_batch = journal_module._prune_batch
+    prune_batch = journal_module.prune_batch
 
     def timed_batch(*a: Any, **kw: Any) -> Any:
         batch = prune_batch(*a, **kw)
         batch_seconds.append(batch.seconds)
         return batch
 
-    journal_module._prune_batch = timed_batch  # type: ignore[assignment]
+    journal_module.prune_batch = timed_batch  # type: ignore[assignment]
 
     journal = SqliteJournal(path=Path(args.db), prune_batch_size=args.prune_batch_size)
     await journal.open()

@@ -144,6 +144,34 @@ class JournalSettings(_Group):
         description="Most old signals deleted per transaction when pruning, so webhook "
         "writes interleave with a large prune.",
     )
+    heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often this instance commits its heartbeat to the journal; other "
+        "replicas tell a live instance's claims from a dead one's by it.",
+    )
+    claim_stale_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="An instance whose heartbeat is older than this is gone: the plans it "
+        "claimed are taken over (each still waits for its service's Lease).",
+    )
+    recovery_interval_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often the executor looks for plans left by gone instances.",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeats_outpace_staleness(self) -> JournalSettings:
+        # A live instance must beat several times within the window, or a slow commit
+        # would make it look gone and its running plans be taken over.
+        if self.claim_stale_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                "claim_stale_seconds must be at least 3 x heartbeat_seconds (a live "
+                "instance must not look gone between two beats)"
+            )
+        return self
 
     @field_validator("url")
     @classmethod

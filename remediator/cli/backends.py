@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -19,13 +20,32 @@ from urllib.parse import quote
 
 from remediator.cli.api import ApiClient, ApiOptions
 from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
+from remediator.domain.lifecycle import Remediation, RemediationStatus
 from remediator.domain.record import RecordFormat
-from remediator.ports import CircuitRecord, Journal, Page
+from remediator.ports import (
+    CircuitRecord,
+    CircuitStore,
+    JournalLifecycle,
+    RemediationStore,
+    SignalStore,
+)
 
-__all__ = ["ApiBackend", "Backend", "JournalBackend", "collect", "local_user"]
+__all__ = ["ApiBackend", "Backend", "JournalBackend", "Page", "collect", "local_user"]
 
 PAGE_SIZE = 1000  # the API's largest page (ingress.http.MAX_PAGE)
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page:
+    """One page of items in the API's JSON form, and the cursor of the next."""
+
+    items: Sequence[dict[str, Any]]
+    next_cursor: str | None
+
+
+class CliJournal(JournalLifecycle, SignalStore, RemediationStore, CircuitStore, Protocol):
+    """The journal roles the operator commands use: what the read API and approvals use."""
 
 
 class Backend(Protocol):
@@ -137,7 +157,7 @@ class JournalBackend:
     ``actor`` is what approvals and resets record: the local OS user, break-glass.
     """
 
-    def __init__(self, journal: Journal, *, actor: str) -> None:
+    def __init__(self, journal: CliJournal, *, actor: str) -> None:
         self._journal = journal
         self.actor = actor
         self._runner = asyncio.Runner()
@@ -179,13 +199,17 @@ class JournalBackend:
     def remediations(
         self, *, service: str | None, status: str | None, limit: int, cursor: str | None
     ) -> Page:
-        return self._run(
+        page = self._run(
             self._journal.list_remediations(
-                service=service, status=status, limit=limit, cursor=cursor
+                service=service, status=_status(status), limit=limit, cursor=cursor
             )
         )
+        return Page(items=[item.to_api() for item in page.items], next_cursor=page.next_cursor)
 
     def remediation(self, remediation_id: str) -> dict[str, Any]:
+        return self._remediation(remediation_id).to_api()
+
+    def _remediation(self, remediation_id: str) -> Remediation:
         item = self._run(self._journal.get_remediation(remediation_id))
         if item is None:
             raise _no_remediation(remediation_id)
@@ -195,8 +219,8 @@ class JournalBackend:
         from remediator.domain.record import render
         from remediator.domain.record_build import record_from_journal
 
-        item = self.remediation(remediation_id)
-        signal = self._run(self._journal.get_signal(item["signal_id"]))
+        item = self._remediation(remediation_id)
+        signal = self._run(self._journal.get_signal(item.signal_id))
         return render(record_from_journal(item, signal), fmt=fmt)
 
     def approve(self, remediation_id: str, *, comment: str | None) -> dict[str, Any]:
@@ -205,12 +229,13 @@ class JournalBackend:
         approved = self._run(
             self._journal.approve_remediation(remediation_id, by=self.actor, at=_now())
         )
-        item = self.remediation(remediation_id)
+        item = self._remediation(remediation_id)
         if not approved:
             raise CliError(
-                f"{remediation_id} is {item['status']}, not awaiting approval", code=EXIT_FAILED
+                f"{remediation_id} is {item.status.value}, not awaiting approval",
+                code=EXIT_FAILED,
             )
-        return item
+        return item.to_api()
 
     def circuit(self) -> dict[str, Any]:
         return _circuit_body(self._run(self._journal.circuit()))
@@ -224,6 +249,17 @@ class JournalBackend:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _status(text: str | None) -> RemediationStatus | None:
+    """The ``--status`` filter; a usage error names the statuses there are."""
+    if text is None:
+        return None
+    try:
+        return RemediationStatus(text)
+    except ValueError:
+        known = ", ".join(status.value for status in RemediationStatus)
+        raise CliError(f"--status: one of {known}, got {text!r}", code=EXIT_USAGE) from None
 
 
 def _circuit_body(record: CircuitRecord) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from remediator.connectors.postgres import (
 )
 from remediator.connectors.postgres.steps import DEFAULT_BACKUP_ROOT, ServiceDatabase, revert_target
 from remediator.domain.errors import RemediatorError
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.signals import Signal, Source, Status
 from remediator.journal import journal_from_url
 from remediator.rulefiles import load_rule_pack_from_path
@@ -340,9 +341,8 @@ async def _revert(args: argparse.Namespace) -> int:
     )
     if warning:
         print(warning, file=sys.stderr)
-    return {"succeeded": EXIT_OK, "needs_human": EXIT_NEEDS_HUMAN}.get(
-        outcome.status.value, EXIT_FAILED
-    )
+    exits = {RemediationStatus.SUCCEEDED: EXIT_OK, RemediationStatus.NEEDS_HUMAN: EXIT_NEEDS_HUMAN}
+    return exits.get(outcome.status, EXIT_FAILED)
 
 
 def cmd_backups(args: argparse.Namespace) -> int:
@@ -414,7 +414,7 @@ async def _restore(args: argparse.Namespace) -> int:
         db=db,
         labels={
             "actor": _actor(),
-            "outcome": "succeeded",
+            "outcome": RemediationStatus.SUCCEEDED.value,
             "backup": chosen.id,
             "table": restored.table or "",
             "backup_before_restore": safety.id,

@@ -50,6 +50,9 @@ _STATUS_EMOJI = {
     RemediationStatus.SUCCEEDED: ":white_check_mark:",
     RemediationStatus.FAILED: ":x:",
     RemediationStatus.NEEDS_HUMAN: ":rotating_light:",
+    RemediationStatus.REJECTED: ":no_entry_sign:",
+    RemediationStatus.CANCELLED: ":heavy_multiplication_x:",
+    RemediationStatus.EXPIRED: ":hourglass:",
 }
 _CHECK_EMOJI = {
     CheckStatus.PASSED: ":large_green_circle:",

@@ -3,35 +3,69 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
+from remediator.domain.lifecycle import Remediation, RemediationStatus
+from remediator.domain.plans import ActionKind
+
 EVENT_SOURCE = "/remediator"
-OUTCOME_TYPES = ("planned", "started", "succeeded", "failed", "skipped")
+
+
+class OutcomeStage(StrEnum):
+    """The outcome event types (``io.remediator.remediation.<stage>``)."""
+
+    PLANNED = "planned"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+OUTCOME_TYPES = tuple(stage.value for stage in OutcomeStage)
 # dry-run remediations are reported as planned with data.dry_run = true
 _STAGE_FOR_STATUS = {
-    "planned": "planned",
-    "awaiting_approval": "planned",
-    "dry-run": "planned",
-    "skipped": "skipped",
-    "running": "started",
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "needs_human": "failed",
+    RemediationStatus.PLANNED: OutcomeStage.PLANNED,
+    RemediationStatus.AWAITING_APPROVAL: OutcomeStage.PLANNED,
+    RemediationStatus.DRY_RUN: OutcomeStage.PLANNED,
+    RemediationStatus.SKIPPED: OutcomeStage.SKIPPED,
+    RemediationStatus.RUNNING: OutcomeStage.STARTED,
+    RemediationStatus.SUCCEEDED: OutcomeStage.SUCCEEDED,
+    RemediationStatus.FAILED: OutcomeStage.FAILED,
+    RemediationStatus.NEEDS_HUMAN: OutcomeStage.FAILED,
 }
 
 
-def outcome_stage(status: str) -> str | None:
+def outcome_stage(status: RemediationStatus) -> OutcomeStage | None:
     return _STAGE_FOR_STATUS.get(status)
+
+
+def remediation_outcome_event(
+    remediation: Remediation, *, status: RemediationStatus, at: datetime
+) -> dict[str, Any]:
+    """The outcome event of a journaled remediation reaching ``status``."""
+    return outcome_event(
+        remediation_id=remediation.id,
+        status=status,
+        service=remediation.service,
+        namespace=remediation.namespace,
+        rule=remediation.rule,
+        action=remediation.action,
+        reason=None,
+        signal_id=remediation.signal_id,
+        explanation=remediation.explanation,
+        at=at,
+    )
 
 
 def outcome_event(
     *,
     remediation_id: str,
-    status: str,
+    status: RemediationStatus,
     service: str,
     namespace: str | None,
     rule: str | None,
-    action: str | None,
+    action: ActionKind | None,
     reason: str | None,
     signal_id: str,
     explanation: str,
@@ -40,24 +74,24 @@ def outcome_event(
     """A structured-mode CloudEvent; its id is stable per remediation and stage."""
     stage = outcome_stage(status)
     if stage is None:
-        raise ValueError(f"no outcome event for status {status!r}")
+        raise ValueError(f"no outcome event for status {status.value!r}")
     return {
         "specversion": "1.0",
-        "id": f"{remediation_id}:{stage}",
+        "id": f"{remediation_id}:{stage.value}",
         "source": EVENT_SOURCE,
-        "type": f"io.remediator.remediation.{stage}",
+        "type": f"io.remediator.remediation.{stage.value}",
         "subject": service,
         "time": at.isoformat(),
         "datacontenttype": "application/json",
         "data": {
             "remediation_id": remediation_id,
-            "status": status,
+            "status": status.value,
             "service": service,
             "namespace": namespace,
             "rule": rule,
-            "action": action,
+            "action": None if action is None else action.value,
             "reason": reason,
-            "dry_run": status == "dry-run",
+            "dry_run": status is RemediationStatus.DRY_RUN,
             "signal_id": signal_id,
             "explanation": explanation,
         },

@@ -186,6 +186,10 @@ _STAGE_OF_STATUS = {
     RemediationStatus.SKIPPED: Stage.SKIPPED,
     # A dry run changes nothing; for people it ends like a skip (the record says why).
     RemediationStatus.DRY_RUN: Stage.SKIPPED,
+    # Ended by people, or by nobody in time, before anything ran.
+    RemediationStatus.REJECTED: Stage.SKIPPED,
+    RemediationStatus.CANCELLED: Stage.SKIPPED,
+    RemediationStatus.EXPIRED: Stage.SKIPPED,
 }
 
 
@@ -271,7 +275,14 @@ def status_note(record: RollbackRecord) -> str | None:
         return "Skipped: no action was taken."
     if record.status is RemediationStatus.AWAITING_APPROVAL:
         return "Awaiting approval: nothing runs until an approver approves the plan."
-    return None
+    return _NEVER_RAN_NOTES.get(record.status)
+
+
+_NEVER_RAN_NOTES = {
+    RemediationStatus.REJECTED: "Rejected: an approver said no; nothing was done.",
+    RemediationStatus.CANCELLED: "Cancelled before it ran; nothing was done.",
+    RemediationStatus.EXPIRED: "Expired: nobody approved it in time; nothing was done.",
+}
 
 
 def basic_facts(record: RollbackRecord) -> list[tuple[str, str]]:

@@ -6,6 +6,10 @@ pure ``decide`` function, and writes the decisions, the remediations they open a
 the new cursor in one transaction. A crash between decide and write re-decides the
 same signals on restart; ids derived from the signal id make that write idempotent.
 
+The cursor moves by compare-and-set: when several replicas decide the same batch,
+the first write wins and the others write nothing, read the new cursor and go on
+from there. So each signal is decided exactly once, without a leader.
+
 One engine task decides serially, so two signals for one service never race: in
 an alert storm the first opens a remediation and the rest see it as in progress.
 
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -52,8 +58,9 @@ from remediator.domain.rules.events import DEPLOY_SUCCEEDED
 from remediator.domain.signals import Signal, Source, Status
 from remediator.engine.notify import notice_messages
 from remediator.ports import (
+    CircuitStore,
     DecisionRecord,
-    Journal,
+    DecisionStore,
     NewRemediation,
     OutboxMessage,
     RemediationSummary,
@@ -69,19 +76,31 @@ log = logging.getLogger(__name__)
 HISTORY_WINDOW = timedelta(days=2)
 # Decisions that need no remediation row: nothing matched, or nothing could.
 _NOT_REMEDIATIONS = {NoActionReason.RESOLVED, NoActionReason.NO_RULE, NoActionReason.UNROUTABLE}
+_S = RemediationStatus
+# How the rules see each status; skipped ones are no part of the history.
 _STATUS_FOR_HISTORY = {
-    "planned": PastOutcome.OPEN,
-    "awaiting_approval": PastOutcome.OPEN,  # people are deciding; automation waits
-    "running": PastOutcome.OPEN,
-    "needs_human": PastOutcome.OPEN,  # blocks automation until people close it
-    "dry-run": PastOutcome.SUCCEEDED,  # a simulation ends at once; cooldown applies
-    "succeeded": PastOutcome.SUCCEEDED,
-    "failed": PastOutcome.FAILED,
-    "cancelled": PastOutcome.CANCELLED,
+    _S.PLANNED: PastOutcome.OPEN,
+    _S.AWAITING_APPROVAL: PastOutcome.OPEN,  # people are deciding; automation waits
+    _S.RUNNING: PastOutcome.OPEN,
+    _S.NEEDS_HUMAN: PastOutcome.OPEN,  # blocks automation until people close it
+    _S.DRY_RUN: PastOutcome.SUCCEEDED,  # a simulation ends at once; cooldown applies
+    _S.SUCCEEDED: PastOutcome.SUCCEEDED,
+    _S.FAILED: PastOutcome.FAILED,
+    # Never ran: people withdrew it, said no, or let it lapse.
+    _S.CANCELLED: PastOutcome.CANCELLED,
+    _S.REJECTED: PastOutcome.CANCELLED,
+    _S.EXPIRED: PastOutcome.CANCELLED,
 }
+del _S
+
+
+class DeciderJournal(DecisionStore, CircuitStore, Protocol):
+    """The journal roles the engine uses: signals to decide and history, the breaker."""
 
 
 HISTORY_EVENTS = 50
+# Between looks for signals other replicas journaled (this one's intake wakes it at once).
+POLL_SECONDS = 2.0
 # How much of an exception's message a decision's explanation keeps.
 MAX_ERROR_TEXT = 500
 
@@ -123,7 +142,7 @@ class DecisionEngine:
     def __init__(
         self,
         *,
-        journal: Journal,
+        journal: DeciderJournal,
         pack: RulePack,
         facts: ServiceFacts,
         dry_run: bool,
@@ -137,6 +156,7 @@ class DecisionEngine:
         on_facts_error: Callable[[str], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_backoff: float = 60.0,
+        poll_seconds: float = POLL_SECONDS,
         failpoints: Failpoints = NO_FAILPOINTS,
     ) -> None:
         """``on_internal_error`` gets the exception's type name of every error the engine
@@ -156,6 +176,7 @@ class DecisionEngine:
         self._on_facts_error = on_facts_error
         self._sleep = sleep
         self._max_backoff = max_backoff
+        self._poll_seconds = poll_seconds
         self._failpoints = failpoints
         self._wake = asyncio.Event()
         # Exception types whose traceback was logged: one traceback per kind of failure,
@@ -195,35 +216,53 @@ class DecisionEngine:
                 continue
             failures = 0
             if decided == 0:
-                await self._wake.wait()
+                # Woken by this instance's intake; the poll finds signals another
+                # replica journaled (and did not get to decide).
+                with contextlib.suppress(TimeoutError):  # not wait_for: see Executor.run
+                    async with asyncio.timeout(self._poll_seconds):
+                        await self._wake.wait()
 
     async def run_once(self) -> int:
-        """Decide one batch of undecided signals; return how many."""
-        stored = await self._journal.undecided_signals(limit=self._batch_size)
-        if not stored:
-            return 0
-        try:
-            await self._decide_batch(stored)
-        except _WriteRefused as refused:
-            # The journal refused the batch for a reason retrying cannot fix, so something
-            # in it is poison. Deciding again one signal per write finds it, and keeps the
-            # rest correct: each decision is written before the next is made, so none
-            # leans on a plan of the batch that was never written (re-recording every
-            # signal as internal_error would be simpler, but lose good decisions).
-            log.error("the journal refused %d decisions (%s); deciding them one at a time",
-                      len(stored), _error_text(refused.cause))  # fmt: skip
-            for item in stored:
-                await self._decide_alone(item)
-        return len(stored)
+        """Decide one batch of undecided signals; return how many this engine decided.
 
-    async def _decide_alone(self, item: StoredSignal) -> None:
-        try:
-            await self._decide_batch([item])
-        except _WriteRefused as refused:
-            await self._write_internal_error(item, refused.cause)
+        Signals another replica decided first are read again from the moved cursor."""
+        while True:
+            batch = await self._journal.undecided_signals(limit=self._batch_size)
+            stored = batch.signals
+            if not stored:
+                return 0
+            try:
+                if await self._decide_batch(stored, cursor=batch.cursor):
+                    return len(stored)
+            except _WriteRefused as refused:
+                # The journal refused the batch for a reason retrying cannot fix, so
+                # something in it is poison. Deciding again one signal per write finds it,
+                # and keeps the rest correct: each decision is written before the next is
+                # made, so none leans on a plan of the batch that was never written
+                # (re-recording every signal as internal_error would be simpler, but lose
+                # good decisions).
+                log.error("the journal refused %d decisions (%s); deciding them one at a time",
+                          len(stored), _error_text(refused.cause))  # fmt: skip
+                return await self._decide_one_by_one(stored, cursor=batch.cursor)
+            log.debug("another replica decided signals up to %d first", stored[-1].seq)
 
-    async def _decide_batch(self, items: Sequence[StoredSignal]) -> None:
-        """Decide ``items`` (in journal order) and write the decisions with the cursor."""
+    async def _decide_one_by_one(self, items: Sequence[StoredSignal], *, cursor: int) -> int:
+        """Decide and write each signal alone; stop where another replica was first."""
+        decided = 0
+        for item in items:
+            try:
+                written = await self._decide_batch([item], cursor=cursor)
+            except _WriteRefused as refused:
+                written = await self._write_internal_error(item, refused.cause, cursor=cursor)
+            if not written:
+                break
+            cursor = item.seq
+            decided += 1
+        return decided
+
+    async def _decide_batch(self, items: Sequence[StoredSignal], *, cursor: int) -> bool:
+        """Decide ``items`` (in journal order) and write the decisions with the cursor;
+        False when another replica decided them first (nothing was written)."""
         now = self._clock()
         circuit = await self._circuit_state()
         histories: dict[str, list[RemediationRecord]] = {}
@@ -241,7 +280,8 @@ class DecisionEngine:
                 decision, record = self._internal_error_decision(item, exc, now=now)
             records.append(record)
             decisions.append(decision)
-        await self._write(records, decisions, through_seq=items[-1].seq)
+        if not await self._write(records, decisions, cursor=cursor, through_seq=items[-1].seq):
+            return False
         if self._on_decision is not None:
             for decision in decisions:
                 self._on_decision(decision)
@@ -250,6 +290,7 @@ class DecisionEngine:
             for item in items:
                 if self._is_trusted_deploy(item.signal):
                     await self._deploy_hook(item.signal)
+        return True
 
     async def _decide(
         self,
@@ -268,11 +309,18 @@ class DecisionEngine:
         return decision, self._record(item, decision, now=now)
 
     async def _write(
-        self, records: list[DecisionRecord], decisions: list[Decision], *, through_seq: int
-    ) -> None:
+        self,
+        records: list[DecisionRecord],
+        decisions: list[Decision],
+        *,
+        cursor: int,
+        through_seq: int,
+    ) -> bool:
         try:
             outbox = [*self._outcome_messages(records), *self._notices(records, decisions)]
-            await self._journal.record_decisions(records, through_seq=through_seq, outbox=outbox)
+            return await self._journal.record_decisions(
+                records, cursor=cursor, through_seq=through_seq, outbox=outbox
+            )
         except TemporaryError:
             raise
         except Exception as exc:
@@ -311,18 +359,22 @@ class DecisionEngine:
         except Exception:  # noqa: BLE001 - the error is already logged and counted
             return decision, _bare_record(item, decision, now=now)
 
-    async def _write_internal_error(self, item: StoredSignal, cause: Exception) -> None:
-        """Journal a signal whose decision the journal refused; its cursor moves on."""
+    async def _write_internal_error(
+        self, item: StoredSignal, cause: Exception, *, cursor: int
+    ) -> bool:
+        """Journal a signal whose decision the journal refused; its cursor moves on.
+        False when another replica decided it first."""
         now = self._clock()
         decision, record = self._internal_error_decision(item, cause, now=now)
         try:
-            await self._write([record], [decision], through_seq=item.seq)
+            written = await self._write([record], [decision], cursor=cursor, through_seq=item.seq)
         except _WriteRefused:
             # Its remediation or notice is what the journal refuses: the decision alone.
             bare = _bare_record(item, decision, now=now)
-            await self._write([bare], [decision], through_seq=item.seq)
-        if self._on_decision is not None:
+            written = await self._write([bare], [decision], cursor=cursor, through_seq=item.seq)
+        if written and self._on_decision is not None:
             self._on_decision(decision)
+        return written
 
     def _facts_failed(self, service: str, namespace: str, exc: Exception) -> None:
         log.warning("replicas of %s/%s unknown for this batch, reading them failed: %s",
@@ -361,11 +413,12 @@ class DecisionEngine:
             r = record.remediation
             if r is None:
                 continue
-            if r.status == "skipped" and not (isinstance(decision, NoAction) and decision.notify):
+            skipped = r.status is RemediationStatus.SKIPPED
+            if skipped and not (isinstance(decision, NoAction) and decision.notify):
                 continue
             messages += notice_messages(
                 remediation_id=r.id,
-                stage=stage_for(RemediationStatus(r.status)),
+                stage=stage_for(r.status),
                 channels=self._notice_channels,
                 at=r.created_at,
             )
@@ -465,19 +518,28 @@ class DecisionEngine:
         if isinstance(decision, Plan):
             outcome, reason, rule = "plan", None, decision.rule
             # A plan that needs approval is only a proposal until someone approves it.
-            status = "awaiting_approval" if decision.require_approval else "planned"
+            status = (
+                RemediationStatus.AWAITING_APPROVAL
+                if decision.require_approval
+                else RemediationStatus.PLANNED
+            )
             remediation = self._remediation(
                 signal, decision, plan=decision, status=status, reason=None, now=now, text=text
             )
         else:
             outcome, reason, rule = "no_action", decision.reason.value, decision.rule
             if _opens_remediation(decision) and signal.service is not None:
-                status = "dry-run" if decision.reason is NoActionReason.DRY_RUN else "skipped"
+                status = (
+                    RemediationStatus.DRY_RUN
+                    if decision.reason is NoActionReason.DRY_RUN
+                    else RemediationStatus.SKIPPED
+                )
                 remediation = self._remediation(
                     signal, decision, plan=decision.plan, status=status, reason=reason, now=now,
                     text=text,
                 )  # fmt: skip
-        if outcome == "plan" or (remediation is not None and remediation.status == "dry-run"):
+        rehearsed = remediation is not None and remediation.status is RemediationStatus.DRY_RUN
+        if outcome == "plan" or rehearsed:
             log.info("signal %s (%s, %s): %s", signal.id, signal.kind, signal.service,
                      text.splitlines()[0])  # fmt: skip
         return DecisionRecord(
@@ -498,14 +560,14 @@ class DecisionEngine:
         decision: Decision,
         *,
         plan: Plan | None,
-        status: str,
+        status: RemediationStatus,
         reason: str | None,
         now: datetime,
         text: str,
     ) -> NewRemediation:
         assert signal.service is not None
         manual = signal.source is Source.MANUAL
-        action = plan.action.value if plan is not None else None
+        action = plan.action if plan is not None else None
         spec = self._pack.services.get(signal.service)
         if isinstance(decision, NoAction) and decision.reason is NoActionReason.NOT_IN_CATALOG:
             spec = None  # the namespace the signal asked for, not the catalog's
@@ -519,7 +581,7 @@ class DecisionEngine:
             status=status,
             reason=reason,
             manual=manual,
-            automated=not manual and action not in (None, ActionKind.NOTIFY_ONLY.value),
+            automated=not manual and action not in (None, ActionKind.NOTIFY_ONLY),
             created_at=now,
             decision=decision.to_dict(),
             explanation=text,
@@ -540,7 +602,7 @@ class _BatchView:
     def __init__(
         self,
         *,
-        journal: Journal,
+        journal: DecisionStore,
         facts: ServiceFacts,
         pack: RulePack,
         alert_kinds: tuple[str, ...],
@@ -651,19 +713,19 @@ def _remember(
     remediation = record.remediation
     if (
         remediation is None
-        or remediation.status == "skipped"
+        or remediation.status is RemediationStatus.SKIPPED
         or remediation.action is None
         or not record.service
     ):
         return circuit
     entry = RemediationRecord(
-        action=ActionKind(remediation.action),
+        action=remediation.action,
         started_at=now,
         status=_STATUS_FOR_HISTORY[remediation.status],
         rule=remediation.rule,
         manual=remediation.manual,
     )
-    if remediation.automated and remediation.status == "planned":
+    if remediation.automated and remediation.status is RemediationStatus.PLANNED:
         circuit = circuit.model_copy(
             update={"automated_action_times": (*circuit.automated_action_times, now)}
         )
@@ -709,7 +771,7 @@ def _history_record(row: RemediationSummary) -> RemediationRecord | None:
     if status is None or row.action is None:
         return None
     return RemediationRecord(
-        action=ActionKind(row.action),
+        action=row.action,
         started_at=row.created_at,
         status=status,
         rule=row.rule,

@@ -24,6 +24,15 @@ finished resumes with the next; a step that only reads or waits (rollout status,
 verification) runs again; a mutating step that started but never finished ends the
 plan as ``needs_human``: whether it took effect is unknown, and re-running a
 mutation blindly is exactly what this daemon must never do.
+
+Claims name their holder, and every instance beats a heartbeat into the journal.
+Recovery runs at start and then periodically: it settles this instance's own
+leftover claims, and takes over (compare-and-set) the claims of an instance whose
+heartbeat is older than ``claim_stale_seconds`` (a crashed, stopped or cut-off
+replica), never a live one's. A taken-over plan is settled from its timeline as
+above, and takes the service's Lease before any step runs. Should the old holder
+come back, its next write is refused (``ClaimLost``) and its run ends quietly: the
+plan is someone else's now.
 """
 
 from __future__ import annotations
@@ -32,25 +41,34 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
-from remediator.domain.lifecycle import RemediationStatus
-from remediator.domain.outcomes import outcome_event, rolledback_cdevent
-from remediator.domain.plans import ActionKind, Plan, Step, StepKind
+from remediator.domain.lifecycle import (
+    ClaimLost,
+    IllegalTransition,
+    Remediation,
+    RemediationStatus,
+    StepStatus,
+    utc_text,
+)
+from remediator.domain.outcomes import remediation_outcome_event, rolledback_cdevent
+from remediator.domain.plans import ActionKind, Step, StepKind
 from remediator.domain.record import stage_for
 from remediator.engine.backoff import Backoff
 from remediator.engine.notify import notice_messages
-from remediator.ports import Journal, NeedsHuman, OutboxMessage, ServiceLock, StepRunner
+from remediator.ports import ExecutionLog, NeedsHuman, OutboxMessage, ServiceLock, StepRunner
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
+CLAIM_STALE_SECONDS = 30.0
+RECOVERY_INTERVAL_SECONDS = 10.0
 COMPONENT = "executor"  # the label this component reports its internal errors under
 _MESSAGE_CHARS = 200  # of an unexpected exception's message, in a plan's reason
 
@@ -61,11 +79,6 @@ class LockAttempt(StrEnum):
     ACQUIRED = "acquired"
     HELD_ELSEWHERE = "held_elsewhere"
     ERROR = "error"
-
-
-def plan_of(item: Mapping[str, Any]) -> Plan:
-    decision = item["decision"]
-    return Plan.model_validate(decision if "steps" in decision else decision["plan"])
 
 
 def describe(exc: BaseException) -> str:
@@ -95,7 +108,7 @@ class _Ending:
 class _Run:
     """One plan in this process, and how far the journal knows of it."""
 
-    item: dict[str, Any]
+    item: Remediation
     rehearsal: bool
     claimed: bool
     step: int | None = None  # journaled as started, not yet as finished
@@ -104,22 +117,22 @@ class _Run:
 
     @property
     def id(self) -> str:
-        return str(self.item["id"])
+        return self.item.id
 
     @property
     def service(self) -> str:
-        return str(self.item["service"])
+        return self.item.service
 
     @property
     def namespace(self) -> str:
-        return str(self.item["namespace"] or "")
+        return self.item.namespace or ""
 
 
 class Executor:
     def __init__(
         self,
         *,
-        journal: Journal,
+        journal: ExecutionLog,
         runner: StepRunner,
         instance_id: str,
         lock: ServiceLock | None = None,
@@ -134,6 +147,8 @@ class Executor:
         drain_timeout_seconds: float = 60.0,
         lock_retry_base_seconds: float = 2.0,
         lock_retry_max_seconds: float = 60.0,
+        claim_stale_seconds: float = CLAIM_STALE_SECONDS,
+        recovery_interval_seconds: float = RECOVERY_INTERVAL_SECONDS,
         on_finished: Callable[[str, str], None] | None = None,
         on_lock_attempt: Callable[[str], None] | None = None,
         on_lease_lost: Callable[[str], None] | None = None,
@@ -167,6 +182,13 @@ class Executor:
         self._settle_waits = Backoff(
             base_seconds=lock_retry_base_seconds, max_seconds=lock_retry_max_seconds, rand=rand
         )
+        # An instance without a heartbeat for this long is gone: its claims are taken over.
+        self._claim_stale = timedelta(seconds=claim_stale_seconds)
+        self._recovery_interval = timedelta(seconds=recovery_interval_seconds)
+        self._next_recovery: datetime | None = None  # None: not recovered yet
+        self._active: set[str] = set()  # plans running in this process, by id
+        # Plans whose end the journal can never take (a bug): not recovered again here.
+        self._given_up: set[str] = set()
         self._on_finished = on_finished
         self._on_lock_attempt = on_lock_attempt
         self._on_lease_lost = on_lease_lost
@@ -176,17 +198,14 @@ class Executor:
         self._wake.set()
 
     async def run(self) -> None:
-        """Root task: recover what a crash left, then run plans as they are journaled."""
-        recovered = False
+        """Root task: recover what a crash left, then run plans as they are journaled,
+        recovering the claims of instances that stopped beating as it goes."""
         failed_passes = 0
         try:
             while True:
                 self._wake.clear()
                 try:
-                    if not recovered:
-                        await self.recover()
-                        recovered = True
-                    await self.start_runnable()
+                    await self.run_pass()
                     failed_passes = 0
                 except TemporaryError as exc:
                     log.warning("executor paused, journal unavailable: %s", exc)
@@ -210,11 +229,26 @@ class Executor:
     def _next_pass_in(self) -> float:
         """Seconds until the next pass: the poll interval, or sooner when a wait ends."""
         now = self._clock()
-        waits = (self._lock_waits.next_due(now), self._settle_waits.next_due(now))
+        waits = (
+            self._lock_waits.next_due(now),
+            self._settle_waits.next_due(now),
+            self._next_recovery,
+        )
         due = [d for d in waits if d is not None]
         if not due:
             return POLL_SECONDS
-        return min(POLL_SECONDS, (min(due) - now).total_seconds())
+        return max(0.0, min(POLL_SECONDS, (min(due) - now).total_seconds()))
+
+    def _recovery_due(self) -> bool:
+        return self._next_recovery is None or self._clock() >= self._next_recovery
+
+    async def run_pass(self) -> int:
+        """One pass of the root task: recovery when it is due (at once on the first
+        pass, then every ``recovery_interval_seconds``), then every runnable plan that
+        may start; return how many plans started or resumed."""
+        if self._recovery_due() and not self._stopping:
+            await self.recover()
+        return await self.start_runnable()
 
     async def drain(self, grace_seconds: float | None = None) -> None:
         """On shutdown: every running plan finishes the step it is in, then pauses.
@@ -248,10 +282,10 @@ class Executor:
         now = self._clock()
         items = await self._journal.runnable_remediations(limit=100)
         # A service whose plans are gone (run elsewhere) waits for nothing any more.
-        waiting = [str(item["service"]) for item in items]
+        waiting = [item.service for item in items]
         self._lock_waits.keep_only(waiting + [run.service for run in self._unsettled.values()])
         for item in items:
-            service = item["service"]
+            service = item.service
             if service in self._busy:
                 continue  # its lane is taken; the next pass picks it up
             if not self._lock_waits.ready(service, now):
@@ -265,25 +299,24 @@ class Executor:
         while await self.start_runnable():
             await asyncio.gather(*list(self._tasks))
 
-    def _start(self, item: dict[str, Any], *, resume_at: int | None = None) -> None:
-        self._busy.add(item["service"])
-        task = asyncio.create_task(
-            self._execute(item, resume_at=resume_at), name=f"plan-{item['id']}"
-        )
+    def _start(self, item: Remediation, *, resume_at: int | None = None) -> None:
+        self._busy.add(item.service)
+        self._active.add(item.id)
+        task = asyncio.create_task(self._execute(item, resume_at=resume_at), name=f"plan-{item.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _rehearsal(self, item: Remediation) -> bool:
+        return item.status is RemediationStatus.DRY_RUN or self._dry_run
+
     # -- one plan ------------------------------------------------------------------
-    async def _execute(self, item: dict[str, Any], *, resume_at: int | None = None) -> None:
-        run = _Run(
-            item=item,
-            rehearsal=item["status"] == RemediationStatus.DRY_RUN or self._dry_run,
-            claimed=resume_at is not None,
-        )
+    async def _execute(self, item: Remediation, *, resume_at: int | None = None) -> None:
+        run = _Run(item=item, rehearsal=self._rehearsal(item), claimed=resume_at is not None)
         try:
             async with self._slots:
                 await self._run_guarded(run, resume_at)
         finally:
+            self._active.discard(run.id)
             if run.id not in self._unsettled:
                 self._busy.discard(run.service)
             self.wake()
@@ -297,6 +330,8 @@ class Executor:
                 await self._claimed_run(run, resume_at)
         except asyncio.CancelledError:
             raise
+        except ClaimLost as exc:
+            self._claim_lost(run, exc)
         except TemporaryError as exc:
             # Every other source of TemporaryError is handled where it is raised: this
             # is the journal, refusing a write for now.
@@ -364,10 +399,18 @@ class Executor:
                         run.id, run.service, exc)  # fmt: skip
 
     async def _claim(self, run: _Run, outbox: list[OutboxMessage] | None = None) -> bool:
+        # A rehearsal stays a dry run for all to see; a real run is running.
+        to = RemediationStatus.DRY_RUN if run.rehearsal else RemediationStatus.RUNNING
         run.claimed = await self._journal.claim_remediation(
-            run.id, by=self._instance_id, at=self._clock(), outbox=outbox or []
+            run.id, by=self._instance_id, at=self._clock(), to=to, outbox=outbox or []
         )
         return run.claimed
+
+    def _claim_lost(self, run: _Run, exc: ClaimLost) -> None:
+        """Another instance took the plan over (this one was stopped or cut off for
+        longer than claims stay with a silent holder): it is theirs to run and end."""
+        self._unsettled.pop(run.id, None)
+        log.warning("%s: %s; stopped here, nothing more is done by this instance", run.id, exc)
 
     async def _claimed_run(self, run: _Run, resume_at: int | None) -> None:
         item, rid = run.item, run.id
@@ -376,9 +419,10 @@ class Executor:
             if not await self._claim(run, started):
                 return  # someone else claimed it first
             resume_at = 0
-            log.info("%s: running %s plan for %s%s", rid, item["action"], item["service"],
+            action = item.action.value if item.action else None
+            log.info("%s: running %s plan for %s%s", rid, action, item.service,
                      " (dry run)" if run.rehearsal else "")  # fmt: skip
-        plan = plan_of(item)
+        plan = item.plan()
         context: dict[str, Any] = {}
         for idx, step in enumerate(plan.steps):
             if idx < resume_at:
@@ -390,10 +434,12 @@ class Executor:
             if not self._still_locked(run):
                 await self._end(run, self._lease_lost(run, idx, len(plan.steps), step))
                 return
-            await self._journal.step_started(rid, idx=idx, kind=step.kind.value, at=self._clock())
+            await self._journal.step_started(
+                rid, holder=self._instance_id, idx=idx, kind=step.kind.value, at=self._clock()
+            )
             run.step, run.step_kind = idx, step.kind.value
             try:
-                detail = await self._run_step(step, service=item["service"],
+                detail = await self._run_step(step, service=item.service,
                                               dry_run=run.rehearsal, context=context)  # fmt: skip
             except NeedsHuman as exc:
                 await self._end(
@@ -405,8 +451,9 @@ class Executor:
                 return
             context[f"step{idx}"] = detail
             await self._journal.step_finished(
-                rid, idx=idx, status="succeeded", detail=detail, at=self._clock()
-            )
+                rid, holder=self._instance_id, idx=idx, status=StepStatus.SUCCEEDED,
+                detail=detail, at=self._clock(),
+            )  # fmt: skip
             run.step = run.step_kind = None
         await self._end(run, _Ending(status=RemediationStatus.SUCCEEDED, reason=None))
 
@@ -459,8 +506,8 @@ class Executor:
         assert ending is not None
         if ending.failed_step is not None:
             await self._journal.step_finished(
-                run.id, idx=ending.failed_step, status="failed",
-                detail=ending.step_detail or {}, at=self._clock(),
+                run.id, holder=self._instance_id, idx=ending.failed_step,
+                status=StepStatus.FAILED, detail=ending.step_detail or {}, at=self._clock(),
             )  # fmt: skip
         await self._finish(run.item, ending.status, ending.reason, run.rehearsal)
 
@@ -483,8 +530,16 @@ class Executor:
                 return
             except asyncio.CancelledError:
                 raise
+            except ClaimLost as lost:
+                self._claim_lost(run, lost)
+                return
             except Exception as again:  # noqa: BLE001 - kept and retried, or logged below
                 exc = again
+        if isinstance(exc, IllegalTransition):
+            log.error("%s: the journal refuses this end (%s); the plan is left as it has it",
+                      run.id, exc)  # fmt: skip
+            self._give_up(run)
+            return
         if run.claimed:
             self._settle_later(run, exc)
         else:
@@ -534,6 +589,12 @@ class Executor:
             except asyncio.CancelledError:
                 self._unsettled[rid] = run
                 raise
+            except ClaimLost as exc:
+                self._claim_lost(run, exc)
+            except IllegalTransition as exc:
+                # Retrying cannot change the lifecycle.
+                self._internal_error(f"{rid}: the journal refuses this end", exc)
+                self._give_up(run)
             except Exception as exc:  # noqa: BLE001 - kept and retried with backoff
                 if not isinstance(exc, TemporaryError):
                     self._internal_error(f"{rid}: settling the plan", exc)
@@ -548,61 +609,54 @@ class Executor:
         return resumed
 
     async def _finish(
-        self, item: dict[str, Any], status: RemediationStatus, reason: str | None, rehearsal: bool
+        self, item: Remediation, status: RemediationStatus, reason: str | None, rehearsal: bool
     ) -> None:
         if rehearsal:
-            # A dry run keeps its status; its timeline shows what would have happened.
+            # A dry run stays one; its timeline shows what would have happened.
             await self._journal.finish_remediation(
-                item["id"], status=None, reason=reason, at=self._clock()
-            )
-            log.info("%s: dry run finished (%s)%s", item["id"], status.value,
+                item.id, holder=self._instance_id, status=RemediationStatus.DRY_RUN,
+                reason=reason, at=self._clock(),
+            )  # fmt: skip
+            log.info("%s: dry run finished (%s)%s", item.id, status.value,
                      f": {reason}" if reason else "")  # fmt: skip
             return
         await self._journal.finish_remediation(
-            item["id"],
-            status=status.value,
+            item.id,
+            holder=self._instance_id,
+            status=status,
             reason=reason,
             at=self._clock(),
             outbox=self._messages(item, status),
         )
+        action = item.action.value if item.action else None
         if self._on_finished is not None:
-            self._on_finished(item["action"] or "none", status.value)
+            self._on_finished(action or "none", status.value)
         level = logging.INFO if status is RemediationStatus.SUCCEEDED else logging.ERROR
-        log.log(level, "%s: %s %s%s", item["id"], item["action"], status.value,
+        log.log(level, "%s: %s %s%s", item.id, action, status.value,
                 f": {reason}" if reason else "")  # fmt: skip
 
-    def _messages(self, item: dict[str, Any], status: RemediationStatus) -> list[OutboxMessage]:
+    def _messages(self, item: Remediation, status: RemediationStatus) -> list[OutboxMessage]:
         at = self._clock()
         messages = notice_messages(
-            remediation_id=item["id"],
+            remediation_id=item.id,
             stage=stage_for(status),
             channels=self._notice_channels,
             at=at,
         )
         if self._outcome_channel is not None:
-            events = [
-                outcome_event(
-                    remediation_id=item["id"], status=status.value, service=item["service"],
-                    namespace=item["namespace"], rule=item["rule"], action=item["action"],
-                    reason=None, signal_id=item["signal_id"], explanation=item["explanation"],
-                    at=at,
-                )
-            ]  # fmt: skip
-            if (
-                status is RemediationStatus.SUCCEEDED
-                and item["action"] == ActionKind.ROLLBACK.value
-            ):
+            events = [remediation_outcome_event(item, status=status, at=at)]
+            if status is RemediationStatus.SUCCEEDED and item.action is ActionKind.ROLLBACK:
                 events.append(
                     rolledback_cdevent(
-                        remediation_id=item["id"], service=item["service"],
-                        namespace=item["namespace"], at=at,
+                        remediation_id=item.id, service=item.service, namespace=item.namespace,
+                        at=at,
                     )
                 )  # fmt: skip
             messages += [
                 OutboxMessage(
                     id=event["id"],
                     channel=self._outcome_channel,
-                    key=item["service"],
+                    key=item.service,
                     payload=event,
                     created_at=at,
                 )
@@ -620,43 +674,75 @@ class Executor:
             self._on_internal_error(COMPONENT)
         log.error("%s: %s", what, describe(exc), exc_info=exc)
 
+    def _give_up(self, run: _Run) -> None:
+        """The journal will never take this plan's end from here (an illegal transition:
+        a bug): stop trying, and leave the plan as the journal has it."""
+        self._unsettled.pop(run.id, None)
+        self._given_up.add(run.id)
+
     # -- recovery --------------------------------------------------------------------
     async def recover(self) -> None:
-        """Decide, for each plan a crash left claimed but unfinished, what is safe."""
-        for item in await self._journal.unfinished_claims():
-            if item["id"] in self._unsettled:
-                continue
-            self._busy.add(item["service"])
-            self._unsettled[item["id"]] = _Run(
-                item=item,
-                rehearsal=item["status"] == RemediationStatus.DRY_RUN or self._dry_run,
-                claimed=True,
+        """Decide, for each plan claimed but unfinished by this instance in an earlier
+        life or by an instance that stopped beating, what is safe; then settle them."""
+        now = self._clock()
+        claims = await self._journal.unfinished_claims(
+            holder=self._instance_id, stale_before=now - self._claim_stale
+        )
+        for item in claims:
+            if item.id in self._active or item.id in self._unsettled or item.id in self._given_up:
+                continue  # running here, or already in hand
+            if item.claimed_by != self._instance_id:
+                if item.service in self._busy:
+                    continue  # one plan per service here: the next recovery looks again
+                taken = await self._take_over(item, now)
+                if taken is None:
+                    continue
+                item = taken
+            self._busy.add(item.service)
+            self._unsettled[item.id] = _Run(
+                item=item, rehearsal=self._rehearsal(item), claimed=True
             )
+        self._next_recovery = now + self._recovery_interval
         await self._settle_due()
+
+    async def _take_over(self, item: Remediation, now: datetime) -> Remediation | None:
+        """Take the claim of a silent instance (compare-and-set); None if another
+        instance was first or the plan ended meanwhile."""
+        holder = item.claimed_by
+        if holder is None or self._stopping:
+            return None
+        if not await self._journal.take_over_claim(
+            item.id, from_holder=holder, by=self._instance_id, at=now
+        ):
+            return None
+        log.warning("%s: took over the %s plan of %s from %s, which has not beaten a "
+                    "heartbeat for %.0fs", item.id, item.action or "-", item.service, holder,
+                    self._claim_stale.total_seconds())  # fmt: skip
+        return item.model_copy(update={"claimed_by": self._instance_id})
 
     async def _recover(self, run: _Run) -> bool:
         """Settle one claimed plan from its timeline; True when it resumed."""
         rid = run.id
         steps = await self._journal.remediation_steps(rid)
         last = steps[-1] if steps else None
-        if last is None or last["status"] == "succeeded":
-            resume_at = 0 if last is None else last["idx"] + 1
-        elif last["status"] == "failed":
-            reason = f"{last['kind']}: {last['detail']}"
+        if last is None or last.status is StepStatus.SUCCEEDED:
+            resume_at = 0 if last is None else last.idx + 1
+        elif last.status is StepStatus.FAILED:
+            reason = f"{last.kind}: {last.detail}"
             await self._end(run, _Ending(status=RemediationStatus.FAILED, reason=reason))
             return False
-        elif run.rehearsal or self._runner.resumable(StepKind(last["kind"])):
-            resume_at = last["idx"]
+        elif run.rehearsal or self._runner.resumable(StepKind(last.kind)):
+            resume_at = last.idx
         else:
             reason = (
-                f"the daemon stopped while {last['kind']} was in flight (started "
-                f"{last['started_at']}); whether it took effect is unknown, so it is not "
-                "run again: check the workload and close this remediation by hand"
+                f"the daemon stopped while {last.kind} was in flight (started "
+                f"{utc_text(last.started_at)}); whether it took effect is unknown, so it is "
+                "not run again: check the workload and close this remediation by hand"
             )
             ending = _Ending(
                 status=RemediationStatus.NEEDS_HUMAN,
                 reason=reason,
-                failed_step=last["idx"],
+                failed_step=last.idx,
                 step_detail=_error_detail(RuntimeError("interrupted")),
             )
             await self._end(run, ending)

@@ -5,6 +5,12 @@ A notice is written to the outbox with the decision or state change it reports
 sends them in order per channel; a notifier that is down delays notices, never a
 remediation. Slack keeps one message per remediation: the first notice posts it and
 stores its reference at once, later stages update it in place.
+
+With several replicas each relay leases the notices it is about to send (for
+``lease_seconds``), so another replica's relay does not send them too. Delivery is
+at least once: a replica stopped between sending and marking leaves its lease to
+expire, and another replica sends again (Slack updates the same message; an email's
+Message-ID lets mail clients drop the repeat).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.notices import (
@@ -31,13 +37,30 @@ from remediator.domain.notices import (
 )
 from remediator.domain.record import RollbackRecord, Stage, dedup_key
 from remediator.domain.record_build import record_from_journal
-from remediator.ports import EmailPort, Journal, OutboxMessage, PendingMessage, SlackPort
+from remediator.ports import (
+    EmailPort,
+    Outbox,
+    OutboxMessage,
+    PendingMessage,
+    RemediationStore,
+    SignalStore,
+    SlackPort,
+    SlackThreads,
+)
 
 log = logging.getLogger(__name__)
 
 SLACK = "slack"
 EMAIL = "email"
 POLL_SECONDS = 5.0
+# Longer than a batch of notices takes to send (each Slack or SMTP call has its own
+# timeout); a replica that dies holding a lease delays those notices this long.
+LEASE_SECONDS = 300.0
+
+
+class NoticeJournal(Outbox, RemediationStore, SignalStore, SlackThreads, Protocol):
+    """The journal roles the relay uses: the outbox, the remediation and signal a
+    notice is about, and where each remediation's Slack message is."""
 
 
 def notice_messages(
@@ -60,7 +83,8 @@ class NotificationRelay:
     def __init__(
         self,
         *,
-        journal: Journal,
+        journal: NoticeJournal,
+        holder: str,
         slack: SlackPort | None = None,
         slack_routes: SlackRouting | None = None,
         email: EmailPort | None = None,
@@ -69,9 +93,13 @@ class NotificationRelay:
         record_url: Callable[[str], str | None] = lambda rid: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_backoff: float = 60.0,
+        lease_seconds: float = LEASE_SECONDS,
         on_internal_error: Callable[[str], None] | None = None,
     ) -> None:
+        """``holder`` names this instance in the outbox's leases."""
         self._journal = journal
+        self._holder = holder
+        self._lease_seconds = lease_seconds
         self._on_internal_error = on_internal_error
         self._slack = slack
         self._slack_routes = slack_routes
@@ -117,7 +145,13 @@ class NotificationRelay:
 
     async def deliver_pending(self, channel: str, *, limit: int = 50) -> int:
         """Deliver queued notices of a channel in order; raise TemporaryError to back off."""
-        pending = await self._journal.pending(channel=channel, limit=limit)
+        pending = await self._journal.pending(
+            channel=channel,
+            limit=limit,
+            holder=self._holder,
+            at=self._clock(),
+            lease_seconds=self._lease_seconds,
+        )
         for item in pending:
             try:
                 await self._deliver(channel, item)
@@ -163,7 +197,7 @@ class NotificationRelay:
         item = await self._journal.get_remediation(rid)
         if item is None:
             return None
-        signal = await self._journal.get_signal(item["signal_id"])
+        signal = await self._journal.get_signal(item.signal_id)
         return record_from_journal(item, signal)
 
     async def _to_slack(self, rid: str, record: RollbackRecord, url: str | None) -> None:

@@ -10,6 +10,12 @@ a crash between the ack and the mark publishes it again, with the same CloudEven
 One relay per channel; it publishes oldest first and stops at the first failure, so a
 channel's order is kept. Failures back off exponentially (capped) and never drop a
 message.
+
+With several replicas, each relay leases the batch it is about to publish (for
+``lease_seconds``): no other replica publishes those messages meanwhile, nor any
+later one of the channel. A replica stopped between publishing and marking leaves
+its lease to expire; another replica then publishes the batch again, with the same
+ids. Delivery is at least once, and consumers drop repeats by id.
 """
 
 from __future__ import annotations
@@ -22,9 +28,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from remediator.domain.errors import TemporaryError
-from remediator.ports import EventPublisher, Journal
+from remediator.ports import EventPublisher, Outbox
 
 log = logging.getLogger(__name__)
+
+# Far longer than publishing one batch takes (the producer's own timeouts are shorter);
+# a replica that dies holding a lease delays its channel this long.
+LEASE_SECONDS = 60.0
 
 
 class RelayObserver(Protocol):
@@ -41,16 +51,21 @@ class OutboxRelay:
     def __init__(
         self,
         *,
-        journal: Journal,
+        journal: Outbox,
         publisher: EventPublisher,
+        holder: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         batch_size: int = 100,
         poll_seconds: float = 1.0,
         max_backoff_seconds: float = 60.0,
         observer: RelayObserver | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
+        """``holder`` names this instance in the outbox's leases."""
         self._journal = journal
+        self._holder = holder
+        self._lease_seconds = lease_seconds
         self._publisher = publisher
         self._clock = clock
         self._batch_size = batch_size
@@ -86,7 +101,13 @@ class OutboxRelay:
     async def run_once(self) -> int:
         """Publish one batch; return how many. TemporaryError: nothing marked published."""
         await self._observe_backlog()
-        pending = await self._journal.pending(channel=self.channel, limit=self._batch_size)
+        pending = await self._journal.pending(
+            channel=self.channel,
+            limit=self._batch_size,
+            holder=self._holder,
+            at=self._clock(),
+            lease_seconds=self._lease_seconds,
+        )
         if not pending:
             return 0
         messages = [p.message for p in pending]

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from remediator.domain.auth import ApprovalRefusal, Principal, Role, check_approval, forbidden
 from remediator.domain.errors import InvalidInput, TemporaryError
+from remediator.domain.lifecycle import Remediation, RemediationStatus
 from remediator.domain.limits import InputLimits, TooLarge
 from remediator.domain.paging import parse_cursor, shown
 from remediator.domain.record import CONTENT_TYPES, RECORD_FORMATS, render
@@ -32,7 +33,15 @@ from remediator.ingress.auth import (
 from remediator.ingress.openapi import openapi_document
 from remediator.ingress.throttled_log import ThrottledWarnings
 from remediator.metrics import Metrics
-from remediator.ports import CircuitRecord, Journal, Page, SignalPage
+from remediator.ports import (
+    CircuitRecord,
+    CircuitStore,
+    JournalLifecycle,
+    RemediationPage,
+    RemediationStore,
+    SignalPage,
+    SignalStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +144,38 @@ def error_response(
     return response
 
 
+class ApiJournal(JournalLifecycle, SignalStore, RemediationStore, CircuitStore, Protocol):
+    """The journal roles the API uses: intake and signals, remediations to read and
+    approve, the breaker, and liveness and readiness."""
+
+
+class JsonPage(Protocol):
+    """A page of JSON-able items, as the list endpoints send them."""
+
+    @property
+    def items(self) -> Sequence[dict[str, Any]]: ...
+
+    @property
+    def next_cursor(self) -> str | None: ...
+
+    @property
+    def item_cursors(self) -> Sequence[str]: ...
+
+
+def remediation_json_page(page: RemediationPage) -> SignalPage:
+    """A page of remediations in their API form (the same page shape as signals')."""
+    return SignalPage(
+        items=[item.to_api() for item in page.items],
+        next_cursor=page.next_cursor,
+        item_cursors=page.item_cursors,
+    )
+
+
 class IntakeApp:
     def __init__(
         self,
         *,
-        journal: Journal,
+        journal: ApiJournal,
         metrics: Metrics,
         auth: Authenticator,
         state: IntakeState,
@@ -422,24 +458,20 @@ class IntakeApp:
     async def list_remediations(self, request: web.Request, _: Principal) -> web.StreamResponse:
         query = request.query
         limit, cursor = _limit(query), _cursor(query)
-        status = query.get("status") or None
-        if status is not None and status not in REMEDIATION_STATUSES:
-            raise InvalidInput(
-                f"must be one of {', '.join(REMEDIATION_STATUSES)}, got {shown(status)}",
-                where="status",
-            )
+        status = _status(query)
         service = _text(query, "service")
 
-        async def fetch(count: int, after: str | None) -> Page:
-            return await self.journal.list_remediations(
+        async def fetch(count: int, after: str | None) -> SignalPage:
+            page = await self.journal.list_remediations(
                 service=service, status=status, limit=count, cursor=after
             )
+            return remediation_json_page(page)
 
         return await self._page_answer(fetch, limit=limit, cursor=cursor)
 
     async def _page_answer(
         self,
-        fetch: Callable[[int, str | None], Awaitable[Page | SignalPage]],
+        fetch: Callable[[int, str | None], Awaitable[JsonPage]],
         *,
         limit: int,
         cursor: str | None,
@@ -461,7 +493,7 @@ class IntakeApp:
             return self._unavailable(f"journal unavailable: {exc}")
         if item is None:
             return error_response(404, f"id: no remediation {shown(rid)}")
-        return json_response(item)
+        return json_response(item.to_api())
 
     async def get_record(self, request: web.Request, _: Principal) -> web.StreamResponse:
         """The rollback record (plan §3.11) as Markdown, HTML or JSON."""
@@ -473,7 +505,7 @@ class IntakeApp:
             )
         try:
             item = await self.journal.get_remediation(rid)
-            signal = await self.journal.get_signal(item["signal_id"]) if item else None
+            signal = await self.journal.get_signal(item.signal_id) if item else None
         except TemporaryError as exc:
             return self._unavailable(f"journal unavailable: {exc}")
         if item is None:
@@ -500,8 +532,8 @@ class IntakeApp:
             return self._unavailable(f"journal unavailable: {exc}")
         if item is None:
             return error_response(404, f"id: no remediation {shown(rid)}")
-        if item["status"] != "awaiting_approval":
-            return error_response(409, f"id: {rid} is {item['status']}, not awaiting approval")
+        if item.status is not RemediationStatus.AWAITING_APPROVAL:
+            return error_response(409, f"id: {rid} is {item.status.value}, not awaiting approval")
         now = self.clock()
         check = self._approval_check(item, principal, now)
         if isinstance(check, web.Response):
@@ -514,19 +546,19 @@ class IntakeApp:
         except TemporaryError as exc:
             return self._unavailable(f"journal unavailable: {exc}")
         if item is None or not approved:  # someone else was first
-            status = item["status"] if item else "gone"
+            status = item.status.value if item else "gone"
             return error_response(409, f"id: {rid} is {status}, not awaiting approval")
         log.warning("remediation %s approved by %s (as %s) via the API", rid, principal.name,
                     ", ".join(check) or "operate")  # fmt: skip
         if self.on_approved is not None:
             self.on_approved()
-        return json_response(item)
+        return json_response(item.to_api())
 
     def _approval_check(
-        self, item: Mapping[str, Any], principal: Principal, now: datetime
+        self, item: Remediation, principal: Principal, now: datetime
     ) -> tuple[str, ...] | web.Response:
         """The approver roles the principal approves as, or the refusal to answer."""
-        rule = item.get("rule") or ""
+        rule = item.rule or ""
         timeout: timedelta | None = None
         if self.approval_windows is not None:
             if rule not in self.approval_windows:
@@ -536,16 +568,16 @@ class IntakeApp:
                     "loaded; nothing can approve it (a new signal is decided afresh)",
                 )
             timeout = self.approval_windows[rule]
-        decision = item.get("decision") or {}
+        decision = item.decision or {}
         check = check_approval(
             principal,
             approvers=tuple(decision.get("approvers") or ()),
-            created_at=datetime.fromisoformat(item["created_at"]),
+            created_at=item.created_at,
             timeout=timeout,
             now=now,
         )
         if check.refusal is ApprovalRefusal.EXPIRED:
-            return error_response(409, f"id: {item['id']} {check.detail}")
+            return error_response(409, f"id: {item.id} {check.detail}")
         if check.refusal is ApprovalRefusal.NOT_AN_APPROVER:
             return error_response(403, check.detail)
         return check.roles
@@ -606,10 +638,20 @@ class IntakeApp:
         return json_response(openapi_document(metrics_need_read=self.metrics_need_read))
 
 
-REMEDIATION_STATUSES = (
-    "planned", "awaiting_approval", "dry-run", "skipped", "running", "succeeded", "failed",
-    "needs_human",
-)  # fmt: skip
+REMEDIATION_STATUSES = tuple(status.value for status in RemediationStatus)
+
+
+def _status(query: Mapping[str, str]) -> RemediationStatus | None:
+    """The optional ``status`` filter: one of the lifecycle's statuses."""
+    text = query.get("status") or None
+    if text is None:
+        return None
+    try:
+        return RemediationStatus(text)
+    except ValueError:
+        raise InvalidInput(
+            f"must be one of {', '.join(REMEDIATION_STATUSES)}, got {shown(text)}", where="status"
+        ) from None
 
 
 def _limit(query: Mapping[str, str]) -> int:
@@ -674,7 +716,7 @@ def _approval_comment(body: bytes) -> str | None:
 
 
 async def capped_page(
-    fetch: Callable[[int, str | None], Awaitable[Page | SignalPage]],
+    fetch: Callable[[int, str | None], Awaitable[JsonPage]],
     *,
     limit: int,
     cursor: str | None,

@@ -37,7 +37,7 @@ from remediator.domain.limits import InputLimits
 from remediator.domain.rules.events import signal_from_cloudevent
 from remediator.domain.signals import Signal
 from remediator.kafka_config import client_kwargs
-from remediator.ports import Journal
+from remediator.ports import SignalStore
 from remediator.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class KafkaIntake:
         self,
         *,
         settings: KafkaSettings,
-        journal: Journal,
+        journal: SignalStore,
         on_new_signals: Callable[[], None],
         metrics: KafkaIntakeMetrics | None = None,
         dead_letters: DeadLetters | None = None,

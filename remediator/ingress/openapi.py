@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import remediator
+from remediator.domain.lifecycle import RemediationStatus
 
+_REMEDIATION_STATUSES = [status.value for status in RemediationStatus]
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
@@ -214,18 +216,7 @@ _SCHEMAS: dict[str, Any] = {
             "namespace": {"type": ["string", "null"]},
             "rule": {"type": ["string", "null"]},
             "action": {"type": ["string", "null"], "description": "rollback, scale_up, ..."},
-            "status": {
-                "enum": [
-                    "planned",
-                    "awaiting_approval",
-                    "dry-run",
-                    "skipped",
-                    "running",
-                    "succeeded",
-                    "failed",
-                    "needs_human",
-                ]
-            },
+            "status": {"enum": _REMEDIATION_STATUSES},
             "reason": {"type": ["string", "null"], "description": "Why it was skipped."},
             "manual": {"type": "boolean"},
             "automated": {"type": "boolean"},
@@ -385,7 +376,12 @@ def _document() -> dict[str, Any]:
                     "x-required-role": "read",
                     "parameters": [
                         _SERVICE,
-                        {"name": "status", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "description": "Only remediations in this status.",
+                            "schema": {"enum": _REMEDIATION_STATUSES},
+                        },
                         _LIMIT,
                         _CURSOR,
                     ],

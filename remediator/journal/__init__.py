@@ -18,8 +18,11 @@ def journal_from_url(
     max_batch: int = 5000,
     call_timeout_seconds: float = DEFAULT_CALL_TIMEOUT_SECONDS,
     prune_batch_size: int = DEFAULT_PRUNE_BATCH_SIZE,
+    instance: str | None = None,
     failpoints: Failpoints = NO_FAILPOINTS,
 ) -> Journal:
+    """The journal at ``url``; ``instance`` names this process in heartbeats and
+    claims (the executor's instance id)."""
     if url.startswith("sqlite:///"):
         from pathlib import Path
 
@@ -28,6 +31,7 @@ def journal_from_url(
             max_batch=max_batch,
             call_timeout_seconds=call_timeout_seconds,
             prune_batch_size=prune_batch_size,
+            instance=instance,
             failpoints=failpoints,
         )
     raise ConfigError(f"journal URL {url!r}: unsupported scheme (use sqlite:///PATH)")

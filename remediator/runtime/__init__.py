@@ -60,6 +60,7 @@ from remediator.runtime.listener import (
 from remediator.runtime.supervision import (
     Closing,
     ShutdownBudget,
+    beat_forever,
     flush_until_empty,
     keep_running,
 )
@@ -88,6 +89,8 @@ class Runtime:
             max_batch=settings.journal.max_batch,
             call_timeout_seconds=settings.journal.call_timeout_seconds,
             prune_batch_size=settings.journal.prune_batch_size,
+            # Heartbeats and claims name the same instance: the executor's.
+            instance=settings.kubernetes.instance_id,
             failpoints=self.failpoints,
         )
         # Rule problems are start-up errors: refuse to run on rules nobody can trust.
@@ -187,6 +190,7 @@ class Runtime:
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,
             "journal-pruner": self._prune_forever,
+            "journal-heartbeat": self._beat_forever,
         }
         if executor is not None:
             roots["executor"] = executor.run
@@ -204,7 +208,12 @@ class Runtime:
                 ),
                 limits=settings.limits.input_limits(),
             )
-            outbox = OutboxRelay(journal=self.journal, publisher=publisher, observer=outbox_metrics)
+            outbox = OutboxRelay(
+                journal=self.journal,
+                publisher=publisher,
+                holder=settings.kubernetes.instance_id,
+                observer=outbox_metrics,
+            )
             roots["kafka-intake"] = kafka_intake.run
             roots["outbox-relay"] = outbox.run
         intake = IntakeApp(
@@ -377,6 +386,8 @@ class Runtime:
             drain_timeout_seconds=self.settings.shutdown.timeout_seconds,
             lock_retry_base_seconds=k.lock_retry_base_seconds,
             lock_retry_max_seconds=k.lock_retry_max_seconds,
+            claim_stale_seconds=self.settings.journal.claim_stale_seconds,
+            recovery_interval_seconds=self.settings.journal.recovery_interval_seconds,
             failpoints=self.failpoints,
             on_finished=lambda action, status: self.metrics.remediations_finished.labels(
                 action=action, status=status
@@ -436,6 +447,7 @@ class Runtime:
 
         relay = NotificationRelay(
             journal=self.journal,
+            holder=self.settings.kubernetes.instance_id,
             slack=slack,
             slack_routes=slack_routes,
             email=email,
@@ -501,6 +513,8 @@ class Runtime:
                 may_use_reserve=True,
             )
             await stop("executor")
+        # Beating until no plan of this instance runs any more: its claims stay its own.
+        await stop("journal-heartbeat")
         await budget.run("in-flight requests", self.state.wait_idle(), may_use_reserve=True)
         if self.state.in_flight:
             log.warning("%d request(s) still in flight; closing anyway", self.state.in_flight)
@@ -517,6 +531,9 @@ class Runtime:
                     may_use_reserve=True,
                 )
         log.info("drained in %.1fs of %.0fs", budget.elapsed(), budget.total)
+
+    async def _beat_forever(self) -> None:
+        await beat_forever(self.journal, interval_seconds=self.settings.journal.heartbeat_seconds)
 
     async def _prune_forever(self) -> None:
         retention = self.settings.journal.retention_hours * 3600

@@ -9,7 +9,38 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.ports import JournalLifecycle
+
 log = logging.getLogger(__name__)
+
+
+async def beat_forever(
+    journal: JournalLifecycle,
+    *,
+    interval_seconds: float,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Root task: this instance's heartbeat in the journal, every ``interval_seconds``.
+
+    Other replicas take over the claims of an instance that stopped beating
+    (journal.claim_stale_seconds). A failed beat is retried at the next interval; one
+    line when beats start failing, one when they are written again.
+    """
+    failing = False
+    while True:
+        try:
+            await journal.check_writable()
+        except (TemporaryError, PermanentError) as exc:
+            if not failing:
+                log.warning("journal heartbeat failed (retrying every %gs): %s",
+                            interval_seconds, exc)  # fmt: skip
+            failing = True
+        else:
+            if failing:
+                log.info("journal heartbeat written again")
+            failing = False
+        await sleep(interval_seconds)
 
 
 async def keep_running(

@@ -21,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from remediator.domain.auth import Role, hash_token
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import ActionKind, Plan
 from remediator.domain.signals import Signal, Source, Status
 from remediator.ingress.auth import Authenticator, FailedAuthLimiter, WebhookCredential
@@ -184,13 +185,14 @@ async def awaiting(
                 steps=(), require_approval=True, approvers=approvers, signal_id=f"sig_{rid}")  # fmt: skip
     remediation = NewRemediation(
         id=rid, signal_id=f"sig_{rid}", service="checkout", namespace="shop", rule=rule,
-        action="revert_migration", status="awaiting_approval", reason=None, manual=False,
+        action=ActionKind.REVERT_MIGRATION, status=RemediationStatus.AWAITING_APPROVAL, reason=None, manual=False,
         automated=True, created_at=created_at, decision=plan.to_dict(), explanation="test",
     )  # fmt: skip
-    await journal.record_decisions(
+    assert await journal.record_decisions(
         [DecisionRecord(signal_seq=seq, signal_id=f"sig_{rid}", service="checkout",
                         outcome="plan", reason=None, rule=rule, decided_at=created_at,
                         explanation="test", remediation=remediation)],
+        cursor=seq - 1,
         through_seq=seq,
     )  # fmt: skip
 
@@ -328,7 +330,7 @@ async def test_an_approval_records_the_principal_the_role_it_approved_as_and_the
     assert approved == [None]
     assert api.watched.writes == ["approve_remediation"]
     stored = await api.journal.get_remediation("rem_gate")
-    assert stored is not None and stored["approved_by"] == "lead"
+    assert stored is not None and stored.approved_by == "lead"
     status, record = await api.call("GET", "/api/v1/remediations/rem_gate/record?format=json",
                                     "lead")  # fmt: skip
     assert status == 200
@@ -496,7 +498,7 @@ async def test_remediation_pages_are_capped_too(make_api: MakeApi) -> None:
     api = await make_api(response_bytes=4_000)
     for n in range(40):
         await awaiting(api.journal, f"rem_{n:02d}", seq=n + 1)
-    expected = [i["id"] for i in (await api.journal.list_remediations(limit=1000)).items]
+    expected = [i.id for i in (await api.journal.list_remediations(limit=1000)).items]
     ids, sizes = await read_all(api, "/api/v1/remediations", 1000)
     assert ids == expected and len(ids) == 40
     assert len(sizes) > 3 and max(sizes) <= 4_000 + 100

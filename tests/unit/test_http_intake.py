@@ -7,6 +7,7 @@ import io
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from remediator.domain.errors import InvalidInput
+from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.limits import InputLimits
+from remediator.domain.plans import ActionKind
 from remediator.ingress.auth import Authenticator, FailedAuthLimiter, WebhookCredential
 from remediator.ingress.http import IntakeApp, IntakeState
 from remediator.journal.sqlite import SqliteJournal
 from remediator.metrics import Metrics
+from remediator.ports import DecisionRecord, NewRemediation
 from tests.unit.auth_helpers import OPERATOR_TOKEN, WEBHOOK_TOKEN, bearer, standard_authenticator
 from tests.unit.journal_helpers import writer_held
 from tests.unit.payloads import alert, payload, storm
@@ -66,10 +71,14 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
         monotonic: Callable[[], float] | None = None,
         input_limits: InputLimits | None = None,
         call_timeout_seconds: float = 5.0,
+        failpoints: Failpoints = NO_FAILPOINTS,
     ) -> Harness:
         db = tmp_path / f"journal{len(opened)}.db"
         journal = SqliteJournal(
-            path=db, busy_timeout_ms=100, call_timeout_seconds=call_timeout_seconds
+            path=db,
+            busy_timeout_ms=100,
+            call_timeout_seconds=call_timeout_seconds,
+            failpoints=failpoints,
         )
         await journal.open()
         intake = IntakeApp(
@@ -779,18 +788,15 @@ def writer_up(metrics_text: str) -> str:
 
 
 async def test_a_dead_journal_writer_fails_liveness_and_webhooks_get_503(
-    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+    make_harness: MakeHarness,
 ) -> None:
-    h = await make_harness()
+    # A bug in the writer, outside any one request: injected for service "doomed".
+    h = await make_harness(failpoints=Failpoints.parse("journal.writer:doomed"))
     assert (await h.client.get("/healthz")).status == 200
     assert writer_up(await (await h.client.get("/metrics")).text()) == "1.0"
-
-    def crash(conn: sqlite3.Connection, jobs: object) -> None:
-        raise RuntimeError("a bug in the writer")
-
-    monkeypatch.setattr(h.journal, "_commit_signals", crash)
+    doomed = orjson.dumps(payload([alert(service="doomed")]))
     for _ in range(2):  # the request that meets the crash, and every one after it
-        resp = await h.client.post(WEBHOOK, data=orjson.dumps(payload([alert()])), headers=BEARER)
+        resp = await h.client.post(WEBHOOK, data=doomed, headers=BEARER)
         assert resp.status == 503 and resp.headers["Retry-After"] == "7"
         assert "writer stopped" in (await resp.json())["error"]
     health = await h.client.get("/healthz")
@@ -814,3 +820,50 @@ async def test_a_journal_write_past_its_deadline_is_503_then_retry_succeeds(
     assert (await h.client.get("/healthz")).status == 200
     status, body = await h.post(payload([alert()]))
     assert status == 200 and body["accepted"] == 1
+
+
+async def test_a_remediation_reads_in_the_api_exactly_as_before_the_typed_model(
+    make_harness: MakeHarness,
+) -> None:
+    # The JSON of the API (and of `remediator remediations`): key for key, the times as
+    # fixed-width UTC text, steps in the detail only.
+    h = await make_harness()
+    at = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    remediation = NewRemediation(
+        id="rem_1", signal_id="sig_1", service="checkout", namespace="shop", rule="r",
+        action=ActionKind.ROLLBACK, status=RemediationStatus.PLANNED, reason=None,
+        manual=False, automated=True, created_at=at, decision={"steps": []}, explanation="why",
+    )  # fmt: skip
+    assert await h.journal.record_decisions(
+        [DecisionRecord(signal_seq=1, signal_id="sig_1", service="checkout", outcome="plan",
+                        reason=None, rule="r", decided_at=at, explanation="why",
+                        remediation=remediation)],
+        cursor=0, through_seq=1,
+    )  # fmt: skip
+    later = at + timedelta(seconds=1.5)
+    claimed = await h.journal.claim_remediation(
+        "rem_1", by="replica-a", at=later, to=RemediationStatus.RUNNING
+    )
+    assert claimed
+    await h.journal.step_started("rem_1", holder="replica-a", idx=0, kind="rollout_undo", at=later)
+    listed = {
+        "id": "rem_1", "signal_id": "sig_1", "service": "checkout", "namespace": "shop",
+        "rule": "r", "action": "rollback", "status": "running", "reason": None,
+        "manual": False, "automated": True, "created_at": "2026-11-27T10:00:00.000000Z",
+        "updated_at": "2026-11-27T10:00:01.500000Z", "explanation": "why",
+        "claimed_by": "replica-a", "claimed_at": "2026-11-27T10:00:01.500000Z",
+        "finished_at": None, "approved_by": None, "approved_at": None, "approved_as": None,
+        "approval_comment": None,
+    }  # fmt: skip
+    page = await (await h.client.get("/api/v1/remediations", headers=API)).json()
+    assert page == {"items": [listed], "next": None}
+    detail = await (await h.client.get("/api/v1/remediations/rem_1", headers=API)).json()
+    assert detail == {
+        **listed,
+        "decision": {"steps": []},
+        "steps": [
+            {"idx": 0, "kind": "rollout_undo", "status": "started",
+             "started_at": "2026-11-27T10:00:01.500000Z", "finished_at": None, "detail": {}},
+        ],
+    }  # fmt: skip
+    assert list(detail) == [*listed, "decision", "steps"]

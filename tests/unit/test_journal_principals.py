@@ -11,6 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from remediator.domain.lifecycle import RemediationStatus
+from remediator.domain.plans import ActionKind
 from remediator.domain.signals import Signal, Source, Status
 from remediator.journal.sqlite import SqliteJournal
 from remediator.ports import DecisionRecord, NewRemediation
@@ -29,13 +31,14 @@ def signal(n: int, *, received_by: str | None = None) -> Signal:
 async def awaiting(journal: SqliteJournal, rid: str, seq: int) -> None:
     remediation = NewRemediation(
         id=rid, signal_id=f"sig_{rid}", service="checkout", namespace="shop", rule="r",
-        action="rollback", status="awaiting_approval", reason=None, manual=False,
+        action=ActionKind.ROLLBACK, status=RemediationStatus.AWAITING_APPROVAL, reason=None, manual=False,
         automated=True, created_at=NOW, decision={"approvers": ["dba"]}, explanation="",
     )  # fmt: skip
-    await journal.record_decisions(
+    assert await journal.record_decisions(
         [DecisionRecord(signal_seq=seq, signal_id=f"sig_{rid}", service="checkout",
                         outcome="plan", reason=None, rule="r", decided_at=NOW, explanation="",
                         remediation=remediation)],
+        cursor=seq - 1,
         through_seq=seq,
     )  # fmt: skip
 
@@ -59,12 +62,13 @@ async def test_an_approval_keeps_the_principal_its_roles_and_comment(
     assert await journal.approve_remediation("rem_b", by="local:root", at=NOW)  # break-glass
     a, b = await journal.get_remediation("rem_a"), await journal.get_remediation("rem_b")
     assert a is not None and b is not None
-    assert (a["approved_by"], a["approved_as"], a["approval_comment"]) == (
-        "dana", ["dba", "tech-lead"], "line one\nline two"
+    assert (a.approved_by, a.approved_as, a.approval_comment) == (
+        "dana", ("dba", "tech-lead"), "line one\nline two"
     )  # fmt: skip
-    assert (b["approved_by"], b["approved_as"], b["approval_comment"]) == ("local:root", None, None)
-    listed = {i["id"]: i for i in (await journal.list_remediations()).items}
-    assert listed["rem_a"]["approved_as"] == ["dba", "tech-lead"]
+    assert (b.approved_by, b.approved_as, b.approval_comment) == ("local:root", None, None)
+    listed = {i.id: i for i in (await journal.list_remediations()).items}
+    assert listed["rem_a"].approved_as == ("dba", "tech-lead")
+    assert listed["rem_a"].to_api()["approved_as"] == ["dba", "tech-lead"]
 
 
 async def test_a_circuit_change_keeps_who_made_it(journal: SqliteJournal) -> None:
@@ -101,14 +105,14 @@ async def test_each_item_of_a_page_has_the_cursor_that_continues_after_it(
         await awaiting(journal, f"rem_{n}", n + 1)
     remediations = await journal.list_remediations(limit=2)
     after_first = await journal.list_remediations(cursor=remediations.item_cursors[0])
-    assert [i["id"] for i in after_first.items] == ["rem_1", "rem_0"]
+    assert [i.id for i in after_first.items] == ["rem_1", "rem_0"]
 
 
 async def test_a_journal_of_schema_6_gains_the_columns_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     scripts = sorted(
         entry
-        for entry in resources.files("remediator.journal").joinpath("migrations").iterdir()
+        for entry in resources.files("remediator.journal.sqlite").joinpath("migrations").iterdir()
         if entry.name.endswith(".sql") and int(entry.name.split("_")[0]) <= 6
     )
     with sqlite3.connect(path) as conn:
@@ -130,7 +134,7 @@ async def test_a_journal_of_schema_6_gains_the_columns_and_keeps_its_rows(tmp_pa
     try:
         item = await journal.get_remediation("rem_old")
         assert item is not None
-        assert (item["approved_by"], item["approved_as"], item["approval_comment"]) == (
+        assert (item.approved_by, item.approved_as, item.approval_comment) == (
             "alice", None, None
         )  # fmt: skip
         assert (await journal.circuit()).changed_by is None

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.failpoints import Failpoints
 from remediator.domain.signals import Signal, Source, Status
-from remediator.journal.sqlite import (
+from remediator.journal.sqlite import SqliteJournal
+from remediator.journal.sqlite.signals import (
     PRUNE_CHUNK_ROWS,
-    SqliteJournal,
-    _next_prune_limit,
-    _prune_batch,
-    _PruneBatch,
+    PruneBatch,
+    next_prune_limit,
+    prune_batch,
 )
 from tests.unit.journal_helpers import writer_held
 
@@ -206,7 +207,9 @@ async def test_prune_deletes_in_batches_and_other_writes_interleave(
             prune = asyncio.create_task(j.prune(older_than_seconds=24 * 3600))
             await asyncio.sleep(0)  # the prune's first batch is queued ...
             other = asyncio.create_task(
-                j._write(lambda conn: conn.execute("SELECT count(*) FROM signals").fetchone()[0])
+                j.database.write(
+                    lambda conn: conn.execute("SELECT count(*) FROM signals").fetchone()[0]
+                )
             )
             await asyncio.sleep(0)  # ... and another write right behind it
         # That write ran after the first batch (2 of 7 old gone) and before the rest.
@@ -245,15 +248,15 @@ async def test_a_prune_batch_ends_after_one_chunk_when_another_write_waits(
         [make_signal(i, received_at=old) for i in range(PRUNE_CHUNK_ROWS * 3)]
     )
     cutoff = "2026-11-26T10:00:00.000000Z"
-    batch = await journal._write(
-        lambda conn: _prune_batch(
+    batch = await journal.database.write(
+        lambda conn: prune_batch(
             conn, cutoff=cutoff, after=0, limit=PRUNE_CHUNK_ROWS * 3, waiting=lambda: True
         )
     )
     assert (batch.deleted, batch.examined) == (PRUNE_CHUNK_ROWS, PRUNE_CHUNK_ROWS)
     assert batch.next_after == PRUNE_CHUNK_ROWS  # seq of the last row it deleted
-    rest = await journal._write(
-        lambda conn: _prune_batch(
+    rest = await journal.database.write(
+        lambda conn: prune_batch(
             conn, cutoff=cutoff, after=batch.next_after, limit=10_000, waiting=lambda: False
         )
     )
@@ -273,8 +276,8 @@ async def test_a_prune_batch_ends_after_one_chunk_when_another_write_waits(
 def test_prune_batches_adapt_to_the_time_they_take(
     examined: int, seconds: float, limit: int, expected: int
 ) -> None:
-    batch = _PruneBatch(deleted=examined, examined=examined, next_after=None, seconds=seconds)
-    assert _next_prune_limit(batch, limit, most=5000) == expected
+    batch = PruneBatch(deleted=examined, examined=examined, next_after=None, seconds=seconds)
+    assert next_prune_limit(batch, limit, most=5000) == expected
 
 
 # -- faults: every job settled, deadlines, a dead writer ------------------------------
@@ -289,7 +292,7 @@ async def test_an_unexpected_error_in_a_job_fails_that_call_only(
         caplog.at_level(logging.ERROR, logger="remediator.journal.sqlite"),
         pytest.raises(PermanentError, match="ZeroDivisionError"),
     ):
-        await journal._write(broken)
+        await journal.database.write(broken)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "ZeroDivisionError" in errors[0].getMessage()
     # The writer rolled back and goes on serving.
@@ -315,25 +318,33 @@ async def test_a_signal_the_journal_cannot_store_fails_only_its_own_request(
     assert journal.alive()
 
 
-async def test_a_dead_writer_fails_every_call_at_once_and_says_so(
-    journal: SqliteJournal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def crash(conn: sqlite3.Connection, jobs: object) -> None:
-        raise RuntimeError("a bug in the writer, outside any job")
+@pytest.fixture
+async def doomed(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
+    """A journal whose writer dies of a bug outside any job (the journal.writer failpoint)
+    when it takes up a write of service ``doomed``."""
+    j = SqliteJournal(path=tmp_path / "j.db", failpoints=Failpoints.parse("journal.writer:doomed"))
+    await j.open()
+    yield j
+    await j.close()
 
-    async with writer_held(journal):
-        monkeypatch.setattr(journal, "_commit_signals", crash)
-        calls = [asyncio.create_task(journal.record_signals([make_signal(i)])) for i in range(5)]
+
+async def test_a_dead_writer_fails_every_call_at_once_and_says_so(doomed: SqliteJournal) -> None:
+    assert [r.duplicate for r in await doomed.record_signals([make_signal(0)])] == [False]
+    async with writer_held(doomed):
+        calls = [
+            asyncio.create_task(doomed.record_signals([make_signal(i, service="doomed")]))
+            for i in range(1, 6)
+        ]
         await asyncio.sleep(0)
     # Settled by the dying writer, not by their deadline (5 s): the message says why.
     for outcome in await asyncio.gather(*calls, return_exceptions=True):
         assert isinstance(outcome, TemporaryError)
-        assert "writer stopped (RuntimeError" in str(outcome)
-    assert not journal.alive()
+        assert "writer stopped (InjectedFault" in str(outcome)
+    assert not doomed.alive()
     with pytest.raises(TemporaryError, match="writer stopped"):
-        await journal.record_signals([make_signal(9)])
+        await doomed.record_signals([make_signal(9)])
     with pytest.raises(TemporaryError, match="writer stopped"):
-        await journal.check_writable()
+        await doomed.check_writable()
 
 
 async def test_a_write_past_its_deadline_is_temporary_and_a_started_one_stands(
@@ -346,10 +357,10 @@ async def test_a_write_past_its_deadline_is_temporary_and_a_started_one_stands(
     def slow_write(conn: sqlite3.Connection) -> None:
         started.set()
         release.wait(timeout=30)
-        conn.execute("INSERT INTO heartbeat (id, beat_at, instance) VALUES (1, 'late', 'test')")
+        conn.execute("INSERT INTO heartbeats (instance, beat_at) VALUES ('test', 'late')")
 
     try:
-        slow = asyncio.create_task(j._write(slow_write))
+        slow = asyncio.create_task(j.database.write(slow_write))
         assert await asyncio.to_thread(started.wait, 30)
         queued = asyncio.create_task(j.record_signals([make_signal(1)]))
         with pytest.raises(TemporaryError, match="took longer than 1s"):
@@ -360,7 +371,9 @@ async def test_a_write_past_its_deadline_is_temporary_and_a_started_one_stands(
         # The write already running completed; the one still queued was never started.
         again = await j.record_signals([make_signal(1)])
         assert [r.duplicate for r in again] == [False]
-        beats = await j._read(lambda conn: conn.execute("SELECT beat_at FROM heartbeat").fetchall())
+        beats = await j.database.read(
+            lambda conn: conn.execute("SELECT beat_at FROM heartbeats").fetchall()
+        )
         assert beats == [("late",)]
         assert j.alive()
     finally:
@@ -381,7 +394,7 @@ async def test_a_read_past_its_deadline_is_interrupted_and_the_reader_recovers(
 
     try:
         with pytest.raises(TemporaryError):
-            await j._read(endless)
+            await j.database.read(endless)
         # Had the endless query kept the reader, this would wait out its deadline.
         assert (await j.list_signals(limit=5)).items == []
     finally:
@@ -400,8 +413,8 @@ async def test_check_writable_commits_a_heartbeat(tmp_path: Path, clock: Clock) 
     finally:
         await j.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        rows = conn.execute("SELECT id, beat_at, instance FROM heartbeat").fetchall()
-    assert rows == [(1, "2026-11-27T10:00:10.000000Z", "replica-a")]
+        rows = conn.execute("SELECT instance, beat_at FROM heartbeats").fetchall()
+    assert rows == [("replica-a", "2026-11-27T10:00:10.000000Z")]
 
 
 async def test_check_writable_fails_while_the_filesystem_is_nearly_full(tmp_path: Path) -> None:

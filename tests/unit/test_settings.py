@@ -180,3 +180,20 @@ def test_config_show_masks_a_password_inside_a_url() -> None:
     shown = s.redacted()
     assert shown["slack"]["base_url"] == "https://bot:***@proxy.example/api/"
     assert shown["http"]["public_url"] == "https://remediator.example.com"
+
+
+def test_replica_timings_default_and_are_checked_together() -> None:
+    journal = load_settings().journal
+    assert (
+        journal.heartbeat_seconds,
+        journal.claim_stale_seconds,
+        journal.recovery_interval_seconds,
+    ) == (5.0, 30.0, 10.0)
+    tuned = load_settings(overrides={"journal": {"heartbeat_seconds": 2, "claim_stale_seconds": 6}})
+    assert (tuned.journal.heartbeat_seconds, tuned.journal.claim_stale_seconds) == (2.0, 6.0)
+    # A live instance would look gone between two of its own beats.
+    with pytest.raises(ConfigError, match="claim_stale_seconds must be at least 3 x heartbeat"):
+        load_settings(overrides={"journal": {"heartbeat_seconds": 20}})
+    for name in ("heartbeat_seconds", "claim_stale_seconds", "recovery_interval_seconds"):
+        with pytest.raises(ConfigError, match=name):
+            load_settings(overrides={"journal": {name: 0}})

@@ -1,12 +1,16 @@
-"""Root tasks restart after a bug, with backoff, instead of taking the daemon down."""
+"""Root tasks restart after a bug, with backoff, instead of taking the daemon down; the
+heartbeat root task beats on through journal faults."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
+from remediator.domain.errors import TemporaryError
 from remediator.runtime import keep_running
+from remediator.runtime.supervision import beat_forever
 
 
 async def test_a_root_task_that_raises_is_restarted_with_growing_waits(
@@ -98,3 +102,38 @@ async def test_a_root_task_that_returns_is_restarted_too() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert crashes == ["x"]
+
+
+class BeatingJournal:
+    """The journal's lifecycle role (our own port): beats fail while ``failing`` says so."""
+
+    def __init__(self, failing: list[bool]) -> None:
+        self.failing = failing
+        self.beats = 0
+
+    async def check_writable(self) -> None:
+        self.beats += 1
+        if self.failing.pop(0):
+            raise TemporaryError("disk full", delay=1.0)
+
+
+async def test_the_heartbeat_beats_every_interval_and_rides_out_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal = BeatingJournal([False, True, True, False, False])
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 5:
+            raise asyncio.CancelledError  # the shutdown sequence stops it
+
+    caplog.set_level(logging.INFO, logger="remediator.runtime.supervision")
+    with pytest.raises(asyncio.CancelledError):
+        await beat_forever(journal, interval_seconds=5.0, sleep=sleep)  # type: ignore[arg-type]
+    assert (journal.beats, slept) == (5, [5.0] * 5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "journal heartbeat failed (retrying every 5s): disk full",
+        "journal heartbeat written again",
+    ]

@@ -92,7 +92,7 @@ async def test_events_are_journaled_decided_and_committed(
         )
     assert {s["kind"] for s in signals} == {"deployment.succeeded", "migration.failed"}
     [rem] = rems.items
-    assert rem["service"] == "checkout" and rem["rule"] == "migration-failed-revert"
+    assert rem.service == "checkout" and rem.rule == "migration-failed-revert"
     assert offsets == {TopicPartition(topic, 0): 3}
     consumed = registry.get_sample_value(
         "remediator_kafka_events_consumed_total", {"type": "dev.cdevents.service.deployed"}
@@ -119,7 +119,7 @@ async def test_an_event_delivered_twice_has_one_effect(
             what="both deliveries committed",
         )
         await eventually(
-            lambda: journal.undecided_signals(limit=10), lambda s: not s, what="decided"
+            lambda: journal.undecided_signals(limit=10), lambda s: not s.signals, what="decided"
         )
     # The same event again later (a producer retry, a replay) is still one effect.
     await produce(bootstrap, topic, [event])

@@ -23,6 +23,7 @@ from tests.env.base import port_open
 from tests.env.kafka import KafkaPeer
 from tests.integration.kafka.conftest import native, read_topic, settings_for, unique
 from tests.polling import eventually
+from tests.unit.journal_helpers import outbox_messages
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,8 @@ async def test_an_outcome_made_while_the_broker_is_down_arrives_once(
     publisher = KafkaPublisher(settings=settings, timeout_seconds=5)
     registry = CollectorRegistry()
     relay = OutboxRelay(
-        journal=journal, publisher=publisher, max_backoff_seconds=1.0, poll_seconds=0.2,
+        journal=journal, publisher=publisher, holder="replica-1", max_backoff_seconds=1.0,
+        poll_seconds=0.2,
         observer=KafkaOutboxMetrics(registry),
     )  # fmt: skip
     engine = DecisionEngine(
@@ -102,10 +104,10 @@ async def test_an_outcome_made_while_the_broker_is_down_arrives_once(
         event = native("migration.failed", id="m-outage", migration="044", version="v3")
         await journal.record_signals([signal_from_cloudevent(event, received_at=datetime.now(UTC))])
         assert await engine.run_once() == 1
-        [pending] = await journal.pending(channel=publisher.channel, limit=10)
+        [pending] = await outbox_messages(journal, publisher.channel, limit=10)
         event_id = pending.message.id
         await eventually(
-            lambda: journal.pending(channel=publisher.channel, limit=10),
+            lambda: outbox_messages(journal, publisher.channel, limit=10),
             lambda p: bool(p) and p[0].attempts >= 2,
             what="failed publish attempts while the broker is down",
         )

@@ -17,6 +17,7 @@ import pytest
 from remediator.connectors.kubernetes.client import KubeClient, Ref
 from remediator.connectors.kubernetes.lease import ServiceLease
 from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLock
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import StepKind
 from remediator.domain.rules import RulePack, load_rule_pack, signal_from_cloudevent
 from remediator.engine.decider import DecisionEngine, UnknownFacts
@@ -83,8 +84,8 @@ async def broken_rollout_plan(kc: KubeClient, ns: str, journal: SqliteJournal) -
     await journal_alerts(journal, [alert(name="PodNotReady", namespace=ns, fingerprint="held",
                                          starts_at=now.isoformat())])  # fmt: skip
     await DecisionEngine(journal=journal, pack=pack, facts=UnknownFacts(), dry_run=False).run_once()
-    [planned] = (await journal.list_remediations(status="planned")).items
-    return str(planned["id"])
+    [planned] = (await journal.list_remediations(status=RemediationStatus.PLANNED)).items
+    return planned.id
 
 
 async def test_a_held_lease_is_asked_for_once_per_backoff_period_then_the_plan_runs_once(
@@ -114,7 +115,7 @@ async def test_a_held_lease_is_asked_for_once_per_backoff_period_then_the_plan_r
     await drive(ex, clock, seconds=120)
     assert attempts == ["held_elsewhere"] * 6
     item = await journal.get_remediation(rid)
-    assert item is not None and (item["status"], item["claimed_at"]) == ("planned", None)
+    assert item is not None and (item.status, item.claimed_at) == ("planned", None)
     lease = await kc.get(Ref("Lease", ns, LEASE))
     assert lease["spec"]["holderIdentity"] == "replica-b"
 
@@ -126,8 +127,8 @@ async def test_a_held_lease_is_asked_for_once_per_backoff_period_then_the_plan_r
 
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert (item["status"], item["claimed_by"]) == ("succeeded", "replica-a"), item
-    assert [s["kind"] for s in item["steps"]].count("rollout_undo") == 1
+    assert (item.status, item.claimed_by) == ("succeeded", "replica-a"), item
+    assert [s.kind for s in item.steps or ()].count("rollout_undo") == 1
     final = await kc.get(Ref("Deployment", ns, "checkout"))
     assert final["metadata"]["annotations"][REVISION] == "3"  # one undo
     lease = await kc.get(Ref("Lease", ns, LEASE))
@@ -167,9 +168,10 @@ async def test_a_lease_taken_over_mid_plan_stops_it_before_the_next_step(
     assert [kind for kind, _ in runner.calls] == [StepKind.ROLLOUT_UNDO]  # nothing after it
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "needs_human"
-    assert "Lease" in item["reason"] and "(wait_rollout)" in item["reason"]
-    assert [(s["kind"], s["status"]) for s in item["steps"]] == [("rollout_undo", "succeeded")]
+    assert item.status is RemediationStatus.NEEDS_HUMAN
+    assert item.reason is not None
+    assert "Lease" in item.reason and "(wait_rollout)" in item.reason
+    assert [(s.kind, s.status) for s in item.steps or ()] == [("rollout_undo", "succeeded")]
     assert lost == ["checkout"]
     lease = await kc.get(Ref("Lease", ns, LEASE))
     assert lease["spec"]["holderIdentity"] == "replica-b"  # the new holder's Lease stays

@@ -16,6 +16,7 @@ import pytest
 
 from remediator.connectors.kubernetes.client import KubeClient, Ref
 from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLock
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.rules import load_rule_pack, signal_from_cloudevent
 from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.engine.executor import Executor
@@ -77,7 +78,7 @@ async def test_two_executors_racing_on_one_service_act_once(
     await journal_alerts(journal, [alert(name="PodNotReady", namespace=ns, fingerprint="race",
                                          starts_at=now.isoformat())])  # fmt: skip
     await DecisionEngine(journal=journal, pack=pack, facts=UnknownFacts(), dry_run=False).run_once()
-    [planned] = (await journal.list_remediations(status="planned")).items
+    [planned] = (await journal.list_remediations(status=RemediationStatus.PLANNED)).items
 
     def replica(name: str) -> Executor:
         return Executor(
@@ -92,11 +93,11 @@ async def test_two_executors_racing_on_one_service_act_once(
         replica("replica-a").run_until_idle(), replica("replica-b").run_until_idle()
     )
 
-    item = await journal.get_remediation(planned["id"])
+    item = await journal.get_remediation(planned.id)
     assert item is not None
-    assert item["status"] == "succeeded", item
-    assert item["claimed_by"] in ("replica-a", "replica-b")
-    assert [s["kind"] for s in item["steps"]].count("rollout_undo") == 1
+    assert item.status is RemediationStatus.SUCCEEDED, item
+    assert item.claimed_by in ("replica-a", "replica-b")
+    assert [s.kind for s in item.steps or ()].count("rollout_undo") == 1
     final = await kc.get(ref)
     assert final["metadata"]["annotations"][REVISION] == "3"  # one undo, not two
     replica_sets = await kc.list_all(Ref("ReplicaSet", ns))

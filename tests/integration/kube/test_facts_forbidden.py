@@ -118,7 +118,7 @@ async def test_a_403_on_facts_still_plans_the_rollback_and_the_engine_lives(
                             clock=lambda: NOW, on_facts_error=facts_errors.append)  # fmt: skip
     root = asyncio.create_task(engine.run())
     try:
-        await eventually(lambda: journal.undecided_signals(limit=10), lambda left: not left,
+        await eventually(lambda: journal.undecided_signals(limit=10), lambda left: not left.signals,
                          timeout=30, what="every signal decided")  # fmt: skip
         assert not root.done(), "the decision engine ended"
         page = await journal.list_remediations(limit=10)
@@ -128,11 +128,10 @@ async def test_a_403_on_facts_still_plans_the_rollback_and_the_engine_lives(
             await root
         await journal.close()
 
-    by_signal = {r["signal_id"]: r for r in page.items}
-    assert (by_signal[rollback.id]["status"], by_signal[rollback.id]["action"]) == (
-        "planned", "rollback",
-    )  # fmt: skip
+    by_signal = {r.signal_id: r for r in page.items}
+    planned = by_signal[rollback.id]
+    assert (planned.status, planned.action) == ("planned", "rollback")
     skipped = by_signal[scale.id]
-    assert (skipped["status"], skipped["reason"]) == ("skipped", "not_applicable")
-    assert "forbidden" in skipped["explanation"]
+    assert (skipped.status, skipped.reason) == ("skipped", "not_applicable")
+    assert "forbidden" in skipped.explanation
     assert sorted(facts_errors) == ["checkout", "web"]

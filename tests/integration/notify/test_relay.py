@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from remediator.connectors.email import EmailNotifier
 from remediator.connectors.slack import SlackNotifier
 from remediator.domain.errors import TemporaryError
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.notices import EmailRouting, SlackRouting
 from remediator.domain.record import Stage
 from remediator.engine.decider import DecisionEngine
@@ -22,6 +23,7 @@ from remediator.engine.notify import EMAIL, SLACK, NotificationRelay, notice_mes
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.journal.sqlite import SqliteJournal
 from remediator.rulefiles import load_rule_pack_from_path
+from tests.unit.journal_helpers import outbox_messages
 from tests.unit.payloads import alert, payload
 
 pytestmark = pytest.mark.integration
@@ -62,6 +64,7 @@ async def relay(
     )  # fmt: skip
     yield NotificationRelay(
         journal=journal,
+        holder="replica-1",
         slack=slack,
         slack_routes=SlackRouting(default="#alerts"),
         email=email,
@@ -82,8 +85,8 @@ async def plan_one_remediation(journal: SqliteJournal) -> str:
                             dry_run=False, notice_channels=(SLACK, EMAIL))  # fmt: skip
     assert await engine.run_once() == 1
     [item] = (await journal.list_remediations()).items
-    assert item["status"] == "planned"
-    return str(item["id"])
+    assert item.status is RemediationStatus.PLANNED
+    return item.id
 
 
 async def test_plan_is_announced_once_then_updated_in_place(
@@ -124,7 +127,7 @@ async def test_slack_down_delays_the_notice_and_it_arrives_once_after_recovery(
     rid = await plan_one_remediation(journal)  # the decision does not wait for Slack
     with pytest.raises(TemporaryError):
         await relay.deliver_pending(SLACK)
-    [pending] = await journal.pending(channel=SLACK, limit=10)
+    [pending] = await outbox_messages(journal, SLACK, limit=10)
     assert pending.attempts == 1
     slack_api.set_down(False)
     assert await relay.deliver_pending(SLACK) == 1

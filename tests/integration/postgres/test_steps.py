@@ -45,6 +45,7 @@ from tests.integration.postgres.conftest import (
     rows,
     snapshot,
 )
+from tests.unit.journal_helpers import outbox_messages
 
 pytestmark = pytest.mark.integration
 
@@ -187,7 +188,7 @@ async def remediate(journal: SqliteJournal, pack: RulePack, db_runner: PostgresS
     engine = DecisionEngine(journal=journal, pack=pack, facts=NoFacts(), dry_run=False)
     assert await engine.run_once() == 1
     [item] = (await journal.list_remediations()).items
-    assert (item["rule"], item["action"], item["status"]) == (
+    assert (item.rule, item.action, item.status) == (
         "migration-failed-revert",
         "revert_migration",
         "planned",
@@ -202,7 +203,7 @@ async def remediate(journal: SqliteJournal, pack: RulePack, db_runner: PostgresS
     )
     await executor.run_until_idle()
     assert set(runner.others) <= {StepKind.NOTIFY}  # no deploy rolled out: no app rollback
-    return str(item["id"])
+    return item.id
 
 
 async def test_failed_fifth_migration_event_is_backed_up_and_reverted_to_004(
@@ -215,14 +216,15 @@ async def test_failed_fifth_migration_event_is_backed_up_and_reverted_to_004(
 
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "succeeded", item["reason"]
-    assert [(s["kind"], s["status"]) for s in item["steps"]] == [
+    assert item.status == "succeeded", item.reason
+    steps = item.steps or ()
+    assert [(s.kind, s.status) for s in steps] == [
         ("backup_database", "succeeded"),
         ("revert_migration", "succeeded"),
         ("notify", "succeeded"),
     ]
-    backup_detail = item["steps"][0]["detail"]["backup"]
-    revert = item["steps"][1]["detail"]
+    backup_detail = steps[0].detail["backup"]
+    revert = steps[1].detail
     # The backup: taken first, verified, recorded with checksum, size and duration.
     [on_disk] = list_backups(backups, "checkout")
     await verify_backup(on_disk)
@@ -243,7 +245,7 @@ async def test_failed_fifth_migration_event_is_backed_up_and_reverted_to_004(
     assert await snapshot(db) == at_004
     # The DSN is nowhere in the record.
     assert db.get_secret_value() not in str(item)
-    notices = [p.message.id for p in await journal.pending(channel="slack", limit=10)]
+    notices = [p.message.id for p in await outbox_messages(journal, "slack", limit=10)]
     assert notices[-1] == f"slack:{rid}:succeeded"
 
 
@@ -260,16 +262,16 @@ async def test_failing_down_script_fails_the_remediation_and_changes_nothing(
 
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "failed"
-    assert f"{FAILED}.down.sql" in item["reason"] and "no_such_table" in item["reason"]
-    assert [(s["kind"], s["status"]) for s in item["steps"]] == [
+    assert item.status == "failed" and item.reason is not None
+    assert f"{FAILED}.down.sql" in item.reason and "no_such_table" in item.reason
+    assert [(s.kind, s.status) for s in item.steps or ()] == [
         ("backup_database", "succeeded"),
         ("revert_migration", "failed"),
     ]
     assert await snapshot(db) == before  # the down script's transaction rolled back
     assert len(list_backups(backups, "checkout")) == 1  # the backup is still there
     # The escalation: a "failed" notice queued for Slack.
-    notices = [p.message.id for p in await journal.pending(channel="slack", limit=10)]
+    notices = [p.message.id for p in await outbox_messages(journal, "slack", limit=10)]
     assert f"slack:{rid}:failed" in notices
 
 

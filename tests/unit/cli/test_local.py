@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from remediator.domain.lifecycle import Remediation, RemediationStatus
 from remediator.domain.rules import RulePack
 from remediator.domain.signals import Signal, Source, Status
 from remediator.engine.decider import DecisionEngine
@@ -57,13 +58,13 @@ async def _awaiting_approval(path: Path) -> str:
                                              starts_at=(NOW - timedelta(minutes=5)).isoformat())])  # fmt: skip
         await DecisionEngine(journal=journal, pack=gated, facts=FakeFacts({}), dry_run=False,
                              clock=Clock(NOW)).run_once()  # fmt: skip
-        [item] = (await journal.list_remediations(status="awaiting_approval")).items
-        return str(item["id"])
+        [item] = (await journal.list_remediations(status=RemediationStatus.AWAITING_APPROVAL)).items
+        return item.id
     finally:
         await journal.close()
 
 
-async def _read(path: Path, remediation_id: str) -> dict[str, object]:
+async def _read(path: Path, remediation_id: str) -> Remediation:
     journal = SqliteJournal(path=path)
     await journal.open()
     try:
@@ -83,7 +84,7 @@ def test_approving_in_the_journal_file_is_break_glass_as_the_os_user(
     assert "break-glass" in err and f"Recorded as who did it: {USER}, the local OS user" in err
     assert out.startswith(f"{rid} approved by {USER}: rollback on checkout will run")
     item = asyncio.run(_read(journal_path, rid))
-    assert item["status"] == "planned" and item["approved_by"] == USER
+    assert item.status is RemediationStatus.PLANNED and item.approved_by == USER
 
     code, _, err = cli("approve", rid, *journal_flag(journal_path))
     assert code == 1
@@ -94,7 +95,7 @@ def test_by_is_recorded_next_to_the_os_user(cli: Cli, journal_path: Path) -> Non
     rid = asyncio.run(_awaiting_approval(journal_path))
     code, _, _ = cli("approve", rid, "--by", "alice", *journal_flag(journal_path))
     assert code == 0
-    assert asyncio.run(_read(journal_path, rid))["approved_by"] == f"alice ({USER})"
+    assert asyncio.run(_read(journal_path, rid)).approved_by == f"alice ({USER})"
 
 
 @pytest.mark.parametrize("by", ["", "  ", "al\nice", "x" * 201])
@@ -160,3 +161,17 @@ def test_a_journal_that_cannot_be_opened_is_one_line(cli: Cli, tmp_path: Path) -
     code, out, err = cli("signals", "--journal", f"sqlite:///{tmp_path}")  # a directory
     assert (code, out) == (1, "")
     assert err.startswith(f"remediator: journal {tmp_path}") and err.count("\n") == 1
+
+
+def test_the_status_filter_is_one_of_the_lifecycle_statuses(cli: Cli, journal_path: Path) -> None:
+    rid = asyncio.run(_awaiting_approval(journal_path))
+    code, out, _ = cli(
+        "remediations", "--status", "awaiting_approval", "--json", *journal_flag(journal_path)
+    )
+    assert code == 0
+    assert [orjson.loads(line)["id"] for line in out.splitlines()] == [rid]
+    code, out, _ = cli("remediations", "--status", "planned", "--json", *journal_flag(journal_path))
+    assert (code, out) == (0, "")
+    code, out, err = cli("remediations", "--status", "done", *journal_flag(journal_path))
+    assert (code, out) == (2, "")
+    assert err.startswith("remediator: --status: one of planned, awaiting_approval, dry-run,")

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.lifecycle import Remediation, RemediationStatus
 from remediator.domain.plans import NoAction
 from remediator.domain.record import status_note
 from remediator.domain.record_build import record_from_journal
@@ -31,6 +32,7 @@ from remediator.journal.sqlite import SqliteJournal
 from remediator.ports import CircuitRecord, DecisionRecord, OutboxMessage
 from remediator.rulefiles import load_rule_pack_from_path
 from tests.polling import eventually
+from tests.unit.journal_helpers import outbox_messages
 from tests.unit.payloads import alert, payload
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
@@ -92,6 +94,19 @@ async def journal_alerts(journal: SqliteJournal, alerts: list[dict[str, Any]]) -
     await journal.record_signals(signals)
 
 
+async def run_planned(journal: SqliteJournal, *, to: RemediationStatus, at: datetime) -> None:
+    """End every planned remediation ``to`` as an executor would: claimed, then finished."""
+    for item in await journal.runnable_remediations(limit=1000):
+        if item.status is RemediationStatus.PLANNED:
+            claimed = await journal.claim_remediation(
+                item.id, by="test-executor", at=at, to=RemediationStatus.RUNNING
+            )
+            assert claimed
+            await journal.finish_remediation(
+                item.id, holder="test-executor", status=to, reason=None, at=at
+            )
+
+
 async def drain(engine: DecisionEngine) -> int:
     total = 0
     while (n := await engine.run_once()) > 0:
@@ -99,8 +114,10 @@ async def drain(engine: DecisionEngine) -> int:
     return total
 
 
-async def all_remediations(journal: SqliteJournal, **filters: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
+async def all_remediations(
+    journal: SqliteJournal, **filters: RemediationStatus
+) -> list[Remediation]:
+    items: list[Remediation] = []
     cursor = None
     while True:
         page = await journal.list_remediations(limit=1000, cursor=cursor, **filters)
@@ -122,16 +139,16 @@ async def test_storm_of_1000_alerts_yields_one_plan(journal: SqliteJournal, pack
     engine = engine_for(journal, pack, clock=Clock(NOW))
     assert await drain(engine) == 1000
     remediations = await all_remediations(journal)
-    planned = [r for r in remediations if r["status"] == "planned"]
-    skipped = [r for r in remediations if r["status"] == "skipped"]
+    planned = [r for r in remediations if r.status == "planned"]
+    skipped = [r for r in remediations if r.status == "skipped"]
     assert len(planned) == 1
-    assert planned[0]["action"] == "scale_up"
+    assert planned[0].action == "scale_up"
     assert len(skipped) == 999
-    assert {r["reason"] for r in skipped} == {"in_progress"}
-    assert all("still open" in r["explanation"] for r in skipped)
-    detail = await journal.get_remediation(planned[0]["id"])
+    assert {r.reason for r in skipped} == {"in_progress"}
+    assert all("still open" in r.explanation for r in skipped)
+    detail = await journal.get_remediation(planned[0].id)
     assert detail is not None
-    steps = detail["decision"]["steps"]
+    steps = detail.decision["steps"]
     assert steps[0]["kind"] == "scale_deployment"
     assert steps[0]["params"]["replicas"] == 5  # 3 + step 2, within max 12
 
@@ -165,11 +182,9 @@ async def test_decisions_without_a_remediation_are_not_listed(
     assert await drain(engine_for(journal, pack, clock=Clock(NOW))) == 1
     assert await all_remediations(journal) == []
     # The decision itself is journaled with its explanation.
-    db = journal._reader
-    assert db is not None
-    rows = db.execute("SELECT outcome, reason, explanation FROM decisions").fetchall()
-    assert [(r[0], r[1]) for r in rows] == [("no_action", reason)]
-    assert rows[0][2]
+    [(_, outcome, why, explanation)] = await decisions_table(journal)
+    assert (outcome, why) == ("no_action", reason)
+    assert explanation
 
 
 async def test_a_signal_outside_the_catalog_that_a_rule_matches_is_listed_not_acted_on(
@@ -184,14 +199,14 @@ async def test_a_signal_outside_the_catalog_that_a_rule_matches_is_listed_not_ac
                             clock=Clock(NOW), notice_channels=("slack",))  # fmt: skip
     assert await drain(engine) == 2
     rems = await all_remediations(journal)
-    assert sorted((r["service"], r["namespace"], r["status"], r["reason"]) for r in rems) == [
+    assert sorted((r.service, r.namespace, r.status, r.reason) for r in rems) == [
         ("checkout", "kube-system", "skipped", "not_in_catalog"),
         ("unknown-svc", "shop", "skipped", "not_in_catalog"),
     ]
-    assert all(r["rule"] == "cpu-saturation-scale-or-rollback" for r in rems)
+    assert all(r.rule == "cpu-saturation-scale-or-rollback" for r in rems)
     # Nothing about a forged target is read, and nobody is paged for it.
     assert facts.asked == []
-    assert await journal.pending(channel="slack", limit=10) == []
+    assert await outbox_messages(journal, "slack", limit=10) == []
 
 
 async def test_unknown_replicas_skip_scale_up_as_not_applicable(
@@ -200,7 +215,7 @@ async def test_unknown_replicas_skip_scale_up_as_not_applicable(
     await journal_alerts(journal, [cpu(1)])
     await drain(engine_for(journal, pack, clock=Clock(NOW), replicas={}))
     [rem] = await all_remediations(journal)
-    assert (rem["status"], rem["reason"]) == ("skipped", "not_applicable")
+    assert (rem.status, rem.reason) == ("skipped", "not_applicable")
 
 
 async def test_dry_run_records_the_plan_and_changes_nothing_else(
@@ -209,12 +224,12 @@ async def test_dry_run_records_the_plan_and_changes_nothing_else(
     await journal_alerts(journal, [cpu(i) for i in range(3)])
     await drain(engine_for(journal, pack, clock=Clock(NOW), dry_run=True))
     remediations = await all_remediations(journal)
-    statuses = sorted((r["status"], r["reason"]) for r in remediations)
+    statuses = sorted((r.status, r.reason) for r in remediations)
     # The first is recorded as a dry run; the next ones hit its cooldown.
     assert statuses == [("dry-run", "dry_run"), ("skipped", "cooldown"), ("skipped", "cooldown")]
-    dry = next(r for r in remediations if r["status"] == "dry-run")
-    detail = await journal.get_remediation(dry["id"])
-    assert detail is not None and detail["decision"]["plan"]["dry_run"] is True
+    dry = next(r for r in remediations if r.status == "dry-run")
+    detail = await journal.get_remediation(dry.id)
+    assert detail is not None and detail.decision["plan"]["dry_run"] is True
 
 
 async def test_cooldown_after_an_earlier_plan_then_allowed_once_it_passes(
@@ -223,17 +238,14 @@ async def test_cooldown_after_an_earlier_plan_then_allowed_once_it_passes(
     clock = Clock(NOW)
     await journal_alerts(journal, [cpu(1)])
     await drain(engine_for(journal, pack, clock=clock))
-    db = journal._reader
-    assert db is not None
-    # Until the executor lands, mark the plan finished by hand, as the executor will.
-    await journal._write(lambda conn: conn.execute("UPDATE remediations SET status = 'succeeded'"))
+    await run_planned(journal, to=RemediationStatus.SUCCEEDED, at=NOW)
     clock.now = NOW + timedelta(minutes=10)
     await journal_alerts(journal, [cpu(2)])
     await drain(engine_for(journal, pack, clock=clock))
     clock.now = NOW + timedelta(minutes=45)
     await journal_alerts(journal, [cpu(3)])
     await drain(engine_for(journal, pack, clock=clock))
-    statuses = [(r["status"], r["reason"]) for r in reversed(await all_remediations(journal))]
+    statuses = [(r.status, r.reason) for r in reversed(await all_remediations(journal))]
     assert statuses == [("succeeded", None), ("skipped", "cooldown"), ("planned", None)]
 
 
@@ -259,25 +271,21 @@ async def test_circuit_breaker_opens_after_too_many_actions_and_resets(
             ],
         )
         await drain(engine_for(journal, pack, clock=clock, replicas=replicas))
-        await journal._write(
-            lambda conn: conn.execute(
-                "UPDATE remediations SET status = 'succeeded' WHERE status = 'planned'"
-            )
-        )
+        await run_planned(journal, to=RemediationStatus.SUCCEEDED, at=clock.now)
         clock.now += timedelta(minutes=31)
         if (await journal.circuit()).open:
             break
     circuit = await journal.circuit()
     assert circuit.open
     assert circuit.reason is not None and "5 automated actions" in circuit.reason
-    planned_or_done = [r for r in await all_remediations(journal) if r["reason"] is None]
+    planned_or_done = [r for r in await all_remediations(journal) if r.reason is None]
     assert len(planned_or_done) == 5  # the breaker stopped the sixth
     await journal_alerts(
         journal, [cpu(9999, service=services[0], namespace=pack.services[services[0]].namespace)]
     )
     await drain(engine_for(journal, pack, clock=clock, replicas=replicas))
     newest = (await all_remediations(journal))[0]
-    assert (newest["status"], newest["reason"]) == ("skipped", "circuit_open")
+    assert (newest.status, newest.reason) == ("skipped", "circuit_open")
     await journal.set_circuit(open=False, reason=None, at=clock.now)
     clock.now += timedelta(minutes=31)
     await journal_alerts(
@@ -285,7 +293,7 @@ async def test_circuit_breaker_opens_after_too_many_actions_and_resets(
     )
     await drain(engine_for(journal, pack, clock=clock, replicas=replicas))
     newest = (await all_remediations(journal))[0]
-    assert newest["status"] == "planned"
+    assert newest.status == "planned"
 
 
 def deploy_event(n: int, *, at: datetime, service: str = "checkout") -> dict[str, Any]:
@@ -320,16 +328,16 @@ async def test_alert_after_a_deploy_rolls_back_to_the_last_healthy_revision(
                             clock=Clock(NOW), outcome_channel="kafka:remediator.outcomes")  # fmt: skip
     await drain(engine)
     [rem] = await all_remediations(journal)
-    assert (rem["status"], rem["action"]) == ("planned", "rollback")
-    detail = await journal.get_remediation(rem["id"])
+    assert (rem.status, rem.action) == ("planned", "rollback")
+    detail = await journal.get_remediation(rem.id)
     assert detail is not None
-    undo = detail["decision"]["steps"][0]
+    undo = detail.decision["steps"][0]
     assert undo["kind"] == "rollout_undo"
     assert undo["params"]["to_revision"] in ("1", 1)
     # The outcome event sits in the outbox, written with the decision.
-    [pending] = await journal.pending(channel="kafka:remediator.outcomes", limit=10)
+    [pending] = await outbox_messages(journal, "kafka:remediator.outcomes", limit=10)
     assert pending.message.payload["type"] == "io.remediator.remediation.planned"
-    assert pending.message.payload["data"]["remediation_id"] == rem["id"]
+    assert pending.message.payload["data"]["remediation_id"] == rem.id
     assert pending.message.key == "checkout"
 
 
@@ -344,7 +352,7 @@ async def test_a_deploy_followed_by_alerts_is_not_a_rollback_target(
     await journal_alerts(journal, [alert(name="PodNotReady", fingerprint="pnr",
                                          starts_at=(NOW - timedelta(minutes=5)).isoformat())])  # fmt: skip
     await drain(engine_for(journal, pack, clock=Clock(NOW)))
-    reasons = {r["reason"] for r in await all_remediations(journal)}
+    reasons = {r.reason for r in await all_remediations(journal)}
     assert reasons == {"outside_rollback_window"}
 
 
@@ -385,18 +393,18 @@ def cpu_signal(fingerprint: str, *, service: str = "checkout", namespace: str = 
                   fingerprint=fingerprint, starts_at=NOW - timedelta(minutes=5))  # fmt: skip
 
 
-def decisions_table(journal: SqliteJournal) -> list[tuple[str, str, str | None, str]]:
+async def decisions_table(journal: SqliteJournal) -> list[tuple[str, str, str | None, str]]:
     """(signal id, outcome, reason, explanation) in journal order."""
-    db = journal._reader
-    assert db is not None
-    rows = db.execute(
-        "SELECT signal_id, outcome, reason, explanation FROM decisions ORDER BY signal_seq"
-    ).fetchall()
+    rows = await journal.database.read(
+        lambda conn: conn.execute(
+            "SELECT signal_id, outcome, reason, explanation FROM decisions ORDER BY signal_seq"
+        ).fetchall()
+    )
     return [tuple(row) for row in rows]
 
 
-def remediation_of(rems: list[dict[str, Any]], signal: Signal) -> dict[str, Any]:
-    [rem] = [r for r in rems if r["signal_id"] == signal.id]
+def remediation_of(rems: list[Remediation], signal: Signal) -> Remediation:
+    [rem] = [r for r in rems if r.signal_id == signal.id]
     return rem
 
 
@@ -416,7 +424,7 @@ async def test_an_alert_from_the_edge_of_time_after_a_deploy_is_decided(
     assert await drain(engine_for(journal, pack, clock=Clock(NOW))) == 2
     # No deploy finished in the 30 minutes before it "started": load, so scale up.
     rem = remediation_of(await all_remediations(journal), edge)
-    assert (rem["status"], rem["action"]) == ("planned", "scale_up")
+    assert (rem.status, rem.action) == ("planned", "scale_up")
 
 
 def with_broken_catalog(pack: RulePack, service: str) -> RulePack:
@@ -448,7 +456,7 @@ async def test_a_poison_signal_is_journaled_and_the_root_task_decides_on(
     )
     root = asyncio.create_task(engine.run())
     try:
-        await eventually(lambda: journal.undecided_signals(limit=10), lambda left: not left,
+        await eventually(lambda: journal.undecided_signals(limit=10), lambda left: not left.signals,
                          timeout=10, what="every signal decided")  # fmt: skip
         assert not root.done(), "the root task ended"
     finally:
@@ -456,7 +464,7 @@ async def test_a_poison_signal_is_journaled_and_the_root_task_decides_on(
         with contextlib.suppress(asyncio.CancelledError):
             await root
 
-    table = decisions_table(journal)
+    table = await decisions_table(journal)
     assert [row[0] for row in table] == [good_before.id, poison[0].id, poison[1].id, good_after.id]
     assert [row[1:3] for row in table] == [
         ("plan", None), ("no_action", "internal_error"), ("no_action", "internal_error"),
@@ -468,10 +476,10 @@ async def test_a_poison_signal_is_journaled_and_the_root_task_decides_on(
     # People hear of it: a skipped remediation with the reason, and its notice.
     rems = await all_remediations(journal)
     rem = remediation_of(rems, poison[0])
-    assert (rem["status"], rem["reason"]) == ("skipped", "internal_error")
-    notices = await journal.pending(channel="slack", limit=50)
-    assert rem["id"] in {n.message.payload["remediation_id"] for n in notices}
-    detail = await journal.get_remediation(rem["id"])
+    assert (rem.status, rem.reason) == ("skipped", "internal_error")
+    notices = await outbox_messages(journal, "slack", limit=50)
+    assert rem.id in {n.message.payload["remediation_id"] for n in notices}
+    detail = await journal.get_remediation(rem.id)
     assert detail is not None
     record = record_from_journal(detail, poison[0])
     assert (status_note(record) or "").startswith("Not decided")
@@ -495,13 +503,16 @@ class RefusingJournal(SqliteJournal):
         self,
         decisions: Sequence[DecisionRecord],
         *,
+        cursor: int,
         through_seq: int,
         outbox: Sequence[OutboxMessage] = (),
-    ) -> None:
+    ) -> bool:
         if any(d.signal_id == self.poison_id and d.remediation for d in decisions):
             self.refused += 1
             raise ValueError("cannot store this remediation")
-        await super().record_decisions(decisions, through_seq=through_seq, outbox=outbox)
+        return await super().record_decisions(
+            decisions, cursor=cursor, through_seq=through_seq, outbox=outbox
+        )
 
 
 async def test_a_batch_the_journal_refuses_is_decided_one_signal_at_a_time(
@@ -515,14 +526,14 @@ async def test_a_batch_the_journal_refuses_is_decided_one_signal_at_a_time(
         assert await engine_for(journal, pack, clock=Clock(NOW)).run_once() == 3
         # The batch, the poison's plan alone, and its internal_error with a remediation.
         assert journal.refused == 3
-        table = decisions_table(journal)
+        table = await decisions_table(journal)
         assert [row[1:3] for row in table] == [
             ("no_action", "internal_error"), ("plan", None), ("no_action", "in_progress"),
         ]  # fmt: skip
         assert "ValueError: cannot store this remediation" in table[0][3]
         # The plan that was never written holds nothing up: the next alert plans.
         rems = await all_remediations(journal)
-        assert [r["signal_id"] for r in rems if r["status"] == "planned"] == [signals[1].id]
+        assert [r.signal_id for r in rems if r.status == "planned"] == [signals[1].id]
         assert await engine_for(journal, pack, clock=Clock(NOW)).run_once() == 0
     finally:
         await journal.close()
@@ -568,17 +579,16 @@ async def test_unreadable_facts_leave_replicas_unknown_and_rollbacks_still_plan(
                             on_facts_error=failed_services.append)  # fmt: skip
     assert await drain(engine) == 5
     rems = await all_remediations(journal)
-    assert (remediation_of(rems, rollback)["status"], remediation_of(rems, rollback)["action"]) == (
-        "planned", "rollback",
-    )  # fmt: skip
+    planned = remediation_of(rems, rollback)
+    assert (planned.status, planned.action) == ("planned", "rollback")
     skipped = remediation_of(rems, scale[0])
-    assert (skipped["status"], skipped["reason"]) == ("skipped", "not_applicable")
-    assert str(error) in skipped["explanation"]
+    assert (skipped.status, skipped.reason) == ("skipped", "not_applicable")
+    assert str(error) in skipped.explanation
     notices = {
         n.message.payload["remediation_id"]
-        for n in await journal.pending(channel="slack", limit=50)
+        for n in await outbox_messages(journal, "slack", limit=50)
     }
-    assert skipped["id"] in notices  # people hear that a scale-up could not be planned
+    assert skipped.id in notices  # people hear that a scale-up could not be planned
     # Read once per service per batch, and reported as often.
     assert facts.asked == 2
     assert sorted(failed_services) == ["checkout", "web"]
@@ -623,7 +633,7 @@ async def test_the_root_task_waits_out_an_unavailable_journal_and_survives_anyth
     try:
         await journal.record_signals([cpu_signal("cpu")])
         engine.wake()
-        await eventually(lambda: journal.undecided_signals(limit=10), lambda left: not left,
+        await eventually(lambda: journal.undecided_signals(limit=10), lambda left: not left.signals,
                          timeout=10, what="the signal decided")  # fmt: skip
         assert not root.done()
     finally:
@@ -651,7 +661,7 @@ async def test_a_failing_deploy_hook_never_stops_deciding(
     await journal.record_signals([cpu_signal("after")])
     assert await engine.run_once() == 1
     assert internal_errors == ["RuntimeError"]
-    assert [row[1] for row in decisions_table(journal)] == ["no_action", "plan"]
+    assert [row[1] for row in await decisions_table(journal)] == ["no_action", "plan"]
 
 
 async def test_the_history_window_follows_the_injected_clock(
@@ -667,6 +677,24 @@ async def test_the_history_window_follows_the_injected_clock(
     await journal.record_signals([cpu_signal("three-days-later")])
     await drain(engine_for(journal, pack, clock=clock))
     # A plan older than HISTORY_WINDOW (by the engine's clock) no longer holds others up.
-    assert [row[1:3] for row in decisions_table(journal)] == [
+    assert [row[1:3] for row in await decisions_table(journal)] == [
         ("plan", None), ("no_action", "in_progress"), ("plan", None),
     ]  # fmt: skip
+
+
+async def test_two_engines_on_one_journal_decide_each_signal_once(
+    journal: SqliteJournal, pack: RulePack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two replicas' engines read the same undecided batch; the cursor's compare-and-set
+    # lets one write it, and the other reads again from where that one got to.
+    await journal_alerts(journal, [cpu(i) for i in range(500)])
+    engines = [engine_for(journal, pack, clock=Clock(NOW)) for _ in range(2)]
+    with caplog.at_level(logging.DEBUG, logger="remediator.engine.decider"):
+        counts = await asyncio.gather(*(drain(engine) for engine in engines))
+    assert sum(counts) == 500
+    assert any("another replica decided" in r.getMessage() for r in caplog.records)
+    table = await decisions_table(journal)
+    assert len(table) == len({row[0] for row in table}) == 500
+    remediations = await all_remediations(journal)
+    assert len(remediations) == 500
+    assert [r.status for r in remediations].count(RemediationStatus.PLANNED) == 1

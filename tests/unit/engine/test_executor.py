@@ -15,6 +15,12 @@ from typing import Any
 import pytest
 
 from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.lifecycle import (
+    IllegalTransition,
+    Remediation,
+    RemediationStatus,
+    StepStatus,
+)
 from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
 from remediator.engine.decider import DecisionEngine
@@ -32,6 +38,7 @@ from tests.unit.engine.test_decider import (
     journal_alerts,
     journal_events,
 )
+from tests.unit.journal_helpers import outbox_messages
 from tests.unit.payloads import alert
 
 READ_ONLY = {StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY}
@@ -106,13 +113,14 @@ async def planned_rollback(journal: SqliteJournal, pack: RulePack, *, dry_run: b
                             clock=Clock(NOW))  # fmt: skip
     await engine.run_once()
     [item] = (await journal.list_remediations()).items
-    assert item["status"] == ("dry-run" if dry_run else "planned")
-    return str(item["id"])
+    assert item.status == ("dry-run" if dry_run else "planned")
+    return str(item.id)
 
 
 def executor(journal: SqliteJournal, runner: FakeRunner, **kwargs: Any) -> Executor:
     kwargs.setdefault("clock", Clock(NOW + timedelta(minutes=1)))
-    return Executor(journal=journal, runner=runner, instance_id="test-1", sleep=no_sleep,
+    kwargs.setdefault("instance_id", "test-1")
+    return Executor(journal=journal, runner=runner, sleep=no_sleep,
                     outcome_channel="kafka:remediator.outcomes",
                     notice_channels=("slack",), **kwargs)  # fmt: skip
 
@@ -129,21 +137,21 @@ async def test_plan_runs_its_steps_in_order_once(journal: SqliteJournal, pack: R
     assert all(not dry for _, dry in runner.calls)
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "succeeded" and item["finished_at"]
-    assert [s["status"] for s in item["steps"]] == ["succeeded"] * 4
-    assert item["steps"][0]["detail"]["kind"] == "rollout_undo"
+    assert item.status == "succeeded" and item.finished_at
+    assert [s.status for s in item.steps] == ["succeeded"] * 4
+    assert item.steps[0].detail["kind"] == "rollout_undo"
     assert lock.holding == []
     # Nothing runs twice: a second pass finds nothing to do.
     await ex.run_until_idle()
     assert len(runner.calls) == 4
     events = [p.message.payload["type"] for p in
-              await journal.pending(channel="kafka:remediator.outcomes", limit=50)]  # fmt: skip
+              await outbox_messages(journal, "kafka:remediator.outcomes", limit=50)]  # fmt: skip
     assert events == [
         "io.remediator.remediation.started",
         "io.remediator.remediation.succeeded",
         "dev.cdevents.service.rolledback.0.2.0",
     ]
-    notices = [p.message.id for p in await journal.pending(channel="slack", limit=50)]
+    notices = [p.message.id for p in await outbox_messages(journal, "slack", limit=50)]
     assert notices == [f"slack:{rid}:started", f"slack:{rid}:succeeded"]
 
 
@@ -156,9 +164,9 @@ async def test_permanent_failure_stops_the_plan(journal: SqliteJournal, pack: Ru
     assert [kind for kind, _ in runner.calls] == [StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT]
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "failed"
-    assert "progress deadline exceeded" in item["reason"]
-    assert [s["status"] for s in item["steps"]] == ["succeeded", "failed"]
+    assert item.status == "failed"
+    assert "progress deadline exceeded" in item.reason
+    assert [s.status for s in item.steps] == ["succeeded", "failed"]
 
 
 async def test_temporary_failures_are_retried(journal: SqliteJournal, pack: RulePack) -> None:
@@ -166,7 +174,7 @@ async def test_temporary_failures_are_retried(journal: SqliteJournal, pack: Rule
     runner = FakeRunner(failures={StepKind.ROLLOUT_UNDO: [TemporaryError("apiserver busy")] * 2})
     await executor(journal, runner).run_until_idle()
     item = await journal.get_remediation(rid)
-    assert item is not None and item["status"] == "succeeded"
+    assert item is not None and item.status == "succeeded"
     assert [k for k, _ in runner.calls].count(StepKind.ROLLOUT_UNDO) == 3
 
 
@@ -176,7 +184,7 @@ async def test_needs_human(journal: SqliteJournal, pack: RulePack) -> None:
     await executor(journal, runner).run_until_idle()
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert (item["status"], item["reason"]) == ("needs_human", "rollout_undo: deployment is paused")
+    assert (item.status, item.reason) == ("needs_human", "rollout_undo: deployment is paused")
 
 
 async def test_dry_run_rehearses_every_step_and_keeps_its_status(
@@ -188,8 +196,8 @@ async def test_dry_run_rehearses_every_step_and_keeps_its_status(
     assert len(runner.calls) == 4 and all(dry for _, dry in runner.calls)
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "dry-run" and item["finished_at"]
-    assert len(item["steps"]) == 4
+    assert item.status == "dry-run" and item.finished_at
+    assert len(item.steps) == 4
 
 
 async def test_two_executors_racing_run_a_plan_once(journal: SqliteJournal, pack: RulePack) -> None:
@@ -209,7 +217,7 @@ async def test_lock_held_elsewhere_leaves_the_plan_for_later(
     await ex.start_runnable()
     await asyncio.gather(*list(ex._tasks))
     item = await journal.get_remediation(rid)
-    assert item is not None and (item["status"], item["claimed_at"]) == ("planned", None)
+    assert item is not None and (item.status, item.claimed_at) == ("planned", None)
     assert runner.calls == []
 
 
@@ -218,16 +226,19 @@ async def crash_during(
 ) -> None:
     """Leave the journal as a SIGKILL would: claimed, some steps done, one maybe started."""
     at = NOW + timedelta(minutes=1)
-    assert await journal.claim_remediation(rid, by="old-instance", at=at)
+    old = "old-instance"  # it never beat a heartbeat: gone, as far as anyone can tell
+    assert await journal.claim_remediation(rid, by=old, at=at, to=RemediationStatus.RUNNING)
     item = await journal.get_remediation(rid)
     assert item is not None
-    kinds = [s["kind"] for s in item["decision"]["steps"]]
+    kinds = [step.kind.value for step in item.plan().steps]
     for idx in range(finished):
-        await journal.step_started(rid, idx=idx, kind=kinds[idx], at=at)
-        await journal.step_finished(rid, idx=idx, status="succeeded", detail={}, at=at)
+        await journal.step_started(rid, holder=old, idx=idx, kind=kinds[idx], at=at)
+        await journal.step_finished(
+            rid, holder=old, idx=idx, status=StepStatus.SUCCEEDED, detail={}, at=at
+        )
     if in_flight is not None:
         assert kinds[finished] == in_flight.value
-        await journal.step_started(rid, idx=finished, kind=in_flight.value, at=at)
+        await journal.step_started(rid, holder=old, idx=finished, kind=in_flight.value, at=at)
 
 
 async def test_crash_in_a_mutation_is_never_rerun(journal: SqliteJournal, pack: RulePack) -> None:
@@ -240,8 +251,8 @@ async def test_crash_in_a_mutation_is_never_rerun(journal: SqliteJournal, pack: 
     assert runner.calls == []
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "needs_human"
-    assert "whether it took effect is unknown" in item["reason"]
+    assert item.status == "needs_human"
+    assert "whether it took effect is unknown" in item.reason
 
 
 async def test_crash_in_a_wait_resumes_there(journal: SqliteJournal, pack: RulePack) -> None:
@@ -257,7 +268,7 @@ async def test_crash_in_a_wait_resumes_there(journal: SqliteJournal, pack: RuleP
         StepKind.NOTIFY,
     ]
     item = await journal.get_remediation(rid)
-    assert item is not None and item["status"] == "succeeded"
+    assert item is not None and item.status == "succeeded"
 
 
 async def test_crash_between_steps_resumes_with_the_next(
@@ -271,7 +282,7 @@ async def test_crash_between_steps_resumes_with_the_next(
     await asyncio.gather(*list(ex._tasks))
     assert runner.calls[0] == (StepKind.WAIT_ROLLOUT, False)
     item = await journal.get_remediation(rid)
-    assert item is not None and item["status"] == "succeeded"
+    assert item is not None and item.status == "succeeded"
 
 
 class GatedRunner(FakeRunner):
@@ -306,8 +317,8 @@ async def test_shutdown_lets_the_running_step_finish_then_the_restart_resumes(
     await draining
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert (item["status"], item["finished_at"]) == ("running", None)
-    assert [(s["kind"], s["status"]) for s in item["steps"]] == [
+    assert (item.status, item.finished_at) == ("running", None)
+    assert [(s.kind, s.status) for s in item.steps] == [
         ("rollout_undo", "succeeded"), ("wait_rollout", "succeeded")
     ]  # fmt: skip
 
@@ -317,7 +328,7 @@ async def test_shutdown_lets_the_running_step_finish_then_the_restart_resumes(
     await asyncio.gather(*list(ex2._tasks))
     assert [k for k, _ in restarted.calls] == [StepKind.VERIFY_HEALTH, StepKind.NOTIFY]
     item = await journal.get_remediation(rid)
-    assert item is not None and item["status"] == "succeeded"
+    assert item is not None and item.status == "succeeded"
 
 
 class BrokenLock(FakeLock):
@@ -334,8 +345,8 @@ async def test_a_lock_that_can_never_be_taken_fails_the_plan(
     assert runner.calls == []
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "failed"
-    assert item["reason"] == "cannot take the lock of checkout: namespace shop not found"
+    assert item.status == "failed"
+    assert item.reason == "cannot take the lock of checkout: namespace shop not found"
 
 
 async def test_a_plan_that_needs_approval_waits_until_approved(
@@ -358,20 +369,20 @@ async def test_a_plan_that_needs_approval_waits_until_approved(
     await DecisionEngine(journal=journal, pack=gated, facts=FakeFacts({}), dry_run=False,
                          clock=Clock(NOW)).run_once()  # fmt: skip
     [item] = (await journal.list_remediations()).items
-    assert item["status"] == "awaiting_approval"
+    assert item.status == "awaiting_approval"
 
     runner = FakeRunner()
     ex = executor(journal, runner)
     await ex.run_until_idle()
     assert runner.calls == []  # nothing runs without approval
 
-    assert await journal.approve_remediation(item["id"], by="tech-lead", at=NOW)
-    assert not await journal.approve_remediation(item["id"], by="tech-lead", at=NOW)  # once
+    assert await journal.approve_remediation(item.id, by="tech-lead", at=NOW)
+    assert not await journal.approve_remediation(item.id, by="tech-lead", at=NOW)  # once
     await ex.run_until_idle()
     assert runner.calls[0] == (StepKind.ROLLOUT_UNDO, False)
-    done = await journal.get_remediation(item["id"])
+    done = await journal.get_remediation(item.id)
     assert done is not None
-    assert (done["status"], done["approved_by"]) == ("succeeded", "tech-lead")
+    assert (done.status, done.approved_by) == ("succeeded", "tech-lead")
 
 
 # -- every plan ends ---------------------------------------------------------------
@@ -453,11 +464,11 @@ async def test_an_unexpected_error_in_a_step_fails_the_plan_and_frees_the_servic
     assert [kind for kind, _ in runner.calls] == [StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT]
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert (item["status"], item["reason"]) == (
+    assert (item.status, item.reason) == (
         "failed", "wait_rollout: internal error: KeyError: 'availableReplicas'"
     )  # fmt: skip
-    assert item["finished_at"]
-    assert [(s["status"], s["detail"].get("type")) for s in item["steps"]] == [
+    assert item.finished_at
+    assert [(s.status, s.detail.get("type")) for s in item.steps] == [
         ("succeeded", None), ("failed", "KeyError")
     ]  # fmt: skip
     assert hooks.internal_errors == ["executor"]
@@ -465,18 +476,19 @@ async def test_an_unexpected_error_in_a_step_fails_the_plan_and_frees_the_servic
     assert lock.holding == []
     assert ex._busy == set()  # the lane is free: the next plan of checkout may start
     events = [p.message.payload["type"] for p in
-              await journal.pending(channel="kafka:remediator.outcomes", limit=50)]  # fmt: skip
+              await outbox_messages(journal, "kafka:remediator.outcomes", limit=50)]  # fmt: skip
     assert events == ["io.remediator.remediation.started", "io.remediator.remediation.failed"]
-    notices = [p.message.id for p in await journal.pending(channel="slack", limit=50)]
+    notices = [p.message.id for p in await outbox_messages(journal, "slack", limit=50)]
     assert notices == [f"slack:{rid}:started", f"slack:{rid}:failed"]
 
 
 class CorruptPlans(SqliteJournal):
     """Hands out plans whose steps no longer parse (a decision from a newer version)."""
 
-    async def runnable_remediations(self, *, limit: int) -> list[dict[str, Any]]:
+    async def runnable_remediations(self, *, limit: int) -> list[Remediation]:
         items = await super().runnable_remediations(limit=limit)
-        return [{**item, "decision": {"steps": [{"kind": "teleport"}]}} for item in items]
+        teleport = {"steps": [{"kind": "teleport"}]}
+        return [item.model_copy(update={"decision": teleport}) for item in items]
 
 
 async def test_a_plan_that_does_not_parse_fails_instead_of_running_forever(
@@ -491,10 +503,10 @@ async def test_a_plan_that_does_not_parse_fails_instead_of_running_forever(
         assert runner.calls == []
         item = await journal.get_remediation(rid)
         assert item is not None
-        assert item["status"] == "failed"
-        assert item["reason"].startswith("internal error: ValidationError: ")
-        assert "\n" not in item["reason"] and len(item["reason"]) < 300
-        assert item["steps"] == []
+        assert item.status == "failed"
+        assert item.reason.startswith("internal error: ValidationError: ")
+        assert "\n" not in item.reason and len(item.reason) < 300
+        assert item.steps == ()
         assert hooks.internal_errors == ["executor"]
         assert hooks.finished == [("rollback", "failed")]
     finally:
@@ -514,7 +526,7 @@ async def test_an_unexpected_error_taking_the_lock_fails_the_plan(
     assert runner.calls == []
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert (item["status"], item["reason"]) == (
+    assert (item.status, item.reason) == (
         "failed", "internal error: RuntimeError: lease cache corrupted"
     )  # fmt: skip
     assert hooks.internal_errors == ["executor"]
@@ -544,7 +556,7 @@ async def test_an_ending_the_journal_refuses_is_written_on_a_later_pass(
         await ex.start_runnable()
         await asyncio.gather(*list(ex._tasks))
         item = await journal.get_remediation(rid)
-        assert item is not None and (item["status"], item["finished_at"]) == ("running", None)
+        assert item is not None and (item.status, item.finished_at) == ("running", None)
         assert "checkout" in ex._busy  # still running as far as anyone can tell
         assert lock.holding == []  # but the Lease is not kept meanwhile
 
@@ -554,10 +566,10 @@ async def test_an_ending_the_journal_refuses_is_written_on_a_later_pass(
         assert journal.refused == ["finish_remediation"] * 2
         item = await journal.get_remediation(rid)
         assert item is not None
-        assert (item["status"], item["reason"]) == (
+        assert (item.status, item.reason) == (
             "failed", "rollout_undo: internal error: RuntimeError: boom"
         )  # fmt: skip
-        assert [s["status"] for s in item["steps"]] == ["failed"]
+        assert [s.status for s in item.steps] == ["failed"]
         assert hooks.finished == [("rollback", "failed")]
         assert ex._busy == set()
         assert len(runner.calls) == 1  # nothing ran again
@@ -584,7 +596,7 @@ async def test_a_journal_fault_mid_plan_is_settled_as_a_restart_would(
             StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY
         ]  # fmt: skip
         item = await journal.get_remediation(rid)
-        assert item is not None and item["status"] == "succeeded"
+        assert item is not None and item.status == "succeeded"
         assert hooks.internal_errors == []  # a refused write is no bug
         assert hooks.finished == [("rollback", "succeeded")]
     finally:
@@ -633,7 +645,7 @@ async def test_a_lock_held_elsewhere_is_retried_with_capped_exponential_backoff(
     assert hooks.lock_attempts == ["held_elsewhere"] * 9
     assert len(lock_lines(caplog, logging.INFO)) == 1  # one line per wait, not per attempt
     item = await journal.get_remediation(rid)
-    assert item is not None and (item["status"], item["claimed_at"]) == ("planned", None)
+    assert item is not None and (item.status, item.claimed_at) == ("planned", None)
     assert runner.calls == []
 
     lock.free = True  # the other replica is done
@@ -641,7 +653,7 @@ async def test_a_lock_held_elsewhere_is_retried_with_capped_exponential_backoff(
     assert hooks.lock_attempts[-1] == "acquired" and len(lock.attempts) == 10
     assert len(runner.calls) == 4  # the plan ran, once
     item = await journal.get_remediation(rid)
-    assert item is not None and item["status"] == "succeeded"
+    assert item is not None and item.status == "succeeded"
 
 
 async def test_lock_retries_are_jittered_within_the_backoff_bound(
@@ -731,16 +743,16 @@ async def test_a_lost_lease_stops_the_plan_before_its_next_step(
     assert [k for k, _ in runner.calls] == [StepKind.ROLLOUT_UNDO]  # nothing after it ran
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "needs_human"
-    assert item["reason"].startswith(
+    assert item.status == "needs_human"
+    assert item.reason.startswith(
         "the lock (Lease) of checkout was lost before step 2 of 4 (wait_rollout)"
     )
-    assert [(s["kind"], s["status"]) for s in item["steps"]] == [("rollout_undo", "succeeded")]
+    assert [(s.kind, s.status) for s in item.steps] == [("rollout_undo", "succeeded")]
     assert hooks.leases_lost == ["checkout"]
     assert hooks.finished == [("rollback", "needs_human")]
     assert hooks.internal_errors == []
     assert lock.released == ["checkout"]
-    notices = [p.message.id for p in await journal.pending(channel="slack", limit=50)]
+    notices = [p.message.id for p in await outbox_messages(journal, "slack", limit=50)]
     assert notices == [f"slack:{rid}:started", f"slack:{rid}:needs_human"]
 
 
@@ -755,7 +767,7 @@ async def test_a_lock_that_cannot_be_released_does_not_block_the_service(
     ex = executor(journal, FakeRunner(), lock=Unreleasable())
     await ex.run_until_idle()
     item = await journal.get_remediation(rid)
-    assert item is not None and item["status"] == "succeeded"
+    assert item is not None and item.status == "succeeded"
     assert ex._busy == set()
 
 
@@ -765,7 +777,7 @@ async def test_a_broken_pass_is_counted_and_the_loop_goes_on(
     class OnceBroken(SqliteJournal):
         broken = True
 
-        async def runnable_remediations(self, *, limit: int) -> list[dict[str, Any]]:
+        async def runnable_remediations(self, *, limit: int) -> list[Remediation]:
             if self.broken:
                 self.broken = False
                 raise RuntimeError("cannot decode row")
@@ -780,7 +792,7 @@ async def test_a_broken_pass_is_counted_and_the_loop_goes_on(
         running = asyncio.create_task(ex.run())
         try:
             await eventually(lambda: journal.get_remediation(rid),
-                             lambda item: bool(item and item["status"] == "succeeded"),
+                             lambda item: bool(item and item.status == "succeeded"),
                              timeout=10, what="the plan to succeed", interval=0.05)  # fmt: skip
         finally:
             running.cancel()
@@ -812,7 +824,7 @@ async def test_a_plan_resumed_after_a_restart_waits_for_a_held_lock(
         StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY
     ]  # fmt: skip
     item = await journal.get_remediation(rid)
-    assert item is not None and item["status"] == "succeeded"
+    assert item is not None and item.status == "succeeded"
     assert hooks.lock_attempts == ["held_elsewhere"] * 4 + ["acquired"]
 
 
@@ -826,6 +838,38 @@ async def test_a_resumed_plan_whose_lock_can_never_be_taken_fails(
     await asyncio.gather(*list(ex._tasks))
     item = await journal.get_remediation(rid)
     assert item is not None
-    assert item["status"] == "failed"
-    assert item["reason"] == "cannot take the lock of checkout: namespace shop not found"
+    assert item.status == "failed"
+    assert item.reason == "cannot take the lock of checkout: namespace shop not found"
     assert ex._busy == set()
+
+
+class RefusingEnds(SqliteJournal):
+    """A journal whose lifecycle refuses every end (as a bug in a transition would)."""
+
+    async def finish_remediation(
+        self, remediation_id: str, *, status: RemediationStatus, **kwargs: Any
+    ) -> None:
+        raise IllegalTransition(remediation_id, RemediationStatus.RUNNING, status)
+
+
+async def test_an_end_the_lifecycle_refuses_is_given_up_not_retried_forever(
+    tmp_path: Path, pack: RulePack
+) -> None:
+    journal = RefusingEnds(path=tmp_path / "journal.db", instance="test-1")
+    await journal.open()
+    try:
+        rid = await planned_rollback(journal, pack)
+        clock = Clock(NOW + timedelta(minutes=1))
+        runner, hooks = FakeRunner(), Hooks()
+        ex = executor(journal, runner, clock=clock, lock=FakeLock(), **hooks.kwargs())
+        for _ in range(3):  # recovery is due on the first pass and again 30 s later
+            await ex.run_pass()
+            await asyncio.gather(*list(ex._tasks))
+            clock.now += timedelta(seconds=15)
+        assert len(runner.calls) == 4  # the plan ran once; its end was never retried
+        assert hooks.internal_errors == ["executor"]  # counted once
+        assert ex._busy == set()  # the service is free for its next plan
+        item = await journal.get_remediation(rid)
+        assert item is not None and (item.status, item.finished_at) == ("running", None)
+    finally:
+        await journal.close()

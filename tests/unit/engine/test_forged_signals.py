@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
+from remediator.domain.lifecycle import Remediation, RemediationStatus
 from remediator.domain.rules import RulePack, load_rule_pack, signal_from_cloudevent
 from remediator.domain.signals import (
     DEFAULT_NAMESPACE_LABELS,
@@ -29,10 +29,15 @@ from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.journal.sqlite import SqliteJournal
 from remediator.rulefiles import read_rule_files
 from tests.unit.engine.test_decider import NOW, RULES, Clock, FakeFacts, all_remediations, drain
+from tests.unit.journal_helpers import outbox_messages
 from tests.unit.payloads import alert, payload
 
 # A plan in these states runs, or runs once someone clicks approve.
-ACTING = {"planned", "running", "awaiting_approval"}
+ACTING = {
+    RemediationStatus.PLANNED,
+    RemediationStatus.RUNNING,
+    RemediationStatus.AWAITING_APPROVAL,
+}
 TRUSTED_PRODUCER = "ci/deployer"
 
 
@@ -330,7 +335,7 @@ class Recorder:
 
 async def decide_all(
     journal: SqliteJournal, pack: RulePack, signals: list[Signal]
-) -> tuple[Recorder, list[dict[str, Any]]]:
+) -> tuple[Recorder, list[Remediation]]:
     await journal.record_signals(signals)
     recorder = Recorder()
     engine = DecisionEngine(
@@ -346,12 +351,12 @@ async def decide_all(
     return recorder, await all_remediations(journal)
 
 
-def decision_of(journal: SqliteJournal, signal: Signal) -> tuple[str, str | None, str]:
-    db = journal._reader
-    assert db is not None
-    row = db.execute(
-        "SELECT outcome, reason, explanation FROM decisions WHERE signal_id = ?", (signal.id,)
-    ).fetchone()
+async def decision_of(journal: SqliteJournal, signal: Signal) -> tuple[str, str | None, str]:
+    row = await journal.database.read(
+        lambda conn: conn.execute(
+            "SELECT outcome, reason, explanation FROM decisions WHERE signal_id = ?", (signal.id,)
+        ).fetchone()
+    )
     assert row is not None, f"{signal.kind} was not decided"
     return row[0], row[1], row[2]
 
@@ -363,18 +368,18 @@ async def test_a_forged_signal_ends_with_no_acting_plan_and_its_reason_journaled
     signals = attempt.build()
     recorder, rems = await decide_all(journal, shipped_pack(attempt.pack), signals)
 
-    assert [r for r in rems if r["status"] in ACTING] == []
+    assert [r for r in rems if r.status in ACTING] == []
     last = signals[-1]
-    outcome, reason, explanation = decision_of(journal, last)
+    outcome, reason, explanation = await decision_of(journal, last)
     assert (outcome, reason) == ("no_action", attempt.reason)
     assert attempt.fragment in explanation
     # Visible in the API: the attempt has a remediation row with its reason.
-    [row] = [r for r in rems if r["signal_id"] == last.id]
-    assert (row["status"], row["reason"]) == ("skipped", attempt.reason)
+    [row] = [r for r in rems if r.signal_id == last.id]
+    assert (row.status, row.reason) == ("skipped", attempt.reason)
     # Nothing forged reached the deploy hook (config snapshots are labelled with its revision).
     assert recorder.deploys == []
-    notified = {n.message.payload["remediation_id"] for n in await journal.pending(channel="slack", limit=50)}  # fmt: skip
-    assert (row["id"] in notified) is attempt.notify
+    notified = {n.message.payload["remediation_id"] for n in await outbox_messages(journal, "slack", limit=50)}  # fmt: skip
+    assert (row.id in notified) is attempt.notify
 
 
 async def test_forged_deploys_cannot_steer_or_crowd_out_the_real_history(
@@ -394,11 +399,11 @@ async def test_forged_deploys_cannot_steer_or_crowd_out_the_real_history(
     trigger = am("PodNotReady", fp="pnr", minutes_ago=5)
     recorder, rems = await decide_all(journal, shipped_pack("shipped"), [*real, *flood, trigger])
 
-    [plan] = [r for r in rems if r["status"] in ACTING]
-    assert plan["signal_id"] == trigger.id
-    detail = await journal.get_remediation(plan["id"])
+    [plan] = [r for r in rems if r.status in ACTING]
+    assert plan.signal_id == trigger.id
+    detail = await journal.get_remediation(plan.id)
     assert detail is not None
-    undo = detail["decision"]["steps"][0]
+    undo = detail.decision["steps"][0]
     assert (undo["kind"], undo["params"]["from_revision"], undo["params"]["to_revision"]) == (
         "rollout_undo", 2, 1,  # revisions are numbers
     )  # fmt: skip
@@ -419,10 +424,10 @@ async def test_a_blue_green_switch_goes_only_to_a_selector_value_the_deploys_rec
     trigger = am("HighErrorRate", fp="err", minutes_ago=5, service="payments", namespace="payments")
     _, rems = await decide_all(journal, shipped_pack("shipped"), [*real, forged, trigger])
 
-    [plan] = [r for r in rems if r["status"] in ACTING]
-    detail = await journal.get_remediation(plan["id"])
+    [plan] = [r for r in rems if r.status in ACTING]
+    detail = await journal.get_remediation(plan.id)
     assert detail is not None
-    switch = detail["decision"]["steps"][0]
+    switch = detail.decision["steps"][0]
     assert switch["kind"] == "switch_selector"
     assert (switch["params"]["from_value"], switch["params"]["to_value"]) == ("green", "blue")
 
@@ -435,10 +440,10 @@ async def test_migration_failed_reverts_the_trusted_latest_only_after_approval(
     trigger = am("MigrationFailed", fp="mf", minutes_ago=5, migration="042_add_index")
     _, rems = await decide_all(journal, shipped_pack("shipped"), [recorded, trigger])
 
-    [row] = [r for r in rems if r["signal_id"] == trigger.id]
-    assert row["status"] == "awaiting_approval"  # nothing runs until a dba or tech lead says so
-    detail = await journal.get_remediation(row["id"])
+    [row] = [r for r in rems if r.signal_id == trigger.id]
+    assert row.status == "awaiting_approval"  # nothing runs until a dba or tech lead says so
+    detail = await journal.get_remediation(row.id)
     assert detail is not None
-    assert detail["decision"]["approvers"] == ["dba", "tech-lead"]
-    revert = [s for s in detail["decision"]["steps"] if s["kind"] == "revert_migration"]
+    assert detail.decision["approvers"] == ["dba", "tech-lead"]
+    revert = [s for s in detail.decision["steps"] if s["kind"] == "revert_migration"]
     assert [s["params"]["migration"] for s in revert] == ["042_add_index"]

@@ -130,8 +130,10 @@ class FakeJournal:
         self.published: list[str] = []
         self.failed: list[tuple[list[str], str]] = []
 
-    async def pending(self, *, channel: str, limit: int) -> list[PendingMessage]:
-        assert channel == "kafka:t"
+    async def pending(
+        self, *, channel: str, limit: int, holder: str, at: datetime, lease_seconds: float
+    ) -> list[PendingMessage]:
+        assert (channel, holder) == ("kafka:t", "replica-1")
         return [PendingMessage(seq=i, message=m, attempts=0)
                 for i, m in enumerate(self.unpublished[:limit])]  # fmt: skip
 
@@ -162,7 +164,8 @@ class FakePublisher:
 
 async def test_relay_publishes_in_batches_and_marks_after_the_ack() -> None:
     journal, publisher = FakeJournal(5), FakePublisher()
-    relay = OutboxRelay(journal=journal, publisher=publisher, batch_size=2, clock=lambda: NOW)  # type: ignore[arg-type]
+    relay = OutboxRelay(journal=journal, publisher=publisher,  # type: ignore[arg-type]
+                        holder="replica-1", batch_size=2, clock=lambda: NOW)  # fmt: skip
     assert [await relay.run_once() for _ in range(4)] == [2, 2, 1, 0]
     assert publisher.batches == [["m0", "m1"], ["m2", "m3"], ["m4"]]
     assert journal.published == ["m0", "m1", "m2", "m3", "m4"]
@@ -170,7 +173,7 @@ async def test_relay_publishes_in_batches_and_marks_after_the_ack() -> None:
 
 async def test_relay_failure_marks_an_attempt_and_publishes_nothing() -> None:
     journal, publisher = FakeJournal(2), FakePublisher(failures=1)
-    relay = OutboxRelay(journal=journal, publisher=publisher)  # type: ignore[arg-type]
+    relay = OutboxRelay(journal=journal, publisher=publisher, holder="replica-1")  # type: ignore[arg-type]
     with pytest.raises(TemporaryError):
         await relay.run_once()
     assert journal.published == []
@@ -186,7 +189,8 @@ async def test_relay_backs_off_exponentially_up_to_the_cap() -> None:
         delays.append(delay)
 
     relay = OutboxRelay(
-        journal=journal, publisher=publisher, sleep=sleep, max_backoff_seconds=3.0,  # type: ignore[arg-type]
+        journal=journal, publisher=publisher, holder="replica-1", sleep=sleep,  # type: ignore[arg-type]
+        max_backoff_seconds=3.0,
         poll_seconds=0.01,
     )  # fmt: skip
 

@@ -17,6 +17,7 @@ from remediator.engine.notify import EMAIL, NotificationRelay
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.journal.sqlite import SqliteJournal
 from remediator.rulefiles import load_rule_pack_from_path
+from tests.unit.journal_helpers import outbox_messages
 from tests.unit.payloads import alert, payload
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
@@ -77,6 +78,7 @@ async def test_a_bug_in_one_notice_gives_it_up_and_the_next_is_delivered(
     errors: list[str] = []
     relay = NotificationRelay(
         journal=journal,
+        holder="test-1",
         email=mail,
         email_routes=EmailRouting(default=("oncall@example.test",)),
         clock=lambda: NOW,
@@ -85,7 +87,7 @@ async def test_a_bug_in_one_notice_gives_it_up_and_the_next_is_delivered(
     assert await relay.deliver_pending(EMAIL) == 2
     assert len(mail.sent) == 1
     assert errors == ["KeyError"]
-    assert await journal.pending(channel=EMAIL, limit=10) == []
+    assert await outbox_messages(journal, EMAIL, limit=10) == []
     with sqlite3.connect(tmp_path / "journal.db") as conn:
         kept = conn.execute("SELECT last_error FROM outbox WHERE last_error IS NOT NULL").fetchall()
     assert kept == [("dead: internal error: KeyError: 'severity'",)]

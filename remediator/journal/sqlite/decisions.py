@@ -1,0 +1,208 @@
+"""DecisionStore on SQLite: the signals to decide, the decisions, and the history the
+rules weigh. The decision cursor moves by compare-and-set, so each signal is decided
+exactly once however many deciders read the same batch."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+
+from remediator.domain.errors import PermanentError
+from remediator.domain.lifecycle import RemediationStatus, utc_text
+from remediator.domain.plans import ActionKind
+from remediator.domain.signals import Status
+from remediator.journal.sqlite.database import Role, rollback
+from remediator.journal.sqlite.rows import (
+    SIGNAL_COLUMNS,
+    insert_outbox,
+    json_text,
+    parse_utc,
+    stored_signal,
+)
+from remediator.ports import (
+    DecisionRecord,
+    NewRemediation,
+    OutboxMessage,
+    RemediationSummary,
+    StoredSignal,
+    UndecidedBatch,
+)
+
+# Remediations that never acted on anything: they don't count toward the circuit
+# breaker's budget of automated actions.
+NEVER_ACTED = (
+    RemediationStatus.SKIPPED,
+    RemediationStatus.DRY_RUN,
+    RemediationStatus.AWAITING_APPROVAL,
+    RemediationStatus.REJECTED,
+    RemediationStatus.CANCELLED,
+    RemediationStatus.EXPIRED,
+)
+_ENDED = (RemediationStatus.SUCCEEDED, RemediationStatus.FAILED)
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+class SqliteDecisions(Role):
+    async def undecided_signals(self, *, limit: int) -> UndecidedBatch:
+        def query(conn: sqlite3.Connection) -> UndecidedBatch:
+            # One read transaction: the cursor and the signals after it from one snapshot.
+            conn.execute("BEGIN")
+            try:
+                (cursor,) = conn.execute(
+                    "SELECT value FROM engine_state WHERE name = 'decided_seq'"
+                ).fetchone()
+                rows = conn.execute(
+                    f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (int(cursor), limit),
+                ).fetchall()
+            finally:
+                rollback(conn)
+            return UndecidedBatch(cursor=int(cursor), signals=[stored_signal(r) for r in rows])
+
+        return await self._db.read(query)
+
+    async def record_decisions(
+        self,
+        decisions: Sequence[DecisionRecord],
+        *,
+        cursor: int,
+        through_seq: int,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> bool:
+        remediations = [d.remediation for d in decisions if d.remediation is not None]
+        for r in remediations:
+            if not r.status.initial:
+                raise PermanentError(f"remediation {r.id} cannot begin {r.status.value}")
+
+        def write(conn: sqlite3.Connection) -> bool:
+            # First, so that a decider that lost the race writes nothing at all.
+            moved = conn.execute(
+                "UPDATE engine_state SET value = ? WHERE name = 'decided_seq' AND value = ?",
+                (str(through_seq), str(cursor)),
+            ).rowcount
+            if not moved:
+                return False
+            insert_outbox(conn, outbox)
+            conn.executemany(
+                "INSERT OR IGNORE INTO decisions (signal_seq, signal_id, service, outcome,"
+                " reason, rule, remediation_id, decided_at, explanation)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (d.signal_seq, d.signal_id, d.service, d.outcome, d.reason, d.rule,
+                     d.remediation.id if d.remediation else None, utc_text(d.decided_at),
+                     d.explanation)
+                    for d in decisions
+                ],
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT OR IGNORE INTO remediations (id, signal_id, service, namespace, rule,"
+                " action, status, reason, manual, automated, created_at, updated_at,"
+                " decision, explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_remediation_row(r) for r in remediations],
+            )
+            return True
+
+        moved: bool = await self._db.transaction(write)
+        return moved
+
+    async def service_events(
+        self,
+        *,
+        service: str,
+        kinds: Sequence[str],
+        limit: int = 50,
+        sources: Sequence[str] | None = None,
+    ) -> list[StoredSignal]:
+        if not kinds or (sources is not None and not sources):
+            return []
+        by_source = "" if sources is None else f" AND source IN ({_marks(sources)})"
+
+        def query(conn: sqlite3.Connection) -> list[StoredSignal]:
+            rows = conn.execute(
+                f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE service = ?"
+                f" AND kind IN ({_marks(kinds)}){by_source} ORDER BY seq DESC LIMIT ?",
+                (service, *kinds, *(sources or ()), limit),
+            ).fetchall()
+            return [stored_signal(row) for row in rows]
+
+        return await self._db.read(query)
+
+    async def firing_alert_times(
+        self, *, service: str, kinds: Sequence[str], since: datetime, until: datetime
+    ) -> list[datetime]:
+        if not kinds:
+            return []
+
+        def query(conn: sqlite3.Connection) -> list[datetime]:
+            rows = conn.execute(
+                f"SELECT starts_at FROM signals WHERE service = ? AND kind IN ({_marks(kinds)})"
+                " AND status = ? AND starts_at >= ? AND starts_at < ?",
+                (service, *kinds, Status.FIRING.value, utc_text(since), utc_text(until)),
+            ).fetchall()
+            return [parse_utc(r[0]) for r in rows]
+
+        return await self._db.read(query)
+
+    async def remediation_history(
+        self, *, service: str, since: datetime
+    ) -> list[RemediationSummary]:
+        def query(conn: sqlite3.Connection) -> list[RemediationSummary]:
+            rows = conn.execute(
+                "SELECT id, action, status, rule, manual, automated, created_at FROM remediations"
+                " WHERE service = ? AND created_at >= ? AND status != ? ORDER BY seq",
+                (service, utc_text(since), RemediationStatus.SKIPPED.value),
+            ).fetchall()
+            return [
+                RemediationSummary(
+                    id=rid,
+                    action=None if action is None else ActionKind(action),
+                    status=RemediationStatus(status),
+                    rule=rule,
+                    manual=bool(manual),
+                    automated=bool(automated),
+                    created_at=parse_utc(created_at),
+                )
+                for rid, action, status, rule, manual, automated, created_at in rows
+            ]
+
+        return await self._db.read(query)
+
+    async def automated_actions_since(self, *, since: datetime | None) -> list[datetime]:
+        def query(conn: sqlite3.Connection) -> list[datetime]:
+            rows = conn.execute(
+                "SELECT created_at FROM remediations WHERE automated = 1"
+                f" AND status NOT IN ({_marks(NEVER_ACTED)}) AND created_at >= ?",
+                (*NEVER_ACTED, utc_text(since) if since else ""),
+            ).fetchall()
+            return [parse_utc(r[0]) for r in rows]
+
+        return await self._db.read(query)
+
+    async def consecutive_failures(self, *, since: datetime | None) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                f"SELECT status FROM remediations WHERE status IN ({_marks(_ENDED)})"
+                " AND updated_at >= ? ORDER BY updated_at DESC LIMIT 100",
+                (*_ENDED, utc_text(since) if since else ""),
+            ).fetchall()
+            count = 0
+            for (status,) in rows:
+                if status != RemediationStatus.FAILED:
+                    break
+                count += 1
+            return count
+
+        return await self._db.read(query)
+
+
+def _remediation_row(r: NewRemediation) -> tuple[object, ...]:
+    created = utc_text(r.created_at)
+    return (
+        r.id, r.signal_id, r.service, r.namespace, r.rule,
+        None if r.action is None else r.action.value, r.status.value, r.reason,
+        int(r.manual), int(r.automated), created, created, json_text(r.decision), r.explanation,
+    )  # fmt: skip

@@ -1,0 +1,247 @@
+"""Rows to models and back: how signals, remediations, steps and outbox messages are
+stored in SQLite (times as ``utc_text``, JSON as TEXT)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+
+from remediator.domain.lifecycle import (
+    Remediation,
+    RemediationStatus,
+    StepRecord,
+    StepStatus,
+    utc_text,
+)
+from remediator.domain.plans import ActionKind
+from remediator.domain.signals import Signal, Source, Status
+from remediator.ports import OutboxMessage, PendingMessage, StoredSignal
+
+T = TypeVar("T")
+
+
+def parse_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
+
+
+def parse_utc_or_none(text: str | None) -> datetime | None:
+    return None if text is None else parse_utc(text)
+
+
+def text_or_none(value: datetime | None) -> str | None:
+    return None if value is None else utc_text(value)
+
+
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# -- signals ---------------------------------------------------------------------------
+SIGNAL_COLUMNS = (
+    "seq, id, key, source, kind, status, service, namespace, starts_at, ends_at, received_at, body"
+)
+INSERT_SIGNAL = (
+    "INSERT INTO signals (id, key, source, kind, status, service, namespace, starts_at,"
+    " ends_at, received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def signal_row(signal: Signal, received_at: str) -> tuple[Any, ...]:
+    """The INSERT_SIGNAL parameters of a signal (``received_at`` already as text)."""
+    return (
+        signal.id,
+        signal.key,
+        signal.source.value,
+        signal.kind,
+        signal.status.value,
+        signal.service,
+        signal.namespace,
+        text_or_none(signal.starts_at),
+        text_or_none(signal.ends_at),
+        received_at,
+        json_text(_signal_body(signal)),
+    )
+
+
+def _signal_body(signal: Signal) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "labels": signal.labels,
+        "annotations": signal.annotations,
+        "raw": signal.raw,
+    }
+    if signal.received_by is not None:
+        body["received_by"] = signal.received_by  # the principal that sent it
+    return body
+
+
+def stored_signal(row: tuple[Any, ...]) -> StoredSignal:
+    """A row of SIGNAL_COLUMNS as the engine reads it."""
+    (seq, sid, key, source, kind, status, service, namespace, starts_at, ends_at, received_at,
+     body) = row  # fmt: skip
+    doc = orjson.loads(body)
+    return StoredSignal(
+        seq=seq,
+        signal=Signal(
+            id=sid,
+            key=key,
+            source=Source(source),
+            kind=kind,
+            status=Status(status),
+            service=service,
+            namespace=namespace,
+            labels=doc["labels"],
+            annotations=doc["annotations"],
+            starts_at=parse_utc_or_none(starts_at),
+            ends_at=parse_utc_or_none(ends_at),
+            received_at=parse_utc(received_at),
+            raw=doc["raw"],
+            received_by=doc.get("received_by"),
+        ),
+    )
+
+
+def signal_item(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row of SIGNAL_COLUMNS as the API lists it (no key, no raw body)."""
+    (_, sid, _key, source, kind, status, service, namespace, starts_at, ends_at, received_at,
+     body) = row  # fmt: skip
+    doc = orjson.loads(body)
+    return {
+        "id": sid,
+        "source": source,
+        "kind": kind,
+        "status": status,
+        "service": service,
+        "namespace": namespace,
+        "routable": service is not None,
+        "labels": doc["labels"],
+        "annotations": doc["annotations"],
+        "starts_at": starts_at,
+        "ends_at": ends_at,
+        "received_at": received_at,
+        "received_by": doc.get("received_by"),
+    }
+
+
+# -- remediations ----------------------------------------------------------------------
+REMEDIATION_COLUMNS = (
+    "seq, id, signal_id, service, namespace, rule, action, status, reason, manual, automated,"
+    " created_at, updated_at, decision, explanation, claimed_by, claimed_at, finished_at,"
+    " approved_by, approved_at, approved_as, approval_comment"
+)
+
+
+def remediation(
+    row: tuple[Any, ...],
+    *,
+    with_decision: bool = False,
+    steps: Sequence[StepRecord] | None = None,
+) -> Remediation:
+    """A row of REMEDIATION_COLUMNS; the decision only when asked for (list views
+    leave it out), the steps when given."""
+    (_, rid, signal_id, service, namespace, rule, action, status, reason, manual, automated,
+     created_at, updated_at, decision, explanation, claimed_by, claimed_at, finished_at,
+     approved_by, approved_at, approved_as, approval_comment) = row  # fmt: skip
+    return Remediation(
+        id=rid,
+        signal_id=signal_id,
+        service=service,
+        namespace=namespace,
+        rule=rule,
+        action=None if action is None else ActionKind(action),
+        status=RemediationStatus(status),
+        reason=reason,
+        manual=bool(manual),
+        automated=bool(automated),
+        created_at=parse_utc(created_at),
+        updated_at=parse_utc(updated_at),
+        explanation=explanation,
+        claimed_by=claimed_by,
+        claimed_at=parse_utc_or_none(claimed_at),
+        finished_at=parse_utc_or_none(finished_at),
+        approved_by=approved_by,
+        approved_at=parse_utc_or_none(approved_at),
+        approved_as=tuple(orjson.loads(approved_as)) if approved_as else None,
+        approval_comment=approval_comment,
+        decision=orjson.loads(decision) if with_decision else None,
+        steps=None if steps is None else tuple(steps),
+    )
+
+
+def steps_of(conn: sqlite3.Connection, remediation_id: str) -> list[StepRecord]:
+    rows = conn.execute(
+        "SELECT idx, kind, status, started_at, finished_at, detail FROM remediation_steps"
+        " WHERE remediation_id = ? ORDER BY idx",
+        (remediation_id,),
+    ).fetchall()
+    return [
+        StepRecord(
+            idx=idx,
+            kind=kind,
+            status=StepStatus(status),
+            started_at=parse_utc(started_at),
+            finished_at=parse_utc_or_none(finished_at),
+            detail=orjson.loads(detail),
+        )
+        for idx, kind, status, started_at, finished_at, detail in rows
+    ]
+
+
+def full_remediation(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Remediation:
+    """A remediation with its decision and steps."""
+    return remediation(row, with_decision=True, steps=steps_of(conn, row[1]))
+
+
+# -- outbox ----------------------------------------------------------------------------
+def insert_outbox(conn: sqlite3.Connection, messages: Sequence[OutboxMessage]) -> None:
+    """Add messages in the caller's transaction; an id already present is ignored."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO outbox (id, channel, key, payload, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(m.id, m.channel, m.key, json_text(m.payload), utc_text(m.created_at)) for m in messages],
+    )
+
+
+def pending_message(row: tuple[Any, ...]) -> PendingMessage:
+    seq, mid, channel, key, payload, created_at, attempts = row
+    return PendingMessage(
+        seq=seq,
+        message=OutboxMessage(
+            id=mid,
+            channel=channel,
+            key=key,
+            payload=orjson.loads(payload),
+            created_at=parse_utc(created_at),
+        ),
+        attempts=attempts,
+    )
+
+
+# -- pages -----------------------------------------------------------------------------
+def page_of(
+    rows: Sequence[tuple[Any, ...]], limit: int, item: Callable[[tuple[Any, ...]], T]
+) -> tuple[list[T], list[str], str | None]:
+    """Items of a ``limit + 1`` query (newest first, seq in the first column), the
+    cursor continuing after each item (its seq), and the page's ``next`` cursor."""
+    kept = rows[:limit]
+    cursors = [str(row[0]) for row in kept]
+    return [item(row) for row in kept], cursors, cursors[-1] if len(rows) > limit else None
+
+
+def newest_first_where(
+    filters: Sequence[tuple[str, Any]], before: int | None
+) -> tuple[str, list[Any]]:
+    """A WHERE clause of ``column = ?`` for each filter given (not None), and a seq cut."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in filters:
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if before is not None:
+        clauses.append("seq < ?")
+        params.append(before)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params

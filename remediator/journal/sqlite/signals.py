@@ -1,0 +1,237 @@
+"""SignalStore on SQLite: intake with group commit, listing, and pruning in batches."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from remediator.domain.lifecycle import utc_text
+from remediator.domain.paging import check_limit, parse_cursor
+from remediator.domain.signals import Signal
+from remediator.journal.sqlite.database import Role, SqliteDatabase, rollback
+from remediator.journal.sqlite.rows import (
+    INSERT_SIGNAL,
+    SIGNAL_COLUMNS,
+    newest_first_where,
+    page_of,
+    signal_item,
+    signal_row,
+    stored_signal,
+)
+from remediator.ports import RecordResult, SignalPage
+
+DEFAULT_PRUNE_BATCH_SIZE = 5000
+# A prune batch holds the writer: webhooks wait behind it. Batches adapt to about this
+# long (commit included) and examine rows this many at a time.
+PRUNE_BATCH_TARGET_SECONDS = 0.03
+PRUNE_CHUNK_ROWS = 200
+# SQLite's default limit on host parameters is 999 before 3.32 and 32766 after.
+_LOOKUP_CHUNK = 900
+
+
+class SqliteSignals(Role):
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        *,
+        clock: Callable[[], datetime],
+        prune_batch_size: int = DEFAULT_PRUNE_BATCH_SIZE,
+    ) -> None:
+        Role.__init__(self, db)  # explicit: composed by multiple inheritance
+        self._clock = clock
+        self._prune_batch_size = prune_batch_size
+
+    async def record_signals(self, signals: Sequence[Signal]) -> list[RecordResult]:
+        if not signals:
+            return []
+        result: list[RecordResult] = await self._db.write_batched(signals, key=signals[0].service)
+        return result
+
+    async def list_signals(
+        self, *, service: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> SignalPage:
+        check_limit(limit)
+        before = None if cursor is None else parse_cursor(cursor)
+        where, params = newest_first_where([("service", service)], before)
+        sql = f"SELECT {SIGNAL_COLUMNS} FROM signals {where} ORDER BY seq DESC LIMIT ?"
+
+        def query(conn: sqlite3.Connection) -> SignalPage:
+            rows = conn.execute(sql, (*params, limit + 1)).fetchall()
+            items, cursors, next_cursor = page_of(rows, limit, signal_item)
+            return SignalPage(items=items, next_cursor=next_cursor, item_cursors=cursors)
+
+        return await self._db.read(query)
+
+    async def get_signal(self, signal_id: str) -> Signal | None:
+        def query(conn: sqlite3.Connection) -> Signal | None:
+            row = conn.execute(
+                f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE id = ?", (signal_id,)
+            ).fetchone()
+            return None if row is None else stored_signal(row).signal
+
+        return await self._db.read(query)
+
+    async def prune(self, *, older_than_seconds: float) -> int:
+        """Delete old signals in batches of at most ``prune_batch_size``, one transaction each.
+
+        Between batches the writer serves whatever queued meanwhile (webhooks). Deleting
+        a signal rewrites a random page of the id index, so a batch costs about a page
+        write per row: batches shrink until each takes about PRUNE_BATCH_TARGET_SECONDS
+        on this disk, and end early when another write is waiting.
+        """
+        cutoff = utc_text(self._clock() - timedelta(seconds=older_than_seconds))
+        limit = min(self._prune_batch_size, PRUNE_CHUNK_ROWS)
+        total = 0
+        after: int | None = 0
+        while after is not None:
+            batch: PruneBatch = await self._db.write(
+                functools.partial(
+                    prune_batch, cutoff=cutoff, after=after, limit=limit, waiting=self._db.waiting
+                )
+            )
+            total += batch.deleted
+            after = batch.next_after
+            limit = next_prune_limit(batch, limit, most=self._prune_batch_size)
+        return total
+
+
+# -- intake: one transaction for every request queued together ---------------------------
+def insert_signal_batches(
+    conn: sqlite3.Connection, requests: Sequence[Sequence[Signal]]
+) -> list[list[RecordResult]]:
+    """Store the new signals of every request in one transaction; results per request.
+
+    The first occurrence of a fresh id in the batch is the one stored; every other
+    occurrence (earlier commit, or earlier in this batch) is a duplicate."""
+    fresh = _insert_signals(conn, [s for signals in requests for s in signals])
+    claimed: set[str] = set()
+    results: list[list[RecordResult]] = []
+    for signals in requests:
+        answer = []
+        for signal in signals:
+            new = signal.id in fresh and signal.id not in claimed
+            if new:
+                claimed.add(signal.id)
+            answer.append(RecordResult(signal_id=signal.id, duplicate=not new))
+        results.append(answer)
+    return results
+
+
+def _insert_signals(conn: sqlite3.Connection, signals: list[Signal]) -> set[str]:
+    """Store the signals whose id is new in one transaction; return their ids."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        known = _existing_ids(conn, [s.id for s in signals])
+        fresh: dict[str, Signal] = {}
+        for signal in signals:
+            if signal.id not in known:
+                fresh.setdefault(signal.id, signal)
+        # A request's signals share one received_at: format it once per request.
+        stamps: dict[int, str] = {}
+        for signal in fresh.values():
+            if id(signal.received_at) not in stamps:
+                stamps[id(signal.received_at)] = utc_text(signal.received_at)
+        conn.executemany(
+            INSERT_SIGNAL, (signal_row(s, stamps[id(s.received_at)]) for s in fresh.values())
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    return set(fresh)
+
+
+def _existing_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = ids[start : start + _LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            row[0] for row in conn.execute(f"SELECT id FROM signals WHERE id IN ({marks})", chunk)
+        )
+    return found
+
+
+# -- pruning ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PruneBatch:
+    deleted: int
+    examined: int
+    next_after: int | None  # where the next batch starts; None: done
+    seconds: float  # the batch's time on the writer, commit and checkpoint included
+
+
+def prune_batch(
+    conn: sqlite3.Connection,
+    *,
+    cutoff: str,
+    after: int,
+    limit: int,
+    waiting: Callable[[], bool],
+) -> PruneBatch:
+    """Delete old signals among at most ``limit`` after seq ``after``, in one transaction.
+
+    Rows are examined in seq order, a chunk at a time. The prune is done at the end of
+    the table or at the first chunk holding no old signal: seq grows with received_at,
+    so that is where the signals still within retention begin. A newer signal among old
+    ones (the clock stepped back) is kept, never forgotten early. No index on
+    received_at: it would tax every insert on the webhook's hot path.
+    """
+    started = time.monotonic()
+    deleted = examined = 0
+    next_after: int | None = after
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        while next_after is not None:
+            size = min(PRUNE_CHUNK_ROWS, limit - examined)
+            rows = conn.execute(
+                "SELECT seq, received_at FROM signals WHERE seq > ? ORDER BY seq LIMIT ?",
+                (next_after, size),
+            ).fetchall()
+            old = [seq for seq, received_at in rows if received_at < cutoff]
+            if rows and len(old) == len(rows):
+                conn.execute(
+                    "DELETE FROM signals WHERE seq > ? AND seq <= ?", (next_after, rows[-1][0])
+                )
+            elif old:
+                conn.executemany("DELETE FROM signals WHERE seq = ?", [(seq,) for seq in old])
+            deleted += len(old)
+            examined += len(rows)
+            next_after = None if not old or len(rows) < size else rows[-1][0]
+            if examined >= limit or waiting():
+                break
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    # Copy the batch's pages into the database now, in the prune's turn, rather than in
+    # the next webhook's commit (SQLite checkpoints in whichever commit crosses the
+    # threshold). An optimisation only: a failure here leaves it to a later commit.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    return PruneBatch(deleted, examined, next_after, time.monotonic() - started)
+
+
+def next_prune_limit(batch: PruneBatch, limit: int, *, most: int) -> int:
+    """As many rows as the last batch's pace fits in the target time; at most doubling,
+    so one quick batch (e.g. cut short by a waiting write) cannot overshoot."""
+    if batch.examined == 0 or batch.seconds <= 0:
+        return limit
+    fits = int(batch.examined * PRUNE_BATCH_TARGET_SECONDS / batch.seconds)
+    return max(1, min(most, limit * 2, fits))
+
+
+__all__ = [
+    "DEFAULT_PRUNE_BATCH_SIZE",
+    "PRUNE_CHUNK_ROWS",
+    "PruneBatch",
+    "SqliteSignals",
+    "insert_signal_batches",
+    "next_prune_limit",
+    "prune_batch",
+]
