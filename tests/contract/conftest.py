@@ -7,6 +7,7 @@ as a second replica would: its own connections, its own instance name.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +44,11 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    if request.param == "sqlite":
+@contextlib.asynccontextmanager
+async def open_storage(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Storage]:
+    if kind == "sqlite":
         from remediator.journal.sqlite import SqliteJournal
 
         path = tmp_path / "journal.db"
@@ -63,6 +66,12 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             ),
             dsn=dsn,
         )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    async with open_storage(request.param, request, tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture

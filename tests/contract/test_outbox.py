@@ -1,0 +1,100 @@
+"""Outbox: at-least-once messages, leased to one relay at a time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from remediator.ports import Journal, OutboxMessage
+from tests.contract.builders import NOW, message
+from tests.contract.conftest import OpenReplica
+
+CHANNEL = "kafka:remediator.outcomes"
+LEASE = 30.0
+
+
+def ids(pending: list[object]) -> list[str]:
+    return [p.message.id for p in pending]  # type: ignore[attr-defined]
+
+
+async def test_enqueued_messages_come_back_oldest_first_as_they_were(journal: Journal) -> None:
+    messages = [message(n) for n in range(1, 4)] + [message(9, channel="slack")]
+    await journal.enqueue(messages)
+    await journal.enqueue([message(2)])  # an id already present is ignored
+    pending = await journal.pending(channel=CHANNEL, limit=10, holder="a", at=NOW,
+                                    lease_seconds=LEASE)  # fmt: skip
+    assert [p.message for p in pending] == messages[:3]
+    assert [p.attempts for p in pending] == [0, 0, 0]
+    assert [p.seq for p in pending] == sorted(p.seq for p in pending)
+    assert await journal.outbox_backlog() == {CHANNEL: 3, "slack": 1}
+
+
+async def test_a_leased_message_is_not_offered_again_until_the_lease_expires(
+    journal: Journal,
+) -> None:
+    await journal.enqueue([message(n) for n in range(1, 5)])
+    first = await journal.pending(channel=CHANNEL, limit=2, holder="a", at=NOW,
+                                  lease_seconds=LEASE)  # fmt: skip
+    second = await journal.pending(channel=CHANNEL, limit=10, holder="b", at=NOW,
+                                   lease_seconds=LEASE)  # fmt: skip
+    assert ids(first) == ["msg-1", "msg-2"]
+    assert ids(second) == ["msg-3", "msg-4"]
+    just_before = NOW + timedelta(seconds=LEASE - 1)
+    assert await journal.pending(channel=CHANNEL, limit=10, holder="c", at=just_before,
+                                 lease_seconds=LEASE) == []  # fmt: skip
+    # a published its two; b stopped without a word: its lease runs out.
+    await journal.mark_published(ids=ids(first), at=just_before)
+    after = NOW + timedelta(seconds=LEASE + 1)
+    again = await journal.pending(channel=CHANNEL, limit=10, holder="c", at=after,
+                                  lease_seconds=LEASE)  # fmt: skip
+    assert ids(again) == ["msg-3", "msg-4"]
+    assert await journal.outbox_backlog() == {CHANNEL: 2}
+
+
+async def test_a_failed_attempt_is_counted_and_releases_the_lease(journal: Journal) -> None:
+    await journal.enqueue([message(1)])
+    leased = await journal.pending(channel=CHANNEL, limit=10, holder="a", at=NOW,
+                                   lease_seconds=LEASE)  # fmt: skip
+    await journal.mark_failed_attempt(ids=ids(leased), error="broker down " + "x" * 5000)
+    retry = await journal.pending(channel=CHANNEL, limit=10, holder="b", at=NOW,
+                                  lease_seconds=LEASE)  # fmt: skip
+    assert ids(retry) == ["msg-1"]
+    assert retry[0].attempts == 1
+
+
+async def test_published_and_dead_messages_are_done(journal: Journal) -> None:
+    await journal.enqueue([message(1), message(2), message(3)])
+    await journal.mark_published(ids=["msg-1"], at=NOW)
+    await journal.mark_dead(ids=["msg-2"], error="too large", at=NOW)
+    pending = await journal.pending(channel=CHANNEL, limit=10, holder="a", at=NOW,
+                                    lease_seconds=LEASE)  # fmt: skip
+    assert ids(pending) == ["msg-3"]
+    assert await journal.outbox_backlog() == {CHANNEL: 1}
+    await journal.mark_published(ids=["msg-3"], at=NOW)
+    assert await journal.outbox_backlog() == {}
+    await journal.mark_published(ids=[], at=NOW)
+    await journal.mark_failed_attempt(ids=[], error="nothing")
+    await journal.enqueue([])
+
+
+async def test_an_outbox_message_keeps_its_payload_and_key(journal: Journal) -> None:
+    odd = OutboxMessage(
+        id="odd", channel=CHANNEL, key=None,
+        payload={"list": [1, 2.5, None, True], "nested": {"ü": "ß"}, "empty": {}},
+        created_at=NOW,
+    )  # fmt: skip
+    await journal.enqueue([odd])
+    (got,) = await journal.pending(channel=CHANNEL, limit=1, holder="a", at=NOW,
+                                   lease_seconds=LEASE)  # fmt: skip
+    assert got.message == odd
+
+
+async def test_two_relays_lease_disjoint_messages(replica: OpenReplica) -> None:
+    a = await replica("replica-a")
+    b = await replica("replica-b")
+    await a.enqueue([message(n) for n in range(10)])
+    from_a = await a.pending(channel=CHANNEL, limit=4, holder="replica-a", at=NOW,
+                             lease_seconds=LEASE)  # fmt: skip
+    from_b = await b.pending(channel=CHANNEL, limit=100, holder="replica-b", at=NOW,
+                             lease_seconds=LEASE)  # fmt: skip
+    assert len(from_a) == 4 and len(from_b) == 6
+    assert not set(ids(from_a)) & set(ids(from_b))
