@@ -171,7 +171,11 @@ def invoke(
 
 
 def secret_values() -> dict[tuple[str, ...], str]:
-    return {path: marker(path) for path in SECRET_PATHS}
+    values = {path: marker(path) for path in SECRET_PATHS}
+    # The journal URL's scheme is checked: its marker goes where a password goes.
+    journal = ("journal", "url")
+    values[journal] = f"postgresql://app:{marker(journal)}@127.0.0.1:1/x"
+    return values
 
 
 def wrong_types(tmp: Path) -> tuple[dict[str, Any], list[str]]:
@@ -189,7 +193,7 @@ def group_rules(tmp: Path) -> tuple[dict[str, Any], list[str]]:
     flat |= {
         ("kafka", "security_protocol"): "SASL_SSL",
         ("email", "smtp_port"): 0,
-        ("journal", "url"): f"postgresql://app:{marker(('dsn',))}@db/shop",
+        ("journal", "url"): f"mysql://app:{marker(('dsn',))}@db/shop",
         ("http", "listen"): marker(("http", "listen")),
         ("kubernetes", "lock_retry_base_seconds"): marker(("lock",)),
     }
