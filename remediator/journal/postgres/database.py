@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from remediator.domain.errors import RemediatorError, TemporaryError
 from remediator.journal.postgres.dsn import redact
 from remediator.journal.postgres.errors import (
+    BROKEN_CONNECTION,
     RETRY_AT_ONCE,
     journal_error,
     safe_cause,
@@ -60,6 +61,7 @@ class Database:
         self._call_timeout = call_timeout_seconds
         self._application_name = application_name[:63]
         self._pool: asyncpg.Pool | None = None
+        self._refused: str | None = None  # why every call fails until reopened
 
     def __repr__(self) -> str:
         return f"Database({redact(self._dsn)})"
@@ -90,9 +92,14 @@ class Database:
             "timezone": "UTC",
         }
 
+    def refuse(self, reason: str) -> None:
+        """Fail every call at once with ``reason`` (the journal cannot recover)."""
+        self._refused = reason
+
     async def open(self) -> None:
         if self._pool is not None:
             return
+        self._refused = None
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn.get_secret_value(),
@@ -148,6 +155,8 @@ class Database:
         pool = self._pool
         if pool is None:
             raise TemporaryError("journal is not open", delay=1.0)
+        if self._refused is not None:
+            raise TemporaryError(self._refused, delay=1.0)
         try:
             async with asyncio.timeout(self._call_timeout):
                 return await self._attempts(pool, work, transaction=transaction)
@@ -169,10 +178,16 @@ class Database:
                 async with pool.acquire() as proxy:
                     # The pool's proxy forwards every Connection method.
                     conn = cast(asyncpg.Connection, proxy)
-                    if not transaction:
-                        return await work(conn)
-                    async with conn.transaction():
-                        return await work(conn)
+                    try:
+                        if not transaction:
+                            return await work(conn)
+                        async with conn.transaction():
+                            return await work(conn)
+                    except BROKEN_CONNECTION:
+                        # Cut by the server, or left in a state nobody knows: not given
+                        # back to the pool, which opens a new one when needed.
+                        conn.terminate()
+                        raise
             except asyncpg.PostgresError as exc:
                 # Lost a race with another transaction: running it again is what the
                 # caller would do anyway.

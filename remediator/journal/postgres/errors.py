@@ -27,13 +27,15 @@ _TEMPORARY_CODES = frozenset({"55P03", "55006", "25006"})
 # Worth retrying at once inside the same call: the transaction lost a race.
 RETRY_AT_ONCE = frozenset({"40001", "40P01"})
 
-_NETWORK_ERRORS = (
+# The connection is unusable: cut (e.g. the server terminated it while idle, a
+# failover), or in a protocol state asyncpg cannot continue from.
+BROKEN_CONNECTION = (
     OSError,  # refused, reset, unreachable
-    TimeoutError,
-    asyncio.TimeoutError,
     asyncpg.InterfaceError,  # e.g. "connection was closed in the middle of operation"
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InternalClientError,  # e.g. "cannot switch to state ..."
 )
+_NETWORK_ERRORS = (*BROKEN_CONNECTION, TimeoutError, asyncio.TimeoutError)
 
 
 def sqlstate_of(exc: BaseException) -> str | None:

@@ -148,6 +148,7 @@ class Intake:
             log.critical(
                 "%s: every journal call fails until the daemon restarts", reason, exc_info=exc
             )
+            self._db.refuse(reason)
         finally:
             self._fail_everything(reason, in_hand)
 
