@@ -127,22 +127,7 @@ class Database:
 
     async def connect(self, *, what: str) -> asyncpg.Connection:
         """One connection outside the pool, with no deadline (migrations, copies)."""
-        settings = {"application_name": self._application_name, "timezone": "UTC"}
-        try:
-            conn = await asyncpg.connect(
-                self._dsn.get_secret_value(),
-                timeout=CONNECT_TIMEOUT_SECONDS,
-                server_settings=settings,
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped, none swallowed
-            error = journal_error(exc, what=f"{what}: connect to {self.where}", dsn=self._dsn)
-            raise error from safe_cause(exc, self._dsn)
-        try:
-            await init_connection(conn)
-        except BaseException:
-            conn.terminate()
-            raise
-        return conn
+        return await connect(self._dsn, what=what, application_name=self._application_name)
 
     async def read(self, what: str, work: Work[T]) -> T:
         return await self._call(what, work, transaction=False)
@@ -193,3 +178,32 @@ class Database:
                 # caller would do anyway.
                 if sqlstate_of(exc) not in RETRY_AT_ONCE or attempt >= RACE_RETRIES:
                     raise
+
+
+async def connect(
+    dsn: SecretStr, *, what: str, application_name: str = "remediator"
+) -> asyncpg.Connection:
+    """One connection of its own, with no deadline (migrations, copies); errors mapped,
+    the password in none of them."""
+    settings = {"application_name": application_name[:63], "timezone": "UTC"}
+    try:
+        conn = await asyncpg.connect(
+            dsn.get_secret_value(), timeout=CONNECT_TIMEOUT_SECONDS, server_settings=settings
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure is mapped, none swallowed
+        error = journal_error(exc, what=f"{what}: connect to {redact(dsn)}", dsn=dsn)
+        raise error from safe_cause(exc, dsn)
+    try:
+        await init_connection(conn)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
+async def close_quietly(conn: asyncpg.Connection) -> None:
+    """Close without raising: a broken connection must not hide the error that broke it."""
+    try:
+        await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_SECONDS)
+    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        conn.terminate()

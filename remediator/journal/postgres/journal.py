@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from remediator.domain.errors import RemediatorError, TemporaryError
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
 from remediator.journal.postgres.circuit import PgCircuitStore
-from remediator.journal.postgres.database import Database
+from remediator.journal.postgres.database import Database, close_quietly
 from remediator.journal.postgres.decisions import PgDecisionStore
 from remediator.journal.postgres.errors import journal_error, safe_cause
 from remediator.journal.postgres.execution import PgExecutionLog
@@ -124,10 +124,7 @@ class PostgresJournal(
             error = journal_error(exc, what=f"migrate {self.where}", dsn=self._db.dsn)
             raise error from safe_cause(exc, self._db.dsn)
         finally:
-            try:
-                await asyncio.wait_for(conn.close(), timeout=5)
-            except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                conn.terminate()
+            await close_quietly(conn)
         log.debug("journal %s at schema version %d", self.where, version)
 
     async def close(self) -> None:
