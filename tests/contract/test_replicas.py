@@ -111,25 +111,32 @@ async def test_two_replicas_deciding_during_intake_decide_each_signal_once(
     assert sum((await a.outbox_backlog()).values()) == SIGNALS
 
 
-async def relay_until_done(journal: Journal, name: str) -> list[str]:
+async def relay_until_done(journal: Journal, name: str, log: list[str]) -> list[str]:
+    """A relay loop: lease, publish (``log``, shared by the relays), mark; until the
+    channel is empty. Returns what this relay leased."""
     leased: list[str] = []
-    while True:
+    while await journal.outbox_backlog():
         pending = await journal.pending(
             channel=CHANNEL, limit=7, holder=name, at=NOW, lease_seconds=300
         )
-        if not pending:
-            return leased
+        if not pending:  # the other relay holds the channel
+            await asyncio.sleep(0)
+            continue
         ids = [p.message.id for p in pending]
         leased += ids
+        log += ids
         await journal.mark_published(ids=ids, at=NOW)
+    return leased
 
 
 async def test_two_relays_never_lease_the_same_message(replica: OpenReplica) -> None:
     a, b = await replica("replica-a"), await replica("replica-b")
     await a.enqueue([message(n) for n in range(500)])
-    by_a, by_b = await asyncio.gather(relay_until_done(a, "replica-a"),
-                                      relay_until_done(b, "replica-b"))  # fmt: skip
+    published: list[str] = []
+    by_a, by_b = await asyncio.gather(relay_until_done(a, "replica-a", published),
+                                      relay_until_done(b, "replica-b", published))  # fmt: skip
     assert Counter(by_a + by_b) == Counter(f"msg-{n}" for n in range(500))
+    assert published == [f"msg-{n}" for n in range(500)]  # in order, each once
     assert await a.outbox_backlog() == {}
 
 

@@ -18,6 +18,7 @@ import asyncpg
 from remediator.domain.errors import PermanentError
 from remediator.domain.lifecycle import (
     ClaimLost,
+    IllegalTransition,
     Remediation,
     RemediationStatus,
     StepRecord,
@@ -181,8 +182,11 @@ class PgExecutionLog:
             row = await _hold(conn, remediation_id, holder)
             old = RemediationStatus(row["status"])
             if row["finished_at"] is not None:
-                # Finished once already: nothing may change it again, a dry run included.
-                raise PermanentError(f"remediation {remediation_id}: already finished {old.value}")
+                # The same end again (its first write outlived the caller's deadline but
+                # stood): nothing to do. Any other end of a finished plan is refused.
+                if old is status:
+                    return
+                raise IllegalTransition(remediation_id, old, status)
             check_transition(remediation_id, old, status)
             await conn.execute(
                 "UPDATE remediations SET status = $2, reason = coalesce($3, reason),"

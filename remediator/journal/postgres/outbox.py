@@ -1,10 +1,12 @@
-"""Outbox: messages to publish at least once, leased to one replica's relay at a time.
+"""Outbox: messages to publish at least once, relayed in order by one relay at a time.
 
-``pending`` leases the rows it returns (``FOR UPDATE SKIP LOCKED``, then leased_by and
-lease_until), so two relays never publish the same message while the lease holds. A
-relay that stops between publishing and ``mark_published`` leaves its lease to expire;
-the message is then offered again and published a second time: consumers drop the
-repeat by its id.
+``pending`` leases the rows it returns (leased_by, lease_until), so another replica's
+relay does not publish them meanwhile. Rows after one leased by another relay are not
+offered either: a channel is relayed in order, by one relay at a time (the lease
+transactions of a channel take its advisory lock, so two relays cannot both find the
+channel free). A relay that stops between publishing and ``mark_published`` leaves its
+lease to expire; the message is then offered again and published a second time:
+consumers drop the repeat by its id.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from remediator.journal.postgres.database import Database
+from remediator.journal.postgres.migrate import advisory_key
 from remediator.journal.postgres.rows import (
     INSERT_OUTBOX,
     OUTBOX_COLUMNS,
@@ -25,20 +28,28 @@ from remediator.journal.postgres.rows import (
 from remediator.ports import OutboxMessage, PendingMessage
 
 ERROR_CHARS = 1000
+_LAST_SEQ = 2**63 - 1
 
 _LEASE = f"""
-WITH offered AS (
+WITH held AS (
+    SELECT min(seq) AS seq FROM outbox
+    WHERE channel = $1 AND published_at IS NULL AND lease_until > $3 AND leased_by <> $4
+), offered AS (
     SELECT seq FROM outbox
     WHERE channel = $1 AND published_at IS NULL
-      AND (lease_until IS NULL OR lease_until <= $3)
+      AND seq < coalesce((SELECT seq FROM held), {_LAST_SEQ})
     ORDER BY seq
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE
 )
 UPDATE outbox o SET leased_by = $4, lease_until = $5
 FROM offered WHERE o.seq = offered.seq
 RETURNING {", ".join(f"o.{c.strip()}" for c in OUTBOX_COLUMNS.split(","))}
 """
+
+
+def channel_lock(channel: str) -> int:
+    return advisory_key(f"remediator.journal.outbox:{channel}")
 
 
 class PgOutbox:
@@ -59,6 +70,7 @@ class PgOutbox:
         until = at + timedelta(seconds=lease_seconds)
 
         async def write(conn: asyncpg.Connection) -> list[PendingMessage]:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", channel_lock(channel))
             rows = await conn.fetch(_LEASE, channel, limit, at, holder, until)
             return sorted((pending_message(row) for row in rows), key=lambda p: p.seq)
 
