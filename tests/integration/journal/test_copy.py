@@ -343,3 +343,96 @@ async def test_the_command_copies_and_never_prints_the_password(
     assert "postgresql://remediator:***@" in text
     assert "signals: 5 of 5" in text
     assert "decision cursor" in text and "circuit            open" in text
+
+
+async def fill_through_the_ports(journal: Any) -> None:
+    """History written the way the daemon writes it, through the journal's roles."""
+    from tests.contract.builders import NOW, decision, message, new_remediation
+
+    await journal.record_signals([signal(n) for n in range(1, 9)])
+    batch = await journal.undecided_signals(limit=5)
+    statuses = [RemediationStatus.PLANNED, RemediationStatus.PLANNED,
+                RemediationStatus.AWAITING_APPROVAL, RemediationStatus.DRY_RUN, None]  # fmt: skip
+    records, ids = [], []
+    for stored, status in zip(batch.signals, statuses, strict=True):
+        new = None if status is None else new_remediation(stored.signal, status=status)
+        records.append(decision(stored.seq, stored.signal, new))
+        ids.append(None if new is None else new.id)
+    assert await journal.record_decisions(
+        records, cursor=batch.cursor, through_seq=batch.signals[-1].seq, outbox=[message(1)]
+    )
+    done, running, waiting, rehearsal, _ = ids
+    later = NOW + timedelta(minutes=5)
+    assert await journal.claim_remediation(done, by="pod-0", at=NOW, to=RemediationStatus.RUNNING)
+    await journal.step_started(done, holder="pod-0", idx=0, kind="rollout_undo", at=NOW)
+    await journal.step_finished(done, holder="pod-0", idx=0, status=StepStatus.SUCCEEDED,
+                                detail={"revision": 4}, at=later)  # fmt: skip
+    await journal.finish_remediation(done, holder="pod-0", status=RemediationStatus.SUCCEEDED,
+                                     reason=None, at=later, outbox=[message(2)])  # fmt: skip
+    assert await journal.claim_remediation(running, by="pod-0", at=later,
+                                           to=RemediationStatus.RUNNING)  # fmt: skip
+    await journal.step_started(running, holder="pod-0", idx=0, kind="rollout_undo", at=later)
+    assert await journal.claim_remediation(rehearsal, by="pod-0", at=later,
+                                           to=RemediationStatus.DRY_RUN)  # fmt: skip
+    await journal.finish_remediation(rehearsal, holder="pod-0", status=RemediationStatus.DRY_RUN,
+                                     reason="rehearsed", at=later)  # fmt: skip
+    assert waiting is not None
+    await journal.enqueue([message(3), message(4, channel="slack")])
+    await journal.mark_published(ids=["msg-1"], at=later)
+    leased = await journal.pending(channel=CHANNEL, limit=1, holder="pod-0", at=later,
+                                   lease_seconds=30)  # fmt: skip
+    await journal.mark_failed_attempt(ids=[p.message.id for p in leased], error="broker down")
+    await journal.set_circuit(open=True, reason="breaker", at=later, by="bob")
+    await journal.save_slack_ref(done, SlackMessageRef(channel="C9", ts="9.9"))
+    await journal.check_writable()  # an old heartbeat: the clock is NOW, days before
+
+
+async def everything(journal: Any) -> dict[str, Any]:
+    """All a journal holds, as its ports show it."""
+    from tests.contract.builders import NOW
+
+    remediations = (await journal.list_remediations(limit=100)).items
+    return {
+        "signals": (await journal.list_signals(limit=100)).items,
+        "cursors": (await journal.list_signals(limit=100)).item_cursors,
+        "undecided": await journal.undecided_signals(limit=100),
+        "remediations": [
+            (await journal.get_remediation(r.id)).to_api() for r in remediations
+        ],
+        "runnable": [r.id for r in await journal.runnable_remediations(limit=100)],
+        "claims": [r.id for r in await journal.unfinished_claims(holder="pod-1",
+                                                                 stale_before=COPIED_AT)],
+        "backlog": await journal.outbox_backlog(),
+        "pending": await journal.pending(channel=CHANNEL, limit=100, holder="pod-1",
+                                         at=NOW + timedelta(days=1), lease_seconds=30),
+        "circuit": await journal.circuit(),
+        "slack": await journal.slack_ref(remediations[-1].id),
+    }  # fmt: skip
+
+
+async def test_a_journal_filled_through_the_ports_copies_to_the_same_journal(
+    tmp_path: Path, target: SecretStr
+) -> None:
+    """The SQLite journal of this release (schema 9), written through its roles, then
+    read through the same roles on both sides of the copy."""
+    from remediator.journal.sqlite import SqliteJournal
+    from tests.contract.builders import Clock
+
+    path = tmp_path / "now.db"
+    sqlite = SqliteJournal(path=path, clock=Clock(), instance="pod-0")
+    await sqlite.open()
+    try:
+        await fill_through_the_ports(sqlite)
+        before = await everything(sqlite)
+    finally:
+        await sqlite.close()
+    report = await copy(path, target)
+    assert report.version == 9
+    postgres = PostgresJournal(dsn=target, instance="pod-1", pool_size=2)
+    await postgres.open()
+    try:
+        after = await everything(postgres)
+    finally:
+        await postgres.close()
+    assert after == before
+    assert len(before["remediations"]) == 4 and before["claims"]
