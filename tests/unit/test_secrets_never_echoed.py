@@ -417,6 +417,7 @@ def test_reprs_of_settings_and_connectors_hold_no_secret(
     from remediator.connectors.slack import SlackNotifier
     from remediator.ingress.auth import Authenticator, WebhookCredential
     from remediator.ingress.kafka import KafkaDeadLetters
+    from remediator.journal import journal_from_url
 
     settings = load_settings(overrides=valid_secrets(tmp_path))
     dsn = SecretStr(f"postgresql://app:{marker(('dsn',))}@db:5432/shop")
@@ -444,6 +445,8 @@ def test_reprs_of_settings_and_connectors_hold_no_secret(
         Authenticator(webhook=webhook),
         dsn,
         libpq_target(dsn),
+        journal_from_url(dsn),  # the PostgreSQL journal, unopened
+        journal_from_url(settings.journal.url),
     ]
     for obj in objects:
         assert PREFIX not in repr(obj), repr(obj)
