@@ -242,6 +242,35 @@ async def test_a_signal_committing_late_is_not_skipped(
     assert [s.signal.id for s in batch.signals] == ["sig_first", signal(2).id]
 
 
+async def test_concurrent_calls_share_one_commit(
+    opened: Callable[..., Any], dsn: SecretStr
+) -> None:
+    journal = await opened(instance="grouped", call_timeout_seconds=30)
+    blocker, watcher = await raw(dsn), await raw(dsn)
+    try:
+        await blocker.execute("BEGIN")
+        await blocker.execute("SELECT pg_advisory_xact_lock($1)", INTAKE_LOCK)
+        first = asyncio.create_task(journal.record_signals([signal(0)]))
+        await eventually(
+            lambda: backend_waiting_for_a_lock(watcher, "remediator grouped"), bool,
+            timeout=30, what="the first commit waiting",
+        )  # fmt: skip
+        # These queue up behind the first commit, and go in the next one together.
+        queued = [
+            asyncio.create_task(journal.record_signals([signal(n), signal(n + 100)]))
+            for n in range(1, 21)
+        ]
+        await asyncio.sleep(0)
+        await blocker.execute("COMMIT")
+        await first
+        results = await asyncio.gather(*queued)
+    finally:
+        await blocker.close()
+        await watcher.close()
+    assert journal.last_batch_size == 40
+    assert all(not r.duplicate for batch in results for r in batch)
+
+
 # -- liveness -----------------------------------------------------------------------------------
 async def test_a_dead_intake_writer_fails_every_call_and_is_not_alive(
     opened: Callable[..., Any],
