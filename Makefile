@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: help install system-deps run test lint test-unit test-integration test-e2e test-faults image test-image lock env-up env-down env-status env-build bench clean
+.PHONY: help install system-deps run test lint test-unit test-integration test-contract test-e2e test-faults image test-image lock env-up env-down env-status env-build bench clean
 
 help:
 	@echo "make run               run the daemon on embedded defaults"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint              ruff, mypy --strict, import-linter"
 	@echo "make test-unit         pure and in-process tests only"
 	@echo "make test-integration  tests against real peers (Alertmanager, Kafka, Kubernetes, ...)"
+	@echo "make test-contract     the journal contract, against SQLite and PostgreSQL"
 	@echo "make test-e2e          the daemon as a process against real peers"
 	@echo "make test-faults       inject faults into the daemon as a process (real peers; root for tmpfs)"
 	@echo "make image             build the container image remediator:dev with buildah (docs/image.md)"
@@ -49,6 +50,10 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP) system-deps
 	$(PYTEST) tests/integration
+
+# Also part of `make test` (pytest tests collects tests/contract).
+test-contract: $(STAMP) system-deps
+	$(PYTEST) tests/contract
 
 test-e2e: $(STAMP) system-deps
 	$(PYTEST) tests/e2e

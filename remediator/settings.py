@@ -40,17 +40,21 @@ from remediator.domain.signals import DEFAULT_NAMESPACE_LABELS, DEFAULT_SERVICE_
 
 DEFAULT_LISTEN = "127.0.0.1:9095"
 DEFAULT_JOURNAL = "sqlite:///var/remediator.db"
+JOURNAL_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 MIB = 1024 * 1024
 
 _config_file: ContextVar[Path | None] = ContextVar("remediator_config_file", default=None)
 
 
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^/@\s]*@")
+# libpq also takes the password as a parameter: postgresql://u@db/x?password=...
+_PARAM_PASSWORD = re.compile(r"(?P<head>[?&][^=&\s]*password=)[^&\s]*", re.IGNORECASE)
 
 
 def _mask_url_passwords(value: Any) -> Any:
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\g<head>***@", value)
+        value = _URL_PASSWORD.sub(r"\g<head>***@", value)
+        return _PARAM_PASSWORD.sub(r"\g<head>***", value)
     if isinstance(value, dict):
         return {key: _mask_url_passwords(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -121,9 +125,14 @@ class HttpSettings(_Group):
 
 
 class JournalSettings(_Group):
-    url: str = Field(
-        DEFAULT_JOURNAL,
-        description="sqlite:///relative/path, sqlite:////absolute/path (PostgreSQL comes later).",
+    # A secret: a PostgreSQL URL may hold a password (prefer url_file, a mounted Secret).
+    url: SecretStr = Field(
+        SecretStr(DEFAULT_JOURNAL),
+        description="sqlite:///relative/path or sqlite:////absolute/path (one replica), or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB?sslmode=verify-full (several replicas).",
+    )
+    url_file: Path | None = Field(
+        None, description="File holding the journal URL (a mounted Secret); url wins if set."
     )
     # Alertmanager resends for as long as an alert fires; keys must outlive a day of resends.
     retention_hours: float = Field(
@@ -173,18 +182,43 @@ class JournalSettings(_Group):
             )
         return self
 
+    pool_size: int = Field(
+        10,
+        ge=2,
+        description="PostgreSQL: most connections one replica opens (replicas x pool_size "
+        "must stay below the server's max_connections).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and _is_path(data.get("url_file")) and not data.get("url"):
+            data = {**data, "url": _read_secret(Path(data["url_file"]), "url")}
+        return data
+
     @field_validator("url")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if not value.startswith("sqlite:///"):
+    def _known_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(JOURNAL_SCHEMES):
+            # The value is not quoted: it may be a password pasted in the wrong place.
             raise ValueError(
-                "journal URL must start with sqlite:/// (e.g. sqlite:///var/remediator.db)"
+                "journal URL must start with sqlite:/// (e.g. sqlite:///var/remediator.db) "
+                "or postgresql:// (e.g. postgresql://remediator@db:5432/remediator)"
             )
         return value
 
     @property
+    def postgres(self) -> bool:
+        return not self.url.get_secret_value().startswith("sqlite:///")
+
+    @property
+    def shown_url(self) -> str:
+        """The URL for logs: the password masked."""
+        return str(_mask_url_passwords(self.url.get_secret_value()))
+
+    @property
     def sqlite_path(self) -> Path:
-        return Path(self.url.removeprefix("sqlite:///"))
+        return Path(self.url.get_secret_value().removeprefix("sqlite:///"))
 
 
 class SignalSettings(_Group):

@@ -3,7 +3,8 @@
 One module per group of commands, each with a ``register(subparsers)``:
 ``run`` (the daemon, ``config show``), ``operate`` (signals, remediations, history,
 report, approve, circuit: over the API with ``--url``, or on the local journal),
-``rules`` (check, explain), ``db`` (a service's database) and ``auth`` (hash-token).
+``rules`` (check, explain), ``db`` (a service's database), ``auth`` (hash-token) and
+``journal`` (copy: SQLite to PostgreSQL).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import textwrap
 from collections.abc import Sequence
 
 import remediator
-from remediator.cli import auth, db, operate, rules, run
+from remediator.cli import auth, db, journal, operate, rules, run
 from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
 from remediator.domain.errors import ConfigError, RemediatorError
 
@@ -34,6 +35,7 @@ EPILOG = textwrap.dedent(
       remediator rules check rules/                   # validate rule files, exit 1 on problems
       remediator rules explain --rules rules/ --alert alert.json
       remediator auth hash-token < alice.token        # the line for a principals file
+      remediator journal copy --from sqlite:///var/remediator.db   # to the configured PostgreSQL
 
     against a running daemon, as your principal (no shell in the pod needed):
       export REMEDIATOR_URL=https://remediator.example:9095
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules.register(sub)
     db.register(sub)
     auth.register(sub)
+    journal.register(sub)
     version = sub.add_parser("version", help="Print the version.")
     version.set_defaults(func=cmd_version)
     return parser

@@ -18,6 +18,8 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 from urllib.parse import quote
 
+from pydantic import SecretStr
+
 from remediator.cli.api import ApiClient, ApiOptions
 from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
 from remediator.domain.lifecycle import Remediation, RemediationStatus
@@ -164,7 +166,7 @@ class JournalBackend:
 
     @classmethod
     @contextmanager
-    def opened(cls, url: str, *, actor: str) -> Iterator[JournalBackend]:
+    def opened(cls, url: str | SecretStr, *, actor: str) -> Iterator[JournalBackend]:
         from remediator.journal import journal_from_url
 
         with cls(journal_from_url(url), actor=actor) as backend:

@@ -117,7 +117,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("service", metavar="SERVICE", help="a service of the catalog")
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file.")
-    parser.add_argument("--journal", metavar="URL", help="Journal location (sqlite:///PATH).")
+    parser.add_argument(
+        "--journal", metavar="URL", help="Journal location (sqlite:///PATH or postgresql://...)."
+    )
     parser.add_argument("--rules", metavar="PATH", help="Rule files (catalog) directory.")
     parser.add_argument(
         "--backup-root",

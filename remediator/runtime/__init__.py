@@ -89,7 +89,9 @@ class Runtime:
             max_batch=settings.journal.max_batch,
             call_timeout_seconds=settings.journal.call_timeout_seconds,
             prune_batch_size=settings.journal.prune_batch_size,
-            # Heartbeats and claims name the same instance: the executor's.
+            pool_size=settings.journal.pool_size,
+            # The name claims and heartbeats carry: the executor's, so replicas tell
+            # a live holder's claims from a gone one's.
             instance=settings.kubernetes.instance_id,
             failpoints=self.failpoints,
         )
@@ -280,8 +282,8 @@ class Runtime:
         log.info(
             "remediator listening on %s://%s:%d (journal %s, rules %s: %d services, "
             "%d rules, dry_run=%s)",
-            scheme, settings.http.host, self.bound_port, settings.journal.url, settings.rules_path,
-            len(self.pack.services), len(self.pack.rules), settings.dry_run,
+            scheme, settings.http.host, self.bound_port, settings.journal.shown_url,
+            settings.rules_path, len(self.pack.services), len(self.pack.rules), settings.dry_run,
         )  # fmt: skip
         if executor is None:
             log.warning(

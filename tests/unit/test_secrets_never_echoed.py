@@ -171,7 +171,11 @@ def invoke(
 
 
 def secret_values() -> dict[tuple[str, ...], str]:
-    return {path: marker(path) for path in SECRET_PATHS}
+    values = {path: marker(path) for path in SECRET_PATHS}
+    # The journal URL's scheme is checked: its marker goes where a password goes.
+    journal = ("journal", "url")
+    values[journal] = f"postgresql://app:{marker(journal)}@127.0.0.1:1/x"
+    return values
 
 
 def wrong_types(tmp: Path) -> tuple[dict[str, Any], list[str]]:
@@ -189,7 +193,7 @@ def group_rules(tmp: Path) -> tuple[dict[str, Any], list[str]]:
     flat |= {
         ("kafka", "security_protocol"): "SASL_SSL",
         ("email", "smtp_port"): 0,
-        ("journal", "url"): f"postgresql://app:{marker(('dsn',))}@db/shop",
+        ("journal", "url"): f"mysql://app:{marker(('dsn',))}@db/shop",
         ("http", "listen"): marker(("http", "listen")),
         ("kubernetes", "lock_retry_base_seconds"): marker(("lock",)),
     }
@@ -413,6 +417,7 @@ def test_reprs_of_settings_and_connectors_hold_no_secret(
     from remediator.connectors.slack import SlackNotifier
     from remediator.ingress.auth import Authenticator, WebhookCredential
     from remediator.ingress.kafka import KafkaDeadLetters
+    from remediator.journal import journal_from_url
 
     settings = load_settings(overrides=valid_secrets(tmp_path))
     dsn = SecretStr(f"postgresql://app:{marker(('dsn',))}@db:5432/shop")
@@ -440,6 +445,8 @@ def test_reprs_of_settings_and_connectors_hold_no_secret(
         Authenticator(webhook=webhook),
         dsn,
         libpq_target(dsn),
+        journal_from_url(dsn),  # the PostgreSQL journal, unopened
+        journal_from_url(settings.journal.url),
     ]
     for obj in objects:
         assert PREFIX not in repr(obj), repr(obj)

@@ -21,7 +21,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     s = load_settings()
     assert s.http.listen == "127.0.0.1:9095"
-    assert s.journal.url == "sqlite:///var/remediator.db"
+    assert s.journal.url.get_secret_value() == "sqlite:///var/remediator.db"
     assert s.rules_path == Path("rules")
     assert s.http.body_limit_bytes == 16 * 1024 * 1024
     assert not s.auth_configured
@@ -38,7 +38,7 @@ def test_precedence_flags_over_env_over_file(
     monkeypatch.setenv("REMEDIATOR_HTTP__BODY_LIMIT_BYTES", "2000")
     monkeypatch.setenv("REMEDIATOR_JOURNAL__URL", "sqlite:///env.db")
     s = load_settings(config_file=config, overrides={"journal": {"url": "sqlite:///flag.db"}})
-    assert s.journal.url == "sqlite:///flag.db"  # flag beats env
+    assert s.journal.url.get_secret_value() == "sqlite:///flag.db"  # flag beats env
     assert s.http.body_limit_bytes == 2000  # env beats file
     assert s.http.listen == "10.0.0.1:1"  # file beats default
     assert s.log.format == "json"

@@ -1,0 +1,255 @@
+"""DecisionStore: signals to decide, their decisions, and the history the rules weigh.
+
+Deciding is shared by every replica without a leader: ``undecided_signals`` returns the
+cursor it read, and ``record_decisions`` moves it by compare-and-set in the transaction
+that stores the decisions. The replica that moved it first wins; the other's decisions
+are not written (it reads again and finds those signals decided).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from remediator.domain.errors import PermanentError
+from remediator.domain.lifecycle import RemediationStatus
+from remediator.domain.plans import ActionKind
+from remediator.journal.postgres.database import Database
+from remediator.journal.postgres.rows import (
+    INSERT_OUTBOX,
+    SIGNAL_COLUMNS,
+    json_text,
+    outbox_params,
+    pg_text,
+    stored_signal,
+)
+from remediator.ports import (
+    DecisionRecord,
+    NewRemediation,
+    OutboxMessage,
+    RemediationSummary,
+    StoredSignal,
+    UndecidedBatch,
+)
+
+S = RemediationStatus
+# Remediations that never acted and never will: they don't spend the action budget.
+_NEVER_ACTED = [
+    s.value for s in (S.SKIPPED, S.DRY_RUN, S.AWAITING_APPROVAL, S.REJECTED, S.CANCELLED, S.EXPIRED)
+]
+del S
+
+# One statement, one snapshot: the cursor and the signals after it agree.
+_UNDECIDED = f"""
+SELECT c.seq AS cursor, s.*
+FROM decision_cursor c
+LEFT JOIN LATERAL (
+    SELECT {SIGNAL_COLUMNS} FROM signals WHERE seq > c.seq ORDER BY seq LIMIT $1
+) s ON true
+ORDER BY s.seq
+"""
+
+_INSERT_DECISIONS = """
+INSERT INTO decisions (signal_seq, signal_id, service, outcome, reason, rule, remediation_id,
+                       decided_at, explanation)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::timestamptz[], $9::text[])
+ON CONFLICT (signal_seq) DO NOTHING
+"""
+
+_INSERT_REMEDIATIONS = """
+INSERT INTO remediations (id, signal_id, service, namespace, rule, action, status, reason,
+                          manual, automated, created_at, updated_at, decision, explanation)
+SELECT id, signal_id, service, namespace, rule, action, status, reason, manual, automated,
+       created_at, created_at, decision::jsonb, explanation
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::boolean[], $10::boolean[], $11::timestamptz[],
+            $12::text[], $13::text[])
+     WITH ORDINALITY AS r (id, signal_id, service, namespace, rule, action, status, reason,
+                           manual, automated, created_at, decision, explanation, ord)
+ORDER BY ord
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+class PgDecisionStore:
+    _db: Database
+
+    async def undecided_signals(self, *, limit: int) -> UndecidedBatch:
+        async def query(conn: asyncpg.Connection) -> UndecidedBatch:
+            rows = await conn.fetch(_UNDECIDED, limit)
+            return UndecidedBatch(
+                cursor=rows[0]["cursor"],
+                signals=[stored_signal(row) for row in rows if row["seq"] is not None],
+            )
+
+        return await self._db.read("read undecided signals", query)
+
+    async def record_decisions(
+        self,
+        decisions: Sequence[DecisionRecord],
+        *,
+        cursor: int,
+        through_seq: int,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> bool:
+        if through_seq < cursor:
+            raise PermanentError(f"decisions through seq {through_seq} are behind {cursor}")
+        remediations = [d.remediation for d in decisions if d.remediation is not None]
+        for new in remediations:
+            if not new.status.initial:
+                raise PermanentError(f"remediation {new.id}: cannot be created {new.status.value}")
+
+        async def write(conn: asyncpg.Connection) -> bool:
+            # The compare-and-set first: its row lock orders concurrent deciders, and
+            # the loser writes nothing.
+            moved = await conn.fetchval(
+                "UPDATE decision_cursor SET seq = $2 WHERE seq = $1 RETURNING seq",
+                cursor,
+                through_seq,
+            )
+            if moved is None:
+                return False
+            if decisions:
+                await conn.execute(_INSERT_DECISIONS, *_decision_columns(decisions))
+            if remediations:
+                await conn.execute(_INSERT_REMEDIATIONS, *_remediation_columns(remediations))
+            if outbox:
+                await conn.execute(INSERT_OUTBOX, *outbox_params(outbox))
+            return True
+
+        return await self._db.write("record decisions", write)
+
+    async def service_events(
+        self,
+        *,
+        service: str,
+        kinds: Sequence[str],
+        limit: int = 50,
+        sources: Sequence[str] | None = None,
+    ) -> list[StoredSignal]:
+        if not kinds or (sources is not None and not sources):
+            return []
+
+        async def query(conn: asyncpg.Connection) -> list[StoredSignal]:
+            rows = await conn.fetch(
+                f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE service = $1"
+                " AND kind = ANY($2::text[]) AND ($3::text[] IS NULL OR source = ANY($3))"
+                " ORDER BY seq DESC LIMIT $4",
+                service,
+                list(kinds),
+                None if sources is None else list(sources),
+                limit,
+            )
+            return [stored_signal(row) for row in rows]
+
+        return await self._db.read("read service events", query)
+
+    async def firing_alert_times(
+        self, *, service: str, kinds: Sequence[str], since: datetime, until: datetime
+    ) -> list[datetime]:
+        if not kinds:
+            return []
+
+        async def query(conn: asyncpg.Connection) -> list[datetime]:
+            rows = await conn.fetch(
+                "SELECT starts_at FROM signals WHERE service = $1 AND kind = ANY($2::text[])"
+                " AND status = 'firing' AND starts_at >= $3 AND starts_at < $4",
+                service,
+                list(kinds),
+                since,
+                until,
+            )
+            return [row["starts_at"] for row in rows]
+
+        return await self._db.read("read firing alerts", query)
+
+    async def remediation_history(
+        self, *, service: str, since: datetime
+    ) -> list[RemediationSummary]:
+        async def query(conn: asyncpg.Connection) -> list[RemediationSummary]:
+            rows = await conn.fetch(
+                "SELECT id, action, status, rule, manual, automated, created_at"
+                " FROM remediations WHERE service = $1 AND created_at >= $2"
+                " AND status <> 'skipped' ORDER BY seq",
+                service,
+                since,
+            )
+            return [
+                RemediationSummary(
+                    id=row["id"],
+                    action=None if row["action"] is None else ActionKind(row["action"]),
+                    status=RemediationStatus(row["status"]),
+                    rule=row["rule"],
+                    manual=row["manual"],
+                    automated=row["automated"],
+                    created_at=row["created_at"],
+                )
+                for row in rows
+            ]
+
+        return await self._db.read("read remediation history", query)
+
+    async def automated_actions_since(self, *, since: datetime | None) -> list[datetime]:
+        async def query(conn: asyncpg.Connection) -> list[datetime]:
+            rows = await conn.fetch(
+                "SELECT created_at FROM remediations WHERE automated"
+                " AND status <> ALL($1::text[]) AND ($2::timestamptz IS NULL"
+                " OR created_at >= $2) ORDER BY seq",
+                _NEVER_ACTED,
+                since,
+            )
+            return [row["created_at"] for row in rows]
+
+        return await self._db.read("read automated actions", query)
+
+    async def consecutive_failures(self, *, since: datetime | None) -> int:
+        async def query(conn: asyncpg.Connection) -> int:
+            rows = await conn.fetch(
+                "SELECT status FROM remediations WHERE status IN ('succeeded', 'failed')"
+                " AND ($1::timestamptz IS NULL OR updated_at >= $1)"
+                " ORDER BY updated_at DESC, seq DESC LIMIT 100",
+                since,
+            )
+            count = 0
+            for row in rows:
+                if row["status"] != "failed":
+                    break
+                count += 1
+            return count
+
+        return await self._db.read("read consecutive failures", query)
+
+
+def _decision_columns(decisions: Sequence[DecisionRecord]) -> tuple[list[object], ...]:
+    return (
+        [d.signal_seq for d in decisions],
+        [d.signal_id for d in decisions],
+        [pg_text(d.service) for d in decisions],
+        [d.outcome for d in decisions],
+        [pg_text(d.reason) for d in decisions],
+        [pg_text(d.rule) for d in decisions],
+        [None if d.remediation is None else d.remediation.id for d in decisions],
+        [d.decided_at for d in decisions],
+        [pg_text(d.explanation) for d in decisions],
+    )
+
+
+def _remediation_columns(remediations: Sequence[NewRemediation]) -> tuple[list[object], ...]:
+    return (
+        [r.id for r in remediations],
+        [r.signal_id for r in remediations],
+        [pg_text(r.service) for r in remediations],
+        [pg_text(r.namespace) for r in remediations],
+        [pg_text(r.rule) for r in remediations],
+        [None if r.action is None else r.action.value for r in remediations],
+        [r.status.value for r in remediations],
+        [pg_text(r.reason) for r in remediations],
+        [r.manual for r in remediations],
+        [r.automated for r in remediations],
+        [r.created_at for r in remediations],
+        [json_text(r.decision) for r in remediations],
+        [pg_text(r.explanation) for r in remediations],
+    )

@@ -1,0 +1,194 @@
+"""DecisionStore: the cursor's compare-and-set, and the history the rules weigh."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from remediator.domain.errors import PermanentError
+from remediator.domain.lifecycle import RemediationStatus
+from remediator.domain.plans import ActionKind
+from remediator.domain.signals import Source, Status
+from remediator.ports import Journal
+from tests.contract.builders import (
+    NOW,
+    decision,
+    message,
+    new_remediation,
+    plant,
+    running,
+    signal,
+)
+
+
+async def test_undecided_signals_come_oldest_first_after_the_cursor(journal: Journal) -> None:
+    empty = await journal.undecided_signals(limit=10)
+    assert (empty.cursor, list(empty.signals)) == (0, [])
+    await journal.record_signals([signal(n) for n in range(1, 6)])
+    batch = await journal.undecided_signals(limit=3)
+    assert batch.cursor == 0
+    assert [s.signal.id for s in batch.signals] == [signal(n).id for n in (1, 2, 3)]
+    seqs = [s.seq for s in batch.signals]
+    assert seqs == sorted(seqs)
+    assert batch.signals[0].signal == signal(1)
+
+
+async def test_recording_decisions_moves_the_cursor_past_them(journal: Journal) -> None:
+    await journal.record_signals([signal(n) for n in range(1, 6)])
+    batch = await journal.undecided_signals(limit=3)
+    records = [decision(s.seq, s.signal) for s in batch.signals]
+    through = batch.signals[-1].seq
+    assert await journal.record_decisions(records, cursor=batch.cursor, through_seq=through)
+    rest = await journal.undecided_signals(limit=10)
+    assert rest.cursor == through
+    assert [s.signal.id for s in rest.signals] == [signal(4).id, signal(5).id]
+
+
+async def test_a_stale_cursor_writes_nothing_and_says_so(journal: Journal) -> None:
+    await journal.record_signals([signal(1), signal(2)])
+    batch = await journal.undecided_signals(limit=10)
+    first, second = batch.signals
+    winner = new_remediation(first.signal)
+    assert await journal.record_decisions(
+        [decision(first.seq, first.signal, winner)], cursor=0, through_seq=first.seq
+    )
+    loser = new_remediation(second.signal)
+    moved = await journal.record_decisions(
+        [decision(second.seq, second.signal, loser)],
+        cursor=0,  # what it read before the other decider moved the cursor
+        through_seq=second.seq,
+        outbox=[message(1)],
+    )
+    assert moved is False
+    assert await journal.get_remediation(loser.id) is None
+    assert await journal.outbox_backlog() == {}
+    after = await journal.undecided_signals(limit=10)
+    assert after.cursor == first.seq
+    assert [s.signal.id for s in after.signals] == [second.signal.id]
+
+
+async def test_decisions_their_remediations_and_messages_are_stored_together(
+    journal: Journal,
+) -> None:
+    await journal.record_signals([signal(1), signal(2)])
+    batch = await journal.undecided_signals(limit=10)
+    one, two = batch.signals
+    new = new_remediation(one.signal, status=RemediationStatus.AWAITING_APPROVAL)
+    assert await journal.record_decisions(
+        [decision(one.seq, one.signal, new), decision(two.seq, two.signal)],
+        cursor=batch.cursor,
+        through_seq=two.seq,
+        outbox=[message(1), message(2, channel="slack")],
+    )
+    stored = await journal.get_remediation(new.id)
+    assert stored is not None
+    assert stored.status is RemediationStatus.AWAITING_APPROVAL
+    assert (stored.signal_id, stored.service, stored.rule) == (one.signal.id, "checkout",
+                                                               "rollback-on-errors")  # fmt: skip
+    assert stored.action is ActionKind.ROLLBACK
+    assert stored.decision == new.decision
+    assert stored.created_at == stored.updated_at == NOW
+    assert stored.steps == ()
+    assert stored.claimed_by is None and stored.finished_at is None
+    assert await journal.outbox_backlog() == {"kafka:remediator.outcomes": 1, "slack": 1}
+
+
+async def test_a_remediation_is_created_only_in_an_initial_status(journal: Journal) -> None:
+    await journal.record_signals([signal(1)])
+    batch = await journal.undecided_signals(limit=1)
+    (one,) = batch.signals
+    bad = new_remediation(one.signal, status=RemediationStatus.SUCCEEDED)
+    with pytest.raises(PermanentError):
+        await journal.record_decisions(
+            [decision(one.seq, one.signal, bad)], cursor=0, through_seq=one.seq
+        )
+    assert await journal.get_remediation(bad.id) is None
+    assert (await journal.undecided_signals(limit=1)).cursor == 0
+
+
+async def test_service_events_are_newest_first_by_kind_and_source(journal: Journal) -> None:
+    await journal.record_signals(
+        [
+            signal(1, kind="deploy", status=Status.EVENT, source=Source.KAFKA),
+            signal(2, kind="deploy", status=Status.EVENT, source=Source.MANUAL),
+            signal(3, kind="migration", status=Status.EVENT, source=Source.KAFKA),
+            signal(4, kind="deploy", status=Status.EVENT, source=Source.KAFKA, service="other"),
+            signal(5, kind="HighErrorRate"),
+        ]
+    )
+    events = await journal.service_events(service="checkout", kinds=["deploy", "migration"])
+    assert [e.signal.labels["n"] for e in events] == ["3", "2", "1"]
+    limited = await journal.service_events(service="checkout", kinds=["deploy"], limit=1)
+    assert [e.signal.labels["n"] for e in limited] == ["2"]
+    trusted = await journal.service_events(service="checkout", kinds=["deploy"], sources=["kafka"])
+    assert [e.signal.labels["n"] for e in trusted] == ["1"]
+    assert await journal.service_events(service="checkout", kinds=[]) == []
+    assert await journal.service_events(service="checkout", kinds=["deploy"], sources=[]) == []
+
+
+async def test_firing_alert_times_fall_in_the_half_open_window(journal: Journal) -> None:
+    times = [NOW + timedelta(minutes=m) for m in (0, 5, 10)]
+    await journal.record_signals(
+        [signal(n, starts_at=t) for n, t in enumerate(times)]
+        + [signal(9, starts_at=times[1], status=Status.RESOLVED)]
+        + [signal(10, starts_at=times[1], kind="Other")]
+    )
+    found = await journal.firing_alert_times(
+        service="checkout", kinds=["HighErrorRate"], since=times[0], until=times[2]
+    )
+    assert sorted(found) == times[:2]
+    assert all(t.utcoffset() == timedelta(0) for t in found)
+    assert (
+        await journal.firing_alert_times(
+            service="checkout", kinds=[], since=times[0], until=times[2]
+        )
+        == []
+    )
+
+
+async def test_remediation_history_leaves_out_skipped_ones(journal: Journal) -> None:
+    early = await plant(journal, created_at=NOW - timedelta(hours=2))
+    kept = await plant(journal, status=RemediationStatus.PLANNED)
+    await plant(journal, status=RemediationStatus.SKIPPED)
+    other = await plant(journal, signal={"service": "payments"})
+    history = await journal.remediation_history(service="checkout", since=NOW - timedelta(hours=1))
+    assert [h.id for h in history] == [kept]
+    (summary,) = history
+    assert summary.status is RemediationStatus.PLANNED
+    assert summary.action is ActionKind.ROLLBACK
+    assert (summary.automated, summary.manual, summary.created_at) == (True, False, NOW)
+    assert early not in [h.id for h in history] and other not in [h.id for h in history]
+
+
+async def test_automated_actions_count_what_acted_or_will(journal: Journal) -> None:
+    acted = await plant(journal)
+    for status in (
+        RemediationStatus.SKIPPED,
+        RemediationStatus.DRY_RUN,
+        RemediationStatus.AWAITING_APPROVAL,
+    ):
+        await plant(journal, status=status)
+    await plant(journal, automated=False)
+    await plant(journal, created_at=NOW - timedelta(days=1))
+    assert acted
+    assert await journal.automated_actions_since(since=NOW - timedelta(hours=1)) == [NOW]
+    assert len(await journal.automated_actions_since(since=None)) == 2
+
+
+async def test_consecutive_failures_count_back_to_the_last_success(journal: Journal) -> None:
+    async def ended(status: RemediationStatus, minutes: int) -> None:
+        rid = await running(journal)
+        await journal.finish_remediation(
+            rid, holder="replica-a", status=status, reason=None,
+            at=NOW + timedelta(minutes=minutes),
+        )  # fmt: skip
+
+    assert await journal.consecutive_failures(since=None) == 0
+    await ended(RemediationStatus.FAILED, 1)
+    await ended(RemediationStatus.SUCCEEDED, 2)
+    await ended(RemediationStatus.FAILED, 3)
+    await ended(RemediationStatus.NEEDS_HUMAN, 4)  # neither breaks nor extends the run
+    await ended(RemediationStatus.FAILED, 5)
+    assert await journal.consecutive_failures(since=None) == 2
+    assert await journal.consecutive_failures(since=NOW + timedelta(minutes=4)) == 1
