@@ -176,7 +176,7 @@ def test_install_into_the_cluster(
 ) -> None:
     release_ns, shop = namespaces("rem"), namespaces("shop")
     cli.kubectl("create", "secret", "generic", "remediator-journal", "-n", release_ns,
-                "--from-literal", f"dsn={JOURNAL_DSN}")  # fmt: skip
+                "--from-literal", f"url={JOURNAL_DSN}")  # fmt: skip
     cli.helm(
         "install", "rem", str(CHART), "--namespace", release_ns, "--wait", "--timeout", "90s",
         *values, "--set", f"rbac.namespaces={{{shop}}}",
@@ -215,6 +215,39 @@ def assert_replicas_spread_and_budgeted(cli: Cli, namespace: str, replicas: int)
     wait_for(lambda: budget().get("currentHealthy") == replicas, what="the budget's count")
     assert budget()["disruptionsAllowed"] == 1
     assert budget()["desiredHealthy"] == replicas - 1
+
+
+def test_a_release_moves_from_sqlite_to_postgres_and_keeps_the_sqlite_claim(
+    cli: Cli, namespaces: Callable[[str], str]
+) -> None:
+    """docs/install.md's move: the SQLite claim outlives the upgrade (its history is what
+    `remediator journal copy` reads, and the way back), the Deployment starts rolling."""
+    release_ns, shop = namespaces("rem"), namespaces("shop")
+    cli.kubectl("create", "secret", "generic", "remediator-journal", "-n", release_ns,
+                "--from-literal", f"url={JOURNAL_DSN}")  # fmt: skip
+    # No provisioner here: the claim stays Pending, which is all this test needs of it.
+    cli.helm("install", "rem", str(CHART), "--namespace", release_ns,
+             "--set", f"rbac.namespaces={{{shop}}}")  # fmt: skip
+    claim = json.loads(cli.kubectl("get", "pvc", "rem-remediator-journal", "-n", release_ns,
+                                   "-o", "json"))  # fmt: skip
+    cli.kubectl("scale", "deployment/rem-remediator", "--replicas=0", "-n", release_ns)
+    cli.helm(
+        "upgrade", "rem", str(CHART), "--namespace", release_ns, "--wait", "--timeout", "90s",
+        "-f", str(POSTGRES_VALUES), "--set", f"rbac.namespaces={{{shop}}}",
+        "--set", "serviceMonitor.enabled=false", "--set", "prometheusRule.enabled=false",
+    )  # fmt: skip
+    deployment = json.loads(cli.kubectl("get", "deployment", "rem-remediator", "-n", release_ns,
+                                        "-o", "json"))  # fmt: skip
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }  # fmt: skip
+    assert deployment["status"].get("readyReplicas") == 3
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert not [v for v in volumes if "persistentVolumeClaim" in v]
+    after = json.loads(cli.kubectl("get", "pvc", "rem-remediator-journal", "-n", release_ns,
+                                   "-o", "json"))  # fmt: skip
+    assert after["metadata"]["uid"] == claim["metadata"]["uid"]  # kept, not recreated
+    assert "rem-remediator-journal" not in cli.helm("get", "manifest", "rem", "-n", release_ns)
 
 
 # -- kubectl auth can-i --list ----------------------------------------------------------

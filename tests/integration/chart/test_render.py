@@ -303,10 +303,10 @@ def test_postgres_runs_replicas_behind_a_rolling_update_and_a_disruption_budget(
     }
     pod_labels = spec["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    env = env_of(container(objects))
     # Each replica its own holder name in Leases, claims and heartbeats.
-    assert env_of(container(objects))["REMEDIATOR_KUBERNETES__INSTANCE_ID"] == {
-        "fieldRef": {"fieldPath": "metadata.name"}
-    }
+    assert env["REMEDIATOR_KUBERNETES__INSTANCE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["REMEDIATOR_JOURNAL__URL_FILE"] == f"{JOURNAL_SECRET_DIR}/url"  # the default key
     [spread] = pod_spec(objects)["topologySpreadConstraints"]
     assert spread == {
         "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
@@ -319,12 +319,12 @@ def test_the_journal_dsn_comes_only_from_the_secret_file(cli: Cli) -> None:
     objects = cli.template(
         "-f", str(POSTGRES_VALUES),
         "--set", "journal.postgres.existingSecret.secretName=journal-db",
-        "--set", "journal.postgres.existingSecret.key=url",
+        "--set", "journal.postgres.existingSecret.key=dsn",
     )  # fmt: skip
     assert not only(objects, "Secret")
     c = container(objects)
     env = env_of(c)
-    assert env["REMEDIATOR_JOURNAL__URL_FILE"] == f"{JOURNAL_SECRET_DIR}/url"
+    assert env["REMEDIATOR_JOURNAL__URL_FILE"] == f"{JOURNAL_SECRET_DIR}/dsn"
     # Emptied so the image's default SQLite URL does not win over the file.
     assert env["REMEDIATOR_JOURNAL__URL"] == ""
     # No env var takes a value from the journal's Secret.
@@ -336,7 +336,7 @@ def test_the_journal_dsn_comes_only_from_the_secret_file(cli: Cli) -> None:
     volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
     assert volumes[mount["name"]]["secret"] == {
         "secretName": "journal-db", "defaultMode": 0o400,
-        "items": [{"key": "url", "path": "url"}],
+        "items": [{"key": "dsn", "path": "dsn"}],
     }  # fmt: skip
     assert all("journal-db" not in str(config["data"]) for config in only(objects, "ConfigMap"))
     [config] = [o for o in only(objects, "ConfigMap") if o["metadata"]["name"].endswith("-config")]
