@@ -307,6 +307,10 @@ def test_postgres_runs_replicas_behind_a_rolling_update_and_a_disruption_budget(
     # Each replica its own holder name in Leases, claims and heartbeats.
     assert env["REMEDIATOR_KUBERNETES__INSTANCE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["REMEDIATOR_JOURNAL__URL_FILE"] == f"{JOURNAL_SECRET_DIR}/url"  # the default key
+    [rule] = only(objects, "PrometheusRule")
+    [writer_down] = [r for r in rule["spec"]["groups"][-1]["rules"]
+                     if r["alert"] == "RemediatorJournalWriterDown"]  # fmt: skip
+    assert "check the database" in writer_down["annotations"]["description"]  # not a volume
     [spread] = pod_spec(objects)["topologySpreadConstraints"]
     assert spread == {
         "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
