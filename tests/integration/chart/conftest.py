@@ -15,6 +15,7 @@ import yaml
 REPO = Path(__file__).parents[3]
 CHART = REPO / "helm" / "remediator"
 FULL_VALUES = Path(__file__).with_name("full-values.yaml")
+POSTGRES_VALUES = Path(__file__).with_name("postgres-values.yaml")
 
 
 class Cli:
