@@ -134,14 +134,23 @@ class FakeJournal:
         self, *, channel: str, limit: int, holder: str, at: datetime, lease_seconds: float
     ) -> list[PendingMessage]:
         assert (channel, holder) == ("kafka:t", "replica-1")
-        return [PendingMessage(seq=i, message=m, attempts=0)
+        return [PendingMessage(seq=i, message=m, attempts=0, maybe_sent=False)
                 for i, m in enumerate(self.unpublished[:limit])]  # fmt: skip
+
+    async def renew_lease(
+        self, *, channel: str, ids: Sequence[str], holder: str, at: datetime,
+        lease_seconds: float,
+    ) -> bool:  # fmt: skip
+        return True
 
     async def mark_published(self, *, ids: Sequence[str], at: datetime) -> None:
         self.published += ids
         self.unpublished = [m for m in self.unpublished if m.id not in ids]
 
-    async def mark_failed_attempt(self, *, ids: Sequence[str], error: str) -> None:
+    async def mark_failed_attempt(
+        self, *, ids: Sequence[str], error: str, holder: str | None = None
+    ) -> None:
+        assert holder == "replica-1"  # only its own lease is released
         self.failed.append((list(ids), error))
 
     async def outbox_backlog(self) -> dict[str, int]:
@@ -160,6 +169,9 @@ class FakePublisher:
             self.failures -= 1
             raise TemporaryError("broker down", delay=0.5)
         self.batches.append([m.id for m in messages])
+
+    async def already_published(self, messages: Sequence[OutboxMessage]) -> set[str]:
+        raise AssertionError("no message was taken before: nothing to look up")
 
 
 async def test_relay_publishes_in_batches_and_marks_after_the_ack() -> None:
