@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from remediator.connectors.kafka import kafka_channel, record_headers
+from remediator.connectors.kafka import kafka_channel, record_headers, record_id
 from remediator.domain.errors import TemporaryError
 from remediator.domain.signals import Signal
 from remediator.engine.outbox import OutboxRelay
@@ -116,6 +116,16 @@ def test_outcome_record_headers_follow_the_cloudevents_kafka_binding() -> None:
         "ce_source": b"/remediator",
     }
     assert kafka_channel("remediator.outcomes") == "kafka:remediator.outcomes"
+
+
+def test_a_record_is_recognised_by_its_ce_id_header_else_by_the_value_id() -> None:
+    value = orjson.dumps({"id": "from-value"})
+    assert record_id(record_headers({"id": "r:planned"}), value) == "r:planned"
+    assert record_id([("content-type", b"application/cloudevents+json")], value) == "from-value"
+    assert record_id([], b"not json") is None
+    assert record_id([], orjson.dumps([1, 2])) is None
+    assert record_id([], orjson.dumps({"id": 7})) is None
+    assert record_id([], None) is None
 
 
 # -- outbox relay ----------------------------------------------------------------------
