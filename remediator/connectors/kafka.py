@@ -14,9 +14,10 @@ acknowledged; the relay marks messages published only then.
 relay may have published without marking them: every partition from the offset of a
 time shortly before the earliest message was created (``read_back_margin_seconds``;
 a record's timestamp is when a producer sent it, on some replica's clock) to the end,
-at most ``read_back_limit`` records per partition, matching the CloudEvents id (the
-``ce_id`` header, else the value's ``id``). A consumer of its own, without a group:
-nothing is committed.
+at most ``read_back_limit`` records in all (shared evenly by the partitions, the
+newest of each; so a read-back ends well within its timeout and cannot stall the
+relay), matching the CloudEvents id (the ``ce_id`` header, else the value's ``id``).
+A consumer of its own, without a group: nothing is committed.
 """
 
 from __future__ import annotations
@@ -171,20 +172,21 @@ class KafkaPublisher:
         self, consumer: Any, partitions: list[TopicPartition], *, since_ms: int
     ) -> dict[TopicPartition, tuple[int, int]]:
         """Per partition, the offsets to read: [first record at or after ``since_ms``,
-        end), at most ``read_back_limit`` records (the newest)."""
+        end), at most its share of ``read_back_limit`` (the newest records)."""
         starts = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
         ends = await consumer.end_offsets(partitions)
+        share = max(1, self._read_back_limit // max(1, len(partitions)))
         ranges: dict[TopicPartition, tuple[int, int]] = {}
         for tp in partitions:
             end = ends[tp]
             start = starts[tp].offset if starts.get(tp) is not None else end
-            if end - start > self._read_back_limit:
+            if end - start > share:
                 log.warning(
                     "kafka topic %s: reading back only the last %d of %d record(s) of"
                     " partition %d; an event published earlier is not found and goes out"
-                    " again", self.topic, self._read_back_limit, end - start, tp.partition,
+                    " again", self.topic, share, end - start, tp.partition,
                 )  # fmt: skip
-                start = end - self._read_back_limit
+                start = end - share
             if start < end:
                 ranges[tp] = (start, end)
         return ranges

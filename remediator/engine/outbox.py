@@ -27,15 +27,17 @@ off exponentially (capped) and never drop a message. One pass (``run_once``):
    and releases the lease, only if it is still this relay's.
 
 What remains at least once, and why: after the renewal (3) the records are handed to
-the producer and leave in milliseconds, but nothing can fence a process frozen in
+the producer and leave in milliseconds, but nothing fences a process frozen in
 between. A relay stopped after its renewal and before its records reached the broker,
 for longer than the lease (60 s), while another relay published the batch, sends it
 again when it resumes; so does a publish that reaches the broker only after its lease
-ran out (the producer's timeouts are far shorter). ``already_published`` looks back
-from shortly before the messages were created, at most ``read_back_limit`` records
-per partition (connectors/kafka.py); a message published further back than that is
-not found and goes out again. Each repeat carries the same CloudEvents ``id``, so
-consumers can still drop it.
+ran out (the producer's timeouts are far shorter). Only Kafka transactions could fence
+that producer (one transactional id shared by the replicas), and only for consumers
+that read committed records; every relay hand-over would fence the previous one, so
+they are not used. ``already_published`` looks back from shortly before the messages
+were created, at most ``read_back_limit`` records (connectors/kafka.py); a message
+published further back is not found and goes out again. Each repeat carries the same
+CloudEvents ``id``, so consumers can still drop it.
 """
 
 from __future__ import annotations

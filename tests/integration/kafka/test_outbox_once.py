@@ -19,7 +19,13 @@ from remediator.engine.outbox import LEASE_SECONDS, OutboxRelay
 from remediator.journal.postgres import PostgresJournal
 from remediator.journal.sqlite import SqliteJournal
 from remediator.ports import Journal, OutboxMessage
-from tests.integration.kafka.conftest import create_topic, read_topic, settings_for, unique
+from tests.integration.kafka.conftest import (
+    create_topic,
+    produce,
+    read_topic,
+    settings_for,
+    unique,
+)
 from tests.pgdb import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -196,17 +202,33 @@ async def test_reading_back_looks_from_shortly_before_the_events_were_made(
         await publisher.close()
 
 
-async def test_reading_back_is_bounded_per_partition(bootstrap: str) -> None:
+async def test_reading_back_is_bounded_shared_by_the_partitions(bootstrap: str) -> None:
     topic = unique("outcomes")
-    await create_topic(bootstrap, topic, partitions=1)
+    await create_topic(bootstrap, topic, partitions=2)
     messages = events(topic, 6)
-    await publish_directly(bootstrap, topic, messages)
+    on_0 = [m for n, m in enumerate(messages) if n % 2 == 0]
+    on_1 = [m for n, m in enumerate(messages) if n % 2 == 1]
+    await produce_to(bootstrap, topic, 0, on_0)
+    await produce_to(bootstrap, topic, 1, on_1)
     settings = settings_for(bootstrap, "unused", outcome_topic=topic)
-    bounded = KafkaPublisher(settings=settings, read_back_limit=3)
-    try:  # only the newest 3 records are read
-        assert await bounded.already_published(messages) == {m.id for m in messages[3:]}
+    bounded = KafkaPublisher(settings=settings, read_back_limit=4)
+    try:  # 2 records a partition, the newest
+        assert await bounded.already_published(messages) == {m.id for m in on_0[1:] + on_1[1:]}
     finally:
         await bounded.close()
+    whole = KafkaPublisher(settings=settings, read_back_limit=6)
+    try:
+        assert await whole.already_published(messages) == {m.id for m in messages}
+    finally:
+        await whole.close()
+
+
+async def produce_to(
+    bootstrap: str, topic: str, partition: int, messages: list[OutboxMessage]
+) -> None:
+    await produce(
+        bootstrap, topic, [orjson.dumps(m.payload) for m in messages], partition=partition
+    )
 
 
 async def test_a_topic_nobody_published_to_holds_none_of_the_events(bootstrap: str) -> None:
