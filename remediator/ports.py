@@ -112,6 +112,11 @@ class PendingMessage:
     seq: int
     message: OutboxMessage
     attempts: int
+    # A relay took it before and never marked it published: its lease was still set
+    # when leased again (the relay died, stopped or lost the journal: this holder's
+    # own earlier lease counts too), or a publish attempt failed. Either way it may
+    # already be on the channel, in full or (a failed batch) in part.
+    maybe_sent: bool
 
 
 class EventPublisher(Protocol):
@@ -121,6 +126,12 @@ class EventPublisher(Protocol):
 
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
         """Deliver all or raise (TemporaryError: retry later; nothing is marked done)."""
+        ...
+
+    async def already_published(self, messages: Sequence[OutboxMessage]) -> set[str]:
+        """The ids of those ``messages`` that are already on the channel (a relay
+        published them and stopped before marking them). Raises TemporaryError when
+        the channel cannot be read back now; then nothing may be published again."""
         ...
 
 
@@ -431,7 +442,8 @@ class ExecutionLog(Protocol):
 
 
 class Outbox(Protocol):
-    """Messages to publish at least once; ids make redelivery detectable downstream."""
+    """Messages to publish, leased to one relay at a time; ids make redelivery
+    detectable downstream (engine/outbox.py: how outcome events go out once)."""
 
     async def enqueue(self, messages: Sequence[OutboxMessage]) -> None:
         """Add messages to the outbox (ids already present are ignored)."""
@@ -441,13 +453,37 @@ class Outbox(Protocol):
         self, *, channel: str, limit: int, holder: str, at: datetime, lease_seconds: float
     ) -> list[PendingMessage]:
         """Unpublished messages of a channel, oldest first, leased to ``holder`` for
-        ``lease_seconds`` so no other replica relays them meanwhile."""
+        ``lease_seconds`` so no other replica relays them meanwhile. Each says whether
+        it may have been sent already (``PendingMessage.maybe_sent``)."""
+        ...
+
+    async def renew_lease(
+        self,
+        *,
+        channel: str,
+        ids: Sequence[str],
+        holder: str,
+        at: datetime,
+        lease_seconds: float,
+    ) -> bool:
+        """Extend ``holder``'s lease on these messages to ``at + lease_seconds`` if
+        every one is still unpublished and leased to ``holder`` (even if the lease ran
+        out meanwhile, nobody took it); otherwise change nothing and return False:
+        another relay took them over, and this one must not publish them.
+
+        A compare-and-set, ordered with ``pending`` of the same channel: once it
+        returned True, no other relay leases these messages before the new expiry."""
         ...
 
     async def mark_published(self, *, ids: Sequence[str], at: datetime) -> None: ...
 
-    async def mark_failed_attempt(self, *, ids: Sequence[str], error: str) -> None:
-        """Count a failed attempt and release the lease (retried later)."""
+    async def mark_failed_attempt(
+        self, *, ids: Sequence[str], error: str, holder: str | None = None
+    ) -> None:
+        """Count a failed attempt and release the lease (retried later).
+
+        With ``holder``, only that holder's lease is released: a relay whose lease ran
+        out while it was failing must not free messages another relay now holds."""
         ...
 
     async def mark_dead(self, *, ids: Sequence[str], error: str, at: datetime) -> None:

@@ -1,21 +1,43 @@
-"""Drains the journal's outbox into an ``EventPublisher``: at least once, in order.
+"""Drains the journal's outbox into an ``EventPublisher``: each message once, in order.
 
 The engine writes outcome messages in the same transaction as the decision that
 caused them, so a crash between an action and its event cannot lose the event: the
-message waits in the outbox and this relay publishes it after the restart. A message
-is marked published only after the publisher returned (every record acknowledged);
-a crash between the ack and the mark publishes it again, with the same CloudEvents
-``id``, which is how consumers recognise the repeat.
+message waits in the outbox and a relay publishes it after the restart. A message is
+marked published only after the publisher returned (every record acknowledged).
 
-One relay per channel; it publishes oldest first and stops at the first failure, so a
-channel's order is kept. Failures back off exponentially (capped) and never drop a
-message.
+One relay per channel and replica; the journal leases each batch to one relay at a
+time (``lease_seconds``), oldest first, so a channel's order is kept. Failures back
+off exponentially (capped) and never drop a message. One pass (``run_once``):
 
-With several replicas, each relay leases the batch it is about to publish (for
-``lease_seconds``): no other replica publishes those messages meanwhile, nor any
-later one of the channel. A replica stopped between publishing and marking leaves
-its lease to expire; another replica then publishes the batch again, with the same
-ids. Delivery is at least once, and consumers drop repeats by id.
+1. Lease a batch. The journal flags the messages a relay took before and never
+   marked published (``maybe_sent``): that relay was killed or stopped after
+   publishing and before marking, lost the journal at the mark, or its publish
+   failed after some records got through. This replica's own earlier lease counts
+   too (a restarted replica gets its own leases back at once).
+2. Ask the channel which of the flagged messages it already holds
+   (``EventPublisher.already_published``; Kafka reads the topic back by the
+   CloudEvents id). Those are marked published without being sent again. If the
+   channel cannot be read back, nothing is published and the pass is retried.
+3. Renew the lease by compare-and-set (``Outbox.renew_lease``) right before
+   publishing: a relay that was stopped (SIGSTOP, a long pause) until its lease ran
+   out and another relay took the batch over finds it no longer leased to it and
+   publishes nothing. The renewal gives the publish a whole lease, which is twice
+   the Kafka publisher's own timeout.
+4. Publish the rest in order, then mark them published. A failure counts an attempt
+   and releases the lease, only if it is still this relay's.
+
+What remains at least once, and why: after the renewal (3) the records are handed to
+the producer and leave in milliseconds, but nothing fences a process frozen in
+between. A relay stopped after its renewal and before its records reached the broker,
+for longer than the lease (60 s), while another relay published the batch, sends it
+again when it resumes; so does a publish that reaches the broker only after its lease
+ran out (the producer's timeouts are far shorter). Only Kafka transactions could fence
+that producer (one transactional id shared by the replicas), and only for consumers
+that read committed records; every relay hand-over would fence the previous one, so
+they are not used. ``already_published`` looks back from shortly before the messages
+were created, at most ``read_back_limit`` records (connectors/kafka.py); a message
+published further back is not found and goes out again. Each repeat carries the same
+CloudEvents ``id``, so consumers can still drop it.
 """
 
 from __future__ import annotations
@@ -23,17 +45,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 from remediator.domain.errors import TemporaryError
-from remediator.ports import EventPublisher, Outbox
+from remediator.ports import EventPublisher, Outbox, OutboxMessage, PendingMessage
 
 log = logging.getLogger(__name__)
 
-# Far longer than publishing one batch takes (the producer's own timeouts are shorter);
-# a replica that dies holding a lease delays its channel this long.
+# Twice the Kafka publisher's timeout (30 s), so a publish ends well within the lease
+# its renewal gives it; a replica that dies holding a lease delays its channel this long
+# (unless it comes back first: its own leases are offered to it again at once).
 LEASE_SECONDS = 60.0
 
 
@@ -45,6 +68,14 @@ class RelayObserver(Protocol):
     def published(self, *, channel: str, count: int) -> None: ...
 
     def failed(self, *, channel: str) -> None: ...
+
+    def found_published(self, *, channel: str, count: int) -> None:
+        """Messages found already on the channel and marked without sending again."""
+        ...
+
+    def lease_lost(self, *, channel: str) -> None:
+        """A batch not published because another relay took it over meanwhile."""
+        ...
 
 
 class OutboxRelay:
@@ -99,7 +130,8 @@ class OutboxRelay:
                         await self._wake.wait()
 
     async def run_once(self) -> int:
-        """Publish one batch; return how many. TemporaryError: nothing marked published."""
+        """Relay one batch; return how many messages are done (published now or found
+        already published). TemporaryError: the rest of the batch is not marked."""
         await self._observe_backlog()
         pending = await self._journal.pending(
             channel=self.channel,
@@ -110,26 +142,78 @@ class OutboxRelay:
         )
         if not pending:
             return 0
-        messages = [p.message for p in pending]
+        found = await self._settle_maybe_sent(pending)
+        rest = [p.message for p in pending if p.message.id not in found]
+        if rest and await self._still_leased(rest):
+            await self._publish(rest)
+            return len(found) + len(rest)
+        return len(found)
+
+    async def _settle_maybe_sent(self, batch: Sequence[PendingMessage]) -> set[str]:
+        """Of the batch's maybe-sent messages, mark those the channel already holds
+        published; return their ids."""
+        maybe_sent = [p.message for p in batch if p.maybe_sent]
+        if not maybe_sent:
+            return set()
+        try:
+            found = await self._publisher.already_published(maybe_sent)
+        except TemporaryError as exc:  # unknown: publishing them now could repeat them
+            await self._record_failure([p.message.id for p in batch], exc)
+            raise
+        found &= {m.id for m in maybe_sent}
+        if found:
+            await self._journal.mark_published(ids=sorted(found), at=self._clock())
+            if self._observer is not None:
+                self._observer.found_published(channel=self.channel, count=len(found))
+        log.info(
+            "outbox %s: %d message(s) taken before by a relay that did not mark them;"
+            " %d already on the channel, marked published without sending them again",
+            self.channel, len(maybe_sent), len(found),
+        )  # fmt: skip
+        return found
+
+    async def _still_leased(self, messages: Sequence[OutboxMessage]) -> bool:
+        """Renew this relay's lease by compare-and-set; False: another relay has them."""
+        renewed = await self._journal.renew_lease(
+            channel=self.channel,
+            ids=[m.id for m in messages],
+            holder=self._holder,
+            at=self._clock(),
+            lease_seconds=self._lease_seconds,
+        )
+        if not renewed:
+            log.warning(
+                "outbox %s: the lease on %d message(s) ran out before they were published"
+                " (this replica was stopped or slow) and another relay took them over;"
+                " not publishing them",
+                self.channel, len(messages),
+            )  # fmt: skip
+            if self._observer is not None:
+                self._observer.lease_lost(channel=self.channel)
+        return renewed
+
+    async def _publish(self, messages: Sequence[OutboxMessage]) -> None:
         ids = [m.id for m in messages]
         try:
             await self._publisher.publish(messages)
         except TemporaryError as exc:
-            if self._observer is not None:
-                self._observer.failed(channel=self.channel)
-            try:
-                await self._journal.mark_failed_attempt(ids=ids, error=str(exc))
-            except TemporaryError as journal_exc:  # bookkeeping only: the retry matters
-                log.warning("outbox %s: could not record the failure: %s", self.channel,
-                            journal_exc)  # fmt: skip
+            await self._record_failure(ids, exc)
             raise
-        # If this write fails the batch is published again later (same ids): at least
-        # once, never lost.
+        # If this write fails, the messages stay leased: the next relay to lease them
+        # finds them on the channel (maybe_sent) instead of publishing them again.
         await self._journal.mark_published(ids=ids, at=self._clock())
         if self._observer is not None:
             self._observer.published(channel=self.channel, count=len(ids))
         log.debug("outbox %s: published %d message(s)", self.channel, len(ids))
-        return len(ids)
+
+    async def _record_failure(self, ids: Sequence[str], exc: TemporaryError) -> None:
+        if self._observer is not None:
+            self._observer.failed(channel=self.channel)
+        try:
+            await self._journal.mark_failed_attempt(ids=ids, error=str(exc), holder=self._holder)
+        except TemporaryError as journal_exc:  # bookkeeping only: the retry matters
+            log.warning("outbox %s: could not record the failure: %s", self.channel,
+                        journal_exc)  # fmt: skip
 
     async def _observe_backlog(self) -> None:
         if self._observer is not None:

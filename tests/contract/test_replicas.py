@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,31 @@ async def test_deciding_the_same_batch_twice_writes_it_once(replica: OpenReplica
     assert sorted(results) == [False, True]
     page = await a.list_remediations(limit=200)
     assert len(page.items) == 50
+
+
+async def test_a_late_renewal_and_another_replicas_lease_never_both_win(
+    replica: OpenReplica,
+) -> None:
+    """a's lease ran out; a renews it just as b leases the same messages. One of them
+    holds them afterwards, never both (the channel's lock orders the two)."""
+    a, b = await replica("replica-a"), await replica("replica-b")
+    expired = NOW + timedelta(seconds=61)
+    outcomes: Counter[str] = Counter()
+    for round_ in range(40):
+        batch = [message(round_ * 10 + n) for n in range(5)]
+        await a.enqueue(batch)
+        leased = await a.pending(channel=CHANNEL, limit=5, holder="replica-a", at=NOW,
+                                 lease_seconds=60)  # fmt: skip
+        assert len(leased) == 5
+        renewed, taken = await asyncio.gather(
+            a.renew_lease(channel=CHANNEL, ids=[m.id for m in batch], holder="replica-a",
+                          at=expired, lease_seconds=60),
+            b.pending(channel=CHANNEL, limit=5, holder="replica-b", at=expired,
+                      lease_seconds=60),
+        )  # fmt: skip
+        assert renewed != bool(taken), f"round {round_}: renewed={renewed}, b took {taken}"
+        if taken:
+            assert all(p.maybe_sent for p in taken)
+        outcomes["renewed" if renewed else "taken"] += 1
+        await a.mark_published(ids=[m.id for m in batch], at=expired)
+    assert sum(outcomes.values()) == 40

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from remediator.domain.errors import TemporaryError
 from remediator.journal.sqlite import SqliteJournal
-from remediator.journal.sqlite.rows import pending_message
+from remediator.journal.sqlite.rows import PENDING_COLUMNS, pending_message
 from remediator.ports import PendingMessage
 
 
@@ -41,7 +41,7 @@ async def outbox_messages(
     lease is taken or changed (``pending`` would lease what it returns)."""
     rows = await journal.database.read(
         lambda conn: conn.execute(
-            "SELECT seq, id, channel, key, payload, created_at, attempts FROM outbox"
+            f"SELECT {PENDING_COLUMNS} FROM outbox"
             " WHERE channel = ? AND published_at IS NULL ORDER BY seq LIMIT ?",
             (channel, limit),
         ).fetchall()

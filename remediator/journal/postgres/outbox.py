@@ -1,12 +1,14 @@
-"""Outbox: messages to publish at least once, relayed in order by one relay at a time.
+"""Outbox: messages to publish, relayed in order by one relay at a time.
 
 ``pending`` leases the rows it returns (leased_by, lease_until), so another replica's
 relay does not publish them meanwhile. Rows after one leased by another relay are not
 offered either: a channel is relayed in order, by one relay at a time (the lease
 transactions of a channel take its advisory lock, so two relays cannot both find the
 channel free). A relay that stops between publishing and ``mark_published`` leaves its
-lease to expire; the message is then offered again and published a second time:
-consumers drop the repeat by its id.
+lease to expire; the message is then offered again, flagged ``maybe_sent``, and the
+relay asks the channel whether it is there before publishing it again.
+``renew_lease`` takes the channel's advisory lock too, so a renewal and another
+relay's lease of the same rows cannot both succeed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ WITH held AS (
     SELECT min(seq) AS seq FROM outbox
     WHERE channel = $1 AND published_at IS NULL AND lease_until > $3 AND leased_by <> $4
 ), offered AS (
-    SELECT seq FROM outbox
+    SELECT seq, (leased_by IS NOT NULL OR attempts > 0) AS maybe_sent FROM outbox
     WHERE channel = $1 AND published_at IS NULL
       AND seq < coalesce((SELECT seq FROM held), {_LAST_SEQ})
     ORDER BY seq
@@ -44,7 +46,15 @@ WITH held AS (
 )
 UPDATE outbox o SET leased_by = $4, lease_until = $5
 FROM offered WHERE o.seq = offered.seq
-RETURNING {", ".join(f"o.{c.strip()}" for c in OUTBOX_COLUMNS.split(","))}
+RETURNING {", ".join(f"o.{c.strip()}" for c in OUTBOX_COLUMNS.split(","))}, offered.maybe_sent
+"""
+
+_HELD_BY = """
+SELECT count(*) FROM (
+    SELECT id FROM outbox
+    WHERE id = ANY($1::text[]) AND channel = $2 AND published_at IS NULL AND leased_by = $3
+    FOR UPDATE
+) AS held
 """
 
 
@@ -76,6 +86,34 @@ class PgOutbox:
 
         return await self._db.write("lease outbox messages", write)
 
+    async def renew_lease(
+        self,
+        *,
+        channel: str,
+        ids: Sequence[str],
+        holder: str,
+        at: datetime,
+        lease_seconds: float,
+    ) -> bool:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return True
+        until = at + timedelta(seconds=lease_seconds)
+
+        async def write(conn: asyncpg.Connection) -> bool:
+            # The channel's lock orders this with every pending() of the channel.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", channel_lock(channel))
+            held = await conn.fetchval(_HELD_BY, wanted, channel, holder)
+            if held != len(wanted):
+                return False
+            await conn.execute(
+                "UPDATE outbox SET lease_until = $2 WHERE id = ANY($1::text[])", wanted, until
+            )
+            return True
+
+        renewed: bool = await self._db.write("renew outbox lease", write)
+        return renewed
+
     async def mark_published(self, *, ids: Sequence[str], at: datetime) -> None:
         if not ids:
             return
@@ -90,16 +128,25 @@ class PgOutbox:
 
         await self._db.write("mark published", write)
 
-    async def mark_failed_attempt(self, *, ids: Sequence[str], error: str) -> None:
+    async def mark_failed_attempt(
+        self, *, ids: Sequence[str], error: str, holder: str | None = None
+    ) -> None:
         if not ids:
             return
 
         async def write(conn: asyncpg.Connection) -> None:
+            # The lease is released only if it is still the failing holder's (or no
+            # holder was named); the attempt counts either way.
             await conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = $2,"
-                " leased_by = NULL, lease_until = NULL WHERE id = ANY($1::text[])",
+                " leased_by = CASE WHEN $3::text IS NULL OR leased_by = $3"
+                "   THEN NULL ELSE leased_by END,"
+                " lease_until = CASE WHEN $3::text IS NULL OR leased_by = $3"
+                "   THEN NULL ELSE lease_until END"
+                " WHERE id = ANY($1::text[])",
                 list(ids),
                 pg_text(error[:ERROR_CHARS]),
+                holder,
             )
 
         await self._db.write("mark failed attempt", write)

@@ -176,6 +176,7 @@ def pending_message(row: Record) -> PendingMessage:
             created_at=row["created_at"],
         ),
         attempts=row["attempts"],
+        maybe_sent=row["maybe_sent"],
     )
 
 

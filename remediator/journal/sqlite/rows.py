@@ -205,8 +205,15 @@ def insert_outbox(conn: sqlite3.Connection, messages: Sequence[OutboxMessage]) -
     )
 
 
+# maybe_sent: a relay leased it and never marked it published, or an attempt failed
+PENDING_COLUMNS = (
+    "seq, id, channel, key, payload, created_at, attempts,"
+    " (leased_by IS NOT NULL OR attempts > 0) AS maybe_sent"
+)
+
+
 def pending_message(row: tuple[Any, ...]) -> PendingMessage:
-    seq, mid, channel, key, payload, created_at, attempts = row
+    seq, mid, channel, key, payload, created_at, attempts, maybe_sent = row
     return PendingMessage(
         seq=seq,
         message=OutboxMessage(
@@ -217,6 +224,7 @@ def pending_message(row: tuple[Any, ...]) -> PendingMessage:
             created_at=parse_utc(created_at),
         ),
         attempts=attempts,
+        maybe_sent=bool(maybe_sent),
     )
 
 

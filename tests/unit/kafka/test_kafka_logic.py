@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from remediator.connectors.kafka import kafka_channel, record_headers
+from remediator.connectors.kafka import kafka_channel, record_headers, record_id
 from remediator.domain.errors import TemporaryError
 from remediator.domain.signals import Signal
 from remediator.engine.outbox import OutboxRelay
@@ -118,6 +118,16 @@ def test_outcome_record_headers_follow_the_cloudevents_kafka_binding() -> None:
     assert kafka_channel("remediator.outcomes") == "kafka:remediator.outcomes"
 
 
+def test_a_record_is_recognised_by_its_ce_id_header_else_by_the_value_id() -> None:
+    value = orjson.dumps({"id": "from-value"})
+    assert record_id(record_headers({"id": "r:planned"}), value) == "r:planned"
+    assert record_id([("content-type", b"application/cloudevents+json")], value) == "from-value"
+    assert record_id([], b"not json") is None
+    assert record_id([], orjson.dumps([1, 2])) is None
+    assert record_id([], orjson.dumps({"id": 7})) is None
+    assert record_id([], None) is None
+
+
 # -- outbox relay ----------------------------------------------------------------------
 def outbox_message(n: int) -> OutboxMessage:
     return OutboxMessage(id=f"m{n}", channel="kafka:t", key="checkout", payload={"n": n},
@@ -134,14 +144,23 @@ class FakeJournal:
         self, *, channel: str, limit: int, holder: str, at: datetime, lease_seconds: float
     ) -> list[PendingMessage]:
         assert (channel, holder) == ("kafka:t", "replica-1")
-        return [PendingMessage(seq=i, message=m, attempts=0)
+        return [PendingMessage(seq=i, message=m, attempts=0, maybe_sent=False)
                 for i, m in enumerate(self.unpublished[:limit])]  # fmt: skip
+
+    async def renew_lease(
+        self, *, channel: str, ids: Sequence[str], holder: str, at: datetime,
+        lease_seconds: float,
+    ) -> bool:  # fmt: skip
+        return True
 
     async def mark_published(self, *, ids: Sequence[str], at: datetime) -> None:
         self.published += ids
         self.unpublished = [m for m in self.unpublished if m.id not in ids]
 
-    async def mark_failed_attempt(self, *, ids: Sequence[str], error: str) -> None:
+    async def mark_failed_attempt(
+        self, *, ids: Sequence[str], error: str, holder: str | None = None
+    ) -> None:
+        assert holder == "replica-1"  # only its own lease is released
         self.failed.append((list(ids), error))
 
     async def outbox_backlog(self) -> dict[str, int]:
@@ -160,6 +179,9 @@ class FakePublisher:
             self.failures -= 1
             raise TemporaryError("broker down", delay=0.5)
         self.batches.append([m.id for m in messages])
+
+    async def already_published(self, messages: Sequence[OutboxMessage]) -> set[str]:
+        raise AssertionError("no message was taken before: nothing to look up")
 
 
 async def test_relay_publishes_in_batches_and_marks_after_the_ack() -> None:
