@@ -8,17 +8,18 @@ between replicas is an error, never a silent overwrite.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from remediator.domain.approvals import ApprovalState
 from remediator.domain.errors import PermanentError
 from remediator.domain.plans import ActionKind, Plan
-
-_ZERO = timedelta(0)
+from remediator.domain.times import utc_text
 
 
 class RemediationStatus(StrEnum):
@@ -113,15 +114,6 @@ class StepStatus(StrEnum):
     FAILED = "failed"
 
 
-def utc_text(value: datetime) -> str:
-    """Fixed-width UTC text ('2026-11-27T10:00:00.000000Z'): sorts like the instants.
-
-    The one textual form of a time in the journal and the API."""
-    if value.utcoffset() != _ZERO:
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
 def _text_or_none(value: datetime | None) -> str | None:
     return None if value is None else utc_text(value)
 
@@ -178,6 +170,9 @@ class Remediation(_Frozen):
     approval_comment: str | None = None
     decision: dict[str, Any] | None = None
     steps: tuple[StepRecord, ...] | None = None
+    # The request and its votes, for a plan that needed approval (None when not loaded:
+    # list views, or a plan that never needed approval).
+    approval: ApprovalState | None = None
 
     @property
     def finished(self) -> bool:
@@ -218,4 +213,13 @@ class Remediation(_Frozen):
             item["decision"] = self.decision
         if self.steps is not None:
             item["steps"] = [step.to_api() for step in self.steps]
+        if self.approval is not None:
+            item["approval"] = self.approval.to_api()
         return item
+
+
+def remediation_id(signal_id: str) -> str:
+    """The id of the remediation a signal's decision opens: derived from the signal, so
+    deciding the same signal again writes the same remediation (and the API knows the id
+    of a request's remediation before it is decided)."""
+    return "rem_" + hashlib.blake2b(signal_id.encode(), digest_size=10).hexdigest()
