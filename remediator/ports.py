@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from remediator.domain.approvals import ApprovalRequest, Vote, VoteResult
 from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord, StepStatus
 from remediator.domain.notices import SlackMessageRef
 from remediator.domain.plans import ActionKind, Step, StepKind
@@ -50,6 +51,9 @@ class NewRemediation:
     created_at: datetime
     decision: dict[str, Any]
     explanation: str
+    # What a plan awaiting approval was asked with and under which policy; a plan
+    # awaiting approval without one gets the plan's approvers and the default times.
+    approval: ApprovalRequest | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -351,7 +355,7 @@ class RemediationStore(Protocol):
         ...
 
     async def get_remediation(self, remediation_id: str) -> Remediation | None:
-        """With its decision and steps."""
+        """With its decision, steps and approval state."""
         ...
 
     async def approve_remediation(
@@ -364,11 +368,73 @@ class RemediationStore(Protocol):
         comment: str | None = None,
         outbox: Sequence[OutboxMessage] = (),
     ) -> bool:
-        """``awaiting_approval`` becomes ``planned`` (runnable); False if it was not waiting.
+        """Break-glass: ``awaiting_approval`` becomes ``planned`` whatever the policy
+        says; False if it was not waiting. The API never calls it (approvals there are
+        votes: ``ApprovalStore.cast_vote``); ``remediator approve`` on the journal file
+        does, recording ``by`` (the local OS user), ``roles`` and ``comment``."""
+        ...
 
-        ``by`` is the approving principal, ``roles`` the plan's approver roles it holds,
-        ``comment`` what it said; all three are recorded with the remediation.
-        """
+
+def no_messages(_: VoteResult) -> Sequence[OutboxMessage]:
+    return ()
+
+
+class ApprovalStore(Protocol):
+    """Plans awaiting approval: votes, withdrawal, escalation, expiry, and the review an
+    emergency owes. Every write here is a compare-and-set on the remediation's status in
+    one transaction with its outbox messages, so replicas (and an approval racing the
+    expiry) never both win."""
+
+    async def cast_vote(
+        self,
+        remediation_id: str,
+        *,
+        vote: Vote,
+        outbox: Callable[[VoteResult], Sequence[OutboxMessage]] = no_messages,
+    ) -> VoteResult:
+        """Record ``vote`` and apply what the votes now amount to (``approvals.evaluate``):
+        ``awaiting_approval`` becomes ``planned`` once every seat is filled, ``rejected`` at
+        the first counted rejection. Cast at or past the request's expiry, nothing is
+        recorded and the plan ends ``expired``. ``outbox(result)`` is written with it."""
+        ...
+
+    async def cancel_remediation(
+        self,
+        remediation_id: str,
+        *,
+        by: str,
+        at: datetime,
+        reason: str | None = None,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> bool:
+        """Withdraw a plan awaiting approval, or one planned and not yet claimed: it ends
+        ``cancelled`` (``by`` recorded in its reason). False if it was neither."""
+        ...
+
+    async def due_approvals(self, *, now: datetime, limit: int) -> list[Remediation]:
+        """Plans awaiting approval whose escalation or expiry is due at ``now``, oldest
+        first, with their approval state (decision and steps not loaded)."""
+        ...
+
+    async def mark_escalated(
+        self, remediation_id: str, *, at: datetime, outbox: Sequence[OutboxMessage] = ()
+    ) -> bool:
+        """Note the escalation once: False if it was escalated before or is no longer
+        awaiting approval (then ``outbox`` is not written either)."""
+        ...
+
+    async def expire_approval(
+        self, remediation_id: str, *, at: datetime, outbox: Sequence[OutboxMessage] = ()
+    ) -> bool:
+        """End a plan still awaiting approval at or past its expiry ``expired``; False
+        (nothing written) otherwise."""
+        ...
+
+    async def close_review(
+        self, remediation_id: str, *, by: str, at: datetime, comment: str | None = None
+    ) -> bool:
+        """Close the review an approved emergency owes; False if none is owed (not an
+        emergency, never approved) or it was closed before."""
         ...
 
 
@@ -509,6 +575,7 @@ class Journal(
     DecisionStore,
     CircuitStore,
     RemediationStore,
+    ApprovalStore,
     ExecutionLog,
     Outbox,
     SlackThreads,

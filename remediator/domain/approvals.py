@@ -361,6 +361,84 @@ class ApprovalState(_Frozen):
         }
 
 
+class VoteResult(StrEnum):
+    """What a vote on a plan awaiting approval comes to."""
+
+    RECORDED = "recorded"  # counted; other seats are still empty
+    APPROVED = "approved"  # it filled the last seat: the plan becomes planned (runnable)
+    REJECTED = "rejected"  # it rejected the request: the plan ends rejected
+    EXPIRED = "expired"  # cast at or past the hard expiry: the request ends expired instead
+    ALREADY_VOTED = "already_voted"  # this principal voted on it before
+    OWN_REQUEST = "own_request"  # the requester cannot approve or reject its own request
+    NOT_AN_APPROVER = "not_an_approver"  # holds none of the roles the policy names
+    NOT_WAITING = "not_waiting"  # gone, or no longer awaiting approval
+
+    @property
+    def counted(self) -> bool:
+        return self in (VoteResult.RECORDED, VoteResult.APPROVED, VoteResult.REJECTED)
+
+    @property
+    def changes(self) -> bool:
+        """The vote was recorded, or the request ended because of it."""
+        return self.counted or self is VoteResult.EXPIRED
+
+
+def judge_vote(state: ApprovalState, vote: Vote) -> VoteResult:
+    """What ``vote`` does to a request still awaiting approval (the journal applies it
+    in one transaction with the status change)."""
+    request = state.request
+    if request.expired(vote.at):
+        return VoteResult.EXPIRED
+    if vote.principal == request.requester:
+        return VoteResult.OWN_REQUEST
+    if state.voted(vote.principal) is not None:
+        return VoteResult.ALREADY_VOTED
+    if not request.policy.may_vote(vote.roles):
+        return VoteResult.NOT_AN_APPROVER
+    outcome = ApprovalState(request=request, votes=(*state.votes, vote)).outcome
+    if isinstance(outcome, Approved):
+        return VoteResult.APPROVED
+    if isinstance(outcome, Rejected):
+        return VoteResult.REJECTED
+    return VoteResult.RECORDED
+
+
+def approved_as(state: ApprovalState, principal: str) -> tuple[str, ...]:
+    """The roles ``principal`` fills in the state's approval (none while pending)."""
+    outcome = state.outcome
+    if not isinstance(outcome, Approved):
+        return ()
+    return tuple(a.role for a in outcome.assignment if a.principal == principal)
+
+
+def rejection_reason(vote: Vote) -> str:
+    roles = f" ({', '.join(vote.roles)})" if vote.roles else ""
+    return f"rejected by {vote.principal}{roles}" + (f": {vote.comment}" if vote.comment else "")
+
+
+def cancel_reason(by: str, comment: str | None) -> str:
+    return f"cancelled by {by}" + (f": {comment}" if comment else "")
+
+
+def expiry_reason(request: ApprovalRequest) -> str:
+    return (
+        f"expired: not approved within {_span(request.policy.expires_after)} "
+        f"(by {_text(request.expires_at)})"
+    )
+
+
+def _span(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
+    return "".join(parts) or "0s"
+
+
 def _vote_api(vote: Vote) -> dict[str, Any]:
     return {
         "principal": vote.principal,

@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from remediator.domain.approvals import ApprovalState
 from remediator.domain.errors import PermanentError
 from remediator.domain.plans import ActionKind, Plan
-from remediator.domain.times import utc_text
+from remediator.domain.times import utc_text as utc_text
 
 
 class RemediationStatus(StrEnum):

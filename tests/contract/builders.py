@@ -6,6 +6,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from remediator.domain.approvals import ApprovalRequest
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import ActionKind
 from remediator.domain.signals import Signal, Source, Status
@@ -64,6 +65,8 @@ def new_remediation(
     automated: bool = True,
     action: ActionKind | None = ActionKind.ROLLBACK,
     rid: str | None = None,
+    approval: ApprovalRequest | None = None,
+    approvers: tuple[str, ...] = (),
 ) -> NewRemediation:
     return NewRemediation(
         id=rid or f"rem_{next(_ids):06d}",
@@ -77,9 +80,11 @@ def new_remediation(
         manual=False,
         automated=automated,
         created_at=created_at,
-        decision={"plan": {"action": "rollback", "steps": [{"kind": "rollout_undo"}]}},
+        decision={"plan": {"action": "rollback", "steps": [{"kind": "rollout_undo"}]}}
+        | ({"approvers": list(approvers)} if approvers else {}),
         explanation=f"{sig.kind} on {sig.service}",
-    )
+        approval=approval,
+    )  # fmt: skip
 
 
 def message(

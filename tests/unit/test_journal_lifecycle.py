@@ -472,4 +472,52 @@ async def test_a_journal_of_schema_8_is_migrated_and_keeps_working(tmp_path: Pat
     finally:
         await journal.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 9
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 10
+
+
+async def test_plans_waiting_before_approval_requests_get_the_default_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v9.db"
+    scripts = sorted(
+        entry
+        for entry in resources.files("remediator.journal.sqlite").joinpath("migrations").iterdir()
+        if entry.name.endswith(".sql") and int(entry.name.split("_")[0]) <= 9
+    )
+    created = NOW - timedelta(days=3)  # the plan: waiting three days
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        for entry in scripts:
+            conn.executescript(entry.read_text())
+        conn.execute("PRAGMA user_version = 9")
+        stamp = utc_text(created)
+        conn.executemany(
+            "INSERT INTO remediations (id, signal_id, service, action, status, created_at,"
+            " updated_at, decision, explanation) VALUES (?, 's', 'checkout', 'rollback', ?,"
+            " ?, ?, ?, '')",
+            [
+                ("rem_gate", "awaiting_approval", stamp, stamp,
+                 '{"approvers": ["dba", "tech-lead"], "steps": []}'),
+                ("rem_open", "awaiting_approval", stamp, stamp, '{"steps": []}'),
+                ("rem_done", "succeeded", stamp, stamp, '{"approvers": ["dba"], "steps": []}'),
+            ],
+        )  # fmt: skip
+    journal = SqliteJournal(path=path, instance="host-1", clock=Clock(NOW))
+    await journal.open()
+    try:
+        gate = await journal.get_remediation("rem_gate")
+        assert gate is not None and gate.approval is not None
+        request = gate.approval.request
+        assert [s.label for s in request.policy.seats] == ["dba", "tech-lead"]
+        assert request.requested_at == created
+        assert request.response_due_at == created + timedelta(hours=1)
+        assert request.expires_at == created + timedelta(hours=4)
+        opened = await journal.get_remediation("rem_open")
+        assert opened is not None and opened.approval is not None
+        assert [s.label for s in opened.approval.request.policy.seats] == ["any approver"]
+        done = await journal.get_remediation("rem_done")
+        assert done is not None and done.approval is None
+        # Long past their expiry: the approval clock ends them at its first look.
+        due = await journal.due_approvals(now=NOW, limit=10)
+        assert [r.id for r in due] == ["rem_gate", "rem_open"]
+    finally:
+        await journal.close()

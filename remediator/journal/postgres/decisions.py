@@ -19,10 +19,13 @@ from remediator.domain.plans import ActionKind
 from remediator.journal.postgres.database import Database
 from remediator.journal.postgres.rows import (
     INSERT_OUTBOX,
+    INSERT_REQUEST,
     SIGNAL_COLUMNS,
     json_text,
     outbox_params,
     pg_text,
+    request_for,
+    request_params,
     stored_signal,
 )
 from remediator.ports import (
@@ -116,6 +119,11 @@ class PgDecisionStore:
                 await conn.execute(_INSERT_DECISIONS, *_decision_columns(decisions))
             if remediations:
                 await conn.execute(_INSERT_REMEDIATIONS, *_remediation_columns(remediations))
+            waiting = [r for r in remediations if r.status is RemediationStatus.AWAITING_APPROVAL]
+            if waiting:
+                await conn.executemany(
+                    INSERT_REQUEST, [request_params(r.id, request_for(r)) for r in waiting]
+                )
             if outbox:
                 await conn.execute(INSERT_OUTBOX, *outbox_params(outbox))
             return True

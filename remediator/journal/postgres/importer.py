@@ -57,7 +57,34 @@ TABLES: dict[str, tuple[Column, ...]] = {
         " attempts integer, last_error text, published_at timestamptz"
     ),
     "slack_messages": _columns("remediation_id text, channel text, ts text"),
+    "approval_requests": _columns(
+        "remediation_id text, requester text, scenario text, reason text, target text,"
+        " policy jsonb, requested_at timestamptz, response_due_at timestamptz,"
+        " expires_at timestamptz, escalated_at timestamptz, review_closed_by text,"
+        " review_closed_at timestamptz, review_comment text"
+    ),
+    "approval_votes": _columns(
+        "remediation_id text, principal text, verdict text, roles jsonb, at timestamptz,"
+        " comment text"
+    ),
 }
+# A journal older than its approval requests: each plan still awaiting approval gets the
+# request the migration gives it (as migrations/0002 does for a journal upgraded in place).
+_BACKFILL_REQUESTS = """
+INSERT INTO approval_requests (remediation_id, policy, requested_at, response_due_at, expires_at)
+SELECT id,
+       jsonb_build_object(
+           'seats',
+           CASE WHEN jsonb_array_length(coalesce(decision -> 'approvers', '[]'::jsonb)) = 0
+                THEN jsonb_build_array(jsonb_build_object('roles', '[]'::jsonb))
+                ELSE (SELECT jsonb_agg(jsonb_build_object('roles', jsonb_build_array(value)))
+                      FROM jsonb_array_elements(decision -> 'approvers'))
+           END,
+           'response_time', 3600, 'expires_after', 14400, 'emergency', false),
+       created_at, created_at + interval '1 hour', created_at + interval '4 hours'
+FROM remediations r WHERE status = 'awaiting_approval'
+  AND NOT EXISTS (SELECT 1 FROM approval_requests a WHERE a.remediation_id = r.id)
+"""
 # Tables whose seq is an identity column: continued after the highest copied.
 _SEQUENCED = ("signals", "remediations", "outbox")
 
@@ -147,6 +174,9 @@ async def import_history(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'),"
                 f" coalesce(max(seq), 1), max(seq) IS NOT NULL) FROM {table}"
             )
+        backfilled = await conn.fetchval(
+            f"WITH added AS ({_BACKFILL_REQUESTS} RETURNING 1) SELECT count(*) FROM added"
+        )
         await conn.execute("UPDATE decision_cursor SET seq = $1", state.decided_seq)
         await conn.execute(
             "UPDATE circuit SET open = $1, reason = $2, changed_at = $3, changed_by = $4",
@@ -157,6 +187,7 @@ async def import_history(
         )
         copied = await holdings(conn)
         expected = {**totals, "decision cursor": state.decided_seq}
+        expected["approval_requests"] = totals.get("approval_requests", 0) + backfilled
         wrong = {name: (copied[name], n) for name, n in expected.items() if copied.get(name) != n}
         if wrong:
             shown = ", ".join(f"{name}: {got} copied, {n} in the source"

@@ -8,14 +8,18 @@ from typing import Any
 
 import asyncpg
 
+from remediator.domain.approvals import ApprovalState
 from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord, check_transition
 from remediator.domain.paging import check_limit, parse_cursor
 from remediator.journal.postgres.database import Database
 from remediator.journal.postgres.rows import (
     INSERT_OUTBOX,
     REMEDIATION_COLUMNS,
+    REQUEST_COLUMNS,
     STEP_COLUMNS,
+    VOTE_COLUMNS,
     WITH_DECISION,
+    approval_state,
     outbox_params,
     pg_text,
     remediation,
@@ -37,12 +41,37 @@ async def steps_of(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, li
     return timelines
 
 
+async def approvals_of(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, ApprovalState]:
+    """The approval states of those of these remediations that needed approval."""
+    requests = await conn.fetch(
+        f"SELECT {REQUEST_COLUMNS} FROM approval_requests WHERE remediation_id = ANY($1::text[])",
+        list(ids),
+    )
+    if not requests:
+        return {}
+    votes = await conn.fetch(
+        f"SELECT {VOTE_COLUMNS} FROM approval_votes WHERE remediation_id = ANY($1::text[])"
+        " ORDER BY at, principal",
+        [row["remediation_id"] for row in requests],
+    )
+    by_id: dict[str, list[asyncpg.Record]] = {row["remediation_id"]: [] for row in requests}
+    for vote in votes:
+        by_id[vote["remediation_id"]].append(vote)
+    return {row["remediation_id"]: approval_state(row, by_id[row["remediation_id"]])
+            for row in requests}  # fmt: skip
+
+
 async def full_remediations(
     conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]
 ) -> list[Remediation]:
-    """Rows (with their decision) as remediations with their steps."""
-    timelines = await steps_of(conn, [row["id"] for row in rows])
-    return [remediation(row, steps=timelines[row["id"]]) for row in rows]
+    """Rows (with their decision) as remediations with their steps and approval state."""
+    ids = [row["id"] for row in rows]
+    timelines = await steps_of(conn, ids)
+    approvals = await approvals_of(conn, ids)
+    return [
+        remediation(row, steps=timelines[row["id"]], approval=approvals.get(row["id"]))
+        for row in rows
+    ]
 
 
 class PgRemediationStore:

@@ -16,6 +16,15 @@ from typing import Any
 import orjson
 from asyncpg import Record
 
+from remediator.domain.approvals import (
+    ApprovalPolicy,
+    ApprovalRequest,
+    ApprovalState,
+    Review,
+    Verdict,
+    Vote,
+    default_request,
+)
 from remediator.domain.lifecycle import (
     Remediation,
     RemediationStatus,
@@ -25,7 +34,7 @@ from remediator.domain.lifecycle import (
 )
 from remediator.domain.plans import ActionKind
 from remediator.domain.signals import Signal, Source, Status
-from remediator.ports import OutboxMessage, PendingMessage, StoredSignal
+from remediator.ports import NewRemediation, OutboxMessage, PendingMessage, StoredSignal
 
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
@@ -117,7 +126,12 @@ REMEDIATION_COLUMNS = (
 WITH_DECISION = REMEDIATION_COLUMNS + ", decision"
 
 
-def remediation(row: Record, *, steps: Sequence[StepRecord] | None = None) -> Remediation:
+def remediation(
+    row: Record,
+    *,
+    steps: Sequence[StepRecord] | None = None,
+    approval: ApprovalState | None = None,
+) -> Remediation:
     """``decision`` is loaded when the row has it; ``steps`` when given."""
     action = row["action"]
     approved_as = row["approved_as"]
@@ -144,7 +158,61 @@ def remediation(row: Record, *, steps: Sequence[StepRecord] | None = None) -> Re
         approval_comment=row["approval_comment"],
         decision=row.get("decision"),  # absent from list queries
         steps=None if steps is None else tuple(steps),
+        approval=approval,
     )
+
+
+# -- approvals -------------------------------------------------------------------------
+REQUEST_COLUMNS = (
+    "remediation_id, requester, scenario, reason, target, policy, requested_at, escalated_at,"
+    " review_closed_by, review_closed_at, review_comment"
+)
+VOTE_COLUMNS = "remediation_id, principal, verdict, roles, at, comment"
+INSERT_REQUEST = (
+    "INSERT INTO approval_requests (remediation_id, requester, scenario, reason, target, policy,"
+    " requested_at, response_due_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    " ON CONFLICT (remediation_id) DO NOTHING"
+)
+
+
+def request_params(remediation_id: str, request: ApprovalRequest) -> tuple[Any, ...]:
+    return (
+        remediation_id, pg_text(request.requester), pg_text(request.scenario),
+        pg_text(request.reason), pg_text(request.target), request.policy.model_dump(mode="json"),
+        request.requested_at, request.response_due_at, request.expires_at,
+    )  # fmt: skip
+
+
+def request_for(remediation: NewRemediation) -> ApprovalRequest:
+    """A new plan's request; without one, the plan's approvers and the default times."""
+    if remediation.approval is not None:
+        return remediation.approval
+    approvers = remediation.decision.get("approvers") or ()
+    return default_request(list(approvers), remediation.created_at)
+
+
+def approval_state(request: Record, votes: Sequence[Record]) -> ApprovalState:
+    closed_by = request["review_closed_by"]
+    return ApprovalState(
+        request=ApprovalRequest(
+            policy=ApprovalPolicy.model_validate(request["policy"]),
+            requested_at=request["requested_at"],
+            requester=request["requester"],
+            scenario=request["scenario"],
+            reason=request["reason"],
+            target=request["target"],
+            escalated_at=request["escalated_at"],
+            review=None
+            if closed_by is None
+            else Review(closed_by=closed_by, closed_at=request["review_closed_at"],
+                        comment=request["review_comment"]),
+        ),
+        votes=tuple(
+            Vote(principal=v["principal"], verdict=Verdict(v["verdict"]), roles=tuple(v["roles"]),
+                 at=v["at"], comment=v["comment"])
+            for v in votes
+        ),
+    )  # fmt: skip
 
 
 STEP_COLUMNS = "remediation_id, idx, kind, status, started_at, finished_at, detail"

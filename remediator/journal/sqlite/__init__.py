@@ -6,7 +6,7 @@
 - ``schema``: migrations (``migrations/NNNN_*.sql``), applied on open;
 - ``rows``: how models are stored (times as ``utc_text``, JSON as TEXT);
 - one module per role: ``lifecycle`` (heartbeat), ``signals``, ``decisions``,
-  ``circuit``, ``remediations``, ``execution``, ``outbox``, ``slack_threads``.
+  ``circuit``, ``remediations``, ``approvals``, ``execution``, ``outbox``, ``slack_threads``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
+from remediator.journal.sqlite.approvals import SqliteApprovals
 from remediator.journal.sqlite.circuit import SqliteCircuit
 from remediator.journal.sqlite.database import (
     BUSY_TIMEOUT_MS,
@@ -50,6 +51,7 @@ class SqliteJournal(
     SqliteDecisions,
     SqliteCircuit,
     SqliteRemediations,
+    SqliteApprovals,
     SqliteExecutionLog,
     SqliteOutbox,
     SqliteSlackThreads,

@@ -15,9 +15,11 @@ from remediator.domain.signals import Status
 from remediator.journal.sqlite.database import Role, rollback
 from remediator.journal.sqlite.rows import (
     SIGNAL_COLUMNS,
+    insert_approval_request,
     insert_outbox,
     json_text,
     parse_utc,
+    request_for,
     stored_signal,
 )
 from remediator.ports import (
@@ -104,6 +106,9 @@ class SqliteDecisions(Role):
                 " decision, explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_remediation_row(r) for r in remediations],
             )
+            for r in remediations:
+                if r.status is RemediationStatus.AWAITING_APPROVAL:
+                    insert_approval_request(conn, r.id, request_for(r))
             return True
 
         moved: bool = await self._db.transaction(write)

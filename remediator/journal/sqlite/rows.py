@@ -10,6 +10,15 @@ from typing import Any, TypeVar
 
 import orjson
 
+from remediator.domain.approvals import (
+    ApprovalPolicy,
+    ApprovalRequest,
+    ApprovalState,
+    Review,
+    Verdict,
+    Vote,
+    default_request,
+)
 from remediator.domain.lifecycle import (
     Remediation,
     RemediationStatus,
@@ -19,7 +28,7 @@ from remediator.domain.lifecycle import (
 )
 from remediator.domain.plans import ActionKind
 from remediator.domain.signals import Signal, Source, Status
-from remediator.ports import OutboxMessage, PendingMessage, StoredSignal
+from remediator.ports import NewRemediation, OutboxMessage, PendingMessage, StoredSignal
 
 T = TypeVar("T")
 
@@ -139,6 +148,7 @@ def remediation(
     *,
     with_decision: bool = False,
     steps: Sequence[StepRecord] | None = None,
+    approval: ApprovalState | None = None,
 ) -> Remediation:
     """A row of REMEDIATION_COLUMNS; the decision only when asked for (list views
     leave it out), the steps when given."""
@@ -168,6 +178,7 @@ def remediation(
         approval_comment=approval_comment,
         decision=orjson.loads(decision) if with_decision else None,
         steps=None if steps is None else tuple(steps),
+        approval=approval,
     )
 
 
@@ -191,8 +202,82 @@ def steps_of(conn: sqlite3.Connection, remediation_id: str) -> list[StepRecord]:
 
 
 def full_remediation(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Remediation:
-    """A remediation with its decision and steps."""
-    return remediation(row, with_decision=True, steps=steps_of(conn, row[1]))
+    """A remediation with its decision, steps and approval state."""
+    return remediation(
+        row, with_decision=True, steps=steps_of(conn, row[1]), approval=approval_of(conn, row[1])
+    )
+
+
+# -- approvals -------------------------------------------------------------------------
+def insert_approval_request(
+    conn: sqlite3.Connection, remediation_id: str, request: ApprovalRequest
+) -> None:
+    """The request of a plan awaiting approval (kept if one is there already)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO approval_requests (remediation_id, requester, scenario, reason,"
+        " target, policy, requested_at, response_due_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            remediation_id, request.requester, request.scenario, request.reason, request.target,
+            request.policy.model_dump_json(), utc_text(request.requested_at),
+            utc_text(request.response_due_at), utc_text(request.expires_at),
+        ),
+    )  # fmt: skip
+
+
+def request_for(remediation: NewRemediation) -> ApprovalRequest:
+    """A new plan's request; without one, the plan's approvers and the default times."""
+    if remediation.approval is not None:
+        return remediation.approval
+    approvers = remediation.decision.get("approvers") or ()
+    return default_request(list(approvers), remediation.created_at)
+
+
+def approval_of(conn: sqlite3.Connection, remediation_id: str) -> ApprovalState | None:
+    """The request and votes of a plan that needed approval; None for any other."""
+    row = conn.execute(
+        "SELECT requester, scenario, reason, target, policy, requested_at, escalated_at,"
+        " review_closed_by, review_closed_at, review_comment FROM approval_requests"
+        " WHERE remediation_id = ?",
+        (remediation_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    (requester, scenario, reason, target, policy, requested_at, escalated_at, closed_by,
+     closed_at, comment) = row  # fmt: skip
+    votes = conn.execute(
+        "SELECT principal, verdict, roles, at, comment FROM approval_votes"
+        " WHERE remediation_id = ? ORDER BY at, principal",
+        (remediation_id,),
+    ).fetchall()
+    return ApprovalState(
+        request=ApprovalRequest(
+            policy=ApprovalPolicy.model_validate_json(policy),
+            requested_at=parse_utc(requested_at),
+            requester=requester,
+            scenario=scenario,
+            reason=reason,
+            target=target,
+            escalated_at=parse_utc_or_none(escalated_at),
+            review=None
+            if closed_by is None
+            else Review(closed_by=closed_by, closed_at=parse_utc(closed_at), comment=comment),
+        ),
+        votes=tuple(
+            Vote(principal=principal, verdict=Verdict(verdict), roles=tuple(orjson.loads(roles)),
+                 at=parse_utc(at), comment=vote_comment)
+            for principal, verdict, roles, at, vote_comment in votes
+        ),
+    )  # fmt: skip
+
+
+def insert_vote(conn: sqlite3.Connection, remediation_id: str, vote: Vote) -> None:
+    conn.execute(
+        "INSERT INTO approval_votes (remediation_id, principal, verdict, roles, at, comment)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (remediation_id, vote.principal, vote.verdict.value, json_text(list(vote.roles)),
+         utc_text(vote.at), vote.comment),
+    )  # fmt: skip
 
 
 # -- outbox ----------------------------------------------------------------------------

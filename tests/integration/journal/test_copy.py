@@ -18,6 +18,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from remediator.domain.approvals import ApprovalConfig, ApprovalRequest, Verdict, Vote, policy_for
 from remediator.domain.errors import PermanentError
 from remediator.domain.lifecycle import RemediationStatus, StepStatus
 from remediator.domain.notices import SlackMessageRef
@@ -25,8 +26,9 @@ from remediator.domain.plans import ActionKind
 from remediator.journal.copy import SourceInUse, copy_journal
 from remediator.journal.postgres import PostgresJournal
 from remediator.journal.postgres.importer import NotEmpty
+from remediator.journal.sqlite import SqliteJournal
 from remediator.ports import CircuitRecord
-from tests.contract.builders import signal
+from tests.contract.builders import plant, signal
 from tests.pgdb import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -172,7 +174,8 @@ async def test_a_copied_journal_reads_back_the_same_and_continues(
     assert report.version == 8
     assert report.counts == {
         "signals": 5, "decisions": 3, "remediations": 5, "remediation_steps": 3, "outbox": 4,
-        "slack_messages": 1, "decision cursor": 5, "circuit changes": 1,
+        "slack_messages": 1, "approval_requests": 1, "approval_votes": 0, "decision cursor": 5,
+        "circuit changes": 1,
     }  # fmt: skip
     assert ("signals", 5, 5) in lines.seen and ("outbox", 4, 4) in lines.seen
 
@@ -223,6 +226,11 @@ async def test_a_copied_journal_reads_back_the_same_and_continues(
         assert claims[0].steps is not None and claims[0].steps[0].status is StepStatus.STARTED
         assert await journal.take_over_claim("rem_running", from_holder="pod-0", by="pod-new",
                                              at=COPIED_AT)  # fmt: skip
+        # A plan waiting since before approval requests gets the default request.
+        waiting = await journal.get_remediation("rem_waiting")
+        assert waiting is not None and waiting.approval is not None
+        assert waiting.approval.request.expires_at == waiting.created_at + timedelta(hours=4)
+        assert [s.label for s in waiting.approval.request.policy.seats] == ["any approver"]
         # The approved plan is runnable; the waiting one still waits, and can be approved.
         assert [r.id for r in await journal.runnable_remediations(limit=10)] == ["rem_approved"]
         assert await journal.approve_remediation("rem_waiting", by="carol", at=COPIED_AT)
@@ -299,7 +307,7 @@ async def test_a_source_written_during_the_copy_leaves_the_target_empty(
     assert report.counts["decision cursor"] == 6
 
 
-@pytest.mark.parametrize("version", [7, 10])
+@pytest.mark.parametrize("version", [7, 11])
 async def test_an_unknown_schema_version_is_refused(
     tmp_path: Path, target: SecretStr, version: int
 ) -> None:
@@ -310,6 +318,39 @@ async def test_an_unknown_schema_version_is_refused(
     conn.close()
     with pytest.raises(PermanentError, match=f"journal schema version {version}"):
         await copy(path, target)
+
+
+async def test_approval_requests_and_votes_are_copied(tmp_path: Path, target: SecretStr) -> None:
+    path = tmp_path / "v10.db"
+    journal = SqliteJournal(path=path, instance="pod-0")
+    await journal.open()
+    try:
+        policy = policy_for(approvers=("dba", "tech-lead"), response_time=timedelta(minutes=15),
+                            emergency=True, config=ApprovalConfig())  # fmt: skip
+        request = ApprovalRequest(policy=policy, requested_at=T0, requester="rita",
+                                  scenario="data_consistency", reason="orders lost",
+                                  target="41")  # fmt: skip
+        rid = await plant(journal, status=RemediationStatus.AWAITING_APPROVAL, approval=request)
+        await journal.mark_escalated(rid, at=T0 + timedelta(minutes=15))
+        await journal.cast_vote(rid, vote=Vote(principal="lee", verdict=Verdict.APPROVE,
+                                               roles=("tech-lead",), at=T0 + timedelta(minutes=20),
+                                               comment="go"))  # fmt: skip
+        await journal.close_review(rid, by="pat", at=T0 + timedelta(days=1), comment="fine")
+        before = await journal.get_remediation(rid)
+    finally:
+        await journal.close()
+    report = await copy(path, target)
+    assert report.version == 10
+    assert (report.counts["approval_requests"], report.counts["approval_votes"]) == (1, 1)
+    copied = PostgresJournal(dsn=target, instance="pod-new", pool_size=2)
+    await copied.open()
+    try:
+        after = await copied.get_remediation(rid)
+    finally:
+        await copied.close()
+    assert before is not None and after is not None
+    assert after.approval == before.approval
+    assert after.approval is not None and after.approval.request.review is not None
 
 
 async def test_a_large_journal_is_copied_in_chunks(tmp_path: Path, target: SecretStr) -> None:
@@ -427,7 +468,7 @@ async def test_a_journal_filled_through_the_ports_copies_to_the_same_journal(
     finally:
         await sqlite.close()
     report = await copy(path, target)
-    assert report.version == 9
+    assert report.version == 10
     postgres = PostgresJournal(dsn=target, instance="pod-1", pool_size=2)
     await postgres.open()
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -95,6 +96,7 @@ async def test_a_failing_migration_leaves_nothing_behind(
     dsn: SecretStr, monkeypatch: pytest.MonkeyPatch, opened: Callable[..., Any]
 ) -> None:
     await opened()  # at the current version
+    current = known_migrations()[-1].version
     broken = Migration(
         version=99,
         name="0099_broken.sql",
@@ -106,9 +108,46 @@ async def test_a_failing_migration_leaves_nothing_behind(
     conn = await raw(dsn)
     try:
         assert await conn.fetchval("SELECT to_regclass('half_done')") is None
-        assert await conn.fetchval("SELECT max(version) FROM schema_version") == 1
+        assert await conn.fetchval("SELECT max(version) FROM schema_version") == current
     finally:
         await conn.close()
+
+
+async def test_plans_waiting_before_approval_requests_get_the_default_one(
+    dsn: SecretStr, monkeypatch: pytest.MonkeyPatch, opened: Callable[..., Any]
+) -> None:
+    everything = known_migrations()
+    monkeypatch.setattr(migrate_module, "known_migrations", lambda: everything[:1])
+    first = await opened()  # schema 1: before approval requests
+    await first.close()
+    created = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    conn = await raw(dsn)
+    try:
+        await conn.executemany(
+            "INSERT INTO remediations (id, signal_id, service, status, created_at, updated_at,"
+            " decision, explanation) VALUES ($1, 's', 'checkout', $2, $3, $3, $4::jsonb, '')",
+            [
+                ("rem_gate", "awaiting_approval", created,
+                 '{"approvers": ["dba", "tech-lead"], "steps": []}'),
+                ("rem_open", "awaiting_approval", created, '{"steps": []}'),
+                ("rem_done", "succeeded", created, '{"approvers": ["dba"], "steps": []}'),
+            ],
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    monkeypatch.setattr(migrate_module, "known_migrations", lambda: everything)
+    journal = await opened()
+    gate = await journal.get_remediation("rem_gate")
+    assert gate is not None and gate.approval is not None
+    request = gate.approval.request
+    assert [s.label for s in request.policy.seats] == ["dba", "tech-lead"]
+    assert (request.requested_at, request.expires_at) == (created, created + timedelta(hours=4))
+    assert request.response_due_at == created + timedelta(hours=1)
+    opened_plan = await journal.get_remediation("rem_open")
+    assert opened_plan is not None and opened_plan.approval is not None
+    assert [s.label for s in opened_plan.approval.request.policy.seats] == ["any approver"]
+    done = await journal.get_remediation("rem_done")
+    assert done is not None and done.approval is None
 
 
 # -- the DSN is a secret ------------------------------------------------------------------
