@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -33,12 +32,14 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from remediator.domain.approvals import ApprovalConfig, ApprovalRequest, policy_for
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
-from remediator.domain.lifecycle import RemediationStatus
+from remediator.domain.lifecycle import RemediationStatus, remediation_id
 from remediator.domain.outcomes import outcome_event
 from remediator.domain.plans import ActionKind, Decision, NoAction, NoActionReason, Plan, explain
 from remediator.domain.record import stage_for
+from remediator.domain.requests import request_facts
 from remediator.domain.rules import (
     HISTORY_KINDS,
     CircuitState,
@@ -80,7 +81,7 @@ _S = RemediationStatus
 # How the rules see each status; skipped ones are no part of the history.
 _STATUS_FOR_HISTORY = {
     _S.PLANNED: PastOutcome.OPEN,
-    _S.AWAITING_APPROVAL: PastOutcome.OPEN,  # people are deciding; automation waits
+    _S.AWAITING_APPROVAL: PastOutcome.WAITING,  # people are deciding; automation goes on
     _S.RUNNING: PastOutcome.OPEN,
     _S.NEEDS_HUMAN: PastOutcome.OPEN,  # blocks automation until people close it
     _S.DRY_RUN: PastOutcome.SUCCEEDED,  # a simulation ends at once; cooldown applies
@@ -134,10 +135,6 @@ class UnknownFacts:
         return None
 
 
-def remediation_id(signal_id: str) -> str:
-    return "rem_" + hashlib.blake2b(signal_id.encode(), digest_size=10).hexdigest()
-
-
 class DecisionEngine:
     def __init__(
         self,
@@ -158,10 +155,13 @@ class DecisionEngine:
         max_backoff: float = 60.0,
         poll_seconds: float = POLL_SECONDS,
         failpoints: Failpoints = NO_FAILPOINTS,
+        approvals: ApprovalConfig | None = None,
     ) -> None:
-        """``on_internal_error`` gets the exception's type name of every error the engine
-        survived (a signal it could not decide, a failed batch or hook);
-        ``on_facts_error`` gets the service whose live facts could not be read."""
+        """``approvals`` sets the response times and expiry of plans that wait for
+        approval, and who approves an emergency. ``on_internal_error`` gets the
+        exception's type name of every error the engine survived (a signal it could not
+        decide, a failed batch or hook); ``on_facts_error`` gets the service whose live
+        facts could not be read."""
         self._journal = journal
         self._pack = pack
         self._facts = facts
@@ -178,6 +178,7 @@ class DecisionEngine:
         self._max_backoff = max_backoff
         self._poll_seconds = poll_seconds
         self._failpoints = failpoints
+        self._approvals = approvals or ApprovalConfig()
         self._wake = asyncio.Event()
         # Exception types whose traceback was logged: one traceback per kind of failure,
         # not one per signal of a storm.
@@ -571,6 +572,7 @@ class DecisionEngine:
         spec = self._pack.services.get(signal.service)
         if isinstance(decision, NoAction) and decision.reason is NoActionReason.NOT_IN_CATALOG:
             spec = None  # the namespace the signal asked for, not the catalog's
+        waiting = status is RemediationStatus.AWAITING_APPROVAL
         return NewRemediation(
             id=remediation_id(signal.id),
             signal_id=signal.id,
@@ -585,7 +587,26 @@ class DecisionEngine:
             created_at=now,
             decision=decision.to_dict(),
             explanation=text,
+            approval=self._approval_request(signal, plan, now=now)
+            if waiting and plan is not None
+            else None,
         )
+
+    def _approval_request(self, signal: Signal, plan: Plan, *, now: datetime) -> ApprovalRequest:
+        """Who must approve the plan and how fast: the rule's approvers and response time,
+        or one emergency approver for a request that says it is an emergency."""
+        facts = request_facts(signal)
+        rule = self._pack.rule(plan.rule)
+        policy = policy_for(
+            approvers=plan.approvers,
+            response_time=rule.approval_timeout if rule is not None else None,
+            emergency=facts.emergency,
+            config=self._approvals,
+        )
+        return ApprovalRequest(
+            policy=policy, requested_at=now, requester=facts.requester, scenario=facts.scenario,
+            reason=facts.reason, target=facts.target,
+        )  # fmt: skip
 
 
 _History = tuple[tuple[DeployRecord, ...], tuple[MigrationRecord, ...]]

@@ -17,6 +17,7 @@ from remediator.domain.plans import (
     Plan,
     Step,
 )
+from remediator.domain.requests import TARGET_LABEL
 from remediator.domain.rules.durations import format_duration
 from remediator.domain.rules.events import history_trusted
 from remediator.domain.rules.matchers import first_mismatch
@@ -188,7 +189,11 @@ def _cooldown_detail(
 ) -> str | None:
     """Why the same action may not run again yet for this service, if it may not."""
     cooldown = rule.cooldown if rule.cooldown is not None else defaults.cooldown
-    last = max((r.started_at for r in state.remediations if r.action is plan.action), default=None)
+    # A plan still waiting for people, or one that never ran, cools nothing down.
+    last = max(
+        (r.started_at for r in state.remediations if r.action is plan.action and r.status.acted),
+        default=None,
+    )
     if last is None or now - last >= cooldown:
         return None
     return (
@@ -205,7 +210,7 @@ def _rate_limit_detail(
     started = tuple(
         r.started_at
         for r in state.remediations
-        if r.action is not ActionKind.NOTIFY_ONLY and r.status is not PastOutcome.CANCELLED
+        if r.action is not ActionKind.NOTIFY_ONLY and r.status.acted
     )
     recent = count_since(started, now=now, window=_DAY)
     if recent < limit:
@@ -318,6 +323,14 @@ class _Context:
 
     # --- rollback -------------------------------------------------------------------
 
+    @property
+    def requested_target(self) -> str | None:
+        """The revision or version a person asked to roll back to: a manual request
+        may name one from trusted history; an alert can never choose a target."""
+        if self.signal.source is not Source.MANUAL:
+            return None
+        return self.signal.labels.get(TARGET_LABEL) or None
+
     def _rollback_target(self) -> tuple[DeployRecord, DeployRecord] | str:
         """(current, target) or why there is no revision it is safe to go back to."""
         deploys = self.state.deploys_newest_first()
@@ -326,12 +339,15 @@ class _Context:
         current = deploys[0]
         # Deployment and Helm revisions are numbers; a deploy event may have sent a version
         # in their place (``revision`` falls back to ``version``), which cannot be undone to.
-        numbered = isinstance(self.spec.rollback, RollingRollback | HelmRollback)
+        numbered = numbered_rollback(self.spec)
         if numbered and not _numbered(current):
             return (
                 f"the newest deploy of {self.service!r} records {current.revision!r}, not a "
                 f"revision number, so a {self.spec.rollback.strategy} rollback cannot use it"
             )
+        if self.requested_target is not None:
+            return requested_rollback(deploys, self.requested_target, spec=self.spec,
+                                      service=self.service)  # fmt: skip
         limit = self.spec.max_revisions_back or self.pack.defaults.max_revisions_back
         candidates = deploys[1 : 1 + limit]
         for deploy in candidates:
@@ -355,12 +371,18 @@ class _Context:
             ActionKind.ROLLBACK,
             steps,
             explanation=f"{why}; rolling back from {_label(current)} to {_label(target)}, "
-            f"the newest revision recorded healthy",
+            f"{self._target_kind}",
         )
+
+    @property
+    def _target_kind(self) -> str:
+        if self.requested_target is not None:
+            return "the revision the request names"
+        return "the newest revision recorded healthy"
 
     def _rollback_steps(self, *, current: DeployRecord, target: DeployRecord) -> list[Step]:
         strategy = self.spec.rollback
-        to_target = f"{_label(target)} is the newest revision recorded healthy"
+        to_target = f"{_label(target)} is {self._target_kind}"
         ns = self.namespace
         if isinstance(strategy, RollingRollback):
             deployment = strategy.deployment or self.spec.workload
@@ -644,6 +666,38 @@ class _Context:
             steps,
             explanation=f"{_describe(self.signal)}: restoring the previous config",
         )
+
+
+def numbered_rollback(spec: ServiceSpec) -> bool:
+    """Whether the service's rollback needs revision numbers (Deployment, Helm)."""
+    return isinstance(spec.rollback, RollingRollback | HelmRollback)
+
+
+def requested_rollback(
+    deploys: list[DeployRecord], wanted: str, *, spec: ServiceSpec, service: str
+) -> tuple[DeployRecord, DeployRecord] | str:
+    """(current, target) for a request naming ``wanted`` (a revision or version), or why
+    it cannot be had: only a deploy trusted history records before the current one."""
+    if not deploys:
+        return f"no deploy of {service!r} is recorded, so no known revision to return to"
+    current = deploys[0]
+    if wanted in (current.revision, current.version):
+        return f"{wanted!r} is what {service!r} runs now ({_label(current)})"
+    numbered = numbered_rollback(spec)
+    for deploy in deploys[1:]:
+        if wanted not in (deploy.revision, deploy.version) or deploy.revision == current.revision:
+            continue
+        if numbered and not _numbered(deploy):
+            return (
+                f"{wanted!r} is recorded as {deploy.revision!r}, not a revision number, so a "
+                f"{spec.rollback.strategy} rollback cannot use it"
+            )
+        return current, deploy
+    known = ", ".join(_label(d) for d in deploys[1:]) or "none"
+    return (
+        f"{wanted!r} is not a revision or version trusted deploy history records for "
+        f"{service!r} before the current {_label(current)} (known: {known})"
+    )
 
 
 def _latest(migrations: tuple[MigrationRecord, ...]) -> MigrationRecord | None:

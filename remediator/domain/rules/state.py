@@ -47,10 +47,19 @@ class MigrationRecord(_State):
 class PastOutcome(StrEnum):
     """How the rules see a past remediation: still open, or how it ended."""
 
-    OPEN = "open"  # planned, awaiting approval, running or being watched
+    OPEN = "open"  # planned, running, or left to people (needs_human)
+    # Awaiting approval: people are deciding, and automation for the service goes on
+    # meanwhile (the Lease is taken only when a plan runs).
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    CANCELLED = "cancelled"
+    CANCELLED = "cancelled"  # never ran: withdrawn, rejected or expired
+
+    @property
+    def acted(self) -> bool:
+        """It ran, or may still run without another decision (counts for cooldown and
+        the daily limit)."""
+        return self not in (PastOutcome.WAITING, PastOutcome.CANCELLED)
 
 
 class RemediationRecord(_State):

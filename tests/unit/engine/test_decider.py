@@ -13,11 +13,13 @@ from typing import Any
 import orjson
 import pytest
 
+from remediator.domain.approvals import ApprovalConfig
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.lifecycle import Remediation, RemediationStatus
 from remediator.domain.plans import NoAction
 from remediator.domain.record import status_note
 from remediator.domain.record_build import record_from_journal
+from remediator.domain.requests import RollbackRequest
 from remediator.domain.rules import DeployRecord, RulePack, signal_from_cloudevent
 from remediator.domain.signals import (
     DEFAULT_NAMESPACE_LABELS,
@@ -698,3 +700,75 @@ async def test_two_engines_on_one_journal_decide_each_signal_once(
     remediations = await all_remediations(journal)
     assert len(remediations) == 500
     assert [r.status for r in remediations].count(RemediationStatus.PLANNED) == 1
+
+
+# -- rollback requests and approvals ---------------------------------------------------------
+
+
+def rollback_request(n: int, **changes: Any) -> Signal:
+    fields: dict[str, Any] = {"service": "checkout", "namespace": "shop",
+                              "scenario": "data_consistency", "reason": "orders lost"}  # fmt: skip
+    fields.update(changes)
+    return RollbackRequest(**fields).signal(requester="rita", received_at=NOW,
+                                            idempotency=f"request-{n}")  # fmt: skip
+
+
+async def test_a_request_waits_for_its_scenarios_approvers_within_its_response_time(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await journal_events(journal, [deploy_event(1, at=NOW - timedelta(days=1)),
+                                   deploy_event(2, at=NOW - timedelta(hours=2))])  # fmt: skip
+    await journal.record_signals([rollback_request(1, target="1")])
+    engine = DecisionEngine(
+        journal=journal, pack=pack, facts=FakeFacts({}), dry_run=False, clock=Clock(NOW),
+        approvals=ApprovalConfig(expiry_factor=3),
+    )  # fmt: skip
+    await drain(engine)
+    [rem] = await all_remediations(journal)
+    assert (rem.status, rem.rule, rem.manual) == (
+        "awaiting_approval", "manual-data-consistency", True,
+    )  # fmt: skip
+    detail = await journal.get_remediation(rem.id)
+    assert detail is not None and detail.approval is not None
+    request = detail.approval.request
+    assert (request.requester, request.scenario, request.reason, request.target) == (
+        "rita", "data_consistency", "orders lost", "1",
+    )  # fmt: skip
+    assert [seat.label for seat in request.policy.seats] == ["dba", "tech-lead"]
+    assert request.response_due_at == NOW + timedelta(minutes=15)  # the rule's timeout
+    assert request.expires_at == NOW + timedelta(minutes=45)
+    assert not request.policy.emergency
+    assert detail.decision is not None
+    assert detail.decision["steps"][0]["params"]["to_revision"] == 1
+
+
+async def test_an_emergency_request_needs_one_emergency_approver(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await journal_events(journal, [deploy_event(1, at=NOW - timedelta(days=1)),
+                                   deploy_event(2, at=NOW - timedelta(hours=2))])  # fmt: skip
+    await journal.record_signals([rollback_request(1, emergency=True)])
+    engine = DecisionEngine(
+        journal=journal, pack=pack, facts=FakeFacts({}), dry_run=False, clock=Clock(NOW),
+        approvals=ApprovalConfig(emergency_roles=("tech-lead", "ops-lead")),
+    )  # fmt: skip
+    await drain(engine)
+    [rem] = await all_remediations(journal)
+    detail = await journal.get_remediation(rem.id)
+    assert detail is not None and detail.approval is not None
+    policy = detail.approval.request.policy
+    assert policy.emergency and [s.label for s in policy.seats] == ["tech-lead or ops-lead"]
+
+
+async def test_automation_goes_on_while_a_request_waits(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await journal_events(journal, [deploy_event(1, at=NOW - timedelta(days=1)),
+                                   deploy_event(2, at=NOW - timedelta(minutes=8))])  # fmt: skip
+    await journal.record_signals([rollback_request(1)])
+    await journal_alerts(journal, [alert(name="PodNotReady", fingerprint="pnr",
+                                         starts_at=(NOW - timedelta(minutes=5)).isoformat())])  # fmt: skip
+    await drain(engine_for(journal, pack, clock=Clock(NOW)))
+    statuses = sorted((r.rule, r.status) for r in await all_remediations(journal))
+    assert statuses == [("manual-data-consistency", "awaiting_approval"),
+                        ("pod-not-ready-rollback", "planned")]  # fmt: skip

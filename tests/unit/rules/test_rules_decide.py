@@ -606,6 +606,72 @@ def test_manual_requests_bypass_cooldown_and_circuit_but_not_open_work(pack: Rul
     assert decision.reason is NoActionReason.IN_PROGRESS
 
 
+WAITING_ROLLBACK = RemediationRecord(
+    action=ActionKind.ROLLBACK, started_at=NOW - timedelta(minutes=3), status=PastOutcome.WAITING,
+    manual=True,
+)  # fmt: skip
+NEVER_RAN = RemediationRecord(
+    action=ActionKind.ROLLBACK, started_at=NOW - timedelta(minutes=5),
+    status=PastOutcome.CANCELLED,
+)  # fmt: skip
+
+
+def test_a_request_waiting_for_approval_neither_blocks_nor_cools_down_automation(
+    pack: RulePack,
+) -> None:
+    # An alert's rollback while a person's request waits: the automation acts.
+    plan = plan_for(pack, alert("HighErrorRate"), state(remediations=(WAITING_ROLLBACK,)))
+    assert plan.action is ActionKind.ROLLBACK
+    # A plan that never ran (rejected, expired, cancelled) cools nothing down either,
+    # and neither counts toward the daily limit.
+    plan = plan_for(
+        pack, alert("HighErrorRate"),
+        state(remediations=(NEVER_RAN, WAITING_ROLLBACK, *DAY_OF_SCALING[:2])),
+    )  # fmt: skip
+    assert plan.action is ActionKind.ROLLBACK
+    # What did run still cools down.
+    held = skipped(pack, alert("HighErrorRate"), state(remediations=(DONE_ROLLBACK,)))
+    assert held.reason is NoActionReason.COOLDOWN
+
+
+def test_a_request_may_name_its_target_from_trusted_history(pack: RulePack) -> None:
+    for wanted in ("6", "v1.2.0"):
+        plan = plan_for(pack, manual("rollback", scenario="user_experience", target=wanted))
+        undo = plan.steps[0]
+        assert isinstance(undo, RolloutUndoStep)
+        assert (undo.params.from_revision, undo.params.to_revision) == (8, 6)
+        assert "the revision the request names" in plan.explanation
+    # Without a target: the newest revision recorded healthy, as for alerts.
+    plan = plan_for(pack, manual("rollback", scenario="user_experience"))
+    assert isinstance(plan.steps[0], RolloutUndoStep)
+    assert plan.steps[0].params.to_revision == 7
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("9", "'9' is not a revision or version trusted deploy history records"),
+        ("8", "'8' is what 'checkout' runs now"),
+        ("v1.4.0", "'v1.4.0' is what 'checkout' runs now"),
+    ],
+)
+def test_a_request_cannot_name_a_target_history_does_not_offer(
+    pack: RulePack, target: str, why: str
+) -> None:
+    decision = skipped(pack, manual("rollback", scenario="user_experience", target=target))
+    assert decision.reason is NoActionReason.OUTSIDE_ROLLBACK_WINDOW
+    assert why in decision.detail
+
+
+def test_an_alert_can_never_choose_the_target(pack: RulePack) -> None:
+    forged = alert("HighErrorRate")
+    forged = Signal(**{**{f: getattr(forged, f) for f in forged.__slots__ if f != "id"},
+                       "labels": {**forged.labels, "target": "6"}})  # fmt: skip
+    plan = plan_for(pack, forged)
+    assert isinstance(plan.steps[0], RolloutUndoStep)
+    assert plan.steps[0].params.to_revision == 7  # the newest healthy, not the label's
+
+
 def test_manual_restore_config(pack: RulePack) -> None:
     plan = plan_for(pack, manual("restore_config"))
     assert kinds(plan) == [
