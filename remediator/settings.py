@@ -10,6 +10,7 @@ import ipaddress
 import re
 import socket
 from contextvars import ContextVar
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from remediator.domain.approvals import ApprovalConfig
 from remediator.domain.errors import ConfigError
 from remediator.domain.failpoints import Failpoints
 from remediator.domain.limits import KIB, InputLimits
@@ -426,6 +428,51 @@ class EmailSettings(_Group):
         return self.smtp_host is not None
 
 
+class ApprovalSettings(_Group):
+    """Plans waiting for approval (docs/operations.md, "Approvals")."""
+
+    default_response_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Response time of a rule requiring approval without approval_timeout; "
+        "past it the request is escalated.",
+    )
+    expiry_factor: float = Field(
+        4.0,
+        ge=1.0,
+        description="A waiting plan ends expired this many response times after it was "
+        "requested, and never runs afterwards.",
+    )
+    emergency_approver_roles: CommaList = Field(
+        ("tech-lead",),
+        min_length=1,
+        description="An emergency request (emergency: true) needs one approver holding one "
+        "of these approver roles, and owes a review afterwards.",
+    )
+    escalation_channel: str | None = Field(
+        None,
+        description="Slack channel (id) for escalation notices; default: the remediation's "
+        "own channel.",
+    )
+    check_interval_seconds: float = Field(
+        15.0, gt=0, description="How often waiting plans are checked for escalation and expiry."
+    )
+    time_scale: float = Field(
+        1.0,
+        gt=0,
+        description="Testing only: every response time and expiry is multiplied by this "
+        "(e.g. 0.001 turns 15 minutes into under a second); never set in production.",
+    )
+
+    def config(self) -> ApprovalConfig:
+        return ApprovalConfig(
+            default_response_time=timedelta(seconds=self.default_response_seconds),
+            expiry_factor=self.expiry_factor,
+            emergency_roles=self.emergency_approver_roles,
+            time_scale=self.time_scale,
+        )
+
+
 class DatabaseSettings(_Group):
     backup_root: Path = Field(
         Path("/var/lib/remediator/backups"),
@@ -472,6 +519,7 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = ShutdownSettings()
     limits: LimitsSettings = LimitsSettings()
     auth: AuthSettings = AuthSettings()
+    approvals: ApprovalSettings = ApprovalSettings()
     rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
     dry_run: bool = Field(False, description="Decide and record, but change nothing.")
     failpoints: str | None = Field(

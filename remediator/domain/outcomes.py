@@ -33,6 +33,10 @@ _STAGE_FOR_STATUS = {
     RemediationStatus.SUCCEEDED: OutcomeStage.SUCCEEDED,
     RemediationStatus.FAILED: OutcomeStage.FAILED,
     RemediationStatus.NEEDS_HUMAN: OutcomeStage.FAILED,
+    # Never ran: people said no, withdrew it, or nobody approved it in time.
+    RemediationStatus.REJECTED: OutcomeStage.SKIPPED,
+    RemediationStatus.CANCELLED: OutcomeStage.SKIPPED,
+    RemediationStatus.EXPIRED: OutcomeStage.SKIPPED,
 }
 
 

@@ -44,6 +44,8 @@ class Stage(StrEnum):
     """Points in a remediation's life people are told about."""
 
     PLANNED = "planned"
+    APPROVED = "approved"  # every seat of a plan waiting for approval is filled
+    ESCALATED = "escalated"  # nobody answered within the response time: a second notice
     STARTED = "started"
     SUCCEEDED = "succeeded"
     FAILED = "failed"

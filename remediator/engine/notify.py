@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -37,10 +37,10 @@ from remediator.domain.notices import (
 )
 from remediator.domain.record import RollbackRecord, Stage, dedup_key
 from remediator.domain.record_build import record_from_journal
+from remediator.messages import notice_messages as notice_messages  # re-exported
 from remediator.ports import (
     EmailPort,
     Outbox,
-    OutboxMessage,
     PendingMessage,
     RemediationStore,
     SignalStore,
@@ -61,22 +61,6 @@ LEASE_SECONDS = 300.0
 class NoticeJournal(Outbox, RemediationStore, SignalStore, SlackThreads, Protocol):
     """The journal roles the relay uses: the outbox, the remediation and signal a
     notice is about, and where each remediation's Slack message is."""
-
-
-def notice_messages(
-    *, remediation_id: str, stage: Stage, channels: Sequence[str], at: datetime
-) -> list[OutboxMessage]:
-    """Outbox entries telling people about one stage of one remediation."""
-    return [
-        OutboxMessage(
-            id=f"{channel}:{dedup_key(remediation_id=remediation_id, stage=stage)}",
-            channel=channel,
-            key=remediation_id,
-            payload={"remediation_id": remediation_id, "stage": stage.value},
-            created_at=at,
-        )
-        for channel in channels
-    ]
 
 
 class NotificationRelay:
