@@ -25,6 +25,7 @@ from remediator.domain.record import (
     format_time,
     record_html_fragment,
     record_links,
+    safe_url,
     status_note,
     trigger_line,
     versions_line,
@@ -214,6 +215,58 @@ def _timeline_text(record: RollbackRecord, *, record_url: str | None) -> str:
     if omitted:
         head.append(f"_… {omitted} earlier step{'s' if omitted != 1 else ''} omitted{more}_")
     return "\n".join(head + kept)
+
+
+# -- escalation ----------------------------------------------------------------------
+
+
+def escalation_lines(record: RollbackRecord, waiting_for: list[dict[str, Any]]) -> list[str]:
+    """What the escalation says: the request, how long it waited, and who has not
+    answered (each empty seat, and the principals who could fill it)."""
+    facts = record.approval
+    lines = [f"Escalated: {_headline(record)} has waited past its response time."]
+    if facts is not None:
+        asked = f"requested by {facts.requester}" if facts.requester else "an alert's plan"
+        lines.append(
+            f"{record.remediation_id} ({asked}) needs {' + '.join(facts.required)}; "
+            f"the response time of {format_duration(facts.response_time)} ended "
+            f"{format_time(facts.response_due_at)}; it expires {format_time(facts.expires_at)}."
+        )
+    for entry in waiting_for:
+        names = ", ".join(str(name) for name in entry.get("principals") or ()) or "no one listed"
+        lines.append(f"Not answered: {entry.get('seat', '?')} ({names})")
+    if record.trigger.summary:
+        lines.append(f"Why: {record.trigger.summary}")
+    return lines
+
+
+def escalation_text(record: RollbackRecord, waiting_for: list[dict[str, Any]]) -> str:
+    return _mrkdwn(" ".join(escalation_lines(record, waiting_for)[:1]), MAX_FALLBACK_TEXT)
+
+
+def escalation_blocks(
+    record: RollbackRecord, waiting_for: list[dict[str, Any]], *, record_url: str | None
+) -> list[dict[str, Any]]:
+    """A second message, on its own, so the escalation channel sees it (not an update)."""
+    lines = escalation_lines(record, waiting_for)
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": clip(f":alarm_clock: {_headline(record)}: no answer", MAX_HEADER_TEXT),
+                "emoji": True,
+            },
+        },
+        _section(_mrkdwn("\n".join(lines), MAX_SECTION_TEXT)),
+    ]
+    if record_url and safe_url(record_url):
+        blocks.append(_section(_slack_link(record_url, "Rollback record")))
+    return blocks
+
+
+def escalation_subject(record: RollbackRecord) -> str:
+    return clip(" ".join(f"[remediator] no answer in time: {_headline(record)}".split()), 200)
 
 
 # -- email ---------------------------------------------------------------------------

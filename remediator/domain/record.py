@@ -102,6 +102,34 @@ class CheckResults(_Frozen):
         ]
 
 
+class ApprovalEntry(_Frozen):
+    """One answer to a plan waiting for approval: who, as which role, when, what."""
+
+    principal: str
+    verdict: str  # approve | reject
+    roles: tuple[str, ...] = ()
+    at: AwareDatetime
+    comment: str | None = None
+
+
+class ApprovalFacts(_Frozen):
+    """What the record says about a plan that needed approval."""
+
+    requester: str | None = None  # None: an alert's plan
+    required: tuple[str, ...] = ()  # the seats, e.g. ("product-manager", "tech-lead")
+    answers: tuple[ApprovalEntry, ...] = ()
+    missing: tuple[str, ...] = ()  # seats still empty while it waits
+    response_time: timedelta
+    response_due_at: AwareDatetime
+    response: str = "pending"  # met | missed | pending
+    escalated_at: AwareDatetime | None = None
+    expires_at: AwareDatetime
+    emergency: bool = False
+    review: str = "none"  # none | owed | closed
+    review_closed_by: str | None = None
+    review_closed_at: AwareDatetime | None = None
+
+
 class Impact(_Frozen):
     """Duration is not stored: it is computed from the record's start and finish."""
 
@@ -130,6 +158,7 @@ class RollbackRecord(_Frozen):
     revision_to: str | None = None
     owner: str | None = None
     approvers: tuple[str, ...] = ()
+    approval: ApprovalFacts | None = None
     created_at: AwareDatetime
     started_at: AwareDatetime | None = None
     finished_at: AwareDatetime | None = None
@@ -276,7 +305,12 @@ def status_note(record: RollbackRecord) -> str | None:
             return "Skipped: outside the catalog remediator may act on; nothing was touched."
         return "Skipped: no action was taken."
     if record.status is RemediationStatus.AWAITING_APPROVAL:
-        return "Awaiting approval: nothing runs until an approver approves the plan."
+        waiting = ""
+        if record.approval is not None and record.approval.missing:
+            waiting = f" (still needed: {', '.join(record.approval.missing)})"
+        return f"Awaiting approval: nothing runs until every approver has approved{waiting}."
+    if record.approval is not None and record.approval.review == "owed":
+        return "Emergency approval: a review is owed until someone closes it."
     return _NEVER_RAN_NOTES.get(record.status)
 
 
@@ -303,7 +337,45 @@ def basic_facts(record: RollbackRecord) -> list[tuple[str, str]]:
         ("Action", record.action or "-"),
         ("Owner", record.owner or "-"),
         ("Approvers", ", ".join(record.approvers) or "-"),
+        *_approval_facts(record.approval),
     ]
+
+
+def _approval_facts(facts: ApprovalFacts | None) -> list[tuple[str, str]]:
+    """Requester, each answer with role and time, the response time, the review."""
+    if facts is None:
+        return []
+    answers = "; ".join(
+        f"{a.principal}{' as ' + ', '.join(a.roles) if a.roles else ''} "
+        f"{'approved' if a.verdict == 'approve' else 'rejected'} at {format_time(a.at)}"
+        for a in facts.answers
+    )
+    rows = [
+        ("Requested by", facts.requester or "- (an alert's plan)"),
+        (
+            "Approval needed",
+            " + ".join(facts.required) + (" (emergency)" if facts.emergency else ""),
+        ),
+        ("Answers", answers or "none yet"),
+        ("Response time", _response_line(facts)),
+    ]
+    if facts.emergency:
+        review = {"owed": "owed", "none": "not needed (it never ran)"}.get(facts.review)
+        if review is None:
+            review = f"closed by {facts.review_closed_by} at {format_time(facts.review_closed_at)}"
+        rows.append(("Emergency review", review))
+    return rows
+
+
+def _response_line(facts: ApprovalFacts) -> str:
+    limit = format_duration(facts.response_time)
+    if facts.response == "met":
+        return f"met (within {limit}, due {format_time(facts.response_due_at)})"
+    if facts.response == "missed":
+        escalated = f", escalated {format_time(facts.escalated_at)}" if facts.escalated_at else ""
+        return f"missed (due {format_time(facts.response_due_at)}{escalated})"
+    due, expires = format_time(facts.response_due_at), format_time(facts.expires_at)
+    return f"pending (due {due}, expires {expires})"
 
 
 def record_links(record: RollbackRecord, *, record_url: str | None = None) -> list[tuple[str, str]]:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from remediator.domain.approvals import ApprovalState, Pending, Verdict
 from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord
-from remediator.domain.record import RollbackRecord, TimelineEntry, Trigger
-from remediator.domain.signals import Signal
+from remediator.domain.record import (
+    ApprovalEntry,
+    ApprovalFacts,
+    RollbackRecord,
+    TimelineEntry,
+    Trigger,
+)
+from remediator.domain.requests import REASON_ANNOTATION
+from remediator.domain.signals import Signal, Source
 
 
 def _plan_of(decision: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -38,22 +47,22 @@ def record_from_journal(
     if signal is not None:
         entries.append(_received_entry(signal))
     claimed = remediation.claimed_at is not None
+    approval = remediation.approval
     entries.append(
         TimelineEntry(
             at=remediation.created_at,
             step="decided",
-            # A claimed plan was planned when decided; whatever else it is, is shown later.
-            status=(RemediationStatus.PLANNED if claimed else remediation.status).value,
+            status=_decided_status(remediation).value,
             detail=(remediation.action.value if remediation.action else None)
             or remediation.reason
             or "",
         )
     )
-    approved = _approval_entry(remediation)
-    if approved is not None:
-        entries.append(approved)
+    entries += _approval_entries(remediation)
     entries += [_step_entry(step) for step in remediation.steps or ()]
-    if remediation.finished_at is not None and claimed:
+    # Ended without running (rejected, cancelled, expired): when, and why.
+    never_ran = approval is not None and not claimed and remediation.status.final
+    if remediation.finished_at is not None and (claimed or never_ran):
         entries.append(
             TimelineEntry(
                 at=remediation.finished_at,
@@ -78,6 +87,7 @@ def record_from_journal(
         version_from=_first_param(plan, "from_version"),
         version_to=_first_param(plan, "to_version"),
         approvers=tuple(plan.get("approvers") or ()) if plan else (),
+        approval=None if approval is None else _approval_facts(approval),
         created_at=remediation.created_at,
         started_at=remediation.claimed_at,
         finished_at=remediation.finished_at,
@@ -113,20 +123,95 @@ def _trigger(remediation: Remediation, signal: Signal | None) -> Trigger:
         source=signal.source.value,
         signal_id=remediation.signal_id,
         severity=signal.labels.get("severity"),
-        summary=signal.annotations.get("summary") or signal.annotations.get("description") or "",
+        summary=_summary(signal),
         generator_url=str(signal.raw.get("generatorURL") or "") or None,
         runbook_url=signal.annotations.get("runbook_url"),
     )
 
 
-def _approval_entry(remediation: Remediation) -> TimelineEntry | None:
-    """Who approved (the principal), as which of the plan's approver roles, and why."""
-    if remediation.approved_at is None:
-        return None
-    roles = remediation.approved_as or ()
-    detail = f"by {remediation.approved_by or 'unknown'}"
+def _decided_status(remediation: Remediation) -> RemediationStatus:
+    """What the plan was when decided: a claimed one was planned, one that needed approval
+    waited; whatever else it became is shown later in the timeline."""
+    if remediation.approval is not None:
+        return RemediationStatus.AWAITING_APPROVAL
+    if remediation.claimed_at is not None:
+        return RemediationStatus.PLANNED
+    return remediation.status
+
+
+def _approval_entries(remediation: Remediation) -> list[TimelineEntry]:
+    """Each approval and rejection (principal, role, comment), and the escalation."""
+    state = remediation.approval
+    entries = [] if state is None else [_vote_entry(v.principal, v.verdict, v.roles, v.at,
+                                                    v.comment) for v in state.votes]  # fmt: skip
+    if state is not None and state.request.escalated_at is not None:
+        entries.append(
+            TimelineEntry(
+                at=state.request.escalated_at,
+                step="escalated",
+                status="done",
+                detail="no answer within the response time",
+            )
+        )
+    voters = set() if state is None else {v.principal for v in state.votes}
+    # Approved without a vote: break-glass on the journal file, or a journal of before.
+    if remediation.approved_at is not None and remediation.approved_by not in voters:
+        entries.append(
+            _vote_entry(remediation.approved_by or "unknown", Verdict.APPROVE,
+                        remediation.approved_as or (), remediation.approved_at,
+                        remediation.approval_comment)
+        )  # fmt: skip
+    return entries
+
+
+def _vote_entry(
+    principal: str,
+    verdict: Verdict,
+    roles: tuple[str, ...],
+    at: datetime,
+    comment: str | None,
+) -> TimelineEntry:
+    detail = f"by {principal}"
     if roles:
         detail += f" as {', '.join(roles)}"
-    if remediation.approval_comment:
-        detail += f": {remediation.approval_comment}"
-    return TimelineEntry(at=remediation.approved_at, step="approved", status="done", detail=detail)
+    if comment:
+        detail += f": {comment}"
+    step = "approved" if verdict is Verdict.APPROVE else "rejected"
+    return TimelineEntry(at=at, step=step, status="done", detail=detail)
+
+
+def _summary(signal: Signal) -> str:
+    """An alert's summary, or what a person's request says as its reason."""
+    annotations = signal.annotations
+    if signal.source is Source.MANUAL and annotations.get(REASON_ANNOTATION):
+        return annotations[REASON_ANNOTATION]
+    return annotations.get("summary") or annotations.get("description") or ""
+
+
+def _approval_facts(state: ApprovalState) -> ApprovalFacts:
+    request, outcome = state.request, state.outcome
+    review = request.review
+    return ApprovalFacts(
+        requester=request.requester,
+        required=tuple(seat.label for seat in request.policy.seats),
+        answers=tuple(
+            ApprovalEntry(
+                principal=v.principal,
+                verdict=v.verdict.value,
+                roles=v.roles,
+                at=v.at,
+                comment=v.comment,
+            )
+            for v in state.votes
+        ),
+        missing=tuple(s.label for s in outcome.missing) if isinstance(outcome, Pending) else (),
+        response_time=request.policy.response_time,
+        response_due_at=request.response_due_at,
+        response=state.response().value,
+        escalated_at=request.escalated_at,
+        expires_at=request.expires_at,
+        emergency=request.policy.emergency,
+        review=state.review_status().value,
+        review_closed_by=None if review is None else review.closed_by,
+        review_closed_at=None if review is None else review.closed_at,
+    )

@@ -30,6 +30,10 @@ from remediator.domain.notices import (
     email_message_id,
     email_subject,
     email_text,
+    escalation_blocks,
+    escalation_lines,
+    escalation_subject,
+    escalation_text,
     route_email_recipients,
     route_slack_channel,
     slack_blocks,
@@ -79,12 +83,15 @@ class NotificationRelay:
         max_backoff: float = 60.0,
         lease_seconds: float = LEASE_SECONDS,
         on_internal_error: Callable[[str], None] | None = None,
+        escalation_channel: str | None = None,
     ) -> None:
-        """``holder`` names this instance in the outbox's leases."""
+        """``holder`` names this instance in the outbox's leases; ``escalation_channel``
+        is the Slack channel escalations go to (default: the remediation's own)."""
         self._journal = journal
         self._holder = holder
         self._lease_seconds = lease_seconds
         self._on_internal_error = on_internal_error
+        self._escalation_channel = escalation_channel
         self._slack = slack
         self._slack_routes = slack_routes
         self._email = email
@@ -169,10 +176,14 @@ class NotificationRelay:
         if record is None:
             raise PermanentError(f"remediation {rid} is not in the journal")
         url = self._record_url(rid)
+        stage = Stage(item.message.payload["stage"])
+        if stage is Stage.ESCALATED:
+            waiting_for = list(item.message.payload.get("waiting_for") or ())
+            await self._escalate(channel, record, waiting_for, url)
+            return
         if channel == SLACK:
             await self._to_slack(rid, record, url)
         elif channel == EMAIL:
-            stage = Stage(item.message.payload["stage"])
             await self._to_email(rid, stage, record, url)
         else:
             raise PermanentError(f"unknown notice channel {channel!r}")
@@ -203,6 +214,43 @@ class NotificationRelay:
         ref = await self._slack.post(channel=channel, blocks=blocks, text=text)
         # Stored before anything else can fail, so a redelivery updates, not reposts.
         await self._journal.save_slack_ref(rid, ref)
+
+    async def _escalate(
+        self, channel: str, record: RollbackRecord, waiting_for: list[Any], url: str | None
+    ) -> None:
+        """A second message of its own (not an update of the remediation's message), to
+        the escalation channel, naming who has not answered."""
+        if channel == SLACK:
+            assert self._slack is not None and self._slack_routes is not None
+            where = self._escalation_channel or route_slack_channel(
+                service=record.service, severity=record.trigger.severity,
+                routes=self._slack_routes,
+            )  # fmt: skip
+            await self._slack.post(
+                channel=where,
+                blocks=escalation_blocks(record, waiting_for, record_url=url),
+                text=escalation_text(record, waiting_for),
+            )
+            return
+        if channel != EMAIL:
+            raise PermanentError(f"unknown notice channel {channel!r}")
+        assert self._email is not None and self._email_routes is not None
+        recipients = route_email_recipients(
+            service=record.service, severity=record.trigger.severity, routes=self._email_routes
+        )
+        if not recipients:
+            return
+        text = "\n".join(escalation_lines(record, waiting_for)) + "\n"
+        if url:
+            text += f"\nRollback record: {url}\n"
+        await self._email.send(
+            to=recipients, subject=escalation_subject(record), text=text,
+            html=email_html(record, record_url=url),
+            message_id=email_message_id(
+                dedup_key=dedup_key(remediation_id=record.remediation_id, stage=Stage.ESCALATED),
+                domain=self._email_domain,
+            ),
+        )  # fmt: skip
 
     async def _to_email(
         self, rid: str, stage: Stage, record: RollbackRecord, url: str | None

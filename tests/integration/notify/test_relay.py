@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,19 @@ from pydantic import SecretStr
 
 from remediator.connectors.email import EmailNotifier
 from remediator.connectors.slack import SlackNotifier
+from remediator.domain.approvals import ApprovalConfig, ApprovalRequest, policy_for
 from remediator.domain.errors import TemporaryError
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.notices import EmailRouting, SlackRouting
 from remediator.domain.record import Stage
+from remediator.engine.approvals import ApprovalTimer
 from remediator.engine.decider import DecisionEngine
 from remediator.engine.notify import EMAIL, SLACK, NotificationRelay, notice_messages
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.journal.sqlite import SqliteJournal
 from remediator.rulefiles import load_rule_pack_from_path
+from tests.contract.builders import NOW as CONTRACT_NOW
+from tests.contract.builders import Clock, plant
 from tests.unit.journal_helpers import outbox_messages
 from tests.unit.payloads import alert, payload
 
@@ -70,6 +74,7 @@ async def relay(
         email=email,
         email_routes=EmailRouting(default=("oncall@example.test",)),
         record_url=lambda rid: f"https://remediator.example.test/r/{rid}",
+        escalation_channel="#remediator",
     )
     await slack.close()
     slack_api.reset()
@@ -118,6 +123,39 @@ async def test_plan_is_announced_once_then_updated_in_place(
     [update] = slack_api.calls_to("chat.update")
     assert update.args["ts"] == post.response["ts"]
     assert len(slack_api.calls_to("chat.postMessage")) == 1
+
+
+async def test_an_escalation_is_a_second_message_naming_who_has_not_answered(
+    journal: SqliteJournal, relay: NotificationRelay, slack_api: Any, smtp_server: Any
+) -> None:
+    policy = policy_for(approvers=("product-manager", "tech-lead"),
+                        response_time=timedelta(minutes=30), emergency=False,
+                        config=ApprovalConfig())  # fmt: skip
+    request = ApprovalRequest(policy=policy, requested_at=CONTRACT_NOW, requester="rita")
+    rid = await plant(journal, status=RemediationStatus.AWAITING_APPROVAL, approval=request)
+    await journal.enqueue(notice_messages(remediation_id=rid, stage=Stage.PLANNED,
+                                          channels=(SLACK,), at=CONTRACT_NOW))  # fmt: skip
+    assert await relay.deliver_pending(SLACK) == 1
+    timer = ApprovalTimer(
+        journal=journal, clock=Clock(CONTRACT_NOW + timedelta(minutes=31)),
+        notice_channels=(SLACK, EMAIL),
+        approvers_by_role={"tech-lead": ["lee"], "product-manager": ["pam", "rita"]},
+    )  # fmt: skip
+    assert await timer.run_once() == 1
+    assert await relay.deliver_pending(SLACK) == 1
+    first, escalation = slack_api.calls_to("chat.postMessage")
+    assert escalation.args["channel"] == "#remediator"  # approvals.escalation_channel
+    assert first.args["channel"] == "#alerts"
+    text = json.dumps(escalation.args["blocks"])
+    assert "Not answered: product-manager (pam)" in text
+    assert "Not answered: tech-lead (lee)" in text
+    assert "requested by rita" in text
+    assert slack_api.calls_to("chat.update") == []  # the plan's own message is left alone
+    assert await relay.deliver_pending(EMAIL) == 1
+    [mail] = smtp_server.messages
+    assert mail["Subject"] == "[remediator] no answer in time: checkout: rollback awaiting approval"
+    assert await timer.run_once() == 0  # escalated once
+    assert await relay.deliver_pending(SLACK) == 0
 
 
 async def test_slack_down_delays_the_notice_and_it_arrives_once_after_recovery(
