@@ -119,3 +119,27 @@ class Metrics:
             "Requests answered 429 because their address failed authentication too often.",
             registry=r,
         )
+        self.rollback_requests = Counter(
+            "remediator_rollback_requests",
+            "Rollback requests journaled over the API, by the status they were decided to "
+            "(awaiting_approval, skipped, ...; deciding: not decided within the answer's wait).",
+            ["status"],
+            registry=r,
+        )
+        self.approval_votes = Counter(
+            "remediator_approval_votes",
+            "Approvals and rejections cast over the API, by verdict and what they came to "
+            "(recorded, approved, rejected, expired, refusals).",
+            ["verdict", "result"],
+            registry=r,
+        )
+        self.approvals_escalated = Counter(
+            "remediator_approvals_escalated",
+            "Plans awaiting approval escalated: nobody answered within the response time.",
+            registry=r,
+        )
+        self.approvals_expired = Counter(
+            "remediator_approvals_expired",
+            "Plans awaiting approval that reached their hard expiry and ended expired.",
+            registry=r,
+        )

@@ -408,7 +408,8 @@ def approved_as(state: ApprovalState, principal: str) -> tuple[str, ...]:
     outcome = state.outcome
     if not isinstance(outcome, Approved):
         return ()
-    return tuple(a.role for a in outcome.assignment if a.principal == principal)
+    named = state.request.policy.roles  # an open seat names no role to record
+    return tuple(a.role for a in outcome.assignment if a.principal == principal and a.role in named)
 
 
 def rejection_reason(vote: Vote) -> str:

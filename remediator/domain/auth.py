@@ -2,7 +2,8 @@
 
 A principal is a named holder of credentials (docs/security.md). Its roles say which
 API routes it may call; its approver roles (free names such as ``dba`` or
-``tech-lead``) say which plans it may approve: a rule's ``approvers`` name them.
+``tech-lead``) say which plans it may approve: a rule's ``approvers`` name them
+(``approvals.py`` decides what the approvals amount to).
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from enum import StrEnum
 
 TOKEN_HASH_SCHEME = "sha256"  # noqa: S105 - the hash's name, not a secret
@@ -27,7 +27,7 @@ APPROVER_ROLE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}")
 class Role(StrEnum):
     INGEST = "ingest"  # POST webhooks
     READ = "read"  # GET the API
-    OPERATE = "operate"  # approve, circuit reset (and later reject, cancel, requests)
+    OPERATE = "operate"  # rollback requests, approve, reject, cancel, review, circuit reset
     ADMIN = "admin"  # everything the other roles may do
 
 
@@ -82,63 +82,3 @@ def matching_digest(presented: bytes, known: Iterable[bytes]) -> int | None:
         if hmac.compare_digest(presented, digest) and found is None:
             found = index
     return found
-
-
-# -- approvals -------------------------------------------------------------------------
-
-
-class ApprovalRefusal(StrEnum):
-    EXPIRED = "expired"
-    NOT_AN_APPROVER = "not_an_approver"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ApprovalCheck:
-    """What a principal's approval of a plan amounts to, now."""
-
-    refusal: ApprovalRefusal | None
-    detail: str
-    # The plan's approver roles this principal holds (in the plan's order): recorded
-    # with the approval. Empty when the plan names no approvers.
-    roles: tuple[str, ...] = ()
-
-
-def check_approval(
-    principal: Principal,
-    *,
-    approvers: Sequence[str],
-    created_at: datetime,
-    timeout: timedelta | None,
-    now: datetime,
-) -> ApprovalCheck:
-    """Whether ``principal`` may approve a plan created at ``created_at`` now.
-
-    The window is the rule's ``approval_timeout`` from the plan's creation (no timeout:
-    no window). When the plan names approver roles the principal must hold one of them;
-    requiring every named role is left to the approvals work (docs/security.md).
-    """
-    if timeout is not None and now > created_at + timeout:
-        return ApprovalCheck(
-            refusal=ApprovalRefusal.EXPIRED,
-            detail=f"expired: the approval window of {_duration(timeout)} from "
-            f"{created_at.isoformat()} ended at {(created_at + timeout).isoformat()}",
-        )
-    if not approvers:
-        return ApprovalCheck(refusal=None, detail="the plan names no approver roles")
-    held = tuple(role for role in approvers if role in principal.approver_roles)
-    if not held:
-        named = ", ".join(f"'{role}'" for role in approvers)
-        return ApprovalCheck(
-            refusal=ApprovalRefusal.NOT_AN_APPROVER,
-            detail=f"forbidden: approving needs one of the approver roles {named} "
-            f"(principal '{principal.name}' has: {principal.approver_roles_text()})",
-        )
-    return ApprovalCheck(refusal=None, detail=f"approved as {', '.join(held)}", roles=held)
-
-
-def _duration(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

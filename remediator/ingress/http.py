@@ -8,7 +8,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -16,15 +16,18 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from remediator.domain.auth import ApprovalRefusal, Principal, Role, check_approval, forbidden
+from remediator.domain.auth import Principal, Role, forbidden
 from remediator.domain.errors import InvalidInput, TemporaryError
-from remediator.domain.lifecycle import Remediation, RemediationStatus
+from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.limits import InputLimits, TooLarge
 from remediator.domain.paging import parse_cursor, shown
 from remediator.domain.record import CONTENT_TYPES, RECORD_FORMATS, render
 from remediator.domain.record_build import record_from_journal
+from remediator.domain.rules import RulePack
 from remediator.domain.signals import Status
 from remediator.ingress.alertmanager import parse_payload, to_signals
+from remediator.ingress.answers import ERROR_MESSAGE, error_response, json_response
+from remediator.ingress.approvals import ApprovalApi, DeployHistory
 from remediator.ingress.auth import (
     Authenticator,
     AuthFailure,
@@ -34,6 +37,7 @@ from remediator.ingress.openapi import openapi_document
 from remediator.ingress.throttled_log import ThrottledWarnings
 from remediator.metrics import Metrics
 from remediator.ports import (
+    ApprovalStore,
     CircuitRecord,
     CircuitStore,
     JournalLifecycle,
@@ -46,20 +50,16 @@ from remediator.ports import (
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
-MAX_COMMENT_CHARS = 500
 DEFAULT_RESPONSE_BYTES = 4 * 1024 * 1024
 READY_PROBE_TIMEOUT = 3.0
 # The first journal read of a byte-capped page; later reads are sized from the items seen.
 FIRST_CHUNK = 16
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AuthorizedHandler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
-# Where error_response keeps its message, for the rejection log line.
-ERROR_MESSAGE = web.ResponseKey("error_message", str)
 # Statuses that are ordinary answers (no such id, not awaiting approval), not mistakes
 # worth a log line; every 4xx is still counted.
 _QUIET_STATUSES = frozenset({404, 409})
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-_COMMENT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # newlines and tabs are fine
 _LIMIT_TEXT = re.compile(r"[0-9]{1,4}")
 
 
@@ -128,25 +128,18 @@ class IntakeState:
         await self._idle.wait()
 
 
-def json_response(
-    body: Any, *, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(
-    status: int, message: str, *, headers: dict[str, str] | None = None
-) -> web.Response:
-    response = json_response({"error": message}, status=status, headers=headers)
-    response[ERROR_MESSAGE] = message
-    return response
-
-
-class ApiJournal(JournalLifecycle, SignalStore, RemediationStore, CircuitStore, Protocol):
-    """The journal roles the API uses: intake and signals, remediations to read and
-    approve, the breaker, and liveness and readiness."""
+class ApiJournal(
+    JournalLifecycle,
+    SignalStore,
+    RemediationStore,
+    ApprovalStore,
+    DeployHistory,
+    CircuitStore,
+    Protocol,
+):
+    """The journal roles the API uses: intake and signals, remediations to read, requests
+    and their approvals, deploy history (a request's target), the breaker, and liveness
+    and readiness."""
 
 
 class JsonPage(Protocol):
@@ -191,17 +184,21 @@ class IntakeApp:
         input_limits: InputLimits | None = None,
         failed_auth: FailedAuthLimiter | None = None,
         response_bytes: int = DEFAULT_RESPONSE_BYTES,
-        approval_windows: Mapping[str, timedelta | None] | None = None,
         metrics_need_read: bool = False,
+        pack: RulePack | None = None,
+        notice_channels: Sequence[str] = (),
+        outcome_channel: str | None = None,
+        decision_wait_seconds: float = 10.0,
     ) -> None:
+        """``pack`` is the loaded rule pack: rollback requests are checked against its
+        catalog and rules (none: every service is unknown). ``notice_channels`` and
+        ``outcome_channel`` are where approvals, rejections and cancels are told."""
         self.journal = journal
         self.metrics = metrics
         metrics.journal_writer_up.set_function(lambda: float(journal.alive()))
         self.auth = auth
         self.failed_auth = failed_auth
         self.response_bytes = response_bytes
-        # Rule name -> approval_timeout of the loaded pack; None: windows not checked.
-        self.approval_windows = approval_windows
         self.metrics_need_read = metrics_need_read
         self.state = state
         self.service_labels = tuple(service_labels)
@@ -213,6 +210,18 @@ class IntakeApp:
         self.on_new_signals = on_new_signals
         self.readiness_details = readiness_details
         self.on_approved = on_approved
+        self.approvals = ApprovalApi(
+            journal=journal,
+            pack=pack or RulePack(services={}, rules=()),
+            metrics=metrics,
+            unavailable=self._unavailable,
+            clock=lambda: self.clock(),
+            notice_channels=notice_channels,
+            outcome_channel=outcome_channel,
+            on_new_signals=lambda: self.on_new_signals() if self.on_new_signals else None,
+            on_approved=lambda: self.on_approved() if self.on_approved else None,
+            decision_wait_seconds=decision_wait_seconds,
+        )
         self._rejections = ThrottledWarnings(log, monotonic=monotonic)
         self._server_log = ServerLog(
             warnings=self._rejections,
@@ -236,9 +245,8 @@ class IntakeApp:
         app.router.add_get(
             "/api/v1/remediations/{id}/record", self._requires(read, self.get_record)
         )
-        app.router.add_post(
-            "/api/v1/remediations/{id}/approve", self._requires(operate, self.approve)
-        )
+        for path, handler in self.approvals.routes():
+            app.router.add_post(path, self._requires(operate, handler))
         app.router.add_get("/api/v1/circuit", self._requires(read, self.get_circuit))
         app.router.add_post("/api/v1/circuit/reset", self._requires(operate, self.reset_circuit))
         # Open: probes and tools must reach them without a credential, and they hold
@@ -518,70 +526,6 @@ class IntakeApp:
             headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
         return web.Response(text=body, headers=headers)
 
-    async def approve(self, request: web.Request, principal: Principal) -> web.StreamResponse:
-        """Approve a plan whose rule requires approval: it becomes runnable.
-
-        The approver is the authenticated principal, never a field of the body; it must
-        hold one of the plan's approver roles, within the rule's approval window.
-        """
-        rid = request.match_info["id"]
-        comment = _approval_comment(await request.read())
-        try:
-            item = await self.journal.get_remediation(rid)
-        except TemporaryError as exc:
-            return self._unavailable(f"journal unavailable: {exc}")
-        if item is None:
-            return error_response(404, f"id: no remediation {shown(rid)}")
-        if item.status is not RemediationStatus.AWAITING_APPROVAL:
-            return error_response(409, f"id: {rid} is {item.status.value}, not awaiting approval")
-        now = self.clock()
-        check = self._approval_check(item, principal, now)
-        if isinstance(check, web.Response):
-            return check
-        try:
-            approved = await self.journal.approve_remediation(
-                rid, by=principal.name, at=now, roles=check, comment=comment
-            )
-            item = await self.journal.get_remediation(rid)
-        except TemporaryError as exc:
-            return self._unavailable(f"journal unavailable: {exc}")
-        if item is None or not approved:  # someone else was first
-            status = item.status.value if item else "gone"
-            return error_response(409, f"id: {rid} is {status}, not awaiting approval")
-        log.warning("remediation %s approved by %s (as %s) via the API", rid, principal.name,
-                    ", ".join(check) or "operate")  # fmt: skip
-        if self.on_approved is not None:
-            self.on_approved()
-        return json_response(item.to_api())
-
-    def _approval_check(
-        self, item: Remediation, principal: Principal, now: datetime
-    ) -> tuple[str, ...] | web.Response:
-        """The approver roles the principal approves as, or the refusal to answer."""
-        rule = item.rule or ""
-        timeout: timedelta | None = None
-        if self.approval_windows is not None:
-            if rule not in self.approval_windows:
-                return error_response(
-                    409,
-                    f"id: rule {shown(rule)} that asked for this approval is no longer "
-                    "loaded; nothing can approve it (a new signal is decided afresh)",
-                )
-            timeout = self.approval_windows[rule]
-        decision = item.decision or {}
-        check = check_approval(
-            principal,
-            approvers=tuple(decision.get("approvers") or ()),
-            created_at=item.created_at,
-            timeout=timeout,
-            now=now,
-        )
-        if check.refusal is ApprovalRefusal.EXPIRED:
-            return error_response(409, f"id: {item.id} {check.detail}")
-        if check.refusal is ApprovalRefusal.NOT_AN_APPROVER:
-            return error_response(403, check.detail)
-        return check.roles
-
     async def get_circuit(self, request: web.Request, _: Principal) -> web.StreamResponse:
         try:
             record = await self.journal.circuit()
@@ -678,41 +622,6 @@ def _text(query: Mapping[str, str], name: str) -> str | None:
     if value is not None and _CONTROL_CHARACTERS.search(value):
         raise InvalidInput(f"holds control characters: {shown(value)}", where=name)
     return value
-
-
-def _approval_comment(body: bytes) -> str | None:
-    """The optional comment of an approve body; ``InvalidInput`` naming the field otherwise.
-
-    Who approves is never read from the body: a ``by`` field is refused, so that a
-    client relying on it learns that it is not what gets recorded.
-    """
-    try:
-        document = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"not valid JSON ({exc})", where="body") from None
-    if not isinstance(document, dict):
-        raise InvalidInput('expected a JSON object such as {"comment": "why"}', where="body")
-    if "by" in document:
-        raise InvalidInput(
-            "not accepted: the approver is the principal of the credential you send, "
-            "never a field of the body",
-            where="by",
-        )
-    for key in document:
-        if key != "comment":
-            raise InvalidInput('unknown field (the body takes only "comment")', where=shown(key))
-    comment = document.get("comment")
-    if comment is None:
-        return None
-    if not isinstance(comment, str):
-        raise InvalidInput(f"expected a string, got {type(comment).__name__}", where="comment")
-    if len(comment) > MAX_COMMENT_CHARS:
-        raise InvalidInput(
-            f"at most {MAX_COMMENT_CHARS} characters, got {len(comment)}", where="comment"
-        )
-    if _COMMENT_CONTROL.search(comment):
-        raise InvalidInput("holds control characters (other than line breaks)", where="comment")
-    return comment.strip() or None
 
 
 async def capped_page(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import remediator
+from remediator.domain.approvals import SCENARIOS
 from remediator.domain.lifecycle import RemediationStatus
 
 _REMEDIATION_STATUSES = [status.value for status in RemediationStatus]
@@ -42,6 +43,54 @@ def _forbidden(role: str) -> dict[str, Any]:
         f"The principal lacks the `{role}` role; the message names the role and what the "
         "principal holds."
     )
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_COMMENT_BODY = {
+    "required": False,
+    **_json(
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "comment": {
+                    "type": ["string", "null"],
+                    "maxLength": 500,
+                    "pattern": "^[^\\x00-\\x08\\x0b-\\x1f\\x7f]*$",
+                    "description": "Why; recorded with the answer.",
+                }
+            },
+        }
+    ),
+}
+_COMMENT_400 = (
+    "The body is not a JSON object with at most a `comment` (up to 500 characters, no "
+    "control characters but line breaks); a `by` field is refused: who acts is the "
+    "credential's principal."
+)
+
+
+def _answer(summary: str, description: str, ok: str, forbidden: str, conflict: str) -> Any:
+    """An approve, reject, cancel or review operation: POST with an optional comment."""
+    return {
+        "post": {
+            "summary": summary,
+            "description": description,
+            "security": _SECURED,
+            "x-required-role": "operate",
+            "parameters": [_ID],
+            "requestBody": _COMMENT_BODY,
+            "responses": {
+                "200": {"description": ok, **_json({"$ref": "#/components/schemas/Remediation"})},
+                "400": _error(_COMMENT_400),
+                "403": _error(forbidden),
+                "404": _error("No remediation with that id."),
+                "409": _error(conflict),
+                "413": _error("The body is larger than http.body_limit_bytes."),
+                "503": _error("Journal unavailable.", _RETRY_AFTER),
+            },
+        }
+    }
 
 
 def _guarded(role: str, responses: dict[str, Any]) -> dict[str, Any]:
@@ -238,6 +287,133 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "The plan's approver roles the approver holds.",
             },
             "approval_comment": {"type": ["string", "null"]},
+            "approval": {"$ref": "#/components/schemas/Approval"},
+        },
+    },
+    "Approval": {
+        "type": "object",
+        "description": "A plan that needed approval: the request, the policy, the answers "
+        "(detail views only).",
+        "required": [
+            "requester",
+            "emergency",
+            "required",
+            "state",
+            "missing",
+            "approvers",
+            "votes",
+            "response_due_at",
+            "expires_at",
+            "response",
+            "review",
+        ],
+        "properties": {
+            "requester": {
+                "type": ["string", "null"],
+                "description": "The principal that asked (null: an alert's plan).",
+            },
+            "scenario": {"type": ["string", "null"]},
+            "reason": {"type": ["string", "null"]},
+            "target": {"type": ["string", "null"]},
+            "emergency": {"type": "boolean"},
+            "required": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "One seat per approver role, each filled by a distinct "
+                "principal (`a or b`: either role; `any approver`: anyone with operate).",
+            },
+            "response_time_seconds": {"type": "number"},
+            "requested_at": {"type": "string", "format": "date-time"},
+            "response_due_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "Past it the request is escalated.",
+            },
+            "expires_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "Past it the plan ends expired and never runs.",
+            },
+            "escalated_at": {"type": ["string", "null"], "format": "date-time"},
+            "state": {"enum": ["pending", "approved", "rejected"]},
+            "missing": {"type": "array", "items": {"type": "string"}},
+            "approvers": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["role", "principal", "at"],
+                    "properties": {
+                        "role": {"type": "string"},
+                        "principal": {"type": "string"},
+                        "at": {"type": "string", "format": "date-time"},
+                    },
+                },
+            },
+            "votes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["principal", "verdict", "roles", "at"],
+                    "properties": {
+                        "principal": {"type": "string"},
+                        "verdict": {"enum": ["approve", "reject"]},
+                        "roles": {"type": "array", "items": {"type": "string"}},
+                        "at": {"type": "string", "format": "date-time"},
+                        "comment": {"type": ["string", "null"]},
+                    },
+                },
+            },
+            "response": {"enum": ["met", "missed", "pending"]},
+            "review": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"enum": ["none", "owed", "closed"]},
+                    "closed_by": {"type": ["string", "null"]},
+                    "closed_at": {"type": ["string", "null"], "format": "date-time"},
+                    "comment": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+    "RollbackRequest": {
+        "type": "object",
+        "required": ["service", "scenario", "reason"],
+        "additionalProperties": False,
+        "properties": {
+            "service": {
+                "type": "string",
+                "maxLength": 253,
+                "description": "A service of the catalog.",
+            },
+            "scenario": {"enum": list(SCENARIOS)},
+            "reason": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 500,
+                "pattern": "^[^\\x00-\\x08\\x0b-\\x1f\\x7f]*[^\\s][^\\x00-\\x08\\x0b-\\x1f\\x7f]*$",
+            },
+            "target": {
+                "type": ["string", "null"],
+                "maxLength": 253,
+                "description": "A revision or version trusted deploy history records before "
+                "the current one; default: the newest recorded healthy.",
+            },
+            "emergency": {
+                "type": "boolean",
+                "default": False,
+                "description": "One approver from approvals.emergency_approver_roles instead "
+                "of the scenario's; a review is owed afterwards.",
+            },
+        },
+    },
+    "RequestAccepted": {
+        "type": "object",
+        "required": ["id", "signal_id", "status"],
+        "properties": {
+            "id": {"type": "string", "description": "The remediation it will open."},
+            "signal_id": {"type": "string"},
+            "status": {"type": "null", "description": "Not decided yet: GET it later."},
         },
     },
     "RemediationPage": {
@@ -447,63 +623,95 @@ def _document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/remediations/{id}/approve": {
+            "/api/v1/rollback-requests": {
                 "post": {
-                    "summary": "Approve a plan whose rule requires approval; it then runs.",
+                    "summary": "Ask for a rollback (plan 3.1.2): it waits for its approvers.",
                     "description": (
-                        "The approver is the principal of the credential, never a field of "
-                        "the body. When the plan names approver roles, the principal must "
-                        "hold one of them (approver_roles in the principals file); the roles "
-                        "it approved as are recorded. Within the rule's approval_timeout "
-                        "from the plan's creation only."
+                        "The requester is the principal of the credential. The request is "
+                        "journaled as a manual signal and decided by the rules (the "
+                        "manual-* rule of the scenario): the answer is the remediation it "
+                        "opened, normally awaiting_approval. An Idempotency-Key makes a "
+                        "retried request the same request. One request per service waits "
+                        "at a time."
                     ),
                     "security": _SECURED,
                     "x-required-role": "operate",
                     "parameters": [
-                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,200}$"},
+                        }
                     ],
                     "requestBody": {
-                        "required": False,
-                        **_json(
-                            {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {
-                                    "comment": {
-                                        "type": ["string", "null"],
-                                        "maxLength": 500,
-                                        "pattern": "^[^\\x00-\\x08\\x0b-\\x1f\\x7f]*$",
-                                        "description": "Why; recorded with the approval.",
-                                    }
-                                },
-                            }
-                        ),
+                        "required": True,
+                        **_json({"$ref": "#/components/schemas/RollbackRequest"}),
                     },
                     "responses": {
                         "200": {
-                            "description": "Approved: the plan is now planned (runnable); "
-                            "approved_by names the principal.",
+                            "description": "A retry (same Idempotency-Key): what the first "
+                            "request became.",
                             **_json({"$ref": "#/components/schemas/Remediation"}),
                         },
+                        "201": {
+                            "description": "Decided: the remediation it opened (status "
+                            "awaiting_approval, or skipped with the reason).",
+                            **_json({"$ref": "#/components/schemas/Remediation"}),
+                        },
+                        "202": {
+                            "description": "Journaled, not decided yet.",
+                            **_json({"$ref": "#/components/schemas/RequestAccepted"}),
+                        },
                         "400": _error(
-                            "The body is not a JSON object with at most a `comment` (up to "
-                            "500 characters, no control characters but line breaks); a `by` "
-                            "field is refused: who approves is the credential's principal."
+                            "A field is missing, malformed or unknown: a service not in the "
+                            "catalog, a scenario no rule handles, a target trusted history "
+                            "does not record; the message names the field. Nothing is "
+                            "journaled."
                         ),
-                        "403": _error(
-                            "The principal lacks the operate role, or holds none of the "
-                            "plan's approver roles (the message names them)."
-                        ),
-                        "404": _error("No remediation with that id."),
-                        "409": _error(
-                            "Not awaiting approval, or its approval window has expired, or "
-                            "the rule that asked for the approval is no longer loaded."
-                        ),
+                        "409": _error("A request for the service already waits for approval."),
                         "413": _error("The body is larger than http.body_limit_bytes."),
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
                 }
             },
+            "/api/v1/remediations/{id}/approve": _answer(
+                "Approve a plan waiting for approval, as one of its approver roles.",
+                "The approver is the principal of the credential, never a field of the body. "
+                "Each approver role the plan names is a seat filled by a distinct principal "
+                "holding it; the requester never counts (four eyes), a principal counts once. "
+                "Once every seat is filled the plan runs. Past the request's expiry the plan "
+                "ends expired instead.",
+                "Recorded: the remediation (still awaiting_approval while seats are empty, "
+                "planned once all are filled).",
+                "The principal lacks the operate role, or holds none of the plan's approver "
+                "roles (the message names them).",
+                "Not awaiting approval, the requester's own request, already answered by this "
+                "principal, or expired (it then ends expired).",
+            ),
+            "/api/v1/remediations/{id}/reject": _answer(
+                "Reject a plan waiting for approval: it ends rejected and never runs.",
+                "As approve: a principal holding one of the plan's approver roles, not the "
+                "requester (who cancels instead).",
+                "Rejected: the remediation.",
+                "The principal lacks the operate role, or holds none of the plan's approver roles.",
+                "Not awaiting approval, the requester's own request, already answered, or expired.",
+            ),
+            "/api/v1/remediations/{id}/cancel": _answer(
+                "Withdraw a plan waiting for approval, or planned and not started.",
+                "The requester may, and an admin. It ends cancelled and never runs.",
+                "Cancelled: the remediation.",
+                "Neither the requester nor an admin.",
+                "Running, finished, or otherwise past cancelling.",
+            ),
+            "/api/v1/remediations/{id}/review": _answer(
+                "Close the review an approved emergency request owes.",
+                "By a principal that neither requested nor approved it; the record shows "
+                "who closed it and when.",
+                "Closed: the remediation.",
+                "The principal lacks the operate role.",
+                "Not an emergency, never approved, closed already, or the principal took part.",
+            ),
             "/api/v1/circuit": {
                 "get": {
                     "summary": "The global circuit breaker.",

@@ -39,6 +39,7 @@ from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 from remediator.domain.notices import EmailRouting, SlackRouting
 from remediator.domain.plans import Decision, NoActionReason, Plan, Step, StepKind
 from remediator.domain.rules import RulePack
+from remediator.engine.approvals import ApprovalTimer
 from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.engine.executor import Executor
 from remediator.engine.notify import NotificationRelay
@@ -51,7 +52,7 @@ from remediator.metrics import Metrics
 from remediator.ports import Journal, ServiceFacts, StepRunner
 from remediator.rulefiles import load_rule_pack_from_path
 from remediator.runtime.listener import (
-    approval_windows,
+    approvers_by_role,
     auth_from_settings,
     check_bind_is_safe,
     failed_auth_limiter,
@@ -188,9 +189,23 @@ class Runtime:
             ).inc(),
             on_facts_error=lambda service: self.metrics.facts_errors.labels(service=service).inc(),
             failpoints=self.failpoints,
+            approvals=settings.approvals.config(),
+        )
+        approval_clock = ApprovalTimer(
+            journal=self.journal,
+            interval_seconds=settings.approvals.check_interval_seconds,
+            notice_channels=notice_channels,
+            outcome_channel=outcome_channel,
+            approvers_by_role=approvers_by_role(auth.principals),
+            on_escalated=self.metrics.approvals_escalated.inc,
+            on_expired=self.metrics.approvals_expired.inc,
+            on_internal_error=lambda _kind: self.metrics.internal_errors.labels(
+                component="approval-clock"
+            ).inc(),
         )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,
+            "approval-clock": approval_clock.run,
             "journal-pruner": self._prune_forever,
             "journal-heartbeat": self._beat_forever,
         }
@@ -233,8 +248,10 @@ class Runtime:
             on_approved=executor.wake if executor is not None else None,
             input_limits=settings.limits.input_limits(),
             response_bytes=settings.limits.response_bytes,
-            approval_windows=approval_windows(self.pack),
             metrics_need_read=settings.auth.metrics_need_read,
+            pack=self.pack,
+            notice_channels=notice_channels,
+            outcome_channel=outcome_channel,
         )
         runner = web.AppRunner(
             intake.build(),
@@ -458,6 +475,7 @@ class Runtime:
             on_internal_error=lambda _kind: self.metrics.internal_errors.labels(
                 component="notifier"
             ).inc(),
+            escalation_channel=self.settings.approvals.escalation_channel,
         )
         return relay, closers
 
@@ -504,7 +522,7 @@ class Runtime:
         await stop("kafka-intake")
         if kafka_intake is not None:
             await budget.run("kafka consumer commit and leave", kafka_intake.close())
-        await stop("decision-engine", "journal-pruner")
+        await stop("decision-engine", "approval-clock", "journal-pruner")
         if executor is not None:
             # The rest of the sequence keeps its reserve; plans get everything else.
             # drain() cancels what is still running at its own timeout; the phase's
@@ -590,7 +608,7 @@ __all__ = [
     "Closing",
     "Runtime",
     "ShutdownBudget",
-    "approval_windows",
+    "approvers_by_role",
     "auth_from_settings",
     "check_bind_is_safe",
     "keep_running",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ssl
-from datetime import timedelta
+from collections.abc import Iterable
 
+from remediator.domain.auth import Principal
 from remediator.domain.errors import ConfigError
-from remediator.domain.rules import RulePack
 from remediator.ingress.auth import (
     Authenticator,
     FailedAuthLimiter,
@@ -75,9 +75,13 @@ def _tls_problem(exc: OSError | ssl.SSLError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def approval_windows(pack: RulePack) -> dict[str, timedelta | None]:
-    """Each loaded rule's approval_timeout (None: no window)."""
-    return {rule.name: rule.approval_timeout for rule in pack.rules}
+def approvers_by_role(principals: Iterable[Principal]) -> dict[str, tuple[str, ...]]:
+    """Approver role -> the principals holding it, by name (who an escalation waits for)."""
+    holders: dict[str, list[str]] = {}
+    for principal in principals:
+        for role in principal.approver_roles:
+            holders.setdefault(role, []).append(principal.name)
+    return {role: tuple(sorted(names)) for role, names in sorted(holders.items())}
 
 
 def check_bind_is_safe(settings: Settings) -> None:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from remediator.domain.auth import (
-    ApprovalRefusal,
     Principal,
     Role,
-    check_approval,
     forbidden,
     hash_token,
 )
@@ -272,42 +269,3 @@ def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
     now[0] = 61.0
     limiter.failed("192.0.2.1")  # anything older than the window is dropped as it goes
     assert len(limiter) == 1
-
-
-# -- approvals -----------------------------------------------------------------------------
-
-CREATED = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
-DBA = Principal(name="dana", roles=frozenset({Role.OPERATE}), approver_roles=frozenset({"dba"}))
-
-
-def test_an_approver_role_of_the_plan_approves_and_is_recorded() -> None:
-    check = check_approval(DBA, approvers=("tech-lead", "dba"), created_at=CREATED,
-                           timeout=timedelta(minutes=15), now=CREATED + timedelta(minutes=15))  # fmt: skip
-    assert check.refusal is None and check.roles == ("dba",)
-
-
-def test_an_approval_after_the_window_is_expired() -> None:
-    check = check_approval(DBA, approvers=("dba",), created_at=CREATED,
-                           timeout=timedelta(minutes=15), now=CREATED + timedelta(days=3))  # fmt: skip
-    assert check.refusal is ApprovalRefusal.EXPIRED
-    assert check.detail == (
-        "expired: the approval window of 15m from 2026-11-27T10:00:00+00:00 ended at "
-        "2026-11-27T10:15:00+00:00"
-    )
-
-
-def test_a_principal_without_an_approver_role_of_the_plan_is_refused() -> None:
-    lead = Principal(name="lee", roles=frozenset({Role.ADMIN}), approver_roles=frozenset({"pm"}))
-    check = check_approval(lead, approvers=("dba", "tech-lead"), created_at=CREATED,
-                           timeout=None, now=CREATED + timedelta(days=30))  # fmt: skip
-    assert check.refusal is ApprovalRefusal.NOT_AN_APPROVER
-    assert check.detail == (
-        "forbidden: approving needs one of the approver roles 'dba', 'tech-lead' "
-        "(principal 'lee' has: pm)"
-    )
-
-
-def test_a_plan_naming_no_approvers_takes_any_operator() -> None:
-    nobody = Principal(name="ops", roles=frozenset({Role.OPERATE}))
-    check = check_approval(nobody, approvers=(), created_at=CREATED, timeout=None, now=CREATED)
-    assert check.refusal is None and check.roles == ()

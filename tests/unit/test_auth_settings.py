@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from remediator.domain.auth import Principal, Role, hash_token
 from remediator.domain.errors import ConfigError
 from remediator.rulefiles import load_rule_pack_from_path
-from remediator.runtime import Runtime, approval_windows, auth_from_settings, check_bind_is_safe
+from remediator.runtime import Runtime, approvers_by_role, auth_from_settings, check_bind_is_safe
 from remediator.settings import load_settings
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -78,7 +77,11 @@ def test_half_a_tls_setting_is_an_error_naming_the_field() -> None:
         load_settings(overrides={"http": {"tls_cert_file": "/tls/tls.crt"}})
 
 
-def test_the_approval_windows_are_the_loaded_rules_timeouts() -> None:
-    windows = approval_windows(load_rule_pack_from_path(RULES))
-    assert windows["migration-failed-alert-revert"] == timedelta(minutes=15)
-    assert windows["high-error-rate-rollback"] is None
+def test_an_escalation_knows_who_holds_each_approver_role() -> None:
+    people = [
+        Principal(name="lee", roles=frozenset({Role.OPERATE}), approver_roles=frozenset({"tech-lead"})),
+        Principal(name="ann", roles=frozenset({Role.OPERATE}),
+                  approver_roles=frozenset({"tech-lead", "dba"})),
+        Principal(name="bob", roles=frozenset({Role.READ})),
+    ]  # fmt: skip
+    assert approvers_by_role(people) == {"dba": ("ann",), "tech-lead": ("ann", "lee")}

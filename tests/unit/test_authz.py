@@ -3,7 +3,8 @@
 The forged-input and authorization table of issue 12: each mutating route refuses each
 role it does not ask for (403, the journal unchanged), the webhook token can only post
 alerts, unauthenticated requests touch the journal not at all, and approvals are the
-authenticated principal's, within the rule's window, by one of the plan's approver roles.
+authenticated principal's, each filling one of the plan's approver roles, within the
+request's expiry.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from remediator.domain.approvals import ApprovalConfig, ApprovalRequest, policy_for
 from remediator.domain.auth import Role, hash_token
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import ActionKind, Plan
@@ -34,7 +36,7 @@ from tests.unit.payloads import alert, payload
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 GATED_RULE = "migration-failed-alert-revert"  # approvers dba, tech-lead; within 15m
-OPEN_RULE = "manual-rollback"  # names no approvers, no window
+OPEN_RULE = "manual-rollback"  # names no approvers
 WEBHOOK = "/api/v1/webhooks/alertmanager"
 
 TOKENS = {
@@ -71,6 +73,11 @@ WRITES = {
     "record_signals",
     "record_decisions",
     "approve_remediation",
+    "cast_vote",
+    "cancel_remediation",
+    "close_review",
+    "mark_escalated",
+    "expire_approval",
     "set_circuit",
     "enqueue",
     "claim_remediation",
@@ -150,7 +157,6 @@ async def make_api(tmp_path: Path) -> AsyncIterator[MakeApi]:
             body_limit_bytes=16 * 1024 * 1024,
             retry_after_seconds=1,
             clock=lambda: clock[0],
-            approval_windows={GATED_RULE: timedelta(minutes=15), OPEN_RULE: None},
             failed_auth=FailedAuthLimiter(
                 max_failures=kwargs.pop("max_failures", 1000),
                 window_seconds=60,
@@ -179,7 +185,8 @@ async def awaiting(
     created_at: datetime = NOW - timedelta(minutes=5),
     seq: int = 1,
 ) -> None:
-    """A plan whose rule requires approval, as the decision engine journals it."""
+    """A plan whose rule requires approval, as the decision engine journals it: every
+    named role a seat, answered within 15 minutes, expiring after an hour."""
     plan = Plan(service="checkout", namespace="shop", rule=rule,
                 requested_action=ActionKind.REVERT_MIGRATION, action=ActionKind.REVERT_MIGRATION,
                 steps=(), require_approval=True, approvers=approvers, signal_id=f"sig_{rid}")  # fmt: skip
@@ -187,6 +194,11 @@ async def awaiting(
         id=rid, signal_id=f"sig_{rid}", service="checkout", namespace="shop", rule=rule,
         action=ActionKind.REVERT_MIGRATION, status=RemediationStatus.AWAITING_APPROVAL, reason=None, manual=False,
         automated=True, created_at=created_at, decision=plan.to_dict(), explanation="test",
+        approval=ApprovalRequest(
+            policy=policy_for(approvers=approvers, response_time=timedelta(minutes=15),
+                              emergency=False, config=ApprovalConfig()),
+            requested_at=created_at,
+        ),
     )  # fmt: skip
     assert await journal.record_decisions(
         [DecisionRecord(signal_seq=seq, signal_id=f"sig_{rid}", service="checkout",
@@ -198,6 +210,11 @@ async def awaiting(
 
 
 APPROVE = "/api/v1/remediations/rem_gate/approve"
+REJECT = "/api/v1/remediations/rem_gate/reject"
+CANCEL = "/api/v1/remediations/rem_gate/cancel"
+REVIEW = "/api/v1/remediations/rem_gate/review"
+REQUEST = "/api/v1/rollback-requests"
+REQUEST_BODY = {"service": "checkout", "scenario": "user_experience", "reason": "x"}
 RESET = "/api/v1/circuit/reset"
 HOOK_BODY = payload([alert(fingerprint="forged")])
 
@@ -207,7 +224,8 @@ REFUSALS = [
     for who in ("reader", "operator", "lead")
 ] + [
     ("POST", path, body, "operate", who)
-    for path, body in ((APPROVE, {"comment": "ok"}), (RESET, None))
+    for path, body in ((APPROVE, {"comment": "ok"}), (REJECT, {}), (CANCEL, {}), (REVIEW, {}),
+                       (REQUEST, REQUEST_BODY), (RESET, None))
     for who in ("webhook", "ingester", "reader")
 ]  # fmt: skip
 
@@ -254,6 +272,10 @@ SECURED = [
     ("GET", "/api/v1/remediations/rem_gate", None),
     ("GET", "/api/v1/remediations/rem_gate/record", None),
     ("POST", APPROVE, {"comment": "x" * 1024 * 1024}),
+    ("POST", REJECT, {}),
+    ("POST", CANCEL, {}),
+    ("POST", REVIEW, {}),
+    ("POST", REQUEST, REQUEST_BODY),
     ("GET", "/api/v1/circuit", None),
     ("POST", RESET, None),
 ]
@@ -285,7 +307,7 @@ async def test_unauthenticated_requests_cause_no_journal_call_at_all(
     assert api.dump() == before
 
 
-async def test_the_issues_forged_approval_is_refused_and_changes_nothing(
+async def test_the_issues_forged_approval_is_refused_and_ends_the_late_plan(
     make_api: MakeApi,
 ) -> None:
     # Issue 12, item 3: the webhook token, a 1 MiB `by` with newlines, three days late.
@@ -298,22 +320,27 @@ async def test_the_issues_forged_approval_is_refused_and_changes_nothing(
     assert status == 403 and "role 'operate' required" in answer["error"]
     # With the operate role the same body is refused for its `by` ...
     status, answer = await api.call("POST", APPROVE, "lead", forged)
-    assert status == 400 and answer["error"].startswith("by: not accepted: the approver is")
+    assert status == 400 and answer["error"].startswith("by: not accepted: who acts is")
     # ... a 1 MiB comment for its size ...
     status, answer = await api.call("POST", APPROVE, "lead", {"comment": "x" * 1024 * 1024})
     assert (status, answer) == (400, {"error": "comment: at most 500 characters, got 1048576"})
-    # ... and a proper body for the expired window.
+    assert api.watched.writes == []
+    assert api.dump() == before
+    # ... and a proper body for the expired request (issue 15: it ends expired, and the
+    # approval is not recorded: nothing runs).
     status, answer = await api.call("POST", APPROVE, "lead", {"comment": "late"})
     assert status == 409
     assert answer["error"] == (
-        "id: rem_gate expired: the approval window of 15m from 2026-11-27T09:55:00+00:00 "
-        "ended at 2026-11-27T10:10:00+00:00"
+        "id: rem_gate expired at 2026-11-27T10:55:00.000000Z (not approved in time); it will "
+        "not run"
     )
-    assert api.watched.writes == []
-    assert api.dump() == before
+    stored = await api.journal.get_remediation("rem_gate")
+    assert stored is not None and stored.status is RemediationStatus.EXPIRED
+    assert stored.approval is not None and stored.approval.votes == ()
+    assert await api.journal.runnable_remediations(limit=10) == []
 
 
-async def test_an_approval_records_the_principal_the_role_it_approved_as_and_the_comment(
+async def test_every_named_role_must_approve_each_by_its_own_principal(
     make_api: MakeApi,
 ) -> None:
     api = await make_api()
@@ -322,21 +349,30 @@ async def test_an_approval_records_the_principal_the_role_it_approved_as_and_the
     api.intake.on_approved = lambda: approved.append(None)
     status, item = await api.call("POST", APPROVE, "lead", {"comment": "checked with the team"})
     assert status == 200
+    assert item["status"] == "awaiting_approval"  # the dba seat is still empty
+    assert item["approval"]["missing"] == ["dba"]
+    assert item["approval"]["approvers"] == [
+        {"role": "tech-lead", "principal": "lead", "at": "2026-11-27T10:00:00.000000Z"}
+    ]
+    assert approved == []
+    status, answer = await api.call("POST", APPROVE, "lead", {})
+    assert status == 409 and "'lead' approved rem_gate already at" in answer["error"]
+    status, item = await api.call("POST", APPROVE, "operator", {"comment": "backup checked"})
+    assert status == 200
     assert item["status"] == "planned"
     assert (item["approved_by"], item["approved_as"], item["approval_comment"]) == (
-        "lead", ["tech-lead"], "checked with the team"
+        "operator", ["dba"], "backup checked"
     )  # fmt: skip
-    assert item["approved_at"].startswith("2026-11-27T10:00:00")
     assert approved == [None]
-    assert api.watched.writes == ["approve_remediation"]
-    stored = await api.journal.get_remediation("rem_gate")
-    assert stored is not None and stored.approved_by == "lead"
+    assert api.watched.writes == ["cast_vote", "cast_vote"]
     status, record = await api.call("GET", "/api/v1/remediations/rem_gate/record?format=json",
                                     "lead")  # fmt: skip
     assert status == 200
     assert record["approvers"] == ["dba", "tech-lead"]
-    [entry] = [e for e in record["timeline"] if e["step"] == "approved"]
-    assert entry["detail"] == "by lead as tech-lead: checked with the team"
+    entries = [e["detail"] for e in record["timeline"] if e["step"] == "approved"]
+    assert entries == ["by lead as tech-lead: checked with the team",
+                       "by operator as dba: backup checked"]  # fmt: skip
+    assert record["approval"]["response"] == "met"
     # Approving again: it is no longer waiting.
     status, answer = await api.call("POST", APPROVE, "lead", {})
     assert (status, answer) == (409, {"error": "id: rem_gate is planned, not awaiting approval"})
@@ -347,35 +383,37 @@ async def test_an_operator_without_a_named_approver_role_is_refused(make_api: Ma
     await awaiting(api.journal, "rem_gate", approvers=("security-lead",))
     before = api.dump()
     for who, has in (("admin", "no approver role"), ("lead", "product-manager, tech-lead")):
-        status, answer = await api.call("POST", APPROVE, who, {})
-        assert status == 403
-        assert answer["error"] == (
-            "forbidden: approving needs one of the approver roles 'security-lead' "
-            f"(principal '{who}' has: {has})"
-        )
+        for path, verb in ((APPROVE, "approving"), (REJECT, "rejecting")):
+            status, answer = await api.call("POST", path, who, {})
+            assert status == 403
+            assert answer["error"] == (
+                f"forbidden: {verb} needs one of the approver roles 'security-lead' "
+                f"(principal '{who}' has: {has})"
+            )
     assert api.watched.writes == []
     assert api.dump() == before
 
 
-async def test_a_plan_naming_no_approvers_takes_any_operator_without_a_window(
-    make_api: MakeApi,
-) -> None:
+async def test_a_plan_naming_no_approvers_takes_any_one_operator(make_api: MakeApi) -> None:
     api = await make_api()
     await awaiting(api.journal, "rem_open", rule=OPEN_RULE, approvers=())
-    api.clock[0] = NOW + timedelta(days=30)
     status, item = await api.call("POST", "/api/v1/remediations/rem_open/approve", "operator")
     assert status == 200
-    assert (item["approved_by"], item["approved_as"]) == ("operator", None)
+    assert (item["status"], item["approved_by"], item["approved_as"]) == (
+        "planned", "operator", None,
+    )  # fmt: skip
 
 
-async def test_a_plan_whose_rule_is_no_longer_loaded_cannot_be_approved(
-    make_api: MakeApi,
-) -> None:
+async def test_a_rejection_ends_the_plan_and_names_who_and_why(make_api: MakeApi) -> None:
     api = await make_api()
-    await awaiting(api.journal, "rem_old", rule="renamed-away")
-    status, answer = await api.call("POST", "/api/v1/remediations/rem_old/approve", "lead", {})
-    assert status == 409 and "rule 'renamed-away' that asked for this approval" in answer["error"]
-    assert api.watched.writes == []
+    await awaiting(api.journal, "rem_gate")
+    status, item = await api.call("POST", REJECT, "operator", {"comment": "no backup yet"})
+    assert status == 200
+    assert (item["status"], item["reason"]) == ("rejected", "rejected by operator (dba): "
+                                                            "no backup yet")  # fmt: skip
+    status, answer = await api.call("POST", APPROVE, "lead", {})
+    assert (status, answer) == (409, {"error": "id: rem_gate is rejected, not awaiting approval"})
+    assert await api.journal.runnable_remediations(limit=10) == []
 
 
 async def test_a_circuit_reset_records_its_principal(make_api: MakeApi) -> None:
