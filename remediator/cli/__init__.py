@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Sequence
 
 import remediator
-from remediator.cli import auth, db, journal, operate, rules, run
+from remediator.cli import auth, db, journal, operate, requests, rules, run
 from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
 from remediator.domain.errors import ConfigError, RemediatorError
 
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run.register(sub)
     operate.register(sub)
+    requests.register(sub)
     run.register_config(sub)
     rules.register(sub)
     db.register(sub)

@@ -295,8 +295,10 @@ class ApiClient:
         answer = self._request("GET", path, query=query, accept="*/*")
         return answer.body.decode("utf-8", "replace")
 
-    def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
-        return self._json(self._request("POST", path, body=body))
+    def post_json(
+        self, path: str, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None
+    ) -> Any:
+        return self._json(self._request("POST", path, body=body, headers=headers))
 
     # -- transport -------------------------------------------------------------------
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -329,6 +331,7 @@ class ApiClient:
         query: Mapping[str, str | int | None] | None = None,
         body: Mapping[str, Any] | None = None,
         accept: str = "application/json",
+        headers: Mapping[str, str] | None = None,
     ) -> Answer:
         kept = {k: str(v) for k, v in (query or {}).items() if v is not None}
         url = self._options.url + path + (f"?{urllib.parse.urlencode(kept)}" if kept else "")
@@ -337,6 +340,8 @@ class ApiClient:
         request.add_header("User-Agent", f"remediator-cli/{remediator.__version__}")
         if self._options.credential is not None:
             request.add_header("Authorization", self._options.credential.authorization())
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         if body is not None:
             request.data = orjson.dumps(body)
             request.add_header("Content-Type", "application/json")

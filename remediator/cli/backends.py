@@ -25,6 +25,7 @@ from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
 from remediator.domain.lifecycle import Remediation, RemediationStatus
 from remediator.domain.record import RecordFormat
 from remediator.ports import (
+    ApprovalStore,
     CircuitRecord,
     CircuitStore,
     JournalLifecycle,
@@ -46,7 +47,9 @@ class Page:
     next_cursor: str | None
 
 
-class CliJournal(JournalLifecycle, SignalStore, RemediationStore, CircuitStore, Protocol):
+class CliJournal(
+    JournalLifecycle, SignalStore, RemediationStore, ApprovalStore, CircuitStore, Protocol
+):
     """The journal roles the operator commands use: what the read API and approvals use."""
 
 
@@ -65,6 +68,16 @@ class Backend(Protocol):
 
     def approve(self, remediation_id: str, *, comment: str | None) -> dict[str, Any]:
         """The approved remediation; CliError (exit 1) if missing or not awaiting approval."""
+        ...
+
+    def answer(self, remediation_id: str, verb: str, *, comment: str | None) -> dict[str, Any]:
+        """``reject``, ``cancel`` or ``review`` it; the remediation after."""
+        ...
+
+    def request(
+        self, body: dict[str, Any], *, idempotency_key: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """Ask for a rollback; (HTTP status, answer)."""
         ...
 
     def circuit(self) -> dict[str, Any]: ...
@@ -120,6 +133,18 @@ class ApiBackend:
         # Who approves is the credential's principal; the server never takes it from here.
         body = {} if comment is None else {"comment": comment}
         return _object(self._client.post_json(_remediation_path(remediation_id) + "/approve", body))
+
+    def answer(self, remediation_id: str, verb: str, *, comment: str | None) -> dict[str, Any]:
+        body = {} if comment is None else {"comment": comment}
+        return _object(self._client.post_json(_remediation_path(remediation_id) + f"/{verb}", body))
+
+    def request(
+        self, body: dict[str, Any], *, idempotency_key: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
+        answer = _object(self._client.post_json("/api/v1/rollback-requests", body, headers=headers))
+        # 202 carries no status yet: the request is journaled, not decided.
+        return (202 if answer.get("status") is None else 201), answer
 
     def circuit(self) -> dict[str, Any]:
         return _object(self._client.get_json("/api/v1/circuit"))
@@ -238,6 +263,35 @@ class JournalBackend:
                 code=EXIT_FAILED,
             )
         return item.to_api()
+
+    def answer(self, remediation_id: str, verb: str, *, comment: str | None) -> dict[str, Any]:
+        if verb != "cancel":
+            raise CliError(f"{verb} goes through the daemon's API only (give --url)",
+                           code=EXIT_USAGE)  # fmt: skip
+        if comment is not None:
+            raise CliError("--comment is recorded over the API only (give --url)", code=EXIT_USAGE)
+        # Break-glass: withdrawn in the journal; no notice is queued from here.
+        cancelled = self._run(
+            self._journal.cancel_remediation(remediation_id, by=self.actor, at=_now(),
+                                             reason="break-glass, from the journal file")
+        )  # fmt: skip
+        item = self._remediation(remediation_id)
+        if not cancelled:
+            raise CliError(
+                f"{remediation_id} is {item.status.value}; only a plan awaiting approval, or "
+                "planned and not yet started, can be cancelled",
+                code=EXIT_FAILED,
+            )
+        return item.to_api()
+
+    def request(
+        self, body: dict[str, Any], *, idempotency_key: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        raise CliError(
+            "rollback requests go through the daemon's API, which checks them and lets the "
+            "engine decide them (give --url)",
+            code=EXIT_USAGE,
+        )
 
     def circuit(self) -> dict[str, Any]:
         return _circuit_body(self._run(self._journal.circuit()))

@@ -144,9 +144,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "approve",
         help="Approve a plan whose rule requires approval.",
         description="Rules may require approval (the manual scenarios do). Such plans wait "
-        "as awaiting_approval; approving makes them runnable. Over the API (--url) the "
-        "approver is the principal of your credential (it needs the 'operate' role), with "
-        "an optional --comment. On the local journal file it is break-glass: the approver "
+        "as awaiting_approval until every approver role the rule names has approved, each "
+        "by a different principal and never the requester. Over the API (--url) the "
+        "approver is the principal of your credential (it needs the 'operate' role and one "
+        "of the plan's approver roles), with an optional --comment. On the local journal "
+        "file it is break-glass: the plan becomes runnable at once, and the approver "
         "recorded is the local OS user (with --by as a name given alongside).",
         examples="""\
         remediator approve rem_0123abcd --url https://remediator.example:9095 \\
@@ -361,6 +363,11 @@ def cmd_approve(args: argparse.Namespace) -> int:
     with opened_backend(args) as backend:
         break_glass(backend, "approving")
         item = backend.approve(args.id, comment=args.comment)
+    if item.get("status") == "awaiting_approval":
+        # Recorded; other approver roles must approve too, each by someone else.
+        missing = ", ".join((item.get("approval") or {}).get("missing") or ()) or "-"
+        print(f"{args.id}: your approval is recorded; still needed: {missing}")
+        return EXIT_OK
     by = item.get("approved_by") or "you"
     print(f"{args.id} approved by {by}: {item.get('action')} on {item.get('service')} will run")
     return EXIT_OK

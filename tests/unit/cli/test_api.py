@@ -361,3 +361,98 @@ def test_no_answer_within_the_timeout_is_unavailable(
         release.set()
     assert code == 3
     assert "did not answer within 0.2s" in one_line(err)
+
+
+# -- rollback requests and approvals -------------------------------------------------------
+
+WAITING = {
+    **REMEDIATION,
+    "rule": "manual-severe-functional-defect",
+    "approval": {
+        "requester": "rita", "emergency": False, "required": ["product-manager", "tech-lead"],
+        "missing": ["tech-lead"], "response_due_at": "2026-01-01T00:30:00.000000Z",
+        "expires_at": "2026-01-01T02:00:00.000000Z",
+    },
+}  # fmt: skip
+
+
+def test_request_sends_the_fields_and_the_idempotency_key_never_who(
+    cli: Cli, api: FakeApi, token_file: Path
+) -> None:
+    api.respond = lambda seen: json_reply(201, {**WAITING, "action": "rollback"})
+    code, out, err = cli(
+        "request", "checkout", "--scenario", "severe_functional_defect", "--reason",
+        "card payments fail", "--target", "41", "--idempotency-key", "k-1",
+        *url_args(api, token_file),
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    [seen] = api.seen
+    assert (seen.method, seen.path) == ("POST", "/api/v1/rollback-requests")
+    assert seen.headers["idempotency-key"] == "k-1"
+    assert orjson.loads(seen.body) == {
+        "service": "checkout", "scenario": "severe_functional_defect",
+        "reason": "card payments fail", "target": "41", "emergency": False,
+    }  # fmt: skip
+    assert out == (
+        "rem_0123abcd: rollback of checkout awaiting_approval; needs product-manager + "
+        "tech-lead, respond by 2026-01-01T00:30:00.000000Z, expires 2026-01-01T02:00:00.000000Z\n"
+    )
+
+
+def test_a_request_the_rules_skip_exits_1_with_the_reason(
+    cli: Cli, api: FakeApi, token_file: Path
+) -> None:
+    api.respond = lambda seen: json_reply(
+        201, {**REMEDIATION, "status": "skipped", "reason": "in_progress"}
+    )
+    code, _, err = cli("request", "checkout", "--scenario", "user_experience", "--reason", "x",
+                       *url_args(api, token_file))  # fmt: skip
+    assert code == 1 and err == "not waiting for approval: in_progress\n"
+
+
+def test_a_request_not_decided_yet_says_where_to_look(
+    cli: Cli, api: FakeApi, token_file: Path
+) -> None:
+    api.respond = lambda seen: json_reply(202, {"id": "rem_1", "signal_id": "s", "status": None})
+    code, out, _ = cli("request", "checkout", "--scenario", "user_experience", "--reason", "x",
+                       *url_args(api, token_file))  # fmt: skip
+    assert code == 0 and "rem_1: requested; not decided yet" in out
+
+
+@pytest.mark.parametrize("verb", ["reject", "cancel", "review"])
+def test_reject_cancel_and_review_post_only_the_comment(
+    verb: str, cli: Cli, api: FakeApi, token_file: Path
+) -> None:
+    api.respond = lambda seen: json_reply(200, {**WAITING, "status": "rejected", "reason": "no"})
+    code, _, err = cli(verb, "rem_0123abcd", "--comment", "why", *url_args(api, token_file))
+    assert (code, err) == (0, "")
+    [seen] = api.seen
+    assert (seen.method, seen.path) == ("POST", f"/api/v1/remediations/rem_0123abcd/{verb}")
+    assert orjson.loads(seen.body) == {"comment": "why"}
+
+
+def test_an_approval_still_missing_roles_says_which(
+    cli: Cli, api: FakeApi, token_file: Path
+) -> None:
+    api.respond = lambda seen: json_reply(200, WAITING)
+    code, out, _ = cli("approve", "rem_0123abcd", *url_args(api, token_file))
+    assert code == 0
+    assert out == "rem_0123abcd: your approval is recorded; still needed: tech-lead\n"
+
+
+def test_requests_lists_what_waits_with_what_is_missing(
+    cli: Cli, api: FakeApi, token_file: Path
+) -> None:
+    def respond(seen: Seen) -> Reply:
+        if seen.path == "/api/v1/remediations":
+            return json_reply(200, {"items": [REMEDIATION], "next": None})
+        return json_reply(200, WAITING)
+
+    api.respond = respond
+    code, out, err = cli("requests", *url_args(api, token_file))
+    assert (code, err) == (0, "")
+    assert api.seen[0].query["status"] == "awaiting_approval"
+    header, row = out.splitlines()
+    assert header.split()[:3] == ["ID", "SERVICE", "REQUESTED"]
+    assert row.split() == ["rem_0123abcd", "checkout", "rita", "tech-lead",
+                           "2026-01-01T00:30:00.000000Z"]  # fmt: skip

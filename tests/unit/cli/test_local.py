@@ -175,3 +175,20 @@ def test_the_status_filter_is_one_of_the_lifecycle_statuses(cli: Cli, journal_pa
     code, out, err = cli("remediations", "--status", "done", *journal_flag(journal_path))
     assert (code, out) == (2, "")
     assert err.startswith("remediator: --status: one of planned, awaiting_approval, dry-run,")
+
+
+def test_cancelling_in_the_journal_file_is_break_glass_and_requests_need_the_api(
+    cli: Cli, journal_path: Path
+) -> None:
+    rid = asyncio.run(_awaiting_approval(journal_path))
+    code, out, _ = cli("requests", *journal_flag(journal_path))
+    assert code == 0 and rid in out and "(alert)" in out
+    code, _, err = cli("reject", rid, *journal_flag(journal_path))
+    assert code == 2 and err.endswith("reject goes through the daemon's API only (give --url)\n")
+    code, _, err = cli("request", "checkout", "--scenario", "user_experience", "--reason", "x",
+                       *journal_flag(journal_path))  # fmt: skip
+    assert code == 2 and "rollback requests go through the daemon's API" in err
+    code, out, err = cli("cancel", rid, *journal_flag(journal_path))
+    assert code == 0 and "break-glass" in err
+    assert out.startswith(f"{rid}: cancelled (cancelled by {USER}: break-glass")
+    assert asyncio.run(_read(journal_path, rid)).status is RemediationStatus.CANCELLED
