@@ -53,7 +53,10 @@ class Daemon:
         client_tls: ssl.SSLContext | None = None,
         config: Path | None = None,
         journal_url: str | None = None,
+        principals: list[dict[str, Any]] | None = None,
     ):
+        """``principals`` are more entries of the principals file (with plain ``token``s),
+        beside the operator's."""
         self.rules = rules
         self.config = config  # a settings file (--config); the flags below still win
         self.workdir = workdir
@@ -69,6 +72,7 @@ class Daemon:
         self.log_path = workdir / "daemon.log"
         self.port = free_port()
         self.extra_env = extra_env or {}
+        self.principals = principals or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,7 +91,8 @@ class Daemon:
         env["KUBECONFIG"] = str(self.workdir / "no-kubeconfig")
         operator = {"name": "e2e-operator", "roles": ["read", "operate"],
                     "approver_roles": APPROVER_ROLES, "token": self.operator_token}  # fmt: skip
-        principals = principals_file(self.workdir / "principals.json", [operator])
+        principals = principals_file(self.workdir / "principals.json",
+                                     [operator, *self.principals])  # fmt: skip
         env.update({
             "REMEDIATOR_WEBHOOK_TOKEN": self.token,
             "REMEDIATOR_AUTH__PRINCIPALS_FILE": str(principals),
@@ -144,6 +149,21 @@ class Daemon:
             return status, json.loads(body)
         except ValueError:
             return status, body.decode()
+
+    def post(self, path: str, body: Any, *, token: str | None = None) -> tuple[int, Any]:
+        """POST JSON as the principal of ``token`` (default: the operator)."""
+        request = urllib.request.Request(  # noqa: S310 - loopback http(s)
+            self.url + path, data=orjson.dumps(body), method="POST",
+            headers={"Authorization": f"Bearer {token or self.operator_token}",
+                     "Content-Type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(  # noqa: S310
+                request, timeout=30, context=self.client_tls
+            ) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
 
     def signals(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
