@@ -100,8 +100,10 @@ class ApprovalApi:
         on_approved: Callable[[], None] | None = None,
         decision_wait_seconds: float = DECISION_WAIT_SECONDS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.journal = journal
+        self.draining = draining
         self.pack = pack
         self.metrics = metrics
         self.unavailable = unavailable
@@ -136,6 +138,8 @@ class ApprovalApi:
     async def create_request(self, request: web.Request, principal: Principal) -> web.Response:
         """Journal a rollback request as a manual signal; answer with the remediation the
         decision engine opened for it (201), or 202 if it is not decided in time."""
+        if self.draining():  # the engine is stopping: it would not be decided here
+            return self.unavailable("draining: shutting down, retry against another replica")
         document = _json_object(await request.read(), example='{"service": "checkout", ...}')
         wanted = self._parse_request(document)
         retry_key = _idempotency_key(request)

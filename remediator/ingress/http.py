@@ -221,6 +221,7 @@ class IntakeApp:
             on_new_signals=lambda: self.on_new_signals() if self.on_new_signals else None,
             on_approved=lambda: self.on_approved() if self.on_approved else None,
             decision_wait_seconds=decision_wait_seconds,
+            draining=lambda: self.state.draining,
         )
         self._rejections = ThrottledWarnings(log, monotonic=monotonic)
         self._server_log = ServerLog(

@@ -671,7 +671,10 @@ def _document() -> dict[str, Any]:
                         ),
                         "409": _error("A request for the service already waits for approval."),
                         "413": _error("The body is larger than http.body_limit_bytes."),
-                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                        "503": _error(
+                            "Journal unavailable, or draining: retry later (another replica).",
+                            _RETRY_AFTER,
+                        ),
                     },
                 }
             },

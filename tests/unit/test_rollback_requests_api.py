@@ -354,3 +354,13 @@ async def test_every_answer_fits_the_openapi_document(api: Api) -> None:
         check(doc, path, "post", status, body)
     resp = await api.client.get(f"/api/v1/remediations/{rid}", headers=bearer(token("pam")))
     check(doc, "/api/v1/remediations/{id}", "get", 200, await resp.json())
+
+
+async def test_a_draining_daemon_refuses_requests_it_would_not_decide(api: Api) -> None:
+    api.intake.state.draining = True
+    before = (await api.journal.list_signals(limit=100)).items
+    resp = await api.client.post(REQUESTS, headers=bearer(token("rita")), json={
+        "service": "checkout", "scenario": "user_experience", "reason": "slow"})  # fmt: skip
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    check(openapi_document(), REQUESTS, "post", 503, await resp.json())
+    assert (await api.journal.list_signals(limit=100)).items == before
