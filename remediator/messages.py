@@ -68,6 +68,25 @@ def status_messages(
     return [*notices, *outcome_messages(remediation, status=status, at=at, channel=outcome_channel)]
 
 
+def vote_messages(
+    remediation: Remediation, *, principal: str, at: datetime, notice_channels: Sequence[str]
+) -> list[OutboxMessage]:
+    """One approver answered and others must still: the remediation's Slack message is
+    updated to show who (one notice per principal; mail waits for the outcome)."""
+    return [
+        OutboxMessage(
+            id=f"{channel}:{dedup_key(remediation_id=remediation.id, stage=Stage.VOTED)}"
+            f":{principal}",
+            channel=channel,
+            key=remediation.id,
+            payload={"remediation_id": remediation.id, "stage": Stage.VOTED.value},
+            created_at=at,
+        )
+        for channel in notice_channels
+        if channel == "slack"
+    ]
+
+
 def approved_messages(
     remediation: Remediation, *, at: datetime, notice_channels: Sequence[str]
 ) -> list[OutboxMessage]:

@@ -44,6 +44,7 @@ class Stage(StrEnum):
     """Points in a remediation's life people are told about."""
 
     PLANNED = "planned"
+    VOTED = "voted"  # one approver answered; other seats are still empty
     APPROVED = "approved"  # every seat of a plan waiting for approval is filled
     ESCALATED = "escalated"  # nobody answered within the response time: a second notice
     STARTED = "started"

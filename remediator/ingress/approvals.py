@@ -39,7 +39,7 @@ from remediator.domain.rules import (
 )
 from remediator.domain.rules.decide import requested_rollback
 from remediator.ingress.answers import error_response, json_response
-from remediator.messages import approved_messages, status_messages
+from remediator.messages import approved_messages, status_messages, vote_messages
 from remediator.metrics import Metrics
 from remediator.ports import (
     ApprovalStore,
@@ -275,7 +275,7 @@ class ApprovalApi:
         vote = Vote(principal=principal.name, verdict=verdict, at=now, comment=comment,
                     roles=policy.relevant_roles(principal.approver_roles))  # fmt: skip
         result = await self.journal.cast_vote(
-            rid, vote=vote, outbox=lambda result: self._vote_messages(item, result, now)
+            rid, vote=vote, outbox=lambda result: self._vote_messages(item, result, vote)
         )
         self.metrics.approval_votes.labels(verdict=verdict.value, result=result.value).inc()
         after = await self.journal.get_remediation(rid)
@@ -290,7 +290,11 @@ class ApprovalApi:
             self.on_approved()
         return json_response(after.to_api())
 
-    def _vote_messages(self, item: Remediation, result: R, at: datetime) -> Sequence[OutboxMessage]:
+    def _vote_messages(self, item: Remediation, result: R, vote: Vote) -> Sequence[OutboxMessage]:
+        at = vote.at
+        if result is R.RECORDED:
+            return vote_messages(item, principal=vote.principal, at=at,
+                                 notice_channels=self.notice_channels)  # fmt: skip
         if result is R.APPROVED:
             return approved_messages(item, at=at, notice_channels=self.notice_channels)
         ended = {R.REJECTED: RemediationStatus.REJECTED, R.EXPIRED: RemediationStatus.EXPIRED}

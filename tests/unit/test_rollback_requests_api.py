@@ -27,6 +27,7 @@ from remediator.journal.sqlite import SqliteJournal
 from remediator.metrics import Metrics
 from remediator.rulefiles import load_rule_pack_from_path
 from tests.unit.auth_helpers import bearer, principal
+from tests.unit.journal_helpers import outbox_messages
 from tests.unit.test_openapi import check
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -364,3 +365,17 @@ async def test_a_draining_daemon_refuses_requests_it_would_not_decide(api: Api) 
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
     check(openapi_document(), REQUESTS, "post", 503, await resp.json())
     assert (await api.journal.list_signals(limit=100)).items == before
+
+
+async def test_each_answer_is_told_with_its_state_change(api: Api) -> None:
+    _, item = await api.request()  # product manager + tech lead
+    rid = item["id"]
+    await api.vote(rid, "pam")
+    await api.vote(rid, "lee")
+    ids = [p.message.id for p in await outbox_messages(api.journal, "slack", limit=10)]
+    # (this test's engine queues no notices of its own: these are the API's)
+    assert ids == [f"slack:{rid}:voted:pam", f"slack:{rid}:approved"]
+    _, item = await api.request(service="payments", scenario="user_experience")
+    await api.vote(item["id"], "pam", "reject")
+    ids = [p.message.id for p in await outbox_messages(api.journal, "slack", limit=10)]
+    assert ids[-1] == f"slack:{item['id']}:skipped"  # the end of a plan that never ran

@@ -291,7 +291,7 @@ def test_notice_dedup_key_and_stages() -> None:
     assert stage_for(RemediationStatus.DRY_RUN) is Stage.SKIPPED
     # Approved and escalated happen to a plan while it waits: stages, not statuses.
     assert {stage_for(s) for s in RemediationStatus} == set(Stage) - {
-        Stage.APPROVED, Stage.ESCALATED,
+        Stage.VOTED, Stage.APPROVED, Stage.ESCALATED,
     }  # fmt: skip
 
 
