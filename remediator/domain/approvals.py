@@ -279,8 +279,7 @@ def default_request(approvers: Sequence[str], requested_at: datetime) -> Approva
 class ResponseTime(StrEnum):
     MET = "met"  # approved or rejected within the response time
     MISSED = "missed"  # answered late, escalated, or expired
-    PENDING = "pending"  # still waiting, not yet escalated
-    NOT_ANSWERED = "not_answered"  # withdrawn before anyone answered in time
+    PENDING = "pending"  # still waiting (or withdrawn) before the response time passed
 
 
 class ReviewStatus(StrEnum):
