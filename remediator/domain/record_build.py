@@ -87,7 +87,7 @@ def record_from_journal(
         version_from=_first_param(plan, "from_version"),
         version_to=_first_param(plan, "to_version"),
         approvers=tuple(plan.get("approvers") or ()) if plan else (),
-        approval=None if approval is None else _approval_facts(approval),
+        approval=None if approval is None else _approval_facts(approval, remediation.status),
         created_at=remediation.created_at,
         started_at=remediation.claimed_at,
         finished_at=remediation.finished_at,
@@ -188,8 +188,11 @@ def _summary(signal: Signal) -> str:
     return annotations.get("summary") or annotations.get("description") or ""
 
 
-def _approval_facts(state: ApprovalState) -> ApprovalFacts:
+def _approval_facts(state: ApprovalState, status: RemediationStatus) -> ApprovalFacts:
     request, outcome = state.request, state.outcome
+    response = state.response().value
+    if status is RemediationStatus.EXPIRED:
+        response = "missed"  # expired unanswered, escalated or not (the clock may have been down)
     review = request.review
     return ApprovalFacts(
         requester=request.requester,
@@ -207,7 +210,7 @@ def _approval_facts(state: ApprovalState) -> ApprovalFacts:
         missing=tuple(s.label for s in outcome.missing) if isinstance(outcome, Pending) else (),
         response_time=request.policy.response_time,
         response_due_at=request.response_due_at,
-        response=state.response().value,
+        response=response,
         escalated_at=request.escalated_at,
         expires_at=request.expires_at,
         emergency=request.policy.emergency,

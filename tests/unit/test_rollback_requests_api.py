@@ -313,6 +313,10 @@ async def test_an_approval_after_the_expiry_is_refused_and_nothing_runs(api: Api
     found = await api.journal.get_remediation(rid)
     assert found is not None and found.status is RemediationStatus.EXPIRED
     assert await api.journal.runnable_remediations(limit=10) == []
+    # Never escalated (no clock ran here), and still: the response time was missed.
+    resp = await api.client.get(f"/api/v1/remediations/{rid}/record?format=json",
+                                headers=bearer(token("pam")))  # fmt: skip
+    assert (await resp.json())["approval"]["response"] == "missed"
 
 
 async def test_a_request_not_decided_in_time_is_accepted_with_202(api: Api) -> None:
