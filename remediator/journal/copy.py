@@ -2,7 +2,8 @@
 PostgreSQL journal, so the daemon continues there exactly where it stopped.
 
 The SQLite file is read with sqlite3 alone, read-only, in one snapshot (a read
-transaction): schema versions 8 and 9 are understood, any other is refused. The copy
+transaction): schema versions 8, 9 and 11 are understood, any other is refused (tables
+a version does not have yet, such as 11's automation levels, are copied as empty). The copy
 is refused while the source looks in use: a heartbeat younger than a minute (the daemon
 beats while it runs), or a commit to the file while the copy ran (then nothing is kept
 in the target). Stop the daemon first. Heartbeats and outbox leases are not copied:
@@ -33,7 +34,9 @@ from remediator.journal.postgres.importer import (
 )
 from remediator.journal.postgres.journal import PostgresJournal
 
-SUPPORTED_VERSIONS = frozenset({8, 9})
+SUPPORTED_VERSIONS = frozenset({8, 9, 11})
+# Tables of TABLES that older schema versions do not have: the version that added them.
+_ADDED_IN = {"automation_levels": 11}
 QUIET_SECONDS = 60.0  # a heartbeat younger than this: the daemon may still run
 CHUNK_ROWS = 5000
 # The order rows are read in (and so inserted): each table's key.
@@ -44,6 +47,7 @@ _ORDER = {
     "remediation_steps": "remediation_id, idx",
     "outbox": "seq",
     "slack_messages": "remediation_id",
+    "automation_levels": "seq",
 }
 
 
@@ -139,9 +143,14 @@ class SqliteHistory:
         self.conn.execute("COMMIT")
         return bool(self.conn.execute("PRAGMA data_version").fetchone()[0] == self._data_version)
 
+    def has(self, table: str) -> bool:
+        return self.version >= _ADDED_IN.get(table, 0)
+
     def counts(self) -> dict[str, int]:
         return {
             table: self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            if self.has(table)
+            else 0
             for table in TABLES
         }
 
@@ -159,6 +168,8 @@ class SqliteHistory:
 
     def chunks(self, table: str) -> Iterator[list[tuple[Any, ...]]]:
         """The table's rows in TABLES' column order, typed, a chunk at a time."""
+        if not self.has(table):
+            return
         columns = TABLES[table]
         cursor = self.conn.execute(
             f"SELECT {', '.join(c.name for c in columns)} FROM {table} ORDER BY {_ORDER[table]}"

@@ -57,9 +57,13 @@ TABLES: dict[str, tuple[Column, ...]] = {
         " attempts integer, last_error text, published_at timestamptz"
     ),
     "slack_messages": _columns("remediation_id text, channel text, ts text"),
+    "automation_levels": _columns(
+        "seq bigint, service text, level text, previous text, changed_at timestamptz,"
+        " changed_by text"
+    ),
 }
 # Tables whose seq is an identity column: continued after the highest copied.
-_SEQUENCED = ("signals", "remediations", "outbox")
+_SEQUENCED = ("signals", "remediations", "outbox", "automation_levels")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
