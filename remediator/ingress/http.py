@@ -23,6 +23,7 @@ from remediator.domain.limits import InputLimits, TooLarge
 from remediator.domain.paging import parse_cursor, shown
 from remediator.domain.record import CONTENT_TYPES, RECORD_FORMATS, render
 from remediator.domain.record_build import record_from_journal
+from remediator.domain.rules import RulePack
 from remediator.domain.signals import Status
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.ingress.auth import (
@@ -31,14 +32,17 @@ from remediator.ingress.auth import (
     FailedAuthLimiter,
 )
 from remediator.ingress.openapi import openapi_document
+from remediator.ingress.services import ServicesView
 from remediator.ingress.throttled_log import ThrottledWarnings
 from remediator.metrics import Metrics
 from remediator.ports import (
+    AutomationLevels,
     CircuitRecord,
     CircuitStore,
     JournalLifecycle,
     RemediationPage,
     RemediationStore,
+    ServiceStats,
     SignalPage,
     SignalStore,
 )
@@ -144,9 +148,18 @@ def error_response(
     return response
 
 
-class ApiJournal(JournalLifecycle, SignalStore, RemediationStore, CircuitStore, Protocol):
+class ApiJournal(
+    JournalLifecycle,
+    SignalStore,
+    RemediationStore,
+    CircuitStore,
+    AutomationLevels,
+    ServiceStats,
+    Protocol,
+):
     """The journal roles the API uses: intake and signals, remediations to read and
-    approve, the breaker, and liveness and readiness."""
+    approve, the breaker, services' automation levels and outcomes, and liveness and
+    readiness."""
 
 
 class JsonPage(Protocol):
@@ -193,8 +206,13 @@ class IntakeApp:
         response_bytes: int = DEFAULT_RESPONSE_BYTES,
         approval_windows: Mapping[str, timedelta | None] | None = None,
         metrics_need_read: bool = False,
+        services: ServicesView | None = None,
     ) -> None:
         self.journal = journal
+        # Without a rule pack (tests of other routes) the catalog is empty.
+        self.services = services or ServicesView(
+            journal=journal, pack=RulePack(services={}, rules=()), clock=clock
+        )
         self.metrics = metrics
         metrics.journal_writer_up.set_function(lambda: float(journal.alive()))
         self.auth = auth
@@ -240,6 +258,7 @@ class IntakeApp:
             "/api/v1/remediations/{id}/approve", self._requires(operate, self.approve)
         )
         app.router.add_get("/api/v1/circuit", self._requires(read, self.get_circuit))
+        app.router.add_get("/api/v1/services", self._requires(read, self.list_services))
         app.router.add_post("/api/v1/circuit/reset", self._requires(operate, self.reset_circuit))
         # Open: probes and tools must reach them without a credential, and they hold
         # nothing secret (docs/security.md).
@@ -601,6 +620,13 @@ class IntakeApp:
         log.warning("circuit breaker reset through the API by %s (from %s)", principal.name,
                     request.remote)  # fmt: skip
         return json_response(_circuit_body(record))
+
+    async def list_services(self, request: web.Request, _: Principal) -> web.StreamResponse:
+        """The catalog's services: automation level, its last change, 30 days of outcomes."""
+        try:
+            return json_response(await self.services.listing())
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
 
     # -- operations ----------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.StreamResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -13,7 +13,7 @@ from remediator.domain.automation import AutomationLevel
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import ActionKind
 from remediator.ports import AutomationLevelChange, Journal, ServiceOutcomes
-from tests.contract.builders import NOW, decision, new_remediation, signal
+from tests.contract.builders import NOW, ended_remediation
 from tests.contract.conftest import OpenReplica
 
 L = AutomationLevel
@@ -90,59 +90,27 @@ async def test_replicas_loading_the_same_catalog_at_once_record_each_change_once
 
 
 # -- outcomes ------------------------------------------------------------------------------
-_n = iter(range(50_000, 60_000))
-
-
-async def remediation_in(
-    journal: Journal,
-    status: RemediationStatus,
-    *,
-    service: str = "checkout",
-    created_at: datetime = NOW,
-    recovered_after: timedelta | None = None,
-    action: ActionKind | None = ActionKind.ROLLBACK,
-    reason: str | None = None,
-) -> str:
-    """One remediation of ``service`` created at ``created_at`` that ended in ``status``
-    (``recovered_after`` its creation, for an end)."""
-    n = next(_n)
-    await journal.record_signals([signal(n, service=service)])
-    batch = await journal.undecided_signals(limit=10)
-    (stored,) = batch.signals
-    initial = status if status.initial else S.PLANNED
-    new = new_remediation(stored.signal, status=initial, action=action, created_at=created_at)
-    if reason is not None:
-        new = dataclasses.replace(new, reason=reason)
-    assert await journal.record_decisions(
-        [decision(stored.seq, stored.signal, new)], cursor=batch.cursor, through_seq=stored.seq
-    )
-    if not status.initial:
-        end = new.created_at + (recovered_after or timedelta(minutes=1))
-        assert await journal.claim_remediation(new.id, by="replica-a", at=end, to=S.RUNNING)
-        await journal.finish_remediation(new.id, holder="replica-a", status=status, reason=None,
-                                         at=end)  # fmt: skip
-    return new.id
 
 
 async def test_outcomes_count_a_window_of_plans_per_service(journal: Journal) -> None:
     since, until = NOW - timedelta(days=30), NOW + timedelta(days=1)
     for minutes in (2, 10, 4, 30):  # median of 2, 4, 10, 30 minutes: 7 minutes
-        await remediation_in(journal, S.SUCCEEDED, recovered_after=timedelta(minutes=minutes))
-    await remediation_in(journal, S.FAILED)
-    await remediation_in(journal, S.NEEDS_HUMAN)
-    await remediation_in(journal, S.AWAITING_APPROVAL)
-    await remediation_in(journal, S.SKIPPED, reason="automation_notify")
-    await remediation_in(journal, S.SKIPPED, reason="automation_notify")
+        await ended_remediation(journal, S.SUCCEEDED, recovered_after=timedelta(minutes=minutes))
+    await ended_remediation(journal, S.FAILED)
+    await ended_remediation(journal, S.NEEDS_HUMAN)
+    await ended_remediation(journal, S.AWAITING_APPROVAL)
+    await ended_remediation(journal, S.SKIPPED, reason="automation_notify")
+    await ended_remediation(journal, S.SKIPPED, reason="automation_notify")
     # Not plans: skipped for another reason, a dry run, notify_only, no action at all.
-    await remediation_in(journal, S.SKIPPED, reason="cooldown")
-    await remediation_in(journal, S.DRY_RUN)
-    await remediation_in(journal, S.SUCCEEDED, action=ActionKind.NOTIFY_ONLY)
-    await remediation_in(journal, S.SKIPPED, action=None, reason="outside_rollback_window")
+    await ended_remediation(journal, S.SKIPPED, reason="cooldown")
+    await ended_remediation(journal, S.DRY_RUN)
+    await ended_remediation(journal, S.SUCCEEDED, action=ActionKind.NOTIFY_ONLY)
+    await ended_remediation(journal, S.SKIPPED, action=None, reason="outside_rollback_window")
     # Outside the window on either side: [since, until).
-    await remediation_in(journal, S.FAILED, created_at=since - timedelta(microseconds=1))
-    await remediation_in(journal, S.FAILED, created_at=until)
-    await remediation_in(journal, S.SUCCEEDED, created_at=since)  # counts: 1 minute
-    await remediation_in(
+    await ended_remediation(journal, S.FAILED, created_at=since - timedelta(microseconds=1))
+    await ended_remediation(journal, S.FAILED, created_at=until)
+    await ended_remediation(journal, S.SUCCEEDED, created_at=since)  # counts: 1 minute
+    await ended_remediation(
         journal, S.SUCCEEDED, service="search", recovered_after=timedelta(seconds=90)
     )
 
@@ -167,15 +135,15 @@ async def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two(
     journal: Journal,
 ) -> None:
     for after in (timedelta(seconds=10), timedelta(seconds=20, microseconds=500)):
-        await remediation_in(journal, S.SUCCEEDED, recovered_after=after)
-    await remediation_in(journal, S.FAILED)
+        await ended_remediation(journal, S.SUCCEEDED, recovered_after=after)
+    await ended_remediation(journal, S.FAILED)
     outcomes = await journal.service_outcomes(since=NOW, until=LATER)
     assert outcomes["checkout"].median_seconds_to_recover == pytest.approx(15.00025)
 
 
 async def test_a_service_without_a_success_has_no_time_to_recover(journal: Journal) -> None:
-    await remediation_in(journal, S.FAILED, service="payments")
-    await remediation_in(journal, S.SKIPPED, service="payments", reason="automation_notify")
+    await ended_remediation(journal, S.FAILED, service="payments")
+    await ended_remediation(journal, S.SKIPPED, service="payments", reason="automation_notify")
     outcomes = await journal.service_outcomes(since=NOW, until=LATER)
     assert outcomes == {
         "payments": ServiceOutcomes(

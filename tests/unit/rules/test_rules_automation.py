@@ -30,6 +30,7 @@ from remediator.domain.rules import (
     load_rule_pack,
 )
 from remediator.domain.signals import Signal
+from remediator.rulefiles import load_rule_pack_and_origin, read_rule_files, rules_digest
 
 from .conftest import NOW, alert, event, manual
 
@@ -267,3 +268,24 @@ def test_the_record_says_why_nothing_ran() -> None:
     note = status_note(record)
     assert note is not None and note.startswith("Notify only:")
     assert record.revision_to == "7"  # what would have run, for the notice
+
+
+# --- what a level change is recorded as made by ------------------------------------------
+
+
+def test_the_origin_names_the_path_and_a_digest_of_the_files(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for directory in (first, second):
+        directory.mkdir()
+        (directory / "catalog.yaml").write_text(catalog("notify"))
+        (directory / "rules.yaml").write_text(RULES)
+    pack, origin = load_rule_pack_and_origin(first)
+    assert pack.automation("checkout") is L.NOTIFY
+    digest = rules_digest(read_rule_files(first))
+    assert origin == f"rules {first} (sha256:{digest[:12]})"
+    # The same files elsewhere are the same pack; one changed level is another.
+    assert rules_digest(read_rule_files(second)) == digest
+    (second / "catalog.yaml").write_text(catalog("approve"))
+    _, promoted = load_rule_pack_and_origin(second)
+    assert promoted.startswith(f"rules {second} (sha256:")
+    assert promoted.removeprefix(f"rules {second}") != origin.removeprefix(f"rules {first}")
