@@ -38,6 +38,18 @@ def _to_duration(value: Any) -> Any:
     return value
 
 
+def _to_automation_level(value: Any) -> AutomationLevel:
+    levels = ", ".join(level.value for level in AutomationLevel)
+    if isinstance(value, AutomationLevel):
+        return value
+    if isinstance(value, str):
+        try:
+            return AutomationLevel(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an automation level (one of {levels})") from None
+    raise ValueError(f"expected one of {levels}, got {type(value).__name__} {value!r}")
+
+
 def _to_matcher(value: Any) -> Matcher:
     if isinstance(value, Matcher):
         return value
@@ -51,6 +63,12 @@ Duration = Annotated[
     BeforeValidator(_to_duration),
     PlainSerializer(format_duration, return_type=str),
     WithJsonSchema({"type": "string", "examples": ["30m", "1h30m"]}),
+]
+AutomationLevelField = Annotated[
+    AutomationLevel,
+    PlainValidator(_to_automation_level),
+    PlainSerializer(lambda level: level.value, return_type=str),
+    WithJsonSchema({"enum": [level.value for level in AutomationLevel]}),
 ]
 MatcherField = Annotated[
     Matcher,
@@ -212,7 +230,7 @@ class ServiceSpec(_Strict):
     max_revisions_back: int | None = Field(default=None, ge=1)
     # The trust ladder: notify (decide and tell), approve (every automatic plan waits
     # for approval), auto (act). None: defaults.automation.
-    automation: AutomationLevel | None = None
+    automation: AutomationLevelField | None = None
 
 
 # --- rules ---------------------------------------------------------------------------
@@ -270,7 +288,7 @@ class Defaults(_Strict):
     require_approval: bool = False
     # The automation level of services that do not set their own; auto acts as
     # remediator did before levels existed.
-    automation: AutomationLevel = AutomationLevel.AUTO
+    automation: AutomationLevelField = AutomationLevel.AUTO
     # Who approves a plan that must wait when neither its rule nor its service names
     # approvers (e.g. every plan of a service at automation level approve).
     approvers: tuple[Text, ...] = ()

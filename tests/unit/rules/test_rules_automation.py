@@ -123,17 +123,23 @@ def test_a_service_level_beats_the_pack_default() -> None:
     [
         (
             {"catalog.yaml": catalog("yolo")},
-            "catalog.yaml:6: services.checkout.automation: Input should be 'notify', "
-            "'approve' or 'auto'",
+            "catalog.yaml:6: services.checkout.automation: 'yolo' is not an automation level "
+            "(one of notify, approve, auto)",
         ),
         (
             {"catalog.yaml": catalog(None), "defaults.yaml": "defaults: {automation: Auto}\n"},
-            "defaults.yaml:1: defaults.automation: Input should be 'notify', 'approve' or 'auto'",
+            "defaults.yaml:1: defaults.automation: 'Auto' is not an automation level "
+            "(one of notify, approve, auto)",
         ),
         (
             {"catalog.yaml": catalog("[notify]")},
-            "catalog.yaml:6: services.checkout.automation: Input should be 'notify', "
-            "'approve' or 'auto'",
+            "catalog.yaml:6: services.checkout.automation: expected one of notify, approve, "
+            "auto, got list ['notify']",
+        ),
+        (
+            {"catalog.yaml": catalog("true")},
+            "catalog.yaml:6: services.checkout.automation: expected one of notify, approve, "
+            "auto, got bool True",
         ),
     ],
 )
@@ -152,8 +158,8 @@ def test_rules_check_names_the_bad_value(
     assert args.func(args) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[0] == (
-        f"{tmp_path}/catalog.yaml:6: services.checkout.automation: Input should be "
-        "'notify', 'approve' or 'auto'"
+        f"{tmp_path}/catalog.yaml:6: services.checkout.automation: 'autopilot' is not an "
+        "automation level (one of notify, approve, auto)"
     )
 
 
