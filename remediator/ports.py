@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from remediator.domain.approvals import ApprovalRequest, Vote, VoteResult
+from remediator.domain.automation import AutomationLevel
 from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord, StepStatus
 from remediator.domain.notices import SlackMessageRef
 from remediator.domain.plans import ActionKind, Step, StepKind
@@ -569,6 +570,70 @@ class SlackThreads(Protocol):
     async def save_slack_ref(self, remediation_id: str, ref: SlackMessageRef) -> None: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AutomationLevelChange:
+    """A service's automation level as the daemon found it in the catalog it loaded."""
+
+    service: str
+    level: AutomationLevel
+    previous: AutomationLevel | None  # None: the first level recorded for the service
+    changed_at: datetime
+    # What made the change, as far as the daemon can know: the rule files it loaded
+    # (path and digest); a file carries no author.
+    changed_by: str
+
+
+class AutomationLevels(Protocol):
+    """Each service's automation level over time: a change is recorded when a daemon
+    loads a catalog whose level for a service differs from the last one recorded."""
+
+    async def record_automation_levels(
+        self, levels: Mapping[str, AutomationLevel], *, by: str, at: datetime
+    ) -> list[AutomationLevelChange]:
+        """Record, for each service, ``levels[service]`` when it differs from the last
+        level recorded for it (or none was); return the changes recorded, by service name.
+
+        Atomic: replicas loading the same catalog at once record each change once.
+        Services missing from ``levels`` are left as they are."""
+        ...
+
+    async def automation_levels(self) -> dict[str, AutomationLevelChange]:
+        """The last change recorded for each service."""
+        ...
+
+    async def automation_level_history(
+        self, *, service: str, limit: int = 50
+    ) -> list[AutomationLevelChange]:
+        """A service's recorded changes, newest first."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceOutcomes:
+    """What a service's remediations created in a window came to."""
+
+    service: str
+    # Plans meant to change something (not skipped, not dry runs, not notify_only),
+    # automatic or requested, whatever became of them (approval, run, end).
+    plans: int
+    succeeded: int
+    failed: int
+    needs_human: int
+    # Plans the service's automation level kept to a notification (automation_notify).
+    would_have_run: int
+    # Median of (finished - created) over the succeeded ones; None without any.
+    median_seconds_to_recover: float | None
+
+
+class ServiceStats(Protocol):
+    async def service_outcomes(
+        self, *, since: datetime, until: datetime
+    ) -> dict[str, ServiceOutcomes]:
+        """Per service, the remediations created in [since, until); services with none
+        are absent."""
+        ...
+
+
 class Journal(
     JournalLifecycle,
     SignalStore,
@@ -579,6 +644,8 @@ class Journal(
     ExecutionLog,
     Outbox,
     SlackThreads,
+    AutomationLevels,
+    ServiceStats,
     Protocol,
 ):
     """Every role: what the runtime builds and hands out, one role to each component."""

@@ -3,7 +3,8 @@
 One module per group of commands, each with a ``register(subparsers)``:
 ``run`` (the daemon, ``config show``), ``operate`` (signals, remediations, history,
 report, approve, circuit: over the API with ``--url``, or on the local journal),
-``rules`` (check, explain), ``db`` (a service's database), ``auth`` (hash-token) and
+``services`` (automation levels and 30 days of outcomes, over the API), ``rules`` (check,
+explain), ``db`` (a service's database), ``auth`` (hash-token) and
 ``journal`` (copy: SQLite to PostgreSQL).
 """
 
@@ -15,7 +16,7 @@ import textwrap
 from collections.abc import Sequence
 
 import remediator
-from remediator.cli import auth, db, journal, operate, requests, rules, run
+from remediator.cli import auth, db, journal, operate, requests, rules, run, services
 from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
 from remediator.domain.errors import ConfigError, RemediatorError
 
@@ -43,6 +44,7 @@ EPILOG = textwrap.dedent(
       remediator remediations --status awaiting_approval
       remediator approve rem_0123abcd --comment "checked with the checkout team"
       remediator circuit reset                        # close the circuit breaker
+      remediator services                             # automation levels, last 30 days
 
     Without --url / $REMEDIATOR_URL, signals, remediations, history, report, approve and
     circuit read the local journal file (break-glass: approvals and resets there record
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     operate.register(sub)
     requests.register(sub)
+    services.register(sub)
     run.register_config(sub)
     rules.register(sub)
     db.register(sub)

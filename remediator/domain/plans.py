@@ -47,6 +47,9 @@ class NoActionReason(StrEnum):
     # Deciding this signal failed (a bug or data the rules cannot handle); the engine, not
     # the rules, records it so that one signal never stops deciding for the others.
     INTERNAL_ERROR = "internal_error"
+    # The service's automation level is notify: remediator decided, tells people what
+    # would have run (the plan is attached), and never acts on its own.
+    AUTOMATION_NOTIFY = "automation_notify"
 
 
 class _Frozen(BaseModel):

@@ -304,6 +304,11 @@ def status_note(record: RollbackRecord) -> str | None:
             )
         if record.reason == NoActionReason.NOT_IN_CATALOG:
             return "Skipped: outside the catalog remediator may act on; nothing was touched."
+        if record.reason == NoActionReason.AUTOMATION_NOTIFY:
+            return (
+                "Notify only: the service's automation level is notify, so remediator "
+                "decided and tells you what it would have run; nothing was changed."
+            )
         return "Skipped: no action was taken."
     if record.status is RemediationStatus.AWAITING_APPROVAL:
         waiting = ""

@@ -34,15 +34,18 @@ from remediator.ingress.auth import (
     FailedAuthLimiter,
 )
 from remediator.ingress.openapi import openapi_document
+from remediator.ingress.services import ServicesView
 from remediator.ingress.throttled_log import ThrottledWarnings
 from remediator.metrics import Metrics
 from remediator.ports import (
     ApprovalStore,
+    AutomationLevels,
     CircuitRecord,
     CircuitStore,
     JournalLifecycle,
     RemediationPage,
     RemediationStore,
+    ServiceStats,
     SignalPage,
     SignalStore,
 )
@@ -135,11 +138,13 @@ class ApiJournal(
     ApprovalStore,
     DeployHistory,
     CircuitStore,
+    AutomationLevels,
+    ServiceStats,
     Protocol,
 ):
     """The journal roles the API uses: intake and signals, remediations to read, requests
-    and their approvals, deploy history (a request's target), the breaker, and liveness
-    and readiness."""
+    and their approvals, deploy history (a request's target), the breaker, services'
+    automation levels and outcomes, and liveness and readiness."""
 
 
 class JsonPage(Protocol):
@@ -189,11 +194,16 @@ class IntakeApp:
         notice_channels: Sequence[str] = (),
         outcome_channel: str | None = None,
         decision_wait_seconds: float = 10.0,
+        services: ServicesView | None = None,
     ) -> None:
         """``pack`` is the loaded rule pack: rollback requests are checked against its
         catalog and rules (none: every service is unknown). ``notice_channels`` and
         ``outcome_channel`` are where approvals, rejections and cancels are told."""
         self.journal = journal
+        # Without a rule pack (tests of other routes) the catalog is empty.
+        self.services = services or ServicesView(
+            journal=journal, pack=RulePack(services={}, rules=()), clock=clock
+        )
         self.metrics = metrics
         metrics.journal_writer_up.set_function(lambda: float(journal.alive()))
         self.auth = auth
@@ -249,6 +259,7 @@ class IntakeApp:
         for path, handler in self.approvals.routes():
             app.router.add_post(path, self._requires(operate, handler))
         app.router.add_get("/api/v1/circuit", self._requires(read, self.get_circuit))
+        app.router.add_get("/api/v1/services", self._requires(read, self.list_services))
         app.router.add_post("/api/v1/circuit/reset", self._requires(operate, self.reset_circuit))
         # Open: probes and tools must reach them without a credential, and they hold
         # nothing secret (docs/security.md).
@@ -546,6 +557,13 @@ class IntakeApp:
         log.warning("circuit breaker reset through the API by %s (from %s)", principal.name,
                     request.remote)  # fmt: skip
         return json_response(_circuit_body(record))
+
+    async def list_services(self, request: web.Request, _: Principal) -> web.StreamResponse:
+        """The catalog's services: automation level, its last change, 30 days of outcomes."""
+        try:
+            return json_response(await self.services.listing())
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
 
     # -- operations ----------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.StreamResponse:

@@ -6,9 +6,11 @@ from typing import Any
 
 import remediator
 from remediator.domain.approvals import SCENARIOS
+from remediator.domain.automation import AutomationLevel
 from remediator.domain.lifecycle import RemediationStatus
 
 _REMEDIATION_STATUSES = [status.value for status in RemediationStatus]
+_AUTOMATION_LEVELS = [level.value for level in AutomationLevel]
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
@@ -437,6 +439,97 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "ServiceList": {
+        "type": "object",
+        "required": ["window", "items"],
+        "properties": {
+            "window": {
+                "type": "object",
+                "required": ["days", "since", "until"],
+                "description": "Outcomes count remediations created in [since, until).",
+                "properties": {
+                    "days": {"const": 30},
+                    "since": {"type": "string", "format": "date-time"},
+                    "until": {"type": "string", "format": "date-time"},
+                },
+            },
+            "items": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/Service"},
+                "description": "Every service of the loaded catalog, by name.",
+            },
+        },
+    },
+    "Service": {
+        "type": "object",
+        "required": ["service", "namespace", "automation", "automation_changed", "last_30_days"],
+        "properties": {
+            "service": {"type": "string"},
+            "namespace": {"type": "string"},
+            "automation": {
+                "enum": _AUTOMATION_LEVELS,
+                "description": "The level this daemon acts on (its catalog): notify decides "
+                "and tells, approve makes every automatic plan wait for approval, auto acts.",
+            },
+            "automation_changed": {
+                "oneOf": [{"$ref": "#/components/schemas/AutomationChange"}, {"type": "null"}],
+                "description": "The last level change the journal recorded for the service; "
+                "null when none was recorded yet.",
+            },
+            "last_30_days": {"$ref": "#/components/schemas/ServiceOutcomes"},
+        },
+    },
+    "AutomationChange": {
+        "type": "object",
+        "required": ["at", "by", "from", "to"],
+        "properties": {
+            "at": {"type": "string", "format": "date-time"},
+            "by": {
+                "type": "string",
+                "description": "What made the change, as far as the daemon can know: the rule "
+                "files it loaded and their digest, e.g. `rules /etc/remediator/rules "
+                "(sha256:0123456789ab)`.",
+            },
+            "from": {
+                "enum": [*_AUTOMATION_LEVELS, None],
+                "description": "The level before; null: the first level recorded.",
+            },
+            "to": {"enum": _AUTOMATION_LEVELS},
+        },
+    },
+    "ServiceOutcomes": {
+        "type": "object",
+        "required": [
+            "plans",
+            "succeeded",
+            "failed",
+            "needs_human",
+            "would_have_run",
+            "median_seconds_to_recover",
+        ],
+        "properties": {
+            "plans": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Plans meant to change something (not skipped, not dry "
+                "runs, not notify_only), automatic or requested, whatever became of them.",
+            },
+            "succeeded": {"type": "integer", "minimum": 0},
+            "failed": {"type": "integer", "minimum": 0},
+            "needs_human": {"type": "integer", "minimum": 0},
+            "would_have_run": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Plans the notify level kept to a notification.",
+            },
+            "median_seconds_to_recover": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Median of plan created -> finished succeeded; null without "
+                "a success.",
+            },
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -733,6 +826,22 @@ def _document() -> dict[str, Any]:
                     "x-required-role": "operate",
                     "responses": {
                         "200": {"description": "State after the reset.", **_json(_CIRCUIT)},
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                }
+            },
+            "/api/v1/services": {
+                "get": {
+                    "summary": "Each catalog service: its automation level, when and by what "
+                    "it last changed, and its last 30 days (plans, succeeded, failed, "
+                    "needs_human, median time to recover).",
+                    "security": _SECURED,
+                    "x-required-role": "read",
+                    "responses": {
+                        "200": {
+                            "description": "The services, by name.",
+                            **_json({"$ref": "#/components/schemas/ServiceList"}),
+                        },
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
                 }

@@ -2,7 +2,9 @@
 PostgreSQL journal, so the daemon continues there exactly where it stopped.
 
 The SQLite file is read with sqlite3 alone, read-only, in one snapshot (a read
-transaction): schema versions 8 to 10 are understood, any other is refused. The copy
+transaction): schema versions 8 to 11 are understood, any other is refused (tables
+a version does not have yet, such as 10's approval requests and 11's automation levels,
+are copied as empty). The copy
 is refused while the source looks in use: a heartbeat younger than a minute (the daemon
 beats while it runs), or a commit to the file while the copy ran (then nothing is kept
 in the target). Stop the daemon first. Heartbeats and outbox leases are not copied:
@@ -33,9 +35,9 @@ from remediator.journal.postgres.importer import (
 )
 from remediator.journal.postgres.journal import PostgresJournal
 
-SUPPORTED_VERSIONS = frozenset({8, 9, 10})
-# Tables a journal has from this version on; older ones have none of their rows.
-_SINCE = {"approval_requests": 10, "approval_votes": 10}
+SUPPORTED_VERSIONS = frozenset({8, 9, 10, 11})
+# Tables of TABLES that older schema versions do not have: the version that added them.
+_ADDED_IN = {"approval_requests": 10, "approval_votes": 10, "automation_levels": 11}
 QUIET_SECONDS = 60.0  # a heartbeat younger than this: the daemon may still run
 CHUNK_ROWS = 5000
 # The order rows are read in (and so inserted): each table's key.
@@ -48,6 +50,7 @@ _ORDER = {
     "slack_messages": "remediation_id",
     "approval_requests": "remediation_id",
     "approval_votes": "remediation_id, principal",
+    "automation_levels": "seq",
 }
 
 
@@ -143,16 +146,16 @@ class SqliteHistory:
         self.conn.execute("COMMIT")
         return bool(self.conn.execute("PRAGMA data_version").fetchone()[0] == self._data_version)
 
+    def has(self, table: str) -> bool:
+        return self.version >= _ADDED_IN.get(table, 0)
+
     def counts(self) -> dict[str, int]:
         return {
             table: self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            if self._has(table)
+            if self.has(table)
             else 0
             for table in TABLES
         }
-
-    def _has(self, table: str) -> bool:
-        return self.version >= _SINCE.get(table, 0)
 
     def engine_state(self) -> EngineState:
         values = dict(self.conn.execute("SELECT name, value FROM engine_state").fetchall())
@@ -168,7 +171,7 @@ class SqliteHistory:
 
     def chunks(self, table: str) -> Iterator[list[tuple[Any, ...]]]:
         """The table's rows in TABLES' column order, typed, a chunk at a time."""
-        if not self._has(table):
+        if not self.has(table):
             return
         columns = TABLES[table]
         cursor = self.conn.execute(

@@ -47,10 +47,11 @@ from remediator.engine.outbox import OutboxRelay
 from remediator.ingress.auth import Authenticator, principals_summary
 from remediator.ingress.http import IntakeApp, IntakeState
 from remediator.ingress.kafka import KafkaIntake, KafkaIntakeMetrics
+from remediator.ingress.services import ServicesView
 from remediator.journal import journal_from_url
 from remediator.metrics import Metrics
 from remediator.ports import Journal, ServiceFacts, StepRunner
-from remediator.rulefiles import load_rule_pack_from_path
+from remediator.rulefiles import load_rule_pack_and_origin
 from remediator.runtime.listener import (
     approvers_by_role,
     auth_from_settings,
@@ -97,7 +98,11 @@ class Runtime:
             failpoints=self.failpoints,
         )
         # Rule problems are start-up errors: refuse to run on rules nobody can trust.
-        self.pack = pack or load_rule_pack_from_path(settings.rules_path)
+        # The origin is what automation level changes are recorded as made by.
+        if pack is None:
+            self.pack, self.rules_origin = load_rule_pack_and_origin(settings.rules_path)
+        else:
+            self.pack, self.rules_origin = pack, "rule pack given to the runtime"
         self.facts: ServiceFacts | None = facts
         self.kube_status = "not connected"
         self.metrics = Metrics()
@@ -126,8 +131,27 @@ class Runtime:
             closing = Closing(stack)
             await self.journal.open()
             closing.add("journal", self.journal.close)
+            await self._record_automation_levels()
             await self._serve(closing, auth=auth, tls=tls)
         return 0
+
+    async def _record_automation_levels(self) -> None:
+        """Journal each service whose automation level differs from the last one recorded.
+
+        Before anything is decided: a daemon that cannot record the levels it is about
+        to act on does not start (as with rules it cannot load)."""
+        levels = {name: self.pack.automation(name) for name in self.pack.services}
+        changes = await self.journal.record_automation_levels(
+            levels, by=self.rules_origin, at=datetime.now(UTC)
+        )
+        for change in changes:
+            if change.previous is None:
+                log.info("automation level of %s: %s (first recorded; %s)", change.service,
+                         change.level.value, change.changed_by)  # fmt: skip
+            else:
+                log.warning("automation level of %s changed: %s -> %s (%s)", change.service,
+                            change.previous.value, change.level.value,
+                            change.changed_by)  # fmt: skip
 
     def _log_auth(self, auth: Authenticator, tls: ssl.SSLContext | None) -> None:
         settings = self.settings
@@ -252,6 +276,7 @@ class Runtime:
             pack=self.pack,
             notice_channels=notice_channels,
             outcome_channel=outcome_channel,
+            services=ServicesView(journal=self.journal, pack=self.pack),
         )
         runner = web.AppRunner(
             intake.build(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -140,3 +141,37 @@ async def running(journal: Journal, *, holder: str = "replica-a", at: datetime =
     rid = await plant(journal)
     assert await journal.claim_remediation(rid, by=holder, at=at, to=RemediationStatus.RUNNING)
     return rid
+
+
+async def ended_remediation(
+    journal: Journal,
+    status: RemediationStatus,
+    *,
+    service: str = "checkout",
+    created_at: datetime = NOW,
+    recovered_after: timedelta | None = None,
+    action: ActionKind | None = ActionKind.ROLLBACK,
+    reason: str | None = None,
+    holder: str = "replica-a",
+) -> str:
+    """One remediation of ``service`` created at ``created_at`` (decided from a new
+    signal) and now in ``status``: an initial status as decided, any other claimed and
+    finished ``recovered_after`` its creation (default one minute)."""
+    n = next(_ids)
+    await journal.record_signals([signal(20_000 + n, service=service)])
+    batch = await journal.undecided_signals(limit=10)
+    (stored,) = batch.signals
+    initial = status if status.initial else RemediationStatus.PLANNED
+    new = new_remediation(stored.signal, status=initial, action=action, created_at=created_at)
+    if reason is not None:
+        new = dataclasses.replace(new, reason=reason)
+    assert await journal.record_decisions(
+        [decision(stored.seq, stored.signal, new)], cursor=batch.cursor, through_seq=stored.seq
+    )
+    if not status.initial:
+        end = new.created_at + (recovered_after or timedelta(minutes=1))
+        running = RemediationStatus.RUNNING
+        assert await journal.claim_remediation(new.id, by=holder, at=end, to=running)
+        await journal.finish_remediation(new.id, holder=holder, status=status, reason=None,
+                                         at=end)  # fmt: skip
+    return new.id

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from remediator.domain.automation import AutomationLevel
 from remediator.domain.plans import (
     ActionKind,
     Decision,
@@ -166,6 +167,26 @@ def decide(
     built = _Context(signal=signal, rule=rule, spec=spec, state=state, pack=pack).build()
     if isinstance(built, NoAction):
         return built
+    if automated and built.automated:
+        # The trust ladder binds what automation does on its own; people's requests
+        # have their own approvals, and notify_only plans only tell.
+        level = pack.automation(signal.service)
+        if level is AutomationLevel.NOTIFY:
+            return skip(
+                NoActionReason.AUTOMATION_NOTIFY,
+                f"service {signal.service!r} is at automation level notify (remediator "
+                f"{level.describe}); people are told what would have run, nothing is changed",
+                plan=built,
+                notify=True,
+            )
+        if level is AutomationLevel.APPROVE and not built.require_approval:
+            built = built.model_copy(
+                update={
+                    "require_approval": True,
+                    "explanation": f"{built.explanation}; service {signal.service!r} is at "
+                    f"automation level approve, so the plan waits for approval",
+                }
+            )
     if not manual:
         held = _cooldown_detail(built, rule=rule, state=state, defaults=defaults, now=now)
         if held is not None:
@@ -285,7 +306,11 @@ class _Context:
         require = self.rule.require_approval
         if require is None:
             require = self.pack.defaults.require_approval
-        approvers = self.rule.approvers if self.rule.approvers is not None else self.spec.approvers
+        approvers = (
+            self.rule.approvers
+            if self.rule.approvers is not None
+            else self.spec.approvers or self.pack.defaults.approvers
+        )
         return Plan(
             service=self.service,
             namespace=self.spec.namespace,

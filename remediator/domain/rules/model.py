@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from remediator.domain.automation import AutomationLevel
 from remediator.domain.plans import ActionKind
 from remediator.domain.rules.durations import format_duration, parse_duration
 from remediator.domain.rules.matchers import Matcher, parse_matcher
@@ -35,6 +36,18 @@ def _to_duration(value: Any) -> Any:
     if isinstance(value, bool):  # bool is an int; "true" is never a duration
         raise ValueError("a duration must be text like 30m or a number of seconds")
     return value
+
+
+def _to_automation_level(value: Any) -> AutomationLevel:
+    levels = ", ".join(level.value for level in AutomationLevel)
+    if isinstance(value, AutomationLevel):
+        return value
+    if isinstance(value, str):
+        try:
+            return AutomationLevel(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an automation level (one of {levels})") from None
+    raise ValueError(f"expected one of {levels}, got {type(value).__name__} {value!r}")
 
 
 def _to_matcher(value: Any) -> Matcher:
@@ -50,6 +63,12 @@ Duration = Annotated[
     BeforeValidator(_to_duration),
     PlainSerializer(format_duration, return_type=str),
     WithJsonSchema({"type": "string", "examples": ["30m", "1h30m"]}),
+]
+AutomationLevelField = Annotated[
+    AutomationLevel,
+    PlainValidator(_to_automation_level),
+    PlainSerializer(lambda level: level.value, return_type=str),
+    WithJsonSchema({"enum": [level.value for level in AutomationLevel]}),
 ]
 MatcherField = Annotated[
     Matcher,
@@ -209,6 +228,9 @@ class ServiceSpec(_Strict):
     health_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")] | None = None
     approvers: tuple[Text, ...] = ()
     max_revisions_back: int | None = Field(default=None, ge=1)
+    # The trust ladder: notify (decide and tell), approve (every automatic plan waits
+    # for approval), auto (act). None: defaults.automation.
+    automation: AutomationLevelField | None = None
 
 
 # --- rules ---------------------------------------------------------------------------
@@ -264,6 +286,12 @@ class Defaults(_Strict):
     max_revisions_back: int = Field(default=5, ge=1)
     dry_run: bool = False
     require_approval: bool = False
+    # The automation level of services that do not set their own; auto acts as
+    # remediator did before levels existed.
+    automation: AutomationLevelField = AutomationLevel.AUTO
+    # Who approves a plan that must wait when neither its rule nor its service names
+    # approvers (e.g. every plan of a service at automation level approve).
+    approvers: tuple[Text, ...] = ()
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
     # Whose events become deploy and migration history (revisions, selector values,
     # migration ids): the only place rollback and revert targets come from.
@@ -310,6 +338,12 @@ class RulePack(_Strict):
     defaults: Defaults = Defaults()
     # rule name -> "file:line", so explanations can point at the rule's source.
     origins: Mapping[str, str] = {}
+
+    def automation(self, service: str) -> AutomationLevel:
+        """The service's automation level: its own, else the pack's default."""
+        spec = self.services.get(service)
+        own = spec.automation if spec is not None else None
+        return own if own is not None else self.defaults.automation
 
     def rule(self, name: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.name == name), None)

@@ -67,6 +67,10 @@ TABLES: dict[str, tuple[Column, ...]] = {
         "remediation_id text, principal text, verdict text, roles jsonb, at timestamptz,"
         " comment text"
     ),
+    "automation_levels": _columns(
+        "seq bigint, service text, level text, previous text, changed_at timestamptz,"
+        " changed_by text"
+    ),
 }
 # A journal older than its approval requests: each plan still awaiting approval gets the
 # request the migration gives it (as migrations/0002 does for a journal upgraded in place).
@@ -86,7 +90,7 @@ FROM remediations r WHERE status = 'awaiting_approval'
   AND NOT EXISTS (SELECT 1 FROM approval_requests a WHERE a.remediation_id = r.id)
 """
 # Tables whose seq is an identity column: continued after the highest copied.
-_SEQUENCED = ("signals", "remediations", "outbox")
+_SEQUENCED = ("signals", "remediations", "outbox", "automation_levels")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,9 +2,9 @@
 share (see docs/operations.md, "SQLite or PostgreSQL").
 
 Each role lives in its own module (signals, decisions, circuit, remediations,
-approvals, execution, outbox, slack); this class composes them over one connection pool and one
-intake writer, and adds the lifecycle: open (connect, migrate), close, alive, and the
-heartbeat of ``check_writable``.
+approvals, execution, outbox, slack, automation); this class composes them over one
+connection pool and one intake writer, and adds the lifecycle: open (connect, migrate),
+close, alive, and the heartbeat of ``check_writable``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from remediator.domain.errors import RemediatorError, TemporaryError
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
 from remediator.journal.postgres.approvals import PgApprovalStore
+from remediator.journal.postgres.automation import PgAutomation
 from remediator.journal.postgres.circuit import PgCircuitStore
 from remediator.journal.postgres.database import Database, close_quietly
 from remediator.journal.postgres.decisions import PgDecisionStore
@@ -56,6 +57,7 @@ class PostgresJournal(
     PgExecutionLog,
     PgOutbox,
     PgSlackThreads,
+    PgAutomation,
 ):
     def __init__(
         self,

@@ -6,7 +6,8 @@
 - ``schema``: migrations (``migrations/NNNN_*.sql``), applied on open;
 - ``rows``: how models are stored (times as ``utc_text``, JSON as TEXT);
 - one module per role: ``lifecycle`` (heartbeat), ``signals``, ``decisions``,
-  ``circuit``, ``remediations``, ``approvals``, ``execution``, ``outbox``, ``slack_threads``.
+  ``circuit``, ``remediations``, ``approvals``, ``execution``, ``outbox``, ``slack_threads``,
+  ``automation`` (automation levels, outcomes per service).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
 from remediator.journal.sqlite.approvals import SqliteApprovals
+from remediator.journal.sqlite.automation import SqliteAutomation
 from remediator.journal.sqlite.circuit import SqliteCircuit
 from remediator.journal.sqlite.database import (
     BUSY_TIMEOUT_MS,
@@ -55,6 +57,7 @@ class SqliteJournal(
     SqliteExecutionLog,
     SqliteOutbox,
     SqliteSlackThreads,
+    SqliteAutomation,
 ):
     """Every role of the journal over one SQLite file (``ports.Journal``).
 

@@ -19,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from remediator.domain.approvals import ApprovalConfig, ApprovalRequest, Verdict, Vote, policy_for
+from remediator.domain.automation import AutomationLevel
 from remediator.domain.errors import PermanentError
 from remediator.domain.lifecycle import RemediationStatus, StepStatus
 from remediator.domain.notices import SlackMessageRef
@@ -27,6 +28,7 @@ from remediator.journal.copy import SourceInUse, copy_journal
 from remediator.journal.postgres import PostgresJournal
 from remediator.journal.postgres.importer import NotEmpty
 from remediator.journal.sqlite import SqliteJournal
+from remediator.journal.sqlite.schema import schema_version
 from remediator.ports import CircuitRecord
 from tests.contract.builders import plant, signal
 from tests.pgdb import fresh_database
@@ -174,7 +176,8 @@ async def test_a_copied_journal_reads_back_the_same_and_continues(
     assert report.version == 8
     assert report.counts == {
         "signals": 5, "decisions": 3, "remediations": 5, "remediation_steps": 3, "outbox": 4,
-        "slack_messages": 1, "approval_requests": 1, "approval_votes": 0, "decision cursor": 5,
+        "slack_messages": 1, "approval_requests": 1, "approval_votes": 0,
+        "automation_levels": 0, "decision cursor": 5,
         "circuit changes": 1,
     }  # fmt: skip
     assert ("signals", 5, 5) in lines.seen and ("outbox", 4, 4) in lines.seen
@@ -307,7 +310,7 @@ async def test_a_source_written_during_the_copy_leaves_the_target_empty(
     assert report.counts["decision cursor"] == 6
 
 
-@pytest.mark.parametrize("version", [7, 11])
+@pytest.mark.parametrize("version", [7, 12])
 async def test_an_unknown_schema_version_is_refused(
     tmp_path: Path, target: SecretStr, version: int
 ) -> None:
@@ -340,7 +343,7 @@ async def test_approval_requests_and_votes_are_copied(tmp_path: Path, target: Se
     finally:
         await journal.close()
     report = await copy(path, target)
-    assert report.version == 10
+    assert report.version == schema_version()
     assert (report.counts["approval_requests"], report.counts["approval_votes"]) == (1, 1)
     copied = PostgresJournal(dsn=target, instance="pod-new", pool_size=2)
     await copied.open()
@@ -425,6 +428,12 @@ async def fill_through_the_ports(journal: Any) -> None:
     await journal.mark_failed_attempt(ids=[p.message.id for p in leased], error="broker down")
     await journal.set_circuit(open=True, reason="breaker", at=later, by="bob")
     await journal.save_slack_ref(done, SlackMessageRef(channel="C9", ts="9.9"))
+    await journal.record_automation_levels(
+        {"checkout": AutomationLevel.NOTIFY, "search": AutomationLevel.AUTO}, by="rules a", at=NOW
+    )
+    await journal.record_automation_levels(
+        {"checkout": AutomationLevel.APPROVE}, by="rules b", at=later
+    )
     await journal.check_writable()  # an old heartbeat: the clock is NOW, days before
 
 
@@ -448,14 +457,18 @@ async def everything(journal: Any) -> dict[str, Any]:
                                          at=NOW + timedelta(days=1), lease_seconds=30),
         "circuit": await journal.circuit(),
         "slack": await journal.slack_ref(remediations[-1].id),
+        "levels": await journal.automation_levels(),
+        "level history": await journal.automation_level_history(service="checkout"),
+        "outcomes": await journal.service_outcomes(since=NOW - timedelta(days=30),
+                                                   until=NOW + timedelta(days=1)),
     }  # fmt: skip
 
 
 async def test_a_journal_filled_through_the_ports_copies_to_the_same_journal(
     tmp_path: Path, target: SecretStr
 ) -> None:
-    """The SQLite journal of this release (schema 9), written through its roles, then
-    read through the same roles on both sides of the copy."""
+    """The SQLite journal of this release, written through its roles, then read
+    through the same roles on both sides of the copy."""
     from remediator.journal.sqlite import SqliteJournal
     from tests.contract.builders import Clock
 
@@ -468,7 +481,7 @@ async def test_a_journal_filled_through_the_ports_copies_to_the_same_journal(
     finally:
         await sqlite.close()
     report = await copy(path, target)
-    assert report.version == 10
+    assert report.version == schema_version()
     postgres = PostgresJournal(dsn=target, instance="pod-1", pool_size=2)
     await postgres.open()
     try:
@@ -477,3 +490,4 @@ async def test_a_journal_filled_through_the_ports_copies_to_the_same_journal(
         await postgres.close()
     assert after == before
     assert len(before["remediations"]) == 4 and before["claims"]
+    assert len(before["level history"]) == 2 and before["outcomes"]

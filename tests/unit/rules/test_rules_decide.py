@@ -452,6 +452,8 @@ def test_no_action_reasons(
 
 def test_every_reason_is_covered() -> None:
     covered = {case[3] for case in REASONS} | {NoActionReason.DRY_RUN}
+    # A pack with a service at automation level notify: test_rules_automation.py.
+    covered |= {NoActionReason.AUTOMATION_NOTIFY}
     # The engine records internal errors (tests/unit/engine); the rules never return one.
     assert covered == set(NoActionReason) - {NoActionReason.INTERNAL_ERROR}
 
