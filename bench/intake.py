@@ -11,8 +11,9 @@ acknowledged alert is decided, and reports:
     replicas, interpolated within buckets as Prometheus' histogram_quantile does) and
     exactly per alert from the journal (``decided_at - received_at``; decided_at is
     when its batch was decided, just before the commit);
-  - how long deciding lagged behind the load (drain), the CPU seconds the load
-    generator, the daemons and the PostgreSQL server used, and the load average.
+  - how long deciding lagged behind the load (drain); how many cores the load
+    generator, the daemons, the PostgreSQL server and the whole machine (other work
+    included) kept busy during the load and during the drain; the load average.
 
 Journals:
 
@@ -289,6 +290,14 @@ def server_cpu_seconds(postmaster: int) -> float:
     return total
 
 
+def machine_cpu_seconds() -> float:
+    """CPU every process on the machine used (others' work too), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        ticks = [int(v) for v in fh.readline().split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / CLK_TCK
+
+
 def own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -554,7 +563,8 @@ class RunResult:
     decided_per_s: float  # over the load and the drain
     accepted: int
     statuses: dict[int, int]
-    cpu_s: dict[str, float]
+    load_cores: dict[str, float]  # cores busy during the load, by process (and machine)
+    drain_cores: dict[str, float]  # the same while deciding caught up
     elapsed_s: float
     load_average: tuple[float, float]  # 1-minute, before and after
 
@@ -564,8 +574,9 @@ async def measure(
     urls: Sequence[str],
     bodies: Sequence[bytes],
     cpu: Callable[[], dict[str, float]],
-) -> tuple[LoadResult, float, Scrape, dict[str, float]]:
-    """Drive the load, then wait until every acknowledged alert is decided."""
+) -> tuple[LoadResult, float, Scrape, list[dict[str, float]]]:
+    """Drive the load, then wait until every acknowledged alert is decided; CPU seconds
+    are read before the load, after it and once everything is decided."""
     connector = aiohttp.TCPConnector(limit=args.concurrency + 2 * len(urls))
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
@@ -588,6 +599,7 @@ async def measure(
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
         load.result.elapsed_s = time.perf_counter() - started
+        cpu_loaded = cpu()
         drain_started = time.perf_counter()
         metrics = await scrape(session, urls)
         while metrics.decided < load.result.accepted:
@@ -599,9 +611,8 @@ async def measure(
             await asyncio.sleep(0.05)
             metrics = await scrape(session, urls)
         drain_s = time.perf_counter() - drain_started
-        cpu_after = cpu()
-    used = {who: cpu_after[who] - cpu_before[who] for who in cpu_after}
-    return load.result, drain_s, metrics, used
+        cpu_drained = cpu()
+    return load.result, drain_s, metrics, [cpu_before, cpu_loaded, cpu_drained]
 
 
 async def report_progress(
@@ -632,9 +643,10 @@ async def one_run(
             used = {"load generator": own_cpu_seconds(), "daemons": daemons.cpu_seconds()}
             if journal.server_pid is not None:
                 used["postgresql"] = server_cpu_seconds(journal.server_pid)
+            used["machine"] = machine_cpu_seconds()
             return used
 
-        result, drain_s, metrics, cpu_used = await measure(args, daemons.urls, bodies, cpu)
+        result, drain_s, metrics, cpu_marks = await measure(args, daemons.urls, bodies, cpu)
         daemons.stop()
         signals, decisions, waits = await journal.check()
     finally:
@@ -647,19 +659,22 @@ async def one_run(
             f"MISMATCH: {result.accepted:,} acknowledged, {signals:,} journaled, "
             f"{decisions:,} decided"
         )
-    return summarise(result, drain_s, metrics, cpu_used, waits, load_before)
+    return summarise(result, drain_s, metrics, cpu_marks, waits, load_before)
 
 
 def summarise(
     result: LoadResult,
     drain_s: float,
     metrics: Scrape,
-    cpu_used: dict[str, float],
+    cpu_marks: list[dict[str, float]],
     waits: list[float],
     load_before: float,
 ) -> RunResult:
     latencies = sorted(result.latencies)
     waits.sort()
+
+    def cores(start: dict[str, float], end: dict[str, float], seconds: float) -> dict[str, float]:
+        return {who: (end[who] - start[who]) / max(seconds, 1e-9) for who in end}
 
     def metric_ms(q: float) -> float | None:
         value = histogram_quantile(q, metrics.buckets)
@@ -681,7 +696,8 @@ def summarise(
         decided_per_s=result.accepted / (result.elapsed_s + drain_s),
         accepted=result.accepted,
         statuses=result.statuses,
-        cpu_s=cpu_used,
+        load_cores=cores(cpu_marks[0], cpu_marks[1], result.elapsed_s),
+        drain_cores=cores(cpu_marks[1], cpu_marks[2], drain_s),
         elapsed_s=result.elapsed_s,
         load_average=(load_before, os.getloadavg()[0]),
     )
@@ -692,8 +708,11 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
+def _cores(busy: dict[str, float]) -> str:
+    return ", ".join(f"{who} {n:.2f}" for who, n in busy.items())
+
+
 def print_run(r: RunResult) -> None:
-    cpu = ", ".join(f"{who} {s:.1f}" for who, s in r.cpu_s.items())
     say(
         f"  journaled alerts/s {r.alerts_per_s:,.0f}  requests/s {r.requests_per_s:,.0f}  "
         f"statuses {r.statuses}\n"
@@ -704,8 +723,9 @@ def print_run(r: RunResult) -> None:
         f"{_ms(r.journal_p95_ms)} / {_ms(r.journal_p99_ms)} ms, max {_ms(r.journal_max_ms)}\n"
         f"  decided {r.accepted:,} ({r.decided_per_s:,.0f}/s), the last {r.drain_s:.1f}s "
         f"after the load\n"
-        f"  CPU seconds over {r.elapsed_s + r.drain_s:.1f}s: {cpu}; load average "
-        f"{r.load_average[0]:.2f} -> {r.load_average[1]:.2f}"
+        f"  cores busy during the load: {_cores(r.load_cores)}\n"
+        f"  cores busy during the drain: {_cores(r.drain_cores)}\n"
+        f"  load average {r.load_average[0]:.2f} -> {r.load_average[1]:.2f}"
     )
 
 
