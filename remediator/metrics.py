@@ -5,6 +5,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# Deciding waits behind intake in a storm and behind a restart: seconds to minutes count.
+DECISION_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 60, 300,
+)  # fmt: skip
 
 
 class Metrics:
@@ -48,6 +52,13 @@ class Metrics:
             "remediator_decisions",
             "Signals decided, by outcome (plan, no_action) and no-action reason.",
             ["outcome", "reason"],
+            registry=r,
+        )
+        self.decision_latency = Histogram(
+            "remediator_decision_latency_seconds",
+            "Time from receiving a signal until this instance journaled its decision "
+            "(across hosts, clock skew between replicas included).",
+            buckets=DECISION_LATENCY_BUCKETS,
             registry=r,
         )
         self.remediations_finished = Counter(

@@ -146,6 +146,7 @@ class DecisionEngine:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         batch_size: int = 500,
         on_decision: Callable[[Decision], None] | None = None,
+        on_decision_latency: Callable[[float], None] | None = None,
         outcome_channel: str | None = None,
         notice_channels: tuple[str, ...] = (),
         on_deploy: Callable[[Signal], Awaitable[None]] | None = None,
@@ -158,7 +159,9 @@ class DecisionEngine:
         approvals: ApprovalConfig | None = None,
     ) -> None:
         """``approvals`` sets the response times and expiry of plans that wait for
-        approval, and who approves an emergency. ``on_internal_error`` gets the
+        approval, and who approves an emergency. ``on_decision_latency`` gets, for each
+        signal this engine decided, the seconds from its receipt until its decision was
+        journaled; ``on_internal_error`` gets the
         exception's type name of every error the engine survived (a signal it could not
         decide, a failed batch or hook); ``on_facts_error`` gets the service whose live
         facts could not be read."""
@@ -169,6 +172,7 @@ class DecisionEngine:
         self._clock = clock
         self._batch_size = batch_size
         self._on_decision = on_decision
+        self._on_decision_latency = on_decision_latency
         self._outcome_channel = outcome_channel
         self._notice_channels = notice_channels
         self._on_deploy = on_deploy
@@ -283,9 +287,7 @@ class DecisionEngine:
             decisions.append(decision)
         if not await self._write(records, decisions, cursor=cursor, through_seq=items[-1].seq):
             return False
-        if self._on_decision is not None:
-            for decision in decisions:
-                self._on_decision(decision)
+        self._journaled(items, decisions)
         await self._latch_circuit(circuit, now=now)
         if self._on_deploy is not None:
             for item in items:
@@ -373,9 +375,22 @@ class DecisionEngine:
             # Its remediation or notice is what the journal refuses: the decision alone.
             bare = _bare_record(item, decision, now=now)
             written = await self._write([bare], [decision], cursor=cursor, through_seq=item.seq)
-        if written and self._on_decision is not None:
-            self._on_decision(decision)
+        if written:
+            self._journaled([item], [decision])
         return written
+
+    def _journaled(self, items: Sequence[StoredSignal], decisions: Sequence[Decision]) -> None:
+        """Tell the hooks about decisions this engine has just journaled."""
+        if self._on_decision is not None:
+            for decision in decisions:
+                self._on_decision(decision)
+        if self._on_decision_latency is not None:
+            # After the write, not the batch's decided_at: the wait includes the commit.
+            journaled_at = self._clock()
+            for item in items:
+                waited = (journaled_at - item.signal.received_at).total_seconds()
+                # Another host's clock may run ahead of ours; a histogram takes no negatives.
+                self._on_decision_latency(max(0.0, waited))
 
     def _facts_failed(self, service: str, namespace: str, exc: Exception) -> None:
         log.warning("replicas of %s/%s unknown for this batch, reading them failed: %s",

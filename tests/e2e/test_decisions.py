@@ -51,6 +51,8 @@ def test_each_signal_is_decided_and_explained(daemon: Daemon) -> None:
         == 20
     )
     assert daemon.metric('remediator_decisions_total{outcome="no_action",reason="no_rule"}') == 1
+    # Every decision's wait since receipt is observed once.
+    assert daemon.metric("remediator_decision_latency_seconds_count") == 21
 
     status, detail = daemon.get(f"/api/v1/remediations/{items[0]['id']}")
     assert status == 200

@@ -3,7 +3,9 @@
 ``initdb`` a fresh data dir, then run ``postgres`` itself (not ``pg_ctl``, so the
 process is ours to watch and stop) on a free loopback port with its socket in the work
 dir. PostgreSQL refuses to run as root, so as root we run it as the system user
-``remediator-test`` (created if missing). Durability is switched off for speed.
+``remediator-test`` (created if missing). Durability is switched off for speed, unless
+a benchmark asks for a ``durable`` server (bench/intake.py compares it with a SQLite
+journal that fsyncs every commit).
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ class PostgresPeer(Peer):
     name = "postgres"
     version = "debian"
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, durable: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.durable = durable
         self.bindir = Path()
         self.port = 0
         self.dsn = ""
@@ -121,17 +124,7 @@ class PostgresPeer(Peer):
                 str(sockets),
                 "-c",
                 "listen_addresses=127.0.0.1",
-                # Throwaway data: trade durability for speed.
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "shared_buffers=32MB",
-                "-c",
-                "max_connections=50",
+                *self._tuning(),
             ],
             user=self.run_as,
             # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") waits for clients.
@@ -140,6 +133,14 @@ class PostgresPeer(Peer):
         self.dsn = f"postgresql://{DB_USER}:{DB_PASSWORD}@127.0.0.1:{self.port}/postgres"
         self.wait_ready(self._accepts_queries, timeout=60, what=f"SELECT 1 on port {self.port}")
         return {"postgres_dsn": self.dsn, "versions": {"postgresql": self._server_version()}}
+
+    def _tuning(self) -> list[str]:
+        if self.durable:  # the server's own defaults: every commit is flushed
+            settings = ["max_connections=100"]
+        else:  # throwaway data: trade durability for speed
+            settings = ["fsync=off", "synchronous_commit=off", "full_page_writes=off",
+                        "shared_buffers=32MB", "max_connections=50"]  # fmt: skip
+        return [arg for setting in settings for arg in ("-c", setting)]
 
     def _accepts_queries(self) -> bool:
         ready = subprocess.run(

@@ -772,3 +772,79 @@ async def test_automation_goes_on_while_a_request_waits(
     statuses = sorted((r.rule, r.status) for r in await all_remediations(journal))
     assert statuses == [("manual-data-consistency", "awaiting_approval"),
                         ("pod-not-ready-rollback", "planned")]  # fmt: skip
+
+
+class SlowCommitJournal(SqliteJournal):
+    """The real journal, whose decision commits take ``commit_seconds`` of the clock."""
+
+    def __init__(self, *, path: Path, clock: Clock, commit_seconds: float) -> None:
+        super().__init__(path=path)
+        self.clock = clock
+        self.commit_seconds = commit_seconds
+
+    async def record_decisions(
+        self,
+        decisions: Sequence[DecisionRecord],
+        *,
+        cursor: int,
+        through_seq: int,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> bool:
+        written = await super().record_decisions(
+            decisions, cursor=cursor, through_seq=through_seq, outbox=outbox
+        )
+        self.clock.now += timedelta(seconds=self.commit_seconds)
+        return written
+
+
+async def test_decision_latency_runs_from_receipt_until_the_decision_is_journaled(
+    tmp_path: Path, pack: RulePack
+) -> None:
+    clock = Clock(NOW + timedelta(seconds=3))  # the signals were received at NOW
+    journal = SlowCommitJournal(path=tmp_path / "journal.db", clock=clock, commit_seconds=2)
+    await journal.open()
+    try:
+        await journal_alerts(journal, [cpu(i) for i in range(5)])
+        waited: list[float] = []
+        engine = DecisionEngine(journal=journal, pack=pack, facts=FakeFacts({}), dry_run=True,
+                                clock=clock, on_decision_latency=waited.append)  # fmt: skip
+        assert await drain(engine) == 5
+    finally:
+        await journal.close()
+    # 3 s waiting to be decided, 2 s for the commit: the commit counts.
+    assert waited == [5.0] * 5
+
+
+async def test_decision_latency_is_observed_once_per_signal_across_engines(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await journal_alerts(journal, [cpu(i) for i in range(300)])
+    waited: list[list[float]] = [[], []]
+    engines = [
+        DecisionEngine(
+            journal=journal,
+            pack=pack,
+            facts=FakeFacts({}),
+            dry_run=True,
+            clock=Clock(NOW + timedelta(seconds=1)),
+            batch_size=50,
+            on_decision_latency=waited[n].append,
+        )
+        for n in range(2)
+    ]
+    counts = await asyncio.gather(*(drain(engine) for engine in engines))
+    # Each engine observes what it journaled; a batch the other wrote first is not counted.
+    assert [len(w) for w in waited] == counts
+    assert sum(counts) == 300
+
+
+async def test_a_decision_clock_behind_the_receiver_counts_as_no_wait(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await journal_alerts(journal, [cpu(1)])  # received at NOW by a host whose clock runs fast
+    waited: list[float] = []
+    engine = DecisionEngine(journal=journal, pack=pack, facts=FakeFacts({}), dry_run=True,
+                            clock=Clock(NOW - timedelta(seconds=4)),
+                            on_decision_latency=waited.append)  # fmt: skip
+    assert await drain(engine) == 1
+    assert waited == [0.0]
