@@ -90,6 +90,11 @@ class Database:
             "statement_timeout": deadline_ms,
             "idle_in_transaction_session_timeout": deadline_ms,
             "timezone": "UTC",
+            # The journal's queries are small and indexed. The planner over-estimates
+            # the one-row decision cursor and JIT-compiles the engine's read of undecided
+            # signals: 55-127 ms of compiling for 0.2 ms of work on every poll, which
+            # tripled alert-to-decision latency (docs/benchmarks.md).
+            "jit": "off",
         }
 
     def refuse(self, reason: str) -> None:

@@ -248,6 +248,16 @@ async def test_a_replica_frozen_in_a_transaction_cannot_hold_intake_for_long(
         frozen.terminate()
 
 
+async def test_the_journal_s_sessions_never_jit_compile(opened: Callable[..., Any]) -> None:
+    """JIT on the engine's small queries cost more than the queries (docs/benchmarks.md)."""
+    journal = await opened()
+
+    async def setting(conn: asyncpg.Connection) -> str:
+        return str(await conn.fetchval("SHOW jit"))
+
+    assert await journal._db.read("show jit", setting) == "off"
+
+
 # -- seqs become visible in order ----------------------------------------------------------------
 async def test_a_signal_committing_late_is_not_skipped(
     opened: Callable[..., Any], dsn: SecretStr
