@@ -39,7 +39,7 @@ Examples:
   REMEDIATOR_BENCH_DSN=postgresql://bench:...@db:5432/postgres \\
       python bench/intake.py --journal env --replicas 3     # a server of yours, DSN from env
   python bench/intake.py --journal postgresql://bench:...@db:5432/postgres --json out.json
-  python bench/intake.py --journal postgresql --pg-setting jit=off   # an experiment
+  python bench/intake.py --journal postgresql --pg-setting shared_buffers=256MB   # a server setting
 """
 
 from __future__ import annotations
