@@ -29,6 +29,7 @@ from remediator.cli.common import (
     positive_int,
     settings_of,
 )
+from remediator.domain.lifecycle import RemediationStatus
 
 __all__ = ["register"]
 
@@ -363,7 +364,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     with opened_backend(args) as backend:
         break_glass(backend, "approving")
         item = backend.approve(args.id, comment=args.comment)
-    if item.get("status") == "awaiting_approval":
+    if item.get("status") == RemediationStatus.AWAITING_APPROVAL.value:
         # Recorded; other approver roles must approve too, each by someone else.
         missing = ", ".join((item.get("approval") or {}).get("missing") or ()) or "-"
         print(f"{args.id}: your approval is recorded; still needed: {missing}")

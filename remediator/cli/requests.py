@@ -18,6 +18,7 @@ from remediator.cli.backends import collect
 from remediator.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
 from remediator.cli.operate import _parser, break_glass, opened_backend
 from remediator.domain.approvals import SCENARIOS
+from remediator.domain.lifecycle import RemediationStatus
 
 __all__ = ["register"]
 
@@ -106,7 +107,7 @@ def cmd_request(args: argparse.Namespace) -> int:
               f"{item['id']}`)")  # fmt: skip
         return EXIT_OK
     print(_summary(item))
-    if item["status"] != "awaiting_approval":
+    if item["status"] != RemediationStatus.AWAITING_APPROVAL.value:
         why = item.get("reason") or item["status"]
         print(f"not waiting for approval: {why}", file=sys.stderr)
         return EXIT_FAILED
@@ -134,7 +135,10 @@ def cmd_requests(args: argparse.Namespace) -> int:
     with opened_backend(args) as backend:
         listed = collect(
             lambda limit, cursor: backend.remediations(
-                service=args.service, status="awaiting_approval", limit=limit, cursor=cursor
+                service=args.service,
+                status=RemediationStatus.AWAITING_APPROVAL.value,
+                limit=limit,
+                cursor=cursor,
             ),
             args.limit,
         )
