@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import SecretStr
 
 from remediator.connectors.childenv import child_env
 from remediator.connectors.postgres.errors import map_exception, safe_cause
+from remediator.domain.dsn import password_of, redact, reveal, scrub
 from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 
 __all__ = [
@@ -47,9 +47,6 @@ __all__ = [
 SecretSource = Callable[[str], Awaitable[str]]
 
 _SCHEMES = ("postgresql", "postgres")
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-# scheme://user:PASSWORD@ when the rest of the URL does not parse.
-_USERINFO_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:([^/]*)@")
 
 
 async def resolve_dsn(
@@ -99,69 +96,8 @@ def _scheme(raw: str) -> str | None:
         return None
 
 
-def _reveal(dsn: str | SecretStr) -> str:
-    return dsn.get_secret_value() if isinstance(dsn, SecretStr) else dsn
-
-
-def password_of(dsn: str | SecretStr) -> str | None:
-    raw = _reveal(dsn)
-    try:
-        parts = urlsplit(raw)
-    except ValueError:  # e.g. a broken [IPv6] host: the userinfo may still be there
-        match = _USERINFO_PASSWORD.match(raw)
-        return unquote(match.group(1)) if match else None
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "password" and value:
-            return value
-    return unquote(parts.password) if parts.password else None
-
-
-def redact(dsn: str | SecretStr) -> str:
-    """The DSN with its password (userinfo or ``password=`` parameter) replaced by ``***``.
-
-    Whatever the scheme; a string that is neither a URL nor ``key=value`` pairs is not
-    shown at all (it may be a password pasted where the DSN belongs).
-    """
-    raw = _reveal(dsn)
-    try:
-        parts = urlsplit(raw)
-    except ValueError:
-        return "<unparseable DSN>"
-    if not (parts.scheme and parts.netloc):
-        if "=" in raw:  # key=value form: blank anything that looks like a password.
-            return _PASSWORD_KV.sub(r"\1***", raw)
-        return "<unparseable DSN>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
-    query = urlencode(
-        [
-            (k, "***" if "password" in k.lower() else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def scrub(text: str, dsn: str | SecretStr) -> str:
-    """``text`` with the DSN and its password blanked (tool and driver output)."""
-    raw = _reveal(dsn)
-    text = text.replace(raw, redact(raw))
-    password = password_of(raw)
-    if password:
-        text = text.replace(password, "***")
-        match = _USERINFO_PASSWORD.match(raw)
-        quoted = match.group(1) if match else None  # as written: maybe percent-encoded
-        if quoted and quoted != password:
-            text = text.replace(quoted, "***")
-    return text
-
-
 def database_of(dsn: str | SecretStr) -> str:
-    path = urlsplit(_reveal(dsn)).path.lstrip("/")
+    path = urlsplit(reveal(dsn)).path.lstrip("/")
     return unquote(path) if path else ""
 
 
