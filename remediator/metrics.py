@@ -144,6 +144,15 @@ class Metrics:
             ["verdict", "result"],
             registry=r,
         )
+        self.slack_interactions = Counter(
+            "remediator_slack_interactions",
+            "Requests to the Slack interactions endpoint, by what became of them: approve, "
+            "reject (counted), refused (by the approval rules), unmapped, forbidden, "
+            "other_team, ignored, unavailable, or refused before reading: missing, "
+            "malformed, stale, mismatch, replayed.",
+            ["result"],
+            registry=r,
+        )
         self.approvals_escalated = Counter(
             "remediator_approvals_escalated",
             "Plans awaiting approval escalated: nobody answered within the response time.",

@@ -192,6 +192,12 @@ class SlackPort(Protocol):
     ) -> None: ...
 
 
+class SlackReplies(Protocol):
+    """A message only one person in a channel sees (the answer to their click)."""
+
+    async def ephemeral(self, *, channel: str, user: str, text: str) -> None: ...
+
+
 class EmailPort(Protocol):
     async def send(
         self,

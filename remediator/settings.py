@@ -379,23 +379,54 @@ class SlackSettings(_Group):
     default_channel: str | None = Field(None, description="Channel id used when no route matches.")
     channels_by_service: dict[str, str] = {}
     channels_by_severity: dict[str, str] = {}
+    signing_secret: SecretStr | None = Field(
+        None,
+        description="The Slack app's signing secret: with it, a plan waiting for approval "
+        "gets Approve and Reject buttons, and POST /api/v1/slack/interactions takes the "
+        "clicks (each verified against this secret). Without it: no buttons.",
+    )
+    signing_secret_file: Path | None = Field(None, description="File holding the signing secret.")
+    team_id: str | None = Field(
+        None,
+        pattern=r"^T[A-Z0-9]{2,30}$",
+        description="Only clicks from this Slack workspace (team id T…) are taken.",
+    )
 
     @model_validator(mode="before")
     @classmethod
-    def _token_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and _is_path(data.get("token_file")) and not data.get("token"):
-            data = {**data, "token": _read_secret(Path(data["token_file"]), "token")}
+    def _secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        problems = []  # every unreadable file is named, not only the first
+        for name in ("token", "signing_secret"):
+            if _is_path(data.get(f"{name}_file")) and not data.get(name):
+                try:
+                    data = {**data, name: _read_secret(Path(data[f"{name}_file"]), name)}
+                except ValueError as exc:
+                    problems.append(str(exc))
+        if problems:
+            raise ValueError("\n".join(problems))
         return data
 
     @model_validator(mode="after")
     def _channel_when_on(self) -> SlackSettings:
         if self.token is not None and self.default_channel is None:
             raise ValueError("default_channel is required when a token is set")
+        if self.signing_secret is not None and self.token is None:
+            raise ValueError(
+                "signing_secret needs a token too: the buttons live on the messages the "
+                "bot posts, and a click is answered through the Web API"
+            )
         return self
 
     @property
     def enabled(self) -> bool:
         return self.token is not None
+
+    @property
+    def interactive(self) -> bool:
+        """Approve and Reject buttons, and the endpoint Slack posts their clicks to."""
+        return self.token is not None and self.signing_secret is not None
 
 
 class EmailSettings(_Group):
@@ -553,7 +584,7 @@ class Settings(BaseSettings):
                 except ValueError as exc:
                     problems.append(str(exc))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return data
 
     @field_validator("failpoints")
@@ -695,7 +726,8 @@ def describe_errors(exc: ValidationError) -> str:
             f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
         ).removeprefix(".")
         message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"  {where}: {message}" if where else f"  {message}")
+        # A validator that names several problems puts each on its own line.
+        lines += [f"  {where}: {one}" if where else f"  {one}" for one in message.split("\n")]
     return "\n".join(lines)
 
 

@@ -207,6 +207,14 @@ class SlackNotifier:
         except Exception as exc:
             raise _map_error(exc, method="chat.update") from exc
 
+    async def ephemeral(self, *, channel: str, user: str, text: str) -> None:
+        """``chat.postEphemeral``: only ``user`` sees it, and only while in ``channel``."""
+        client = self._web()
+        try:
+            await client.chat_postEphemeral(channel=channel, user=user, text=text)
+        except Exception as exc:
+            raise _map_error(exc, method="chat.postEphemeral") from exc
+
     async def close(self) -> None:
         self._closed = True
         self._client = None

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.record import (
+    ApprovalFacts,
     CheckStatus,
     RollbackRecord,
     basic_facts,
@@ -30,6 +31,7 @@ from remediator.domain.record import (
     trigger_line,
     versions_line,
 )
+from remediator.domain.slack_interactions import APPROVAL_BLOCK_ID, SlackAction
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -104,7 +106,11 @@ def slack_text(record: RollbackRecord) -> str:
     return _mrkdwn(" ".join(line.split()), MAX_FALLBACK_TEXT)
 
 
-def slack_blocks(record: RollbackRecord, *, record_url: str | None) -> list[dict[str, Any]]:
+def slack_blocks(
+    record: RollbackRecord, *, record_url: str | None, buttons: bool = False
+) -> list[dict[str, Any]]:
+    """The remediation's message. With ``buttons`` (Slack interactivity is configured) a
+    plan waiting for approval carries Approve and Reject buttons."""
     emoji = _STATUS_EMOJI[record.status]
     blocks: list[dict[str, Any]] = [
         {
@@ -143,6 +149,10 @@ def slack_blocks(record: RollbackRecord, *, record_url: str | None) -> list[dict
     if why:
         text = "\n".join(dict.fromkeys(why))  # reason and explanation are often equal
         blocks.append(_section(_mrkdwn(text, MAX_SECTION_TEXT)))
+    if record.approval is not None:
+        blocks.append(_section(_approval_text(record.approval)))
+        if buttons and record.status is RemediationStatus.AWAITING_APPROVAL:
+            blocks.append(approval_buttons(record))
     blocks.append({"type": "divider"})
     blocks.append(_section(_timeline_text(record, record_url=record_url)))
     blocks.append(
@@ -182,6 +192,72 @@ def slack_blocks(record: RollbackRecord, *, record_url: str | None) -> list[dict
         }
     )
     return blocks[:MAX_BLOCKS]
+
+
+def _approval_text(facts: ApprovalFacts) -> str:
+    """Who asked, each answer with role and time, and the seats still empty."""
+    asked = (
+        f"requested by *{_mrkdwn(facts.requester, 200)}*" if facts.requester else "an alert's plan"
+    )
+    lines = [
+        f"*Approval* ({asked}; needs {_mrkdwn(' + '.join(facts.required), 300)}"
+        f"{', emergency' if facts.emergency else ''})"
+    ]
+    for answer in facts.answers:
+        icon, did = (
+            (":white_check_mark:", "approved")
+            if answer.verdict == "approve"
+            else (":no_entry_sign:", "rejected")
+        )
+        role = f" as {', '.join(answer.roles)}" if answer.roles else ""
+        line = f"{icon} *{answer.principal}*{role} {did} at {format_time(answer.at)}"
+        if answer.comment:
+            line += f": {answer.comment}"
+        lines.append(_mrkdwn(" ".join(line.split()), 400))
+    if facts.missing:
+        lines.append(
+            f":hourglass_flowing_sand: waiting for {_mrkdwn(', '.join(facts.missing), 300)}"
+        )
+    return clip("\n".join(lines), MAX_SECTION_TEXT)
+
+
+def approval_buttons(record: RollbackRecord) -> dict[str, Any]:
+    """Approve and Reject, each behind Slack's confirmation dialog: one stray tap must not
+    start or stop a production rollback. The button's value is the remediation id only;
+    who clicked is what Slack signs, never anything in the message."""
+    what = clip(f"{record.action or 'remediation'} of {record.target}", 120)
+    return {
+        "type": "actions",
+        "block_id": APPROVAL_BLOCK_ID,
+        "elements": [
+            _button(SlackAction.APPROVE, "Approve", "primary", record.remediation_id,
+                    title="Approve this rollback?",
+                    text=f"Approve the {what} ({versions_line(record)})? It runs once every "
+                    "approver has approved."),
+            _button(SlackAction.REJECT, "Reject", "danger", record.remediation_id,
+                    title="Reject this rollback?",
+                    text=f"Reject the {what}? It ends rejected and never runs."),
+        ],
+    }  # fmt: skip
+
+
+def _button(
+    action: SlackAction, label: str, style: str, value: str, *, title: str, text: str
+) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "action_id": action.value,
+        "text": {"type": "plain_text", "text": label},
+        "style": style,
+        "value": value,
+        "confirm": {
+            "title": {"type": "plain_text", "text": clip(title, 100)},
+            "text": {"type": "plain_text", "text": clip(" ".join(text.split()), 300)},
+            "confirm": {"type": "plain_text", "text": label},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+            "style": style,
+        },
+    }
 
 
 def _section(text: str) -> dict[str, Any]:

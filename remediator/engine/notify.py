@@ -84,9 +84,13 @@ class NotificationRelay:
         lease_seconds: float = LEASE_SECONDS,
         on_internal_error: Callable[[str], None] | None = None,
         escalation_channel: str | None = None,
+        approval_buttons: bool = False,
     ) -> None:
         """``holder`` names this instance in the outbox's leases; ``escalation_channel``
-        is the Slack channel escalations go to (default: the remediation's own)."""
+        is the Slack channel escalations go to (default: the remediation's own);
+        ``approval_buttons`` puts Approve and Reject on a waiting plan's message (only
+        when Slack can post the clicks back: slack.signing_secret is set)."""
+        self._approval_buttons = approval_buttons
         self._journal = journal
         self._holder = holder
         self._lease_seconds = lease_seconds
@@ -197,7 +201,9 @@ class NotificationRelay:
 
     async def _to_slack(self, rid: str, record: RollbackRecord, url: str | None) -> None:
         assert self._slack is not None and self._slack_routes is not None
-        blocks: list[dict[str, Any]] = slack_blocks(record, record_url=url)
+        blocks: list[dict[str, Any]] = slack_blocks(
+            record, record_url=url, buttons=self._approval_buttons
+        )
         text = slack_text(record)
         ref = await self._journal.slack_ref(rid)
         if ref is not None:

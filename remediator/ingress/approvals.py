@@ -18,6 +18,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -258,18 +259,35 @@ class ApprovalApi:
     async def _vote(
         self, request: web.Request, principal: Principal, verdict: Verdict
     ) -> web.Response:
-        rid = request.match_info["id"]
         comment = _comment(await request.read())
+        answer = await self.vote(request.match_info["id"], principal, verdict, comment=comment)
+        if answer.refusal is not None:
+            return error_response(answer.refusal.status, answer.refusal.message)
+        assert answer.remediation is not None
+        return json_response(answer.remediation.to_api())
+
+    async def vote(
+        self,
+        rid: str,
+        principal: Principal,
+        verdict: Verdict,
+        *,
+        comment: str | None = None,
+        via: str = "the API",
+    ) -> VoteAnswer:
+        """Apply one principal's answer by the rules every channel shares (the API, a
+        Slack button): a distinct principal per approver role, never the requester, once
+        each, and only while the plan waits and has not expired."""
         item = await self.journal.get_remediation(rid)
         if item is None:
-            return _no_such(rid)
+            return VoteAnswer(refusal=_no_such(rid))
         state = item.approval
         if state is None or item.status is not WAITING:
-            return _not_waiting(item)
+            return VoteAnswer(refusal=_not_waiting(item))
         refusal = _refusal(state, principal, verdict, rid)
         if refusal is not None:
             self.metrics.approval_votes.labels(verdict=verdict.value, result="refused").inc()
-            return refusal
+            return VoteAnswer(refusal=refusal)
         now = self.clock()
         policy = state.request.policy
         vote = Vote(principal=principal.name, verdict=verdict, at=now, comment=comment,
@@ -281,14 +299,14 @@ class ApprovalApi:
         after = await self.journal.get_remediation(rid)
         refused = _vote_refused(result, rid, state, principal, after)
         if refused is not None:
-            return refused
+            return VoteAnswer(refusal=refused, result=result)
         assert after is not None  # a counted vote leaves the remediation there
-        log.warning("remediation %s %s by %s (as %s) via the API: %s", rid, verdict.value + "d",
-                    principal.name, ", ".join(vote.roles) or "any approver",
+        log.warning("remediation %s %s by %s (as %s) via %s: %s", rid, verdict.value + "d",
+                    principal.name, ", ".join(vote.roles) or "any approver", via,
                     result.value)  # fmt: skip
         if result is R.APPROVED and self.on_approved is not None:
             self.on_approved()
-        return json_response(after.to_api())
+        return VoteAnswer(remediation=after, result=result)
 
     def _vote_messages(self, item: Remediation, result: R, vote: Vote) -> Sequence[OutboxMessage]:
         at = vote.at
@@ -313,7 +331,7 @@ class ApprovalApi:
         comment = _comment(await request.read())
         item = await self.journal.get_remediation(rid)
         if item is None:
-            return _no_such(rid)
+            return _refused(_no_such(rid))
         requester = item.approval.request.requester if item.approval is not None else None
         if principal.name != requester and Role.ADMIN not in principal.roles:
             asked = f"the requester ({requester})" if requester else "(an alert's plan) no one"
@@ -346,7 +364,7 @@ class ApprovalApi:
         comment = _comment(await request.read())
         item = await self.journal.get_remediation(rid)
         if item is None:
-            return _no_such(rid)
+            return _refused(_no_such(rid))
         state = item.approval
         if state is None or not state.request.policy.emergency:
             return error_response(409, f"id: {rid} is not an emergency request; no review is owed")
@@ -369,20 +387,37 @@ class ApprovalApi:
         return json_response(after.to_api())
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an answer was not counted: the HTTP status and a message naming the field."""
+
+    status: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteAnswer:
+    """What became of one answer: the remediation after it, or why it was refused."""
+
+    remediation: Remediation | None = None
+    refusal: Refusal | None = None
+    result: R | None = None
+
+
 def _refusal(
     state: ApprovalState, principal: Principal, verdict: Verdict, rid: str
-) -> web.Response | None:
+) -> Refusal | None:
     """Why the principal may not answer this request, before anything is written."""
     request = state.request
     if principal.name == request.requester:
         instead = "" if verdict is Verdict.APPROVE else "; cancel it instead"
-        return error_response(
+        return Refusal(
             409, f"id: {rid} was requested by '{principal.name}': someone else must "
             f"{verdict.value} it (four eyes){instead}",
         )  # fmt: skip
     if not request.policy.may_vote(principal.approver_roles):
         named = ", ".join(f"'{role}'" for role in request.policy.roles)
-        return error_response(
+        return Refusal(
             403, f"forbidden: {'approving' if verdict is Verdict.APPROVE else 'rejecting'} "
             f"needs one of the approver roles {named} (principal '{principal.name}' has: "
             f"{principal.approver_roles_text()})",
@@ -395,12 +430,12 @@ def _refusal(
 
 def _vote_refused(
     result: R, rid: str, state: ApprovalState, principal: Principal, after: Remediation | None
-) -> web.Response | None:
+) -> Refusal | None:
     """The answer to a vote the journal did not count (someone was first, or too late)."""
     if result.counted:
         return None
     if result is R.EXPIRED:
-        return error_response(
+        return Refusal(
             409, f"id: {rid} expired at {utc_text(state.request.expires_at)} (not approved "
             "in time); it will not run",
         )  # fmt: skip
@@ -409,16 +444,16 @@ def _vote_refused(
         if earlier is not None:
             return _already(rid, earlier)
     if result is R.NOT_AN_APPROVER:
-        return error_response(403, f"forbidden: principal '{principal.name}' holds none of "
+        return Refusal(403, f"forbidden: principal '{principal.name}' holds none of "
                               "the approver roles this plan needs")  # fmt: skip
     if after is None:
         return _no_such(rid)
     return _not_waiting(after)
 
 
-def _already(rid: str, earlier: Vote) -> web.Response:
+def _already(rid: str, earlier: Vote) -> Refusal:
     did = "approved" if earlier.verdict is Verdict.APPROVE else "rejected"
-    return error_response(
+    return Refusal(
         409, f"id: '{earlier.principal}' {did} {rid} already at {utc_text(earlier.at)}; a "
         "principal counts once",
     )  # fmt: skip
@@ -434,12 +469,12 @@ def _no_review(rid: str, state: ApprovalState, status: ReviewStatus) -> str:
     return f"id: {rid} was never approved; no review is owed"
 
 
-def _no_such(rid: str) -> web.Response:
-    return error_response(404, f"id: no remediation {shown(rid)}")
+def _no_such(rid: str) -> Refusal:
+    return Refusal(404, f"id: no remediation {shown(rid)}")
 
 
-def _not_waiting(item: Remediation) -> web.Response:
-    return error_response(409, f"id: {item.id} is {item.status.value}, not awaiting approval")
+def _not_waiting(item: Remediation) -> Refusal:
+    return Refusal(409, f"id: {item.id} is {item.status.value}, not awaiting approval")
 
 
 # -- bodies ---------------------------------------------------------------------------
@@ -511,3 +546,7 @@ def _idempotency_key(request: web.Request) -> str | None:
 def _kind(value: object) -> str:
     return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
             list: "a list", dict: "an object"}.get(type(value), "null")  # fmt: skip
+
+
+def _refused(refusal: Refusal) -> web.Response:
+    return error_response(refusal.status, refusal.message)

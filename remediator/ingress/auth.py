@@ -33,6 +33,7 @@ from remediator.domain.auth import (
     token_digest,
 )
 from remediator.domain.errors import ConfigError
+from remediator.domain.slack_interactions import SLACK_USER_PATTERN
 
 WEBHOOK_PRINCIPAL = "webhook"
 # Without any credential configured (loopback only, or --insecure-no-auth) every caller
@@ -50,6 +51,7 @@ class AuthFailure(StrEnum):
 _Name = Annotated[str, StringConstraints(pattern=f"^{PRINCIPAL_NAME_PATTERN.pattern}$")]
 _ApproverRole = Annotated[str, StringConstraints(pattern=f"^{APPROVER_ROLE_PATTERN.pattern}$")]
 _Subject = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+_SlackUser = Annotated[str, StringConstraints(pattern=f"^{SLACK_USER_PATTERN.pattern}$")]
 
 
 class _Entry(BaseModel):
@@ -64,6 +66,9 @@ class _Entry(BaseModel):
     # -subject -nameopt RFC2253` prints it), or its common name alone
     certificate_subjects: tuple[_Subject, ...] = ()
     certificate_cns: tuple[_Subject, ...] = ()
+    # Slack member ids (U… or W…, "Copy member ID" in a Slack profile) whose clicks on
+    # Approve and Reject act as this principal; Slack's request signature vouches for them
+    slack_users: tuple[_SlackUser, ...] = ()
 
 
 class _File(BaseModel):
@@ -80,6 +85,7 @@ class PrincipalCredentials:
     token_digests: tuple[bytes, ...] = field(default=(), repr=False)
     certificate_subjects: tuple[str, ...] = ()
     certificate_cns: tuple[str, ...] = ()
+    slack_users: tuple[str, ...] = ()
     source: str = ""  # where it was configured, for error messages
 
     def __post_init__(self) -> None:
@@ -123,9 +129,10 @@ def _credentials(entry: _Entry, index: int, origin: str) -> PrincipalCredentials
             raise ConfigError(
                 f"{where}.tokens[{number}]: {exc}; make one with `remediator auth hash-token`"
             ) from None
-    if not digests and not entry.certificate_subjects and not entry.certificate_cns:
+    if not (digests or entry.certificate_subjects or entry.certificate_cns or entry.slack_users):
         raise ConfigError(
-            f"{where}: no credential (give tokens, certificate_subjects or certificate_cns)"
+            f"{where}: no credential (give tokens, certificate_subjects, certificate_cns or "
+            "slack_users)"
         )
     return PrincipalCredentials(
         principal=Principal(
@@ -136,6 +143,7 @@ def _credentials(entry: _Entry, index: int, origin: str) -> PrincipalCredentials
         token_digests=tuple(digests),
         certificate_subjects=entry.certificate_subjects,
         certificate_cns=entry.certificate_cns,
+        slack_users=entry.slack_users,
         source=f"principals[{index}] ({entry.name})",
     )
 
@@ -148,6 +156,7 @@ def check_unique(entries: Sequence[PrincipalCredentials], *, origin: str) -> Non
         keys += [("token", d, "a token") for d in entry.token_digests]
         keys += [("subject", s, "a certificate subject") for s in entry.certificate_subjects]
         keys += [("cn", c, "a certificate CN") for c in entry.certificate_cns]
+        keys += [("slack", u, "a Slack user") for u in entry.slack_users]
         for kind, value, what in keys:
             owner = owners.setdefault((kind, value), index)
             if owner == index and kind != "name" and keys.count((kind, value, what)) > 1:
@@ -289,6 +298,7 @@ class Authenticator:
         self._owners = [e.principal for e in entries for _ in e.token_digests]
         self._subjects = {s: e.principal for e in entries for s in e.certificate_subjects}
         self._cns = {c: e.principal for e in entries for c in e.certificate_cns}
+        self._slack_users = {u: e.principal for e in entries for u in e.slack_users}
 
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self.principals)
@@ -311,6 +321,11 @@ class Authenticator:
         if certificate:
             return self._from_certificate(certificate) or AuthFailure.INVALID
         return AuthFailure.MISSING
+
+    def slack_principal(self, user_id: str) -> Principal | None:
+        """The principal a Slack user acts as (``slack_users`` of the principals file);
+        only ever asked after Slack's signature on the click was verified."""
+        return self._slack_users.get(user_id)
 
     def _from_header(self, header: str) -> Principal | None:
         try:

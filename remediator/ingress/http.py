@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 
 from remediator.domain.auth import Principal, Role, forbidden
 from remediator.domain.errors import InvalidInput, TemporaryError
@@ -35,6 +36,8 @@ from remediator.ingress.auth import (
 )
 from remediator.ingress.openapi import openapi_document
 from remediator.ingress.services import ServicesView
+from remediator.ingress.slack import PATH as SLACK_PATH
+from remediator.ingress.slack import SlackInteractions
 from remediator.ingress.throttled_log import ThrottledWarnings
 from remediator.metrics import Metrics
 from remediator.ports import (
@@ -48,6 +51,7 @@ from remediator.ports import (
     ServiceStats,
     SignalPage,
     SignalStore,
+    SlackReplies,
 )
 
 log = logging.getLogger(__name__)
@@ -195,6 +199,9 @@ class IntakeApp:
         outcome_channel: str | None = None,
         decision_wait_seconds: float = 10.0,
         services: ServicesView | None = None,
+        slack_signing_secret: SecretStr | None = None,
+        slack_team_id: str | None = None,
+        slack_replies: SlackReplies | None = None,
     ) -> None:
         """``pack`` is the loaded rule pack: rollback requests are checked against its
         catalog and rules (none: every service is unknown). ``notice_channels`` and
@@ -233,6 +240,16 @@ class IntakeApp:
             decision_wait_seconds=decision_wait_seconds,
             draining=lambda: self.state.draining,
         )
+        # Slack's clicks carry Slack's signature, not our credentials (ingress/slack.py).
+        self.slack = (
+            SlackInteractions(
+                signing_secret=slack_signing_secret, auth=auth, approvals=self.approvals,
+                replies=slack_replies, metrics=metrics, team_id=slack_team_id,
+                failed_auth=failed_auth, clock=lambda: self.clock(),
+            )
+            if slack_signing_secret is not None
+            else None
+        )  # fmt: skip
         self._rejections = ThrottledWarnings(log, monotonic=monotonic)
         self._server_log = ServerLog(
             warnings=self._rejections,
@@ -261,6 +278,16 @@ class IntakeApp:
         app.router.add_get("/api/v1/circuit", self._requires(read, self.get_circuit))
         app.router.add_get("/api/v1/services", self._requires(read, self.list_services))
         app.router.add_post("/api/v1/circuit/reset", self._requires(operate, self.reset_circuit))
+        if self.slack is not None:
+            app.router.add_post(SLACK_PATH, self.slack.handle)
+            slack = self.slack
+
+            async def close_slack(_: web.Application) -> None:
+                await slack.close()
+
+            app.on_shutdown.append(close_slack)
+        else:
+            app.router.add_post(SLACK_PATH, self._slack_off)
         # Open: probes and tools must reach them without a credential, and they hold
         # nothing secret (docs/security.md).
         app.router.add_get("/api/v1/openapi.json", self.openapi)
@@ -271,6 +298,12 @@ class IntakeApp:
             metrics = self._requires(read, self._anyone(self.metrics_endpoint))
         app.router.add_get("/metrics", metrics)
         return app
+
+    async def _slack_off(self, request: web.Request) -> web.StreamResponse:
+        return error_response(
+            404, "Slack interactions are off: set slack.signing_secret (and slack.token) to "
+            "take the clicks of Approve and Reject",
+        )  # fmt: skip
 
     # -- errors --------------------------------------------------------------------
     @web.middleware

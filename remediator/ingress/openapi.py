@@ -830,6 +830,59 @@ def _document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/slack/interactions": {
+                "post": {
+                    "summary": "Slack's Request URL for the Approve and Reject buttons (404 "
+                    "unless slack.signing_secret is set). Authenticated by Slack's request "
+                    "signature (v0, 5-minute window, each signature once), not by a token; "
+                    "the clicking Slack user acts as the principal whose slack_users lists "
+                    "it, under the same rules as /approve and /reject. Refusals are told to "
+                    "the clicker in a message only they see, and answered 200.",
+                    "security": [],
+                    "parameters": [
+                        {
+                            "name": "X-Slack-Request-Timestamp",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                        },
+                        {
+                            "name": "X-Slack-Signature",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^v0=[0-9a-f]{64}$"},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["payload"],
+                                    "properties": {
+                                        "payload": {
+                                            "type": "string",
+                                            "description": "A block_actions payload (JSON).",
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Taken (the click's outcome is told in Slack).",
+                            **_json({"type": "object"}),
+                        },
+                        "400": _error("Not a block_actions payload; the field is named."),
+                        "401": _error("Signature missing, malformed, stale, wrong or replayed."),
+                        "403": _error("From a workspace other than slack.team_id."),
+                        "429": _error("Too many failed authentications from the address."),
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                }
+            },
             "/api/v1/services": {
                 "get": {
                     "summary": "Each catalog service: its automation level, when and by what "

@@ -48,6 +48,7 @@ from remediator.ingress.auth import Authenticator, principals_summary
 from remediator.ingress.http import IntakeApp, IntakeState
 from remediator.ingress.kafka import KafkaIntake, KafkaIntakeMetrics
 from remediator.ingress.services import ServicesView
+from remediator.ingress.slack import PATH as SLACK_PATH
 from remediator.journal import journal_from_url
 from remediator.metrics import Metrics
 from remediator.ports import Journal, ServiceFacts, StepRunner
@@ -173,7 +174,7 @@ class Runtime:
         self, closing: Closing, *, auth: Authenticator, tls: ssl.SSLContext | None
     ) -> None:
         settings = self.settings
-        relay, closers = self._notification_relay()
+        relay, slack, closers = self._notification_relay()
         for name, close in closers:
             closing.add(name, close)
         kube = await self._connect_kube()
@@ -278,6 +279,9 @@ class Runtime:
             notice_channels=notice_channels,
             outcome_channel=outcome_channel,
             services=ServicesView(journal=self.journal, pack=self.pack),
+            slack_signing_secret=settings.slack.signing_secret if slack is not None else None,
+            slack_team_id=settings.slack.team_id,
+            slack_replies=slack,
         )
         runner = web.AppRunner(
             intake.build(),
@@ -341,6 +345,11 @@ class Runtime:
             "notifications: %s", ", ".join(relay.channels) if relay else "off (no Slack "
             "token, no SMTP host)"
         )  # fmt: skip
+        if settings.slack.interactive:
+            log.info("slack: Approve and Reject buttons on plans awaiting approval; clicks "
+                     "taken at %s (signed with the signing secret)%s", SLACK_PATH,
+                     f", from workspace {settings.slack.team_id} only"
+                     if settings.slack.team_id else "")  # fmt: skip
         if publisher is not None:
             log.info("kafka: consuming %s as group %s from %s; outcome events to %s",
                      ",".join(settings.kafka.deploy_topics), settings.kafka.group_id,
@@ -448,10 +457,15 @@ class Runtime:
 
     def _notification_relay(
         self,
-    ) -> tuple[NotificationRelay | None, list[tuple[str, Callable[[], Awaitable[None]]]]]:
+    ) -> tuple[
+        NotificationRelay | None,
+        SlackNotifier | None,
+        list[tuple[str, Callable[[], Awaitable[None]]]],
+    ]:
+        """The relay, the Slack client (it also answers clicks), and what closes them."""
         slack_settings, email_settings = self.settings.slack, self.settings.email
         if not slack_settings.enabled and not email_settings.enabled:
-            return None, []
+            return None, None, []
         closers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         slack = email = None
         slack_routes = email_routes = None
@@ -502,8 +516,9 @@ class Runtime:
                 component="notifier"
             ).inc(),
             escalation_channel=self.settings.approvals.escalation_channel,
+            approval_buttons=slack_settings.interactive,
         )
-        return relay, closers
+        return relay, slack, closers
 
     def _root_crashed(self, name: str) -> None:
         self.metrics.internal_errors.labels(component=name).inc()
