@@ -283,7 +283,7 @@ class IntakeApp:
             slack = self.slack
 
             async def close_slack(_: web.Application) -> None:
-                await slack.close()
+                await slack.drain()
 
             app.on_shutdown.append(close_slack)
         else:

@@ -228,8 +228,8 @@ class SlackInteractions:
         except (RemediatorError, TimeoutError) as exc:
             log.warning("Slack reply to %s in %s not sent: %s", user, channel, exc)
 
-    async def close(self) -> None:
-        """Replies still pending when the listener stops are given a moment, then dropped."""
+    async def drain(self) -> None:
+        """Replies still pending (the listener stops) are given a moment, then dropped."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=1.0)
         for task in set(self._pending):

@@ -12,10 +12,15 @@ away (``set_down``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import json
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +33,7 @@ USER_ID = "U0TESTENV"
 BOT_ID = "B0TESTENV"
 APP_ID = "A0TESTENV"
 DEFAULT_CHANNELS = ("alerts", "deploys", "general", "remediator")
+SIGNING_SECRET = "8f2b0c4e6a1d3f5b7c9e0a2b4d6f8a1c"  # the stand-in app's, not a real one
 
 # Block Kit block types Slack accepts in messages.
 BLOCK_TYPES = frozenset(
@@ -73,6 +79,8 @@ class SlackPeer(Peer):
         self.channels: dict[str, str] = {}  # name -> id
         self.messages: dict[str, dict[str, dict[str, Any]]] = {}  # channel id -> ts -> msg
         self.calls: list[SlackCall] = []
+        self.ephemerals: list[dict[str, str]] = []  # chat.postEphemeral: channel, user, text
+        self.signing_secret = SIGNING_SECRET
         self.port = 0
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
@@ -127,6 +135,41 @@ class SlackPeer(Peer):
             self._failures.clear()
             for msgs in self.messages.values():
                 msgs.clear()
+            self.ephemerals.clear()
+
+    def message(self, channel: str, ts: str) -> dict[str, Any]:
+        """A message as it is now (after every chat.update)."""
+        channel_id = self._channel_id(channel) or channel
+        with self._lock:
+            return dict(self.messages[channel_id][ts])
+
+    def click(
+        self,
+        url: str,
+        *,
+        channel: str,
+        ts: str,
+        action_id: str,
+        user_id: str,
+        user_name: str = "someone",
+        secret: str | None = None,
+        timestamp: int | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """A user clicks the button ``action_id`` of a message: the signed ``block_actions``
+        request Slack would post to ``url`` (the app's Request URL). ``secret`` and
+        ``timestamp`` default to the app's signing secret and now; tests change them to
+        forge or age the request."""
+        channel_id = self._channel_id(channel) or channel
+        message = self.message(channel_id, ts)
+        body = interaction_body(click_payload(
+            message=message, channel_id=channel_id, action_id=action_id, user_id=user_id,
+            user_name=user_name, response_url=f"http://127.0.0.1:{self.port}/actions/1",
+        ))  # fmt: skip
+        headers = signed_headers(
+            body, secret=secret or self.signing_secret,
+            timestamp=int(time.time()) if timestamp is None else timestamp,
+        )  # fmt: skip
+        return post_interaction(url, body, headers)
 
     def calls_to(self, method: str) -> list[SlackCall]:
         with self._lock:
@@ -249,6 +292,7 @@ class SlackPeer(Peer):
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
+            "chat.postEphemeral": self._post_ephemeral,
         }.get(method)
         if handler is None:
             return self._reply(method, args, token, 200, {"ok": False, "error": "unknown_method"})
@@ -363,6 +407,22 @@ class SlackPeer(Peer):
             "message": message,
         }
 
+    def _post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel_id(args.get("channel"))
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        user = args.get("user")
+        if not isinstance(user, str) or not user:
+            return {"ok": False, "error": "user_not_in_channel"}
+        content, error = self._content(args)
+        if error:
+            return {"ok": False, "error": error}
+        with self._lock:
+            self.ephemerals.append(
+                {"channel": channel, "user": user, "text": content.get("text", "")}
+            )
+        return {"ok": True, "message_ts": f"{int(time.time())}.{next(self._ts):06d}"}
+
     def _note(self, line: str) -> None:
         with self._log.open("a") as fh:
             fh.write(f"{time.strftime('%H:%M:%S')} {line}\n")
@@ -398,3 +458,76 @@ def _check_blocks(blocks: Any) -> str | None:
         ):
             return "invalid_blocks"
     return None
+
+
+# -- Slack's side of interactivity ------------------------------------------------------------
+
+
+def click_payload(
+    *,
+    message: dict[str, Any],
+    channel_id: str,
+    action_id: str,
+    user_id: str,
+    user_name: str = "someone",
+    team_id: str = TEAM_ID,
+    response_url: str = "https://hooks.slack.com/actions/T0/1/x",
+) -> dict[str, Any]:
+    """The ``block_actions`` payload Slack sends when ``user_id`` clicks the button
+    ``action_id`` of ``message`` (its fields as Slack documents them)."""
+    block, button = _button(message, action_id)
+    now = f"{time.time():.6f}"
+    return {
+        "type": "block_actions",
+        "user": {"id": user_id, "username": user_name, "name": user_name, "team_id": team_id},
+        "api_app_id": APP_ID,
+        "token": "deprecated-verification-token",
+        "container": {"type": "message", "message_ts": message["ts"], "channel_id": channel_id,
+                      "is_ephemeral": False},
+        "trigger_id": f"{int(time.time())}.{team_id}.{hashlib.sha256(now.encode()).hexdigest()[:32]}",
+        "team": {"id": team_id, "domain": "remediator-testenv"},
+        "enterprise": None,
+        "is_enterprise_install": False,
+        "channel": {"id": channel_id, "name": "alerts"},
+        "message": message,
+        "state": {"values": {}},
+        "response_url": response_url,
+        "actions": [{
+            "action_id": action_id, "block_id": block.get("block_id", "b"),
+            "text": button.get("text"), "value": button.get("value"),
+            "style": button.get("style"), "type": "button", "action_ts": now,
+        }],
+    }  # fmt: skip
+
+
+def _button(message: dict[str, Any], action_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    for block in message.get("blocks") or ():
+        for element in block.get("elements") or () if block.get("type") == "actions" else ():
+            if element.get("type") == "button" and element.get("action_id") == action_id:
+                return block, element
+    raise PeerError(f"slack: the message {message.get('ts')} has no button {action_id!r}")
+
+
+def interaction_body(payload: dict[str, Any]) -> bytes:
+    """How Slack posts an interaction: a form with one field, ``payload``, of JSON."""
+    return urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+
+
+def signed_headers(body: bytes, *, secret: str, timestamp: int) -> dict[str, str]:
+    """Slack's v0 request signature over ``v0:<timestamp>:<body>``."""
+    base = f"v0:{timestamp}:".encode() + body
+    digest = hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": str(timestamp),
+        "X-Slack-Signature": f"v0={digest}",
+    }
+
+
+def post_interaction(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")

@@ -18,6 +18,7 @@ def principal(
     approver_roles: Sequence[str] = (),
     subjects: Sequence[str] = (),
     cns: Sequence[str] = (),
+    slack_users: Sequence[str] = (),
 ) -> PrincipalCredentials:
     return PrincipalCredentials(
         principal=Principal(
@@ -26,6 +27,7 @@ def principal(
         token_digests=(token_digest(token.encode()),) if token else (),
         certificate_subjects=tuple(subjects),
         certificate_cns=tuple(cns),
+        slack_users=tuple(slack_users),
     )
 
 

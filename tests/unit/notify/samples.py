@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.record import (
+    ApprovalEntry,
+    ApprovalFacts,
     CheckResult,
     CheckResults,
     CheckStatus,
@@ -133,11 +135,33 @@ def dry_run() -> RollbackRecord:
     )
 
 
+def awaiting_approval() -> RollbackRecord:
+    """A person's request: one of two approvers has answered."""
+    return succeeded(
+        remediation_id="rem_5",
+        status=RemediationStatus.AWAITING_APPROVAL,
+        automatic=False,
+        results=CheckResults(),
+        finished_at=None,
+        approval=ApprovalFacts(
+            requester="rita",
+            required=("product-manager", "tech-lead"),
+            answers=(ApprovalEntry(principal="pam", verdict="approve", roles=("product-manager",),
+                                   at=at(60), comment="checkout <b>is</b> down"),),
+            missing=("tech-lead",),
+            response_time=timedelta(minutes=30),
+            response_due_at=at(1800),
+            expires_at=at(7200),
+        ),
+    )  # fmt: skip
+
+
 ALL = {
     "succeeded": succeeded,
     "failed": failed,
     "needs_human": needs_human,
     "dry-run": dry_run,
+    "awaiting-approval": awaiting_approval,
 }
 
 HOSTILE_SUMMARY = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
@@ -33,7 +34,9 @@ def all_text(blocks: list[dict[str, Any]]) -> str:
         if "text" in block:
             out.append(block["text"]["text"])
         out += [f["text"] for f in block.get("fields", [])]
-        out += [e["text"] for e in block.get("elements", []) if "text" in e]
+        for element in block.get("elements", []):
+            text = element.get("text")
+            out += [text["text"] if isinstance(text, dict) else text] if text else []
     return "\n".join(out)
 
 
@@ -131,8 +134,9 @@ def test_email_parts(make: Callable[[], RollbackRecord]) -> None:
     assert record.status.label in subject
     assert "v1.1.0 → v1.0.0" in subject
     text = email_text(record, record_url=samples.RECORD_URL)
-    assert f"Status:      {record.status.value}" in text
-    assert "Versions:    v1.1.0 → v1.0.0 (revision 42 → 41)" in text
+    # Labels are padded to the longest one shown (approval facts add longer ones).
+    assert re.search(rf"^Status: +{record.status.value}$", text, re.M)
+    assert re.search(r"^Versions: +v1\.1\.0 → v1\.0\.0 \(revision 42 → 41\)$", text, re.M)
     assert f"Rollback record: {samples.RECORD_URL}" in text
     assert f"Runbook: {samples.RUNBOOK_URL}" in text
     html = email_html(record, record_url=samples.RECORD_URL)
@@ -221,3 +225,42 @@ def test_email_message_id_is_stable_and_valid() -> None:
     message = EmailMessage()
     message["Message-ID"] = email_message_id(dedup_key="a b<c>:x", domain="example.test")
     assert message["Message-ID"] == "<a.b.c..x@example.test>"
+
+
+def buttons_of(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+
+
+def test_a_plan_awaiting_approval_has_approve_and_reject_buttons_behind_a_confirmation() -> None:
+    record = samples.awaiting_approval()
+    blocks = slack_blocks(record, record_url=None, buttons=True)
+    assert_valid_blocks(blocks)
+    approve, reject = buttons_of(blocks)
+    assert (approve["action_id"], approve["style"], approve["value"]) == (
+        "remediator.approve", "primary", "rem_5",
+    )  # fmt: skip
+    assert (reject["action_id"], reject["style"], reject["value"]) == (
+        "remediator.reject", "danger", "rem_5",
+    )  # fmt: skip
+    # One stray tap must not start or stop a production rollback.
+    assert approve["confirm"]["title"]["text"] == "Approve this rollback?"
+    assert "checkout" in approve["confirm"]["text"]["text"]
+    assert reject["confirm"]["confirm"]["text"] == "Reject"
+    assert len(approve["confirm"]["text"]["text"]) <= 300
+
+
+def test_who_answered_and_who_is_awaited_are_on_the_message() -> None:
+    text = all_text(slack_blocks(samples.awaiting_approval(), record_url=None, buttons=True))
+    assert "requested by *rita*" in text
+    assert "*pam* as product-manager approved at 2026-01-15 14:31:00 UTC" in text
+    assert "checkout &lt;b&gt;is&lt;/b&gt; down" in text  # a comment is escaped
+    assert "waiting for tech-lead" in text
+
+
+def test_no_buttons_without_interactivity_or_once_the_plan_stops_waiting() -> None:
+    waiting = samples.awaiting_approval()
+    assert buttons_of(slack_blocks(waiting, record_url=None)) == []  # no signing secret
+    for status in (RemediationStatus.PLANNED, RemediationStatus.REJECTED,
+                   RemediationStatus.EXPIRED, RemediationStatus.CANCELLED):  # fmt: skip
+        done = waiting.model_copy(update={"status": status})
+        assert buttons_of(slack_blocks(done, record_url=None, buttons=True)) == []
