@@ -151,8 +151,14 @@ async def deploy_events(kafka: Any, topic: str, namespaces: dict[str, str]) -> N
 
 
 def build_world(
-    workdir: Path, kube: Any, kafka: Any, scenarios: list[str], extra_env: dict[str, str]
+    workdir: Path,
+    kube: Any,
+    kafka: Any,
+    scenarios: list[str],
+    extra_env: dict[str, str],
+    slack_users: dict[str, str] | None = None,
 ) -> World:
+    """``slack_users``: the Slack user each person clicks as (principals' slack_users)."""
     tag = uuid.uuid4().hex[:6]
     namespaces = {service_of(s): f"ap-{tag}-{n}" for n, s in enumerate(scenarios)}
     asyncio.run(released_twice(kube, list(namespaces.values())))
@@ -182,6 +188,7 @@ def build_world(
                 "roles": ["read", "operate"],
                 "approver_roles": roles,
                 "token": token(name),
+                **({"slack_users": [slack_users[name]]} if name in (slack_users or {}) else {}),
             }
             for name, roles in PEOPLE.items()
         ],

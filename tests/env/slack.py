@@ -80,6 +80,7 @@ class SlackPeer(Peer):
         self.messages: dict[str, dict[str, dict[str, Any]]] = {}  # channel id -> ts -> msg
         self.calls: list[SlackCall] = []
         self.ephemerals: list[dict[str, str]] = []  # chat.postEphemeral: channel, user, text
+        self.clicks: list[tuple[str, bytes, dict[str, str]]] = []  # url, body, headers sent
         self.signing_secret = SIGNING_SECRET
         self.port = 0
         self._lock = threading.Lock()
@@ -136,6 +137,7 @@ class SlackPeer(Peer):
             for msgs in self.messages.values():
                 msgs.clear()
             self.ephemerals.clear()
+            self.clicks.clear()
 
     def message(self, channel: str, ts: str) -> dict[str, Any]:
         """A message as it is now (after every chat.update)."""
@@ -154,13 +156,15 @@ class SlackPeer(Peer):
         user_name: str = "someone",
         secret: str | None = None,
         timestamp: int | None = None,
+        seen: dict[str, Any] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """A user clicks the button ``action_id`` of a message: the signed ``block_actions``
         request Slack would post to ``url`` (the app's Request URL). ``secret`` and
         ``timestamp`` default to the app's signing secret and now; tests change them to
-        forge or age the request."""
+        forge or age the request. ``seen`` is an earlier version of the message, as a
+        client that has not refreshed yet still shows it."""
         channel_id = self._channel_id(channel) or channel
-        message = self.message(channel_id, ts)
+        message = seen or self.message(channel_id, ts)
         body = interaction_body(click_payload(
             message=message, channel_id=channel_id, action_id=action_id, user_id=user_id,
             user_name=user_name, response_url=f"http://127.0.0.1:{self.port}/actions/1",
@@ -169,6 +173,14 @@ class SlackPeer(Peer):
             body, secret=secret or self.signing_secret,
             timestamp=int(time.time()) if timestamp is None else timestamp,
         )  # fmt: skip
+        with self._lock:
+            self.clicks.append((url, body, headers))
+        return post_interaction(url, body, headers)
+
+    def replay_last_click(self) -> tuple[int, dict[str, Any]]:
+        """What an attacker who captured the last request would send: the same bytes."""
+        with self._lock:
+            url, body, headers = self.clicks[-1]
         return post_interaction(url, body, headers)
 
     def calls_to(self, method: str) -> list[SlackCall]:
@@ -457,7 +469,49 @@ def _check_blocks(blocks: Any) -> str | None:
             not isinstance(text, dict) or text.get("type") != "plain_text"
         ):
             return "invalid_blocks"
+        if block["type"] == "actions" and not _valid_actions(block):
+            return "invalid_blocks"
     return None
+
+
+def _plain(text: Any, limit: int) -> bool:
+    return (
+        isinstance(text, dict)
+        and text.get("type") == "plain_text"
+        and isinstance(text.get("text"), str)
+        and 0 < len(text["text"]) <= limit
+    )
+
+
+def _valid_actions(block: dict[str, Any]) -> bool:
+    """Buttons as Block Kit documents them: plain_text label of at most 75 characters,
+    action_id up to 255 and unique in the message, value up to 2000, style primary or
+    danger, and a confirm dialog with its four texts."""
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 0 < len(elements) <= 25:
+        return False
+    if len(str(block.get("block_id", ""))) > 255:
+        return False
+    ids = [e.get("action_id") for e in elements if isinstance(e, dict)]
+    if len(ids) != len(elements) or len(set(ids)) != len(ids):
+        return False
+    for button in elements:
+        if button.get("type") != "button" or not _plain(button.get("text"), 75):
+            return False
+        if len(str(button.get("action_id"))) > 255 or len(str(button.get("value", ""))) > 2000:
+            return False
+        if button.get("style") not in (None, "primary", "danger"):
+            return False
+        confirm = button.get("confirm")
+        if confirm is not None and not (
+            _plain(confirm.get("title"), 100)
+            and isinstance(confirm.get("text"), dict)
+            and 0 < len(str(confirm["text"].get("text", ""))) <= 300
+            and _plain(confirm.get("confirm"), 30)
+            and _plain(confirm.get("deny"), 30)
+        ):
+            return False
+    return True
 
 
 # -- Slack's side of interactivity ------------------------------------------------------------

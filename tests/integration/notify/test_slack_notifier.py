@@ -208,3 +208,28 @@ async def test_closed_notifier_refuses_work(slack: Any) -> None:
     await notifier.close()  # idempotent
     with pytest.raises(RuntimeError):
         await notifier.post(channel="#alerts", blocks=[], text="x")
+
+
+async def test_a_reply_only_the_clicker_sees(slack: Any, notifier: SlackNotifier) -> None:
+    await notifier.ephemeral(channel="#alerts", user="U0LEE", text="You approved rem_1 as lee.")
+    [call] = slack.calls_to("chat.postEphemeral")
+    assert call.response["ok"] is True
+    assert slack.ephemerals == [
+        {"channel": slack.channels["alerts"], "user": "U0LEE", "text": "You approved rem_1 as lee."}
+    ]
+    with pytest.raises(SlackRejected) as caught:
+        await notifier.ephemeral(channel="#nowhere", user="U0LEE", text="x")
+    assert caught.value.code == "channel_not_found"
+
+
+async def test_a_waiting_plans_buttons_are_accepted_by_slack(
+    slack: Any, notifier: SlackNotifier
+) -> None:
+    record = samples.awaiting_approval()
+    blocks = slack_blocks(record, record_url=None, buttons=True)
+    ref = await notifier.post(channel="#alerts", blocks=blocks, text=slack_text(record))
+    stored = slack.message(ref.channel, ref.ts)
+    actions = [b for b in stored["blocks"] if b["type"] == "actions"]
+    assert [e["action_id"] for e in actions[0]["elements"]] == [
+        "remediator.approve", "remediator.reject",
+    ]  # fmt: skip
