@@ -759,13 +759,16 @@ def _cdevents(item: Remediation, status: RemediationStatus, at: datetime) -> lis
     ``service.rolledback``, then the incident resolved.
 
     "Resolved" follows "succeeded" for now: the check that the service recovered after
-    the action (issue 16's verification) is not built yet; once it is, the incident
-    should be resolved when that check passes instead.
+    the action (issue 16's verification) is being built elsewhere; once it lands, the
+    incident is to be resolved when that check passes instead.
     """
     if status not in (RemediationStatus.RUNNING, RemediationStatus.SUCCEEDED):
         return []
-    # Whatever ran had a plan, and a plan always names its namespace.
-    namespace = item.namespace or item.plan().namespace
+    # Whatever ran had its plan loaded; never fail a journal write over an event.
+    plan = item.plan() if item.decision is not None else None
+    namespace = item.namespace or (plan.namespace if plan is not None else None)
+    if namespace is None:
+        return []  # environment.id is required: no valid CDEvent can be made
     if status is RemediationStatus.RUNNING:
         return [incident_cdevent(item, resolved=False, namespace=namespace, at=at)]
     events = []
@@ -773,7 +776,7 @@ def _cdevents(item: Remediation, status: RemediationStatus, at: datetime) -> lis
         events.append(
             rolledback_cdevent(
                 remediation_id=item.id, service=item.service, namespace=namespace,
-                to_revision=rollback_target(item.plan()), at=at,
+                to_revision=rollback_target(plan) if plan is not None else None, at=at,
             )
         )  # fmt: skip
     events.append(incident_cdevent(item, resolved=True, namespace=namespace, at=at))

@@ -12,9 +12,17 @@ from typing import Any
 import pytest
 
 from remediator.domain.errors import PermanentError
-from remediator.domain.outcomes import CDEventType, rolledback_cdevent
-from remediator.domain.plans import StepKind
+from remediator.domain.outcomes import CDEventType, rollback_target, rolledback_cdevent
+from remediator.domain.plans import ActionKind, Plan, Step, StepKind
 from remediator.domain.rules import RulePack
+from remediator.domain.steps import (
+    HelmRollbackParams,
+    HelmRollbackStep,
+    ScaleDeploymentParams,
+    ScaleDeploymentStep,
+    SwitchSelectorParams,
+    SwitchSelectorStep,
+)
 from remediator.journal.sqlite import SqliteJournal
 from tests.cdevents import binding_errors, conformance_example, schema_errors
 from tests.unit.engine.test_executor import FakeRunner, executor, planned_rollback
@@ -58,6 +66,30 @@ def test_rolledback_follows_schema_and_binding(to_revision: str | None) -> None:
     expected = "pkg:generic/checkout" + (f"@{to_revision}" if to_revision else "")
     assert content["artifactId"] == expected
     assert event["subject"] == "checkout"
+
+
+@pytest.mark.parametrize(
+    ("step", "target"),
+    [
+        (HelmRollbackStep(params=HelmRollbackParams(namespace="shop", release="checkout",
+                                                    from_revision=5, to_revision=4),
+                          reason="r"), "4"),
+        (SwitchSelectorStep(params=SwitchSelectorParams(namespace="shop", service_name="checkout",
+                                                        selector_label="colour",
+                                                        from_value="green", to_value="blue"),
+                            reason="r"), "blue"),
+        (ScaleDeploymentStep(params=ScaleDeploymentParams(namespace="shop",
+                                                          deployment="checkout-canary",
+                                                          replicas=0),
+                             reason="r"), None),
+    ],
+)  # fmt: skip
+def test_the_rollback_target_is_what_each_strategy_returns_to(
+    step: Step, target: str | None
+) -> None:
+    plan = Plan(service="checkout", namespace="shop", rule="r", steps=(step,),
+                requested_action=ActionKind.ROLLBACK, action=ActionKind.ROLLBACK)  # fmt: skip
+    assert rollback_target(plan) == target
 
 
 async def test_a_succeeded_rollback_publishes_valid_incident_and_rollback_cdevents(
