@@ -1,10 +1,9 @@
 """Outcome events to Kafka: the ``EventPublisher`` the outbox relay drains into.
 
-CloudEvents Kafka protocol binding, structured mode: the value is the whole event as
-JSON with ``content-type: application/cloudevents+json``; ``ce_id``/``ce_type``/
-``ce_source`` headers repeat the attributes so consumers can filter without parsing
-(structured-mode receivers ignore them). The key is the service, so one service's
-events stay in order on one partition.
+CloudEvents Kafka protocol binding, structured mode, encoded by ``remediator.kafka_binding``
+(the value is the whole event as JSON, ``content-type: application/cloudevents+json``, no
+``ce_*`` headers). The key is the service, so one service's events stay in order on one
+partition.
 
 The producer is idempotent (``enable_idempotence=True``, ``acks="all"``): its own
 retries never write a record twice. ``publish`` returns only once every record is
@@ -16,7 +15,8 @@ time shortly before the earliest message was created (``read_back_margin_seconds
 a record's timestamp is when a producer sent it, on some replica's clock) to the end,
 at most ``read_back_limit`` records in all (shared evenly by the partitions, the
 newest of each; so a read-back ends well within its timeout and cannot stall the
-relay), matching the CloudEvents id (the ``ce_id`` header, else the value's ``id``).
+relay), matching the CloudEvents id (``kafka_binding.event_id``: either mode, so records
+published by versions that added ``ce_*`` headers are recognised too).
 A consumer of its own, without a group: nothing is committed.
 """
 
@@ -25,15 +25,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from remediator import kafka_binding
 from remediator.domain.errors import TemporaryError
 from remediator.kafka_config import client_kwargs
 from remediator.ports import OutboxMessage
@@ -41,35 +41,12 @@ from remediator.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "application/cloudevents+json"
 PUBLISH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def kafka_channel(topic: str) -> str:
     """The outbox channel of a topic (what the engine writes outcome messages to)."""
     return f"kafka:{topic}"
-
-
-def record_id(headers: Iterable[tuple[str, bytes]], value: bytes | None) -> str | None:
-    """The CloudEvents id of a record: its ``ce_id`` header, else the value's ``id``."""
-    for name, raw in headers:
-        if name == "ce_id":
-            return raw.decode(errors="replace")
-    try:
-        event = orjson.loads(value) if value else None
-    except orjson.JSONDecodeError:
-        return None
-    found = event.get("id") if isinstance(event, dict) else None
-    return found if isinstance(found, str) else None
-
-
-def record_headers(payload: Mapping[str, Any]) -> list[tuple[str, bytes]]:
-    headers = [("content-type", CONTENT_TYPE.encode())]
-    for attribute in ("id", "type", "source", "subject"):
-        value = payload.get(attribute)
-        if isinstance(value, str) and value:
-            headers.append((f"ce_{attribute}", value.encode()))
-    return headers
 
 
 class KafkaPublisher:
@@ -103,15 +80,12 @@ class KafkaPublisher:
             async with asyncio.timeout(self._timeout):
                 producer = await self._ready_producer()
                 # send() only enqueues (batching); the futures resolve on the broker's ack.
-                acks = [
-                    await producer.send(
-                        self.topic,
-                        value=orjson.dumps(m.payload),
-                        key=m.key.encode() if m.key is not None else None,
-                        headers=record_headers(m.payload),
-                    )
-                    for m in messages
-                ]
+                acks = []
+                for m in messages:
+                    value, headers = kafka_binding.encode(m.payload)
+                    key = m.key.encode() if m.key is not None else None
+                    acks.append(await producer.send(self.topic, value=value, key=key,
+                                                    headers=headers))  # fmt: skip
                 await asyncio.gather(*acks)
         except (KafkaError, TimeoutError) as exc:
             # Start over with a new producer (new producer id): a broken one may hold
@@ -210,7 +184,7 @@ class KafkaPublisher:
                     if record.offset >= ranges[tp][1]:
                         continue  # published after the read-back began
                     scanned += 1
-                    rid = record_id(record.headers, record.value)
+                    rid = kafka_binding.event_id(record.value, record.headers or ())
                     if rid is not None and rid in wanted:
                         found.add(rid)
             for tp in list(remaining):

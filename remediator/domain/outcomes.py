@@ -6,8 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from remediator.domain.artifacts import service_purl
 from remediator.domain.lifecycle import Remediation, RemediationStatus
-from remediator.domain.plans import ActionKind
+from remediator.domain.plans import ActionKind, Plan
+from remediator.domain.steps import HelmRollbackParams, RolloutUndoParams, SwitchSelectorParams
 
 EVENT_SOURCE = "/remediator"
 
@@ -102,31 +104,125 @@ def outcome_event(
     }
 
 
+CDEVENTS_SPEC_VERSION = "0.4.1"
+
+
+class CDEventType(StrEnum):
+    """The CDEvents (spec v0.4.1) remediator publishes, with their event versions."""
+
+    SERVICE_ROLLEDBACK = "dev.cdevents.service.rolledback.0.2.0"
+    INCIDENT_DETECTED = "dev.cdevents.incident.detected.0.2.0"
+    INCIDENT_RESOLVED = "dev.cdevents.incident.resolved.0.2.0"
+
+
 def rolledback_cdevent(
-    *, remediation_id: str, service: str, namespace: str | None, at: datetime
+    *, remediation_id: str, service: str, namespace: str, to_revision: str | None, at: datetime
 ) -> dict[str, Any]:
-    """CDEvents ``service.rolledback``: the standard way CD tools learn of a rollback."""
+    """CDEvents ``service.rolledback``: the standard way CD tools learn of a rollback.
+
+    ``artifactId`` is required by the schema; remediator knows a service by name and deploy
+    revision, never by image, so it is ``pkg:generic/<service>@<revision rolled back to>``
+    (no version when the rollback names no revision: a canary's stable side).
+    """
+    return _cdevent(
+        CDEventType.SERVICE_ROLLEDBACK,
+        event_id=f"{remediation_id}:rolledback",
+        remediation_id=remediation_id,
+        subject={
+            "id": service,
+            "source": EVENT_SOURCE,
+            "type": "service",
+            "content": {
+                "environment": {"id": namespace},
+                "artifactId": service_purl(service, version=to_revision),
+            },
+        },
+        custom={"remediation_id": remediation_id},
+        at=at,
+    )
+
+
+def rollback_target(plan: Plan) -> str | None:
+    """The revision a rollback plan returns the service to (None: the plan names none)."""
+    for step in plan.steps:
+        params = step.params
+        if isinstance(params, RolloutUndoParams | HelmRollbackParams):
+            return str(params.to_revision)
+        if isinstance(params, SwitchSelectorParams):
+            return params.to_value or None
+    return None
+
+
+def incident_cdevent(
+    remediation: Remediation, *, resolved: bool, namespace: str, at: datetime
+) -> dict[str, Any]:
+    """CDEvents ``incident.detected`` (a remediation starts: something is wrong with the
+    service) or ``incident.resolved`` (it ended well). The incident is the remediation's:
+    both events name it ``incident/<remediation id>``, so consumers pair them."""
+    stage = "resolved" if resolved else "detected"
+    cd_type = CDEventType.INCIDENT_RESOLVED if resolved else CDEventType.INCIDENT_DETECTED
+    action = remediation.action.value if remediation.action is not None else "none"
+    description = (
+        f"{remediation.service}: remediated by {action} (rule {remediation.rule})"
+        if resolved
+        else f"{remediation.service}: rule {remediation.rule} started {action}"
+    )
+    return _cdevent(
+        cd_type,
+        event_id=f"{remediation.id}:incident.{stage}",
+        remediation_id=remediation.id,
+        subject={
+            "id": f"incident/{remediation.id}",
+            "source": EVENT_SOURCE,
+            "type": "incident",
+            "content": {
+                "description": description,
+                "environment": {"id": namespace},
+                "service": {"id": remediation.service},
+            },
+        },
+        custom={
+            "remediation_id": remediation.id,
+            "signal_id": remediation.signal_id,
+            "rule": remediation.rule,
+            "action": action,
+        },
+        at=at,
+    )
+
+
+def _cdevent(
+    cd_type: CDEventType,
+    *,
+    event_id: str,
+    remediation_id: str,
+    subject: dict[str, Any],
+    custom: dict[str, Any],
+    at: datetime,
+) -> dict[str, Any]:
+    """A CDEvent in a CloudEvent as the CDEvents binding says: the CloudEvents id,
+    source, type, time and subject repeat the CDEvent's context and subject id.
+    ``chainId`` is the remediation, linking its incident and rollback events."""
+    timestamp = at.isoformat()
     return {
         "specversion": "1.0",
-        "id": f"{remediation_id}:rolledback",
+        "id": event_id,
         "source": EVENT_SOURCE,
-        "type": "dev.cdevents.service.rolledback.0.2.0",
-        "time": at.isoformat(),
+        "type": cd_type.value,
+        "subject": subject["id"],
+        "time": timestamp,
         "datacontenttype": "application/json",
         "data": {
             "context": {
-                "version": "0.4.1",
-                "id": f"{remediation_id}:rolledback",
+                "version": CDEVENTS_SPEC_VERSION,
+                "id": event_id,
+                "chainId": remediation_id,
                 "source": EVENT_SOURCE,
-                "type": "dev.cdevents.service.rolledback.0.2.0",
-                "timestamp": at.isoformat(),
+                "type": cd_type.value,
+                "timestamp": timestamp,
             },
-            "subject": {
-                "id": service,
-                "source": EVENT_SOURCE,
-                "type": "service",
-                "content": {"environment": {"id": namespace or ""}},
-            },
-            "customData": {"remediation_id": remediation_id},
+            "subject": subject,
+            "customData": custom,
+            "customDataContentType": "application/json",
         },
     }

@@ -57,7 +57,12 @@ from remediator.domain.lifecycle import (
     StepStatus,
     utc_text,
 )
-from remediator.domain.outcomes import remediation_outcome_event, rolledback_cdevent
+from remediator.domain.outcomes import (
+    incident_cdevent,
+    remediation_outcome_event,
+    rollback_target,
+    rolledback_cdevent,
+)
 from remediator.domain.plans import ActionKind, Step, StepKind
 from remediator.domain.record import stage_for
 from remediator.engine.backoff import Backoff
@@ -644,14 +649,10 @@ class Executor:
             at=at,
         )
         if self._outcome_channel is not None:
-            events = [remediation_outcome_event(item, status=status, at=at)]
-            if status is RemediationStatus.SUCCEEDED and item.action is ActionKind.ROLLBACK:
-                events.append(
-                    rolledback_cdevent(
-                        remediation_id=item.id, service=item.service, namespace=item.namespace,
-                        at=at,
-                    )
-                )  # fmt: skip
+            events = [
+                remediation_outcome_event(item, status=status, at=at),
+                *_cdevents(item, status, at),
+            ]
             messages += [
                 OutboxMessage(
                     id=event["id"],
@@ -750,3 +751,33 @@ class Executor:
         log.warning("%s: resuming at step %d", rid, resume_at)
         self._start(run.item, resume_at=resume_at)
         return True
+
+
+def _cdevents(item: Remediation, status: RemediationStatus, at: datetime) -> list[dict[str, Any]]:
+    """The CDEvents a real run's change to ``status`` publishes, after its own outcome
+    event: an incident detected when it starts; when it succeeds, a rollback's
+    ``service.rolledback``, then the incident resolved.
+
+    "Resolved" follows "succeeded" for now: the check that the service recovered after
+    the action (issue 16's verification) is being built elsewhere; once it lands, the
+    incident is to be resolved when that check passes instead.
+    """
+    if status not in (RemediationStatus.RUNNING, RemediationStatus.SUCCEEDED):
+        return []
+    # Whatever ran had its plan loaded; never fail a journal write over an event.
+    plan = item.plan() if item.decision is not None else None
+    namespace = item.namespace or (plan.namespace if plan is not None else None)
+    if namespace is None:
+        return []  # environment.id is required: no valid CDEvent can be made
+    if status is RemediationStatus.RUNNING:
+        return [incident_cdevent(item, resolved=False, namespace=namespace, at=at)]
+    events = []
+    if item.action is ActionKind.ROLLBACK:
+        events.append(
+            rolledback_cdevent(
+                remediation_id=item.id, service=item.service, namespace=namespace,
+                to_revision=rollback_target(plan) if plan is not None else None, at=at,
+            )
+        )  # fmt: skip
+    events.append(incident_cdevent(item, resolved=True, namespace=namespace, at=at))
+    return events

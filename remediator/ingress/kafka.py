@@ -21,17 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from remediator import kafka_binding
 from remediator.domain.errors import InvalidInput, TemporaryError
 from remediator.domain.limits import InputLimits
 from remediator.domain.rules.events import signal_from_cloudevent
@@ -65,9 +65,13 @@ class Poison:
 
 
 def parse_record(
-    value: bytes | None, *, received_at: datetime, limits: InputLimits | None = None
+    value: bytes | None,
+    *,
+    received_at: datetime,
+    headers: Iterable[tuple[str, bytes]] = (),
+    limits: InputLimits | None = None,
 ) -> Signal | Poison:
-    """One record's value (a structured-mode CloudEvent) -> ``Signal``, or why not.
+    """One record (a CloudEvent in either mode of the Kafka binding) -> ``Signal``, or why not.
 
     A record past ``limits`` (default ``InputLimits()``) is poison of kind ``invalid``,
     its error naming the field and the limit.
@@ -76,20 +80,16 @@ def parse_record(
     ``max_delivery_attempts`` instead of going to the dead-letter topic at once.
     """
     limits = limits or InputLimits()
-    if not value:
-        return Poison(kind="unparseable", error="empty message (no CloudEvent)")
-    if len(value) > limits.event_bytes:  # the whole event is kept with the signal
-        return Poison(
-            kind="invalid", error=f"event is {len(value)} bytes, limit {limits.event_bytes}"
-        )
+    headers = list(headers)
+    # The whole event is kept with the signal; in binary mode its attributes are headers.
+    size = len(value or b"") + sum(len(name) + len(raw) for name, raw in headers)
+    if size > limits.event_bytes:
+        return Poison(kind="invalid", error=f"event is {size} bytes, limit {limits.event_bytes}")
     try:
-        event = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return Poison(kind="unparseable", error=f"not JSON: {exc}")
-    if not isinstance(event, dict):
-        return Poison(kind="unparseable", error="not a JSON object (structured-mode CloudEvent)")
-    try:
+        event = kafka_binding.decode(value, headers)
         return signal_from_cloudevent(event, received_at=received_at, limits=limits)
+    except kafka_binding.Unparseable as exc:
+        return Poison(kind="unparseable", error=str(exc))
     except InvalidInput as exc:
         return Poison(kind="invalid", error=str(exc))
     except ValueError as exc:  # the Signal model's own validation (pydantic)
@@ -395,8 +395,9 @@ class KafkaIntake:
                 parsed: Signal | Poison | None
                 try:
                     parsed = parse_record(
-                        record.value, received_at=received_at, limits=self._limits
-                    )
+                        record.value, headers=record.headers or (), received_at=received_at,
+                        limits=self._limits,
+                    )  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 - a bug in mapping: count, then DLQ
                     parsed = self._failed(tp, record, exc)
                 if parsed is None:  # retry this record later; stop the partition here

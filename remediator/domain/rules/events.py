@@ -1,4 +1,5 @@
-"""CloudEvents (structured mode) from Kafka -> ``Signal``.
+"""CloudEvents (1.0, as JSON objects; the Kafka binding's modes are undone before,
+in ``remediator.kafka_binding``) -> ``Signal``.
 
 Event kinds use one naming: bare dotted names such as ``deployment.succeeded``,
 ``deployment.failed``, ``migration.failed``. Producers may prefix them with
@@ -11,18 +12,22 @@ Event kinds use one naming: bare dotted names such as ``deployment.succeeded``,
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import orjson
 
+from remediator.domain.artifacts import purl_version
 from remediator.domain.errors import InvalidInput
 from remediator.domain.limits import InputLimits
 from remediator.domain.rules.model import Defaults
 from remediator.domain.rules.state import DeployRecord, MigrationRecord, MigrationStatus
 from remediator.domain.signals import Signal, Source, Status, signal_time
 
+SPECVERSION = "1.0"  # the only CloudEvents version there is a JSON format and binding for
 NATIVE_PREFIX = "io.remediator."
 CDEVENTS_PREFIX = "dev.cdevents."
 _CDEVENT_KINDS = {
@@ -74,6 +79,12 @@ def signal_from_cloudevent(
         value = event.get(attribute)
         if not isinstance(value, str) or not value:
             raise InvalidInput("required CloudEvents attribute missing or empty", where=attribute)
+    if event["specversion"] != SPECVERSION:
+        raise InvalidInput(
+            f"{event['specversion']!r} is not supported: remediator reads CloudEvents"
+            f" {SPECVERSION} only",
+            where="specversion",
+        )
     ce_type, ce_source, ce_id = str(event["type"]), str(event["source"]), str(event["id"])
     data = _data(event)
     if ce_type.startswith(CDEVENTS_PREFIX):
@@ -113,7 +124,18 @@ def signal_from_cloudevent(
     )
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """``application/json``, ``text/json`` or any ``+json`` type (parameters ignored)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("application/json", "text/json") or media.endswith("+json")
+
+
 def _data(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    if "data_base64" in event:
+        if "data" in event:
+            raise InvalidInput("data and data_base64 exclude each other", where="data_base64")
+        return _object(_base64_json(event["data_base64"], event.get("datacontenttype")),
+                       where="data_base64")  # fmt: skip
     data = event.get("data")
     if isinstance(data, str):  # some producers put JSON text in data
         try:
@@ -122,11 +144,32 @@ def _data(event: Mapping[str, Any]) -> Mapping[str, Any]:
             data = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise InvalidInput("data is text but not JSON", where="data") from None
+    return _object(data, where="data")
+
+
+def _object(data: Any, *, where: str) -> Mapping[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise InvalidInput("data must be a JSON object", where="data")
+        raise InvalidInput("data must be a JSON object", where=where)
     return data
+
+
+def _base64_json(value: object, content_type: object) -> Any:
+    """``data_base64`` (binary data in the JSON format): remediator reads JSON only."""
+    if isinstance(content_type, str) and not is_json_media_type(content_type):
+        raise InvalidInput(
+            f"datacontenttype {content_type!r}: remediator reads JSON data only",
+            where="data_base64",
+        )
+    if not isinstance(value, str):
+        raise InvalidInput("must be base64 text", where="data_base64")
+    try:
+        return orjson.loads(base64.b64decode(value, validate=True))
+    except binascii.Error:
+        raise InvalidInput("not base64", where="data_base64") from None
+    except orjson.JSONDecodeError:
+        raise InvalidInput("does not hold JSON", where="data_base64") from None
 
 
 def _cdevent_labels(data: Mapping[str, Any]) -> dict[str, str]:
@@ -145,9 +188,10 @@ def _cdevent_labels(data: Mapping[str, Any]) -> dict[str, str]:
     artifact = content.get("artifactId")
     if isinstance(artifact, str) and artifact:
         labels["artifact"] = artifact
-        # purl: pkg:oci/checkout@v1.4.2?repository_url=... -> v1.4.2
-        if "@" in artifact:
-            labels["version"] = artifact.rsplit("@", 1)[1].split("?", 1)[0]
+        # pkg:oci/checkout@sha256%3Aab12?repository_url=... -> sha256:ab12
+        version = purl_version(artifact, where="data.subject.content.artifactId")
+        if version is not None:
+            labels["version"] = version
     custom = data.get("customData")
     if isinstance(custom, Mapping):
         for name in _NATIVE_FIELDS:

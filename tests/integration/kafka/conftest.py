@@ -69,13 +69,16 @@ async def produce(
     *,
     key: bytes | None = b"checkout",
     partition: int | None = None,
+    headers: list[list[tuple[str, bytes]]] | None = None,
 ) -> None:
+    """Each value (JSON-encoded unless bytes) as one record, with ``headers[i]`` if given."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        for value in values:
+        for n, value in enumerate(values):
             body = value if isinstance(value, bytes) else orjson.dumps(value)
-            await producer.send_and_wait(topic, body, key=key, partition=partition)
+            await producer.send_and_wait(topic, body, key=key, partition=partition,
+                                         headers=headers[n] if headers else None)  # fmt: skip
     finally:
         await producer.stop()
 

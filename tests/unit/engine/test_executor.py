@@ -148,8 +148,10 @@ async def test_plan_runs_its_steps_in_order_once(journal: SqliteJournal, pack: R
               await outbox_messages(journal, "kafka:remediator.outcomes", limit=50)]  # fmt: skip
     assert events == [
         "io.remediator.remediation.started",
+        "dev.cdevents.incident.detected.0.2.0",
         "io.remediator.remediation.succeeded",
         "dev.cdevents.service.rolledback.0.2.0",
+        "dev.cdevents.incident.resolved.0.2.0",
     ]
     notices = [p.message.id for p in await outbox_messages(journal, "slack", limit=50)]
     assert notices == [f"slack:{rid}:started", f"slack:{rid}:succeeded"]
@@ -477,7 +479,11 @@ async def test_an_unexpected_error_in_a_step_fails_the_plan_and_frees_the_servic
     assert ex._busy == set()  # the lane is free: the next plan of checkout may start
     events = [p.message.payload["type"] for p in
               await outbox_messages(journal, "kafka:remediator.outcomes", limit=50)]  # fmt: skip
-    assert events == ["io.remediator.remediation.started", "io.remediator.remediation.failed"]
+    assert events == [
+        "io.remediator.remediation.started",
+        "dev.cdevents.incident.detected.0.2.0",  # the incident stays open: nothing resolved it
+        "io.remediator.remediation.failed",
+    ]
     notices = [p.message.id for p in await outbox_messages(journal, "slack", limit=50)]
     assert notices == [f"slack:{rid}:started", f"slack:{rid}:failed"]
 

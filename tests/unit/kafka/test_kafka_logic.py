@@ -11,7 +11,8 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from remediator.connectors.kafka import kafka_channel, record_headers, record_id
+from remediator import kafka_binding
+from remediator.connectors.kafka import kafka_channel
 from remediator.domain.errors import TemporaryError
 from remediator.domain.signals import Signal
 from remediator.engine.outbox import OutboxRelay
@@ -107,25 +108,28 @@ def test_client_kwargs_sasl_scram_over_tls() -> None:
     assert kwargs["ssl_context"].check_hostname is True  # TLS verifies the broker
 
 
-def test_outcome_record_headers_follow_the_cloudevents_kafka_binding() -> None:
-    headers = dict(record_headers({"id": "r:planned", "type": "t", "source": "/remediator"}))
-    assert headers == {
-        "content-type": b"application/cloudevents+json",
-        "ce_id": b"r:planned",
-        "ce_type": b"t",
-        "ce_source": b"/remediator",
-    }
+def test_outcome_records_are_structured_mode_without_ce_headers() -> None:
+    payload = {"specversion": "1.0", "id": "r:planned", "type": "t", "source": "/remediator"}
+    value, headers = kafka_binding.encode(payload)
+    # Any ce_* header makes a record binary mode to the binding (and to the SDK's from_kafka).
+    assert headers == [("content-type", b"application/cloudevents+json")]
+    assert orjson.loads(value) == payload
+    assert kafka_binding.decode(value, headers) == payload
     assert kafka_channel("remediator.outcomes") == "kafka:remediator.outcomes"
 
 
-def test_a_record_is_recognised_by_its_ce_id_header_else_by_the_value_id() -> None:
-    value = orjson.dumps({"id": "from-value"})
-    assert record_id(record_headers({"id": "r:planned"}), value) == "r:planned"
-    assert record_id([("content-type", b"application/cloudevents+json")], value) == "from-value"
-    assert record_id([], b"not json") is None
-    assert record_id([], orjson.dumps([1, 2])) is None
-    assert record_id([], orjson.dumps({"id": 7})) is None
-    assert record_id([], None) is None
+def test_a_record_is_recognised_by_its_id_in_either_mode() -> None:
+    value = orjson.dumps({"specversion": "1.0", "id": "from-value"})
+    structured = [("content-type", b"application/cloudevents+json")]
+    assert kafka_binding.event_id(value, structured) == "from-value"
+    # What earlier versions published: structured, with ce_* headers beside.
+    assert kafka_binding.event_id(value, [*structured, ("ce_id", b"from-value")]) == "from-value"
+    binary = [("ce_specversion", b"1.0"), ("ce_id", b"from-header")]
+    assert kafka_binding.event_id(b"{}", binary) == "from-header"
+    assert kafka_binding.event_id(b"not json", []) is None
+    assert kafka_binding.event_id(orjson.dumps([1, 2]), []) is None
+    assert kafka_binding.event_id(orjson.dumps({"id": 7}), []) is None
+    assert kafka_binding.event_id(None, []) is None
 
 
 # -- outbox relay ----------------------------------------------------------------------
