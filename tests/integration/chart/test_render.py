@@ -114,6 +114,9 @@ def test_every_secret_comes_from_an_existing_secret(cli: Cli) -> None:
         "/etc/remediator/secrets/principals/principals.yaml"
     )
     assert env["REMEDIATOR_SLACK__TOKEN_FILE"] == "/etc/remediator/secrets/slack-token/token"
+    assert env["REMEDIATOR_SLACK__SIGNING_SECRET_FILE"] == (
+        "/etc/remediator/secrets/slack-signing/signing-secret"
+    )
     assert (
         env["REMEDIATOR_EMAIL__PASSWORD_FILE"] == "/etc/remediator/secrets/smtp-password/password"
     )
