@@ -321,9 +321,14 @@ def escalation_text(record: RollbackRecord, waiting_for: list[dict[str, Any]]) -
 
 
 def escalation_blocks(
-    record: RollbackRecord, waiting_for: list[dict[str, Any]], *, record_url: str | None
+    record: RollbackRecord,
+    waiting_for: list[dict[str, Any]],
+    *,
+    record_url: str | None,
+    buttons: bool = False,
 ) -> list[dict[str, Any]]:
-    """A second message, on its own, so the escalation channel sees it (not an update)."""
+    """A second message, on its own, so the escalation channel sees it (not an update);
+    with ``buttons`` the people it reaches can answer from it too."""
     lines = escalation_lines(record, waiting_for)
     blocks: list[dict[str, Any]] = [
         {
@@ -338,6 +343,8 @@ def escalation_blocks(
     ]
     if record_url and safe_url(record_url):
         blocks.append(_section(_slack_link(record_url, "Rollback record")))
+    if buttons and record.status is RemediationStatus.AWAITING_APPROVAL:
+        blocks.append(approval_buttons(record))
     return blocks
 
 

@@ -234,7 +234,9 @@ class NotificationRelay:
             )  # fmt: skip
             await self._slack.post(
                 channel=where,
-                blocks=escalation_blocks(record, waiting_for, record_url=url),
+                blocks=escalation_blocks(
+                    record, waiting_for, record_url=url, buttons=self._approval_buttons
+                ),
                 text=escalation_text(record, waiting_for),
             )
             return

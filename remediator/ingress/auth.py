@@ -322,6 +322,11 @@ class Authenticator:
             return self._from_certificate(certificate) or AuthFailure.INVALID
         return AuthFailure.MISSING
 
+    @property
+    def slack_users(self) -> int:
+        """How many Slack users act as a principal."""
+        return len(self._slack_users)
+
     def slack_principal(self, user_id: str) -> Principal | None:
         """The principal a Slack user acts as (``slack_users`` of the principals file);
         only ever asked after Slack's signature on the click was verified."""

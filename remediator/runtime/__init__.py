@@ -299,6 +299,9 @@ class Runtime:
         self.bound_port = _bound_port(runner, settings.http.port)
         self._install_signal_handlers()
         self._log_started(executor, relay, publisher, scheme="https" if tls else "http")
+        if settings.slack.interactive and not auth.slack_users:
+            log.warning("slack: buttons are on but no principal lists slack_users: every "
+                        "click will be refused (docs/security.md#slack-buttons)")  # fmt: skip
         tasks = {
             asyncio.create_task(
                 keep_running(name, fn, on_crash=self._root_crashed), name=name

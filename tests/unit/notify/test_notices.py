@@ -264,3 +264,17 @@ def test_no_buttons_without_interactivity_or_once_the_plan_stops_waiting() -> No
                    RemediationStatus.EXPIRED, RemediationStatus.CANCELLED):  # fmt: skip
         done = waiting.model_copy(update={"status": status})
         assert buttons_of(slack_blocks(done, record_url=None, buttons=True)) == []
+
+
+def test_an_escalation_can_be_answered_from_where_it_is_seen() -> None:
+    from remediator.domain.notices import escalation_blocks
+
+    waiting = samples.awaiting_approval()
+    seats = [{"seat": "tech-lead", "principals": ["lee"]}]
+    blocks = escalation_blocks(waiting, seats, record_url=None, buttons=True)
+    assert_valid_blocks(blocks)
+    assert [b["action_id"] for b in buttons_of(blocks)] == [
+        "remediator.approve", "remediator.reject",
+    ]  # fmt: skip
+    assert "Not answered: tech-lead (lee)" in all_text(blocks)
+    assert buttons_of(escalation_blocks(waiting, seats, record_url=None)) == []
