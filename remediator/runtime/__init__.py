@@ -208,7 +208,7 @@ class Runtime:
             outcome_channel=outcome_channel,
             on_decision=self._decided(executor),
             on_decision_latency=self.metrics.decision_latency.observe,
-            on_deploy=step_runner.snapshot_for_deploy if step_runner is not None else None,
+            on_deploy=step_runner.after_deploy if step_runner is not None else None,
             on_internal_error=lambda _kind: self.metrics.internal_errors.labels(
                 component="decider"
             ).inc(),

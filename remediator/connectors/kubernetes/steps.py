@@ -21,7 +21,11 @@ from remediator.connectors.kubernetes.bluegreen import (
     switch_service_selector,
     wait_endpoints_ready_for,
 )
-from remediator.connectors.kubernetes.canary import pre_canary_replicas, set_canary_weight_zero
+from remediator.connectors.kubernetes.canary import (
+    pre_canary_replicas,
+    record_pre_canary_replicas,
+    set_canary_weight_zero,
+)
 from remediator.connectors.kubernetes.client import KubeClient, Ref
 from remediator.connectors.kubernetes.configmaps import (
     SNAPSHOT_DEPLOYMENT,
@@ -332,6 +336,25 @@ class KubernetesStepRunner:
                 target=f"Deployment {namespace}/{deployment}", reason="snapshot-missing",
             )  # fmt: skip
         return older[-1]
+
+    async def after_deploy(self, signal: Signal) -> None:
+        """On a trusted deploy event: keep what a later rollback needs and cannot read
+        back afterwards (the config this revision runs with; a canary's stable size)."""
+        await self.snapshot_for_deploy(signal)
+        await self.record_pre_canary(signal)
+
+    async def record_pre_canary(self, signal: Signal) -> None:
+        """On a canary's deploy event: the stable side's size, for an abort to restore."""
+        spec = self._pack.services.get(signal.service or "")
+        if spec is None or not isinstance(spec.rollback, CanaryRollback):
+            return
+        release = signal.labels.get("revision") or signal.labels.get("version") or signal.key
+        result = await record_pre_canary_replicas(
+            self._kube, namespace=spec.namespace, deployment=spec.rollback.stable_deployment,
+            release=release,
+        )  # fmt: skip
+        log.info("pre-canary size of %s for %s: %s (%s)", result.deployment, release,
+                 result.replicas, result.detail)  # fmt: skip
 
     async def snapshot_for_deploy(self, signal: Signal) -> None:
         """On a deploy event: keep the config this revision runs with, for a later restore."""
