@@ -30,6 +30,7 @@ from remediator.connectors.kubernetes.client import KubeClient, Ref
 from remediator.connectors.kubernetes.configmaps import (
     SNAPSHOT_DEPLOYMENT,
     SNAPSHOT_REVISION,
+    SnapshotOrigin,
     restore_configmaps,
     snapshot_configmaps,
 )
@@ -195,7 +196,7 @@ class KubernetesStepRunner:
         return _record(
             await snapshot_configmaps(
                 self._kube, namespace=namespace, deployment=deployment, revision=revision,
-                dry_run=dry_run,
+                dry_run=dry_run, origin=SnapshotOrigin.EXPORT,
             )
         )  # fmt: skip
 

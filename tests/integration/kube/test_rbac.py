@@ -45,6 +45,7 @@ from remediator.connectors.kubernetes.configmaps import (
     SNAPSHOT_DEPLOYMENT,
     SNAPSHOT_OF,
     SNAPSHOT_REVISION,
+    snapshot_name,
 )
 from remediator.connectors.kubernetes.errors import KubeError
 from remediator.connectors.kubernetes.jobrunner import SERVICE_LABEL, JobRunner, secret_source
@@ -402,7 +403,7 @@ async def config_paths(ctx: Ctx) -> None:
         ),
         service="web", dry_run=True, context={},
     )  # fmt: skip
-    assert exported["created"] == ["web-config-rev-2"]
+    assert exported["created"] == [snapshot_name("web-config", 2, {"data": {"a": "2"}})]
     restored = await runner.run(
         RestoreConfigStep(
             params=RestoreConfigParams(namespace=ctx.ns, configmap="web-config", to="previous"),
