@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from remediator.connectors.kubernetes.client import KubeClient, Ref
-from remediator.connectors.kubernetes.errors import ActionRefused, KubeNotFound
+from remediator.connectors.kubernetes.errors import ActionRefused, KubeConflict, KubeNotFound
 from remediator.connectors.kubernetes.rollout import RolloutRestartResult, rollout_restart
+from remediator.domain.retention import RetentionPolicy, Verdict, judge
 
 __all__ = [
     "CONFIG_HASH",
@@ -31,7 +33,9 @@ __all__ = [
     "ConfigMapRestore",
     "ConfigMapSnapshot",
     "SnapshotOrigin",
+    "SnapshotRetention",
     "config_hash",
+    "prune_config_snapshots",
     "referenced_configmaps",
     "restore_configmaps",
     "revision_snapshots",
@@ -333,3 +337,81 @@ async def restore_configmaps(
         restart=restart,
         dry_run=dry_run,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotRetention:
+    """What retention does to one Deployment's snapshots, by revision, newest first."""
+
+    namespace: str
+    deployment: str
+    revisions: tuple[tuple[int, Verdict, tuple[str, ...]], ...]  # revision, verdict, names
+    deleted: tuple[str, ...]  # snapshot ConfigMaps deleted (none on dry run)
+    dry_run: bool
+
+
+async def prune_config_snapshots(
+    kube: KubeClient,
+    *,
+    namespace: str,
+    deployment: str,
+    policy: RetentionPolicy,
+    now: datetime,
+    in_use: Collection[int],
+    dry_run: bool,
+) -> SnapshotRetention:
+    """Delete the snapshots of revisions retention does not keep.
+
+    A revision's snapshots are kept or pruned together (a restore needs all of them),
+    its age the newest of theirs. Each delete carries the resourceVersion it was
+    judged on; one changed or gone meanwhile is left for the next run.
+    """
+    found = await kube.list_all(
+        Ref("ConfigMap", namespace), label_selector=f"{SNAPSHOT_DEPLOYMENT}={deployment}"
+    )
+    by_revision: dict[int, list[dict[str, Any]]] = {}
+    for cm in found:
+        revision = (cm["metadata"].get("labels") or {}).get(SNAPSHOT_REVISION, "")
+        if revision.isdigit():
+            by_revision.setdefault(int(revision), []).append(cm)
+    judged = judge(
+        (
+            (str(rev), max(_created(cm) for cm in by_revision[rev]))
+            for rev in sorted(by_revision, reverse=True)
+        ),
+        policy=policy,
+        now=now,
+        in_use={str(rev) for rev in in_use},
+    )
+    deleted: list[str] = []
+    revisions: list[tuple[int, Verdict, tuple[str, ...]]] = []
+    for item in judged:
+        cms = by_revision[int(item.key)]
+        revisions.append((int(item.key), item.verdict, tuple(sorted(_name(cm) for cm in cms))))
+        if item.verdict.kept or dry_run:
+            continue
+        for cm in cms:
+            try:
+                await kube.delete(_ref_of(namespace, cm), resource_version=_rv(cm), dry_run=False)
+            except (KubeNotFound, KubeConflict):
+                continue
+            deleted.append(_name(cm))
+    return SnapshotRetention(namespace=namespace, deployment=deployment,
+                             revisions=tuple(revisions), deleted=tuple(sorted(deleted)),
+                             dry_run=dry_run)  # fmt: skip
+
+
+def _ref_of(namespace: str, cm: Mapping[str, Any]) -> Ref:
+    return Ref("ConfigMap", namespace, _name(cm))
+
+
+def _name(cm: Mapping[str, Any]) -> str:
+    return str(cm["metadata"]["name"])
+
+
+def _rv(cm: Mapping[str, Any]) -> str:
+    return str(cm["metadata"]["resourceVersion"])
+
+
+def _created(cm: Mapping[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(cm["metadata"]["creationTimestamp"]).replace("Z", "+00:00"))

@@ -31,6 +31,8 @@ from remediator.connectors.kubernetes.configmaps import (
     SNAPSHOT_DEPLOYMENT,
     SNAPSHOT_REVISION,
     SnapshotOrigin,
+    SnapshotRetention,
+    prune_config_snapshots,
     restore_configmaps,
     snapshot_configmaps,
 )
@@ -42,6 +44,7 @@ from remediator.connectors.kubernetes.status import rollout_status, wait_for_rol
 from remediator.connectors.kubernetes.verify import http_health
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.plans import Step, StepKind
+from remediator.domain.retention import RetentionPolicy
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import CanaryRollback
 from remediator.domain.signals import Signal
@@ -356,6 +359,25 @@ class KubernetesStepRunner:
         )  # fmt: skip
         log.info("pre-canary size of %s for %s: %s (%s)", result.deployment, release,
                  result.replicas, result.detail)  # fmt: skip
+
+    def services_with_config(self) -> list[str]:
+        return sorted(name for name, spec in self._pack.services.items() if spec.config)
+
+    async def prune_config_snapshots(
+        self, service: str, *, policy: RetentionPolicy, now: datetime, dry_run: bool
+    ) -> SnapshotRetention:
+        """Retention for one service's snapshots. The live revision's and the one a
+        ``restore_config`` would go back to now are in use: a plan running or waiting
+        for approval restores exactly that one."""
+        spec = self._pack.services[service]
+        namespace, deployment = spec.namespace, spec.workload
+        in_use = {await self._revision(namespace, deployment)}
+        with contextlib.suppress(ActionRefused):  # none older: nothing to protect
+            in_use.add(await self._previous_snapshot(namespace, deployment))
+        return await prune_config_snapshots(
+            self._kube, namespace=namespace, deployment=deployment, policy=policy, now=now,
+            in_use=in_use, dry_run=dry_run,
+        )  # fmt: skip
 
     async def snapshot_for_deploy(self, signal: Signal) -> None:
         """On a deploy event: keep the config this revision runs with, for a later restore."""

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLo
 from remediator.connectors.postgres.model import MigrationStatus
 from remediator.connectors.postgres.steps import ServiceDatabase
 from remediator.domain.errors import PermanentError
+from remediator.domain.retention import RetentionPolicy
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import ServiceSpec
 from remediator.domain.signals import Signal, Source, Status
@@ -414,6 +415,25 @@ async def config_paths(ctx: Ctx) -> None:
     assert restored["restored"] == ["web-config"] and restored["revision"] == 1
 
 
+async def snapshot_retention(ctx: Ctx) -> None:
+    """The daemon's retention task on config snapshots: an old revision's goes."""
+    runner = KubernetesStepRunner(kube=ctx.sa.client, pack=ctx.world.pack)
+    name = f"web-config-rev-0-{uuid.uuid4().hex[:10]}"
+    labels = {MANAGED_BY: "remediator", SNAPSHOT_OF: "web-config", SNAPSHOT_REVISION: "0",
+              SNAPSHOT_DEPLOYMENT: "web"}  # fmt: skip
+    await ctx.sa.client.create(
+        Ref("ConfigMap", ctx.ns, name),
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels},
+         "immutable": True, "data": {"a": "0"}},
+        dry_run=False,
+    )  # fmt: skip
+    result = await runner.prune_config_snapshots(
+        "web", policy=RetentionPolicy(keep_newest=1, keep_days=0),
+        now=datetime.now(UTC) + timedelta(days=1), dry_run=False,
+    )  # fmt: skip
+    assert name in result.deleted
+
+
 async def lease_paths(ctx: Ctx) -> None:
     sa = ctx.sa.client
     lease = ServiceLease(
@@ -493,6 +513,7 @@ PATHS: list[tuple[str, Callable[[Ctx], Awaitable[None]]]] = [
     ("canary abort", canary_paths),
     ("scale, scale up, replica facts", scale_paths),
     ("config snapshot, export and restore", config_paths),
+    ("config snapshot retention", snapshot_retention),
     ("Leases", lease_paths),
     ("DSN from a Secret", dsn_from_secret),
     ("migration Job", migration_job),
