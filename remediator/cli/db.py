@@ -389,9 +389,8 @@ async def _backups(args: argparse.Namespace) -> int:
 
 
 async def _backups_in_use(settings: Settings) -> tuple[set[str], str | None]:
-    """Ids of backups remediations not over need; with a warning when the journal
-    cannot say (then every backup past the limits shows as pruned, as the daemon
-    would not prune it that round: it leaves all backups alone)."""
+    """Ids of the backups remediations not over need, or none and a warning when the
+    journal cannot say (the daemon then prunes no backup at all in that round)."""
     journal = journal_from_url(settings.journal.url)
     try:
         await journal.open()
