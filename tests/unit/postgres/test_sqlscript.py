@@ -108,3 +108,12 @@ def test_a_script_postgres_cannot_parse_is_refused_with_its_line() -> None:
         analyse("SELECT 1;\nDROP TABLEE t;")
     assert bad.value.line == 2
     assert "syntax error" in str(bad.value)
+
+
+def test_statements_after_multibyte_text_are_cut_where_they_start() -> None:
+    # The parser counts bytes; the statements must still be cut on characters.
+    assert split_statements("SELECT 'héllo; wörld';\nSELECT 'ß'; DROP TABLE t") == [
+        "SELECT 'héllo; wörld'",
+        "SELECT 'ß'",
+        "DROP TABLE t",
+    ]
