@@ -38,6 +38,7 @@ from remediator.domain.approvals import ApprovalConfig
 from remediator.domain.errors import ConfigError
 from remediator.domain.failpoints import Failpoints
 from remediator.domain.limits import KIB, InputLimits
+from remediator.domain.retention import RetentionPolicy
 from remediator.domain.signals import DEFAULT_NAMESPACE_LABELS, DEFAULT_SERVICE_LABELS
 
 DEFAULT_LISTEN = "127.0.0.1:9095"
@@ -512,6 +513,39 @@ class DatabaseSettings(_Group):
     )
 
 
+class RetentionSettings(_Group):
+    """What remediator keeps to undo its own work, pruned by the daemon."""
+
+    interval_seconds: float = Field(
+        3600.0, gt=0, description="How often the daemon prunes backups and config snapshots."
+    )
+    backups_keep: int = Field(
+        5, ge=1, description="Database backups kept per service whatever their age (newest)."
+    )
+    backups_keep_days: float = Field(
+        14.0, ge=0, description="Database backups younger than this are kept whatever their count."
+    )
+    config_snapshots_keep: int = Field(
+        10,
+        ge=2,
+        description="Revisions per Deployment whose ConfigMap snapshots are kept whatever "
+        "their age (newest; at least 2: the live one and the one a restore goes back to).",
+    )
+    config_snapshots_keep_days: float = Field(
+        30.0,
+        ge=0,
+        description="ConfigMap snapshots younger than this are kept whatever their count.",
+    )
+
+    def backup_policy(self) -> RetentionPolicy:
+        return RetentionPolicy(keep_newest=self.backups_keep, keep_days=self.backups_keep_days)
+
+    def snapshot_policy(self) -> RetentionPolicy:
+        return RetentionPolicy(
+            keep_newest=self.config_snapshots_keep, keep_days=self.config_snapshots_keep_days
+        )
+
+
 class ShutdownSettings(_Group):
     # Kubernetes' default grace period is 30 s and includes the preStop sleep (5 s in
     # the chart): 20 s leaves a margin before SIGKILL.
@@ -547,6 +581,7 @@ class Settings(BaseSettings):
     email: EmailSettings = EmailSettings()
     log: LogSettings = LogSettings()
     database: DatabaseSettings = DatabaseSettings()
+    retention: RetentionSettings = RetentionSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     limits: LimitsSettings = LimitsSettings()
     auth: AuthSettings = AuthSettings()

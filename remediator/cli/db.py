@@ -31,6 +31,7 @@ from typing import Any
 from remediator.connectors.postgres import (
     BASE,
     ServiceLocks,
+    backup_retention,
     list_backups,
     restore_database,
     restore_table,
@@ -39,9 +40,11 @@ from remediator.connectors.postgres import (
 from remediator.connectors.postgres.steps import DEFAULT_BACKUP_ROOT, ServiceDatabase, revert_target
 from remediator.domain.errors import RemediatorError
 from remediator.domain.lifecycle import RemediationStatus
+from remediator.domain.retention import backups_in_use
 from remediator.domain.signals import Signal, Source, Status
 from remediator.journal import journal_from_url
 from remediator.rulefiles import load_rule_pack_from_path
+from remediator.runtime.retention import open_remediations
 from remediator.settings import Settings, load_settings
 
 __all__ = ["register"]
@@ -348,21 +351,55 @@ async def _revert(args: argparse.Namespace) -> int:
 
 
 def cmd_backups(args: argparse.Namespace) -> int:
+    return asyncio.run(_backups(args))
+
+
+async def _backups(args: argparse.Namespace) -> int:
     try:
-        db = _database(args, _settings(args))
+        settings = _settings(args)
+        db = _database(args, settings)
     except RemediatorError as exc:
         return _fail(str(exc), _code_of(exc))
-    found = list_backups(db.backup_dir, db.service)
-    lines = [f"{db.service}: {len(found)} backup(s) in {db.backup_dir / db.service}"]
+    policy = settings.retention.backup_policy()
+    in_use, warning = await _backups_in_use(settings)
+    plan = backup_retention(db.backup_dir, db.service, policy=policy, now=datetime.now(UTC),
+                            in_use=in_use)  # fmt: skip
+    lines = [
+        f"{db.service}: {len(plan.judged)} backup(s) in {db.backup_dir / db.service}; "
+        f"retention keeps the newest {policy.keep_newest}, those younger than "
+        f"{policy.keep_days:g} days and those a remediation not over needs"
+    ]
     lines += [
         f"  {b.id}  {b.started_at:%Y-%m-%d %H:%M:%S}  {b.size_bytes:>12} bytes  "
-        f"{b.duration_s:6.1f}s  sha256 {b.sha256[:12]}  db {b.database}"
-        for b in found
+        f"{b.duration_s:6.1f}s  sha256 {b.sha256[:12]}  db {b.database}  {verdict.value}"
+        for b, verdict in plan.judged
     ]
-    _print(
-        args, {"service": db.service, "backups": [b.to_record() for b in found]}, "\n".join(lines)
-    )
+    lines += [f"  leftover {path.name}: prune" for path in plan.leftovers]
+    record = {
+        "service": db.service,
+        "backups": [{**b.to_record(), "retention": verdict.name.lower()}
+                    for b, verdict in plan.judged],
+        "retention": {"keep_newest": policy.keep_newest, "keep_days": policy.keep_days,
+                      "leftovers": [p.name for p in plan.leftovers]},
+    }  # fmt: skip
+    _print(args, record, "\n".join(lines))
+    if warning:
+        print(warning, file=sys.stderr)
     return EXIT_OK
+
+
+async def _backups_in_use(settings: Settings) -> tuple[set[str], str | None]:
+    """Ids of the backups remediations not over need, or none and a warning when the
+    journal cannot say (the daemon then prunes no backup at all in that round)."""
+    journal = journal_from_url(settings.journal.url)
+    try:
+        await journal.open()
+        try:
+            return backups_in_use(await open_remediations(journal)), None
+        finally:
+            await journal.close()
+    except RemediatorError as exc:
+        return set(), f"warning: the journal cannot say which backups are in use: {exc}"
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

@@ -8,13 +8,37 @@ The password may sit in the URL's userinfo or in a ``password=`` parameter (or, 
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from pydantic import SecretStr
 
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 # scheme://user:PASSWORD@ when the rest of the URL does not parse.
 _USERINFO_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:([^/]*)@")
+
+
+def unsplit(scheme: str, netloc: str, path: str, query: str, fragment: str = "") -> str:
+    """``urlunsplit`` that keeps ``//`` when the authority is empty.
+
+    ``urlunsplit`` drops it for schemes it does not know (``postgresql`` is one), so
+    the Unix-socket form ``postgresql:///db?host=/run/postgresql`` came back as
+    ``postgresql:/db?...``, which libpq rejects.
+    """
+    url = f"{scheme}://{netloc}{path}"
+    if query:
+        url += f"?{query}"
+    if fragment:
+        url += f"#{fragment}"
+    return url
+
+
+def is_url(raw: str) -> bool:
+    """A ``scheme://`` URL, also with an empty authority (``postgresql:///db``)."""
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return False
+    return bool(parts.scheme) and raw[len(parts.scheme) :].startswith("://")
 
 
 def reveal(dsn: str | SecretStr) -> str:
@@ -45,7 +69,7 @@ def redact(dsn: str | SecretStr) -> str:
         parts = urlsplit(raw)
     except ValueError:
         return "<unparseable DSN>"
-    if not (parts.scheme and parts.netloc):
+    if not is_url(raw):
         if "=" in raw:  # key=value form: blank anything that looks like a password.
             return _PASSWORD_KV.sub(r"\1***", raw)
         return "<unparseable DSN>"
@@ -61,7 +85,7 @@ def redact(dsn: str | SecretStr) -> str:
         ],
         safe="*",
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return unsplit(parts.scheme, netloc, parts.path, query, parts.fragment)
 
 
 def scrub(text: str, dsn: str | SecretStr) -> str:

@@ -60,6 +60,7 @@ from remediator.runtime.listener import (
     failed_auth_limiter,
     server_ssl_context,
 )
+from remediator.runtime.retention import RetentionTask
 from remediator.runtime.supervision import (
     Closing,
     ShutdownBudget,
@@ -209,7 +210,7 @@ class Runtime:
             outcome_channel=outcome_channel,
             on_decision=self._decided(executor),
             on_decision_latency=self.metrics.decision_latency.observe,
-            on_deploy=step_runner.snapshot_for_deploy if step_runner is not None else None,
+            on_deploy=step_runner.after_deploy if step_runner is not None else None,
             on_internal_error=lambda _kind: self.metrics.internal_errors.labels(
                 component="decider"
             ).inc(),
@@ -229,11 +230,23 @@ class Runtime:
                 component="approval-clock"
             ).inc(),
         )
+        retention = RetentionTask(
+            journal=self.journal,
+            pack=self.pack,
+            backup_root=settings.database.backup_root,
+            backup_policy=settings.retention.backup_policy(),
+            snapshot_policy=settings.retention.snapshot_policy(),
+            snapshots=step_runner,
+            interval_seconds=settings.retention.interval_seconds,
+            dry_run=settings.dry_run,
+            clock=lambda: datetime.now(UTC),
+        )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,
             "approval-clock": approval_clock.run,
             "journal-pruner": self._prune_forever,
             "journal-heartbeat": self._beat_forever,
+            "retention": retention.run,
         }
         if executor is not None:
             roots["executor"] = executor.run
@@ -566,7 +579,7 @@ class Runtime:
         await stop("kafka-intake")
         if kafka_intake is not None:
             await budget.run("kafka consumer commit and leave", kafka_intake.close())
-        await stop("decision-engine", "approval-clock", "journal-pruner")
+        await stop("decision-engine", "approval-clock", "journal-pruner", "retention")
         if executor is not None:
             # The rest of the sequence keeps its reserve; plans get everything else.
             # drain() cancels what is still running at its own timeout; the phase's

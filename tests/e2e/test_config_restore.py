@@ -79,7 +79,8 @@ async def test_config_of_the_previous_deploy_is_restored_and_pods_restart(
 
     async def snapshot(rev: int) -> Any:
         found = await core.list_namespaced_config_map(namespace)
-        return [cm for cm in found.items if cm.metadata.name == f"checkout-config-rev-{rev}"]
+        prefix = f"checkout-config-rev-{rev}-"  # then the hash of the data
+        return [cm for cm in found.items if cm.metadata.name.startswith(prefix)]
 
     [kept] = await eventually(lambda: snapshot(1), bool, timeout=60, what="snapshot of revision 1")
     assert kept.data == {"MODE": "good"} and kept.immutable

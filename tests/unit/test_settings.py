@@ -197,3 +197,18 @@ def test_replica_timings_default_and_are_checked_together() -> None:
     for name in ("heartbeat_seconds", "claim_stale_seconds", "recovery_interval_seconds"):
         with pytest.raises(ConfigError, match=name):
             load_settings(overrides={"journal": {name: 0}})
+
+
+def test_retention_defaults_env_and_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = load_settings().retention
+    assert (defaults.backups_keep, defaults.backups_keep_days) == (5, 14.0)
+    assert (defaults.config_snapshots_keep, defaults.config_snapshots_keep_days) == (10, 30.0)
+    assert defaults.interval_seconds == 3600.0
+    monkeypatch.setenv("REMEDIATOR_RETENTION__BACKUPS_KEEP", "3")
+    policy = load_settings().retention.backup_policy()
+    assert (policy.keep_newest, policy.keep_days) == (3, 14.0)
+    # The live revision and the one a restore goes back to: fewer would prune one.
+    with pytest.raises(ConfigError, match="config_snapshots_keep"):
+        load_settings(overrides={"retention": {"config_snapshots_keep": 1}})
+    with pytest.raises(ConfigError, match="backups_keep"):
+        load_settings(overrides={"retention": {"backups_keep": 0}})

@@ -8,8 +8,9 @@ resourceVersion.
 
 Scaling the Deployments afterwards is :func:`scale.scale`; the stable Deployment's
 replica count from before the canary started is read from the
-``remediator.io/pre-canary-replicas`` annotation (written by whoever starts the
-canary, see :func:`pre_canary_replicas`) or passed in by the caller.
+``remediator.io/pre-canary-replicas`` annotation (see :func:`pre_canary_replicas`).
+The deploy tool may write it when it starts the canary; otherwise remediator writes
+it when the canary's deploy event arrives (:func:`record_pre_canary_replicas`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,19 @@ from remediator.connectors.kubernetes.concurrency import apply_with_reread
 from remediator.connectors.kubernetes.errors import ActionRefused
 
 __all__ = [
+    "PRE_CANARY_RELEASE",
     "PRE_CANARY_REPLICAS",
     "CanaryWeights",
+    "PreCanaryRecord",
     "pre_canary_replicas",
+    "record_pre_canary_replicas",
     "set_canary_weight_zero",
 ]
 
 PRE_CANARY_REPLICAS = "remediator.io/pre-canary-replicas"
+# Set only by remediator, next to the count it recorded: the canary release it was
+# recorded for. A count without it was written by the deploy tool and is left alone.
+PRE_CANARY_RELEASE = "remediator.io/pre-canary-release"
 _DEFAULT_WEIGHT = 1  # Gateway API: an omitted backendRef weight is 1
 
 
@@ -164,3 +171,59 @@ async def pre_canary_replicas(kube: KubeClient, *, namespace: str, deployment: s
             reason="bad-annotation",
         )
     return replicas
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreCanaryRecord:
+    namespace: str
+    deployment: str
+    release: str  # the canary release (deploy event revision or version)
+    replicas: int | None  # the count kept in the annotation (None: none kept)
+    recorded: bool  # written now
+    detail: str
+
+
+async def record_pre_canary_replicas(
+    kube: KubeClient, *, namespace: str, deployment: str, release: str
+) -> PreCanaryRecord:
+    """Keep the stable Deployment's size for ``release``'s canary, for a later abort.
+
+    Called when the canary's deploy event arrives. A redelivered event (same release)
+    keeps the first count: by then the canary may have shrunk the stable side. A count
+    the deploy tool wrote (no release annotation of ours) is the tool's and kept. Only
+    metadata changes: no new ReplicaSet, no rollout.
+    """
+    ref = Ref("Deployment", namespace, deployment)
+
+    async def attempt(obj: dict[str, Any]) -> PreCanaryRecord:
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        kept = annotations.get(PRE_CANARY_REPLICAS)
+        ours = annotations.get(PRE_CANARY_RELEASE)
+
+        def unchanged(detail: str) -> PreCanaryRecord:
+            count = int(kept) if kept is not None and kept.isdigit() else None
+            return PreCanaryRecord(namespace=namespace, deployment=deployment, release=release,
+                                   replicas=count, recorded=False, detail=detail)  # fmt: skip
+
+        if kept is not None and ours is None:
+            return unchanged("the deploy tool recorded it")
+        if ours == release:
+            return unchanged(f"already recorded for {release}")
+        replicas = int((obj.get("spec") or {}).get("replicas") or 0)
+        if replicas == 0:
+            return unchanged("the stable side runs no replicas: nothing to restore")
+        await kube.patch(
+            ref,
+            {
+                "metadata": {
+                    "annotations": {PRE_CANARY_REPLICAS: str(replicas), PRE_CANARY_RELEASE: release}
+                }
+            },
+            patch_type=PatchType.MERGE,
+            resource_version=obj["metadata"]["resourceVersion"],
+            dry_run=False,
+        )
+        return PreCanaryRecord(namespace=namespace, deployment=deployment, release=release,
+                               replicas=replicas, recorded=True, detail="recorded")  # fmt: skip
+
+    return await apply_with_reread(kube, ref, attempt)

@@ -4,7 +4,8 @@ A Deployment rollback restores the pod template but not the data of ConfigMaps i
 mounts; an in-place ConfigMap edit is not even a new revision. So at a known-good
 revision ``n`` the ConfigMaps the pod template references (volumes, projected
 volumes, ``envFrom``, ``env[].valueFrom``) are copied to immutable
-``<name>-rev-<n>`` ConfigMaps. Restoring writes that data back onto the live
+``<name>-rev-<n>-<hash>`` ConfigMaps, labelled with the source, the Deployment and the
+revision. Restoring writes that data back onto the live
 ConfigMaps (PUT with their resourceVersion, so keys added since are removed too) and
 then restarts the Deployment like ``kubectl rollout restart``, adding the restored
 data's hash to the pod template so new pods show which data they started with.
@@ -14,22 +15,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from remediator.connectors.kubernetes.client import KubeClient, Ref
-from remediator.connectors.kubernetes.errors import ActionRefused, KubeNotFound
+from remediator.connectors.kubernetes.errors import ActionRefused, KubeConflict, KubeNotFound
 from remediator.connectors.kubernetes.rollout import RolloutRestartResult, rollout_restart
+from remediator.domain.retention import RetentionPolicy, Verdict, judge
 
 __all__ = [
     "CONFIG_HASH",
     "CONFIG_REVISION",
+    "SNAPSHOT_ORIGIN",
     "ConfigMapRestore",
     "ConfigMapSnapshot",
+    "SnapshotOrigin",
+    "SnapshotRetention",
     "config_hash",
+    "prune_config_snapshots",
     "referenced_configmaps",
     "restore_configmaps",
+    "revision_snapshots",
     "snapshot_configmaps",
     "snapshot_name",
 ]
@@ -38,9 +47,15 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 SNAPSHOT_OF = "remediator.io/snapshot-of"
 SNAPSHOT_REVISION = "remediator.io/revision"
 SNAPSHOT_DEPLOYMENT = "remediator.io/deployment"
+SNAPSHOT_ORIGIN = "remediator.io/snapshot-origin"
 CONFIG_HASH = "remediator.io/config-hash"
 CONFIG_REVISION = "remediator.io/config-revision"
 _PAYLOAD_KEYS = ("data", "binaryData")
+
+
+class SnapshotOrigin(StrEnum):
+    DEPLOY = "deploy"  # the revision's deploy event: the data it was released with
+    EXPORT = "export"  # an export_config step, just before a remediation changed it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,12 +79,27 @@ class ConfigMapRestore:
     unchanged: tuple[str, ...]  # already equal to the snapshot
     skipped: tuple[str, ...]  # optional references without a snapshot (left alone)
     config_hash: str  # hash of the restored data, also written to the pod template
+    snapshots: tuple[str, ...]  # the snapshot ConfigMaps the data came from
     restart: RolloutRestartResult
     dry_run: bool
 
 
-def snapshot_name(configmap: str, revision: int) -> str:
-    return f"{configmap}-rev-{revision}"
+def snapshot_name(configmap: str, revision: int, payload: Mapping[str, Any]) -> str:
+    """``<configmap>-rev-<n>-<hash of the data>``.
+
+    Keyed by content, not by revision alone: a ConfigMap edited in place is not a new
+    revision, yet its data differs from the snapshot taken at the deploy. Each distinct
+    content of a revision gets its own immutable snapshot, so taking one never fails
+    over an in-place edit and never overwrites the record of what the revision was
+    deployed with. (Superseding the old snapshot instead would lose exactly the data a
+    restore may need.) Which one a restore uses is :func:`restore_configmaps`'s choice.
+    """
+    return f"{configmap}-rev-{revision}-{_payload_digest(payload)}"
+
+
+def _payload_digest(payload: Mapping[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
 def referenced_configmaps(template: Mapping[str, Any]) -> dict[str, bool]:
@@ -119,12 +149,20 @@ def config_hash(payloads: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 async def snapshot_configmaps(
-    kube: KubeClient, *, namespace: str, deployment: str, revision: int, dry_run: bool
+    kube: KubeClient,
+    *,
+    namespace: str,
+    deployment: str,
+    revision: int,
+    dry_run: bool,
+    origin: SnapshotOrigin = SnapshotOrigin.DEPLOY,
 ) -> ConfigMapSnapshot:
-    """Copy every ConfigMap the Deployment's pod template references to ``<name>-rev-<n>``.
+    """Copy every ConfigMap the Deployment's pod template references to a snapshot.
 
-    Idempotent: an existing identical snapshot is kept. An existing snapshot with
-    different data is refused (it is immutable, and the revision's data is ambiguous).
+    Idempotent: the same data at the same revision is the same snapshot (kept). Data
+    edited in place since gets a snapshot of its own (:func:`snapshot_name`). A
+    snapshot of that name with other data can only be a hash collision or tampering,
+    and is refused.
     """
     template = (await kube.get(Ref("Deployment", namespace, deployment)))["spec"]["template"]
     snapshots: list[tuple[str, str]] = []
@@ -139,8 +177,8 @@ async def snapshot_configmaps(
                 skipped.append(name)
                 continue
             raise
-        target = ref.named(snapshot_name(name, revision))
         payload = _payload(live)
+        target = ref.named(snapshot_name(name, revision, payload))
         try:
             existing = await kube.get(target)
         except KubeNotFound:
@@ -148,7 +186,7 @@ async def snapshot_configmaps(
         if existing is not None:
             if _payload(existing) != payload:
                 raise ActionRefused(
-                    f"snapshot exists with different data than {name} has now",
+                    f"snapshot exists with other data than its name's hash says ({name})",
                     target=str(target),
                     reason="snapshot-differs",
                 )
@@ -163,6 +201,7 @@ async def snapshot_configmaps(
                         SNAPSHOT_OF: name,
                         SNAPSHOT_REVISION: str(revision),
                         SNAPSHOT_DEPLOYMENT: deployment,
+                        SNAPSHOT_ORIGIN: origin.value,
                     },
                 },
                 "immutable": True,
@@ -182,6 +221,41 @@ async def snapshot_configmaps(
     )
 
 
+async def revision_snapshots(
+    kube: KubeClient, *, namespace: str, deployment: str, revision: int
+) -> dict[str, dict[str, Any]]:
+    """Source ConfigMap -> the snapshot a restore of ``revision`` uses.
+
+    A revision may have several snapshots of one ConfigMap (edited in place while it
+    ran). The oldest is used: it was taken when the revision's deploy event arrived,
+    the data the revision was released and known good with. Others are taken by
+    ``export_config`` just before a remediation changes the config, usually while
+    things are failing: they are kept for people to undo a restore, not restored to.
+    Found by label, so snapshots named before content keys (``<name>-rev-<n>``, no
+    origin label: taken on deploy) count.
+    """
+    selector = f"{SNAPSHOT_DEPLOYMENT}={deployment},{SNAPSHOT_REVISION}={revision}"
+    found = await kube.list_all(Ref("ConfigMap", namespace), label_selector=selector)
+    chosen: dict[str, dict[str, Any]] = {}
+    for cm in sorted(found, key=_age_order):
+        source = (cm["metadata"].get("labels") or {}).get(SNAPSHOT_OF)
+        if source and source not in chosen:
+            chosen[source] = cm
+    return chosen
+
+
+def _age_order(cm: Mapping[str, Any]) -> tuple[bool, str, str]:
+    # Deploy snapshots first; then RFC 3339 UTC timestamps ("...Z", whole seconds),
+    # which sort as strings; the name breaks ties.
+    meta = cm["metadata"]
+    origin = (meta.get("labels") or {}).get(SNAPSHOT_ORIGIN, SnapshotOrigin.DEPLOY.value)
+    return (
+        origin != SnapshotOrigin.DEPLOY.value,
+        str(meta.get("creationTimestamp") or ""),
+        str(meta["name"]),
+    )
+
+
 async def restore_configmaps(
     kube: KubeClient, *, namespace: str, deployment: str, revision: int, dry_run: bool
 ) -> ConfigMapRestore:
@@ -194,22 +268,23 @@ async def restore_configmaps(
     """
     template = (await kube.get(Ref("Deployment", namespace, deployment)))["spec"]["template"]
     references = referenced_configmaps(template)
+    taken = await revision_snapshots(
+        kube, namespace=namespace, deployment=deployment, revision=revision
+    )
     snapshots: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     for name, optional in sorted(references.items()):
-        target = Ref("ConfigMap", namespace, snapshot_name(name, revision))
-        try:
-            snapshots[name] = await kube.get(target)
-        except KubeNotFound as exc:
-            if optional:
-                # snapshot_configmaps skips optional references that did not exist.
-                skipped.append(name)
-                continue
+        if name in taken:
+            snapshots[name] = taken[name]
+        elif optional:
+            # snapshot_configmaps skips optional references that did not exist.
+            skipped.append(name)
+        else:
             raise ActionRefused(
                 f"no snapshot of ConfigMap {name} for revision {revision}",
-                target=str(target),
+                target=f"ConfigMap {namespace}/{name}-rev-{revision}-*",
                 reason="snapshot-missing",
-            ) from exc
+            )
     names = sorted(snapshots)
     if not snapshots:
         raise ActionRefused(
@@ -258,6 +333,85 @@ async def restore_configmaps(
         unchanged=tuple(unchanged),
         skipped=tuple(skipped),
         config_hash=digest,
+        snapshots=tuple(snapshots[name]["metadata"]["name"] for name in names),
         restart=restart,
         dry_run=dry_run,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotRetention:
+    """What retention does to one Deployment's snapshots, by revision, newest first."""
+
+    namespace: str
+    deployment: str
+    revisions: tuple[tuple[int, Verdict, tuple[str, ...]], ...]  # revision, verdict, names
+    deleted: tuple[str, ...]  # snapshot ConfigMaps deleted (none on dry run)
+    dry_run: bool
+
+
+async def prune_config_snapshots(
+    kube: KubeClient,
+    *,
+    namespace: str,
+    deployment: str,
+    policy: RetentionPolicy,
+    now: datetime,
+    in_use: Collection[int],
+    dry_run: bool,
+) -> SnapshotRetention:
+    """Delete the snapshots of revisions retention does not keep.
+
+    A revision's snapshots are kept or pruned together (a restore needs all of them),
+    its age the newest of theirs. Each delete carries the resourceVersion it was
+    judged on; one changed or gone meanwhile is left for the next run.
+    """
+    found = await kube.list_all(
+        Ref("ConfigMap", namespace), label_selector=f"{SNAPSHOT_DEPLOYMENT}={deployment}"
+    )
+    by_revision: dict[int, list[dict[str, Any]]] = {}
+    for cm in found:
+        revision = (cm["metadata"].get("labels") or {}).get(SNAPSHOT_REVISION, "")
+        if revision.isdigit():
+            by_revision.setdefault(int(revision), []).append(cm)
+    judged = judge(
+        (
+            (str(rev), max(_created(cm) for cm in by_revision[rev]))
+            for rev in sorted(by_revision, reverse=True)
+        ),
+        policy=policy,
+        now=now,
+        in_use={str(rev) for rev in in_use},
+    )
+    deleted: list[str] = []
+    revisions: list[tuple[int, Verdict, tuple[str, ...]]] = []
+    for item in judged:
+        cms = by_revision[int(item.key)]
+        revisions.append((int(item.key), item.verdict, tuple(sorted(_name(cm) for cm in cms))))
+        if item.verdict.kept or dry_run:
+            continue
+        for cm in cms:
+            try:
+                await kube.delete(_ref_of(namespace, cm), resource_version=_rv(cm), dry_run=False)
+            except (KubeNotFound, KubeConflict):
+                continue
+            deleted.append(_name(cm))
+    return SnapshotRetention(namespace=namespace, deployment=deployment,
+                             revisions=tuple(revisions), deleted=tuple(sorted(deleted)),
+                             dry_run=dry_run)  # fmt: skip
+
+
+def _ref_of(namespace: str, cm: Mapping[str, Any]) -> Ref:
+    return Ref("ConfigMap", namespace, _name(cm))
+
+
+def _name(cm: Mapping[str, Any]) -> str:
+    return str(cm["metadata"]["name"])
+
+
+def _rv(cm: Mapping[str, Any]) -> str:
+    return str(cm["metadata"]["resourceVersion"])
+
+
+def _created(cm: Mapping[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(cm["metadata"]["creationTimestamp"]).replace("Z", "+00:00"))

@@ -10,12 +10,17 @@ from remediator.connectors.kubernetes.client import KubeClient, Ref
 __all__ = [
     "POD_TEMPLATE_HASH",
     "REVISION",
+    "REVISION_HISTORY",
+    "former_revisions",
     "owned_replica_sets",
     "revision_of",
     "template_without_hash",
 ]
 
 REVISION = "deployment.kubernetes.io/revision"
+# The numbers a ReplicaSet had before a rollback renumbered it (comma-separated, oldest
+# first), kept by the deployment controller: its pod template came back as a new number.
+REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
 POD_TEMPLATE_HASH = "pod-template-hash"
 
 
@@ -26,6 +31,12 @@ def revision_of(obj: Mapping[str, Any]) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def former_revisions(obj: Mapping[str, Any]) -> tuple[int, ...]:
+    """The revision numbers a ReplicaSet had before its current one (``revision-history``)."""
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(REVISION_HISTORY) or ""
+    return tuple(int(part) for part in value.split(",") if part.strip().isdigit())
 
 
 def template_without_hash(template: Mapping[str, Any]) -> dict[str, Any]:

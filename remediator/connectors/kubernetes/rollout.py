@@ -15,6 +15,15 @@ The deployment controller then adopts the old ReplicaSet again and gives it the 
 revision number (so the restored revision disappears from its old number), exactly
 as after ``kubectl rollout undo``.
 
+Unlike kubectl, a revision is found by the pod template it named, not by its number
+alone: kubectl looks only at each ReplicaSet's current number, so after one rollback
+(revision 1 comes back as 3) "undo to 1" is "not found" there. Deploy history records
+the number the release had when it was verified healthy; the ReplicaSet (one per pod
+template, named by its hash) that had that number is still the same template, and the
+controller lists its former numbers in ``deployment.kubernetes.io/revision-history``.
+So a requested number matches the ReplicaSet whose current *or former* number it is,
+and ``allowed_revisions`` is checked against all of that template's numbers.
+
 Unlike kubectl, an undo to the revision that is already current is refused rather
 than "skipped", and a resourceVersion precondition makes the patch fail with
 KubeConflict if anyone changed the Deployment since it was read.
@@ -33,6 +42,7 @@ from remediator.connectors.kubernetes.errors import ActionRefused
 from remediator.connectors.kubernetes.revisions import (
     POD_TEMPLATE_HASH,
     REVISION,
+    former_revisions,
     owned_replica_sets,
     revision_of,
     template_without_hash,
@@ -67,7 +77,9 @@ class RolloutUndoResult:
     namespace: str
     deployment: str
     from_revision: int | None  # the Deployment's revision before the undo
-    to_revision: int  # the revision whose template was restored
+    to_revision: int  # the revision whose template was restored (its number now)
+    requested_revision: int | None  # the number asked for (a former one after a rollback)
+    known_as: tuple[int, ...]  # every number the restored template has had, oldest first
     # The number the controller gives the restored ReplicaSet (highest + 1), as kubectl.
     expected_revision: int
     replica_set: str  # the restored ReplicaSet
@@ -157,20 +169,22 @@ async def _undo(
         target_revision = older[-1]
     else:
         target_revision = to_revision
-    target_rs = by_revision.get(target_revision)
+    target_rs = by_revision.get(target_revision) or _formerly(by_revision, target_revision)
     if target_rs is None:
-        known = ", ".join(str(r) for r in sorted(by_revision))
+        known = ", ".join(_numbers(rs) for _, rs in sorted(by_revision.items()))
         raise ActionRefused(
             f"unable to find specified revision {target_revision} in history (known: {known})",
             target=str(ref),
             reason="revision-not-found",
         )
-    if allowed is not None and target_revision not in allowed:
+    names = _names_of(target_rs)
+    if allowed is not None and not set(names) & set(allowed):
         raise ActionRefused(
             f"revision {target_revision} is not known-good (allowed: {sorted(allowed)})",
             target=str(ref),
             reason="not-known-good",
         )
+    target_revision = revision_of(target_rs) or target_revision
     if (obj.get("spec") or {}).get("paused"):
         raise ActionRefused(
             "you cannot rollback a paused deployment; resume it first",
@@ -213,6 +227,8 @@ async def _undo(
         deployment=str(ref.name),
         from_revision=current,
         to_revision=target_revision,
+        requested_revision=to_revision,
+        known_as=names,
         expected_revision=latest + 1,
         replica_set=target_rs["metadata"]["name"],
         template_hash=_hash_of(target_rs),
@@ -286,6 +302,23 @@ def _by_revision(replica_sets: list[dict[str, Any]]) -> dict[int, dict[str, Any]
         if revision is not None:
             result[revision] = rs
     return result
+
+
+def _formerly(by_revision: Mapping[int, dict[str, Any]], number: int) -> dict[str, Any] | None:
+    """The ReplicaSet that was revision ``number`` before a rollback renumbered it."""
+    return next((rs for rs in by_revision.values() if number in former_revisions(rs)), None)
+
+
+def _names_of(rs: Mapping[str, Any]) -> tuple[int, ...]:
+    current = revision_of(rs)
+    return (*former_revisions(rs), *((current,) if current is not None else ()))
+
+
+def _numbers(rs: Mapping[str, Any]) -> str:
+    """``3 (was 1)``: a template's current number and the ones it had before."""
+    former = former_revisions(rs)
+    suffix = f" (was {', '.join(map(str, former))})" if former else ""
+    return f"{revision_of(rs)}{suffix}"
 
 
 def _hash_of(rs: Mapping[str, Any]) -> str | None:

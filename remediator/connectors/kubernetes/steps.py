@@ -21,11 +21,18 @@ from remediator.connectors.kubernetes.bluegreen import (
     switch_service_selector,
     wait_endpoints_ready_for,
 )
-from remediator.connectors.kubernetes.canary import pre_canary_replicas, set_canary_weight_zero
+from remediator.connectors.kubernetes.canary import (
+    pre_canary_replicas,
+    record_pre_canary_replicas,
+    set_canary_weight_zero,
+)
 from remediator.connectors.kubernetes.client import KubeClient, Ref
 from remediator.connectors.kubernetes.configmaps import (
     SNAPSHOT_DEPLOYMENT,
     SNAPSHOT_REVISION,
+    SnapshotOrigin,
+    SnapshotRetention,
+    prune_config_snapshots,
     restore_configmaps,
     snapshot_configmaps,
 )
@@ -37,6 +44,7 @@ from remediator.connectors.kubernetes.status import rollout_status, wait_for_rol
 from remediator.connectors.kubernetes.verify import http_health
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.plans import Step, StepKind
+from remediator.domain.retention import RetentionPolicy
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import CanaryRollback
 from remediator.domain.signals import Signal
@@ -191,7 +199,7 @@ class KubernetesStepRunner:
         return _record(
             await snapshot_configmaps(
                 self._kube, namespace=namespace, deployment=deployment, revision=revision,
-                dry_run=dry_run,
+                dry_run=dry_run, origin=SnapshotOrigin.EXPORT,
             )
         )  # fmt: skip
 
@@ -332,6 +340,44 @@ class KubernetesStepRunner:
                 target=f"Deployment {namespace}/{deployment}", reason="snapshot-missing",
             )  # fmt: skip
         return older[-1]
+
+    async def after_deploy(self, signal: Signal) -> None:
+        """On a trusted deploy event: keep what a later rollback needs and cannot read
+        back afterwards (the config this revision runs with; a canary's stable size)."""
+        await self.snapshot_for_deploy(signal)
+        await self.record_pre_canary(signal)
+
+    async def record_pre_canary(self, signal: Signal) -> None:
+        """On a canary's deploy event: the stable side's size, for an abort to restore."""
+        spec = self._pack.services.get(signal.service or "")
+        if spec is None or not isinstance(spec.rollback, CanaryRollback):
+            return
+        release = signal.labels.get("revision") or signal.labels.get("version") or signal.key
+        result = await record_pre_canary_replicas(
+            self._kube, namespace=spec.namespace, deployment=spec.rollback.stable_deployment,
+            release=release,
+        )  # fmt: skip
+        log.info("pre-canary size of %s for %s: %s (%s)", result.deployment, release,
+                 result.replicas, result.detail)  # fmt: skip
+
+    def services_with_config(self) -> list[str]:
+        return sorted(name for name, spec in self._pack.services.items() if spec.config)
+
+    async def prune_config_snapshots(
+        self, service: str, *, policy: RetentionPolicy, now: datetime, dry_run: bool
+    ) -> SnapshotRetention:
+        """Retention for one service's snapshots. The live revision's and the one a
+        ``restore_config`` would go back to now are in use: a plan running or waiting
+        for approval restores exactly that one."""
+        spec = self._pack.services[service]
+        namespace, deployment = spec.namespace, spec.workload
+        in_use = {await self._revision(namespace, deployment)}
+        with contextlib.suppress(ActionRefused):  # none older: nothing to protect
+            in_use.add(await self._previous_snapshot(namespace, deployment))
+        return await prune_config_snapshots(
+            self._kube, namespace=namespace, deployment=deployment, policy=policy, now=now,
+            in_use=in_use, dry_run=dry_run,
+        )  # fmt: skip
 
     async def snapshot_for_deploy(self, signal: Signal) -> None:
         """On a deploy event: keep the config this revision runs with, for a later restore."""

@@ -14,15 +14,16 @@ never a usable backup, and :func:`list_backups` ignores it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,12 +33,16 @@ from remediator.connectors.postgres.dsn import close_quietly, connect, libpq_tar
 from remediator.connectors.postgres.errors import BackupError, map_exception
 from remediator.connectors.postgres.tools import find_bindir, run_tool, server_major
 from remediator.domain.errors import PermanentError, RemediatorError
+from remediator.domain.retention import RetentionPolicy, Verdict, judge
 
 __all__ = [
     "Backup",
+    "BackupRetention",
     "Restore",
     "backup",
+    "backup_retention",
     "list_backups",
+    "prune_backups",
     "quote_ident",
     "restore_database",
     "restore_table",
@@ -385,3 +390,84 @@ async def restore_table(
         table=f"{schema}.{table}",
         duration_s=time.monotonic() - t0,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupRetention:
+    """What retention does to one service's backups: each with its verdict, newest first."""
+
+    service: str
+    judged: tuple[tuple[Backup, Verdict], ...]
+    leftovers: tuple[Path, ...]  # parts of crashed backups or prunes, past the age limit
+    dry_run: bool
+
+    @property
+    def pruned(self) -> tuple[Backup, ...]:
+        return tuple(b for b, verdict in self.judged if not verdict.kept)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "kept": [b.id for b, verdict in self.judged if verdict.kept],
+            "pruned": [b.id for b in self.pruned],
+            "leftovers": [p.name for p in self.leftovers],
+            "dry_run": self.dry_run,
+        }
+
+
+def backup_retention(
+    directory: Path,
+    service: str,
+    *,
+    policy: RetentionPolicy,
+    now: datetime,
+    in_use: Collection[str] = (),
+) -> BackupRetention:
+    """What :func:`prune_backups` would do now; changes nothing."""
+    found = {b.id: b for b in list_backups(directory, service)}
+    judged = judge(((b.id, b.started_at) for b in found.values()), policy=policy, now=now,
+                   in_use=in_use)  # fmt: skip
+    horizon = (now - timedelta(days=policy.keep_days)).timestamp()
+    return BackupRetention(
+        service=service,
+        judged=tuple((found[j.key], j.verdict) for j in judged),
+        leftovers=tuple(_leftovers(directory / service, older_than=horizon)),
+        dry_run=True,
+    )
+
+
+def prune_backups(
+    directory: Path,
+    service: str,
+    *,
+    policy: RetentionPolicy,
+    now: datetime,
+    in_use: Collection[str] = (),
+    dry_run: bool,
+) -> BackupRetention:
+    """Delete the backups retention does not keep (see :mod:`remediator.domain.retention`).
+
+    The ``.json`` goes first: a ``.dump`` without it is never a usable backup, so a
+    crash half-way leaves nothing that looks valid, and the ``.dump`` is a leftover
+    the next prune removes.
+    """
+    plan = backup_retention(directory, service, policy=policy, now=now, in_use=in_use)
+    if dry_run:
+        return plan
+    for gone in plan.pruned:
+        gone.path.with_suffix(".json").unlink(missing_ok=True)
+        gone.path.unlink(missing_ok=True)
+    for path in plan.leftovers:
+        path.unlink(missing_ok=True)
+    return dataclasses.replace(plan, dry_run=False)
+
+
+def _leftovers(folder: Path, *, older_than: float) -> Iterator[Path]:
+    """``.partial`` files and ``.dump`` files without their ``.json``, last written before
+    ``older_than`` (a backup being written right now is younger)."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        orphan = path.suffix == ".dump" and not path.with_suffix(".json").exists()
+        if (orphan or path.name.endswith(".partial")) and path.stat().st_mtime < older_than:
+            yield path

@@ -18,14 +18,14 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import asyncpg
 from pydantic import SecretStr
 
 from remediator.connectors.childenv import child_env
 from remediator.connectors.postgres.errors import map_exception, safe_cause
-from remediator.domain.dsn import password_of, redact, reveal, scrub
+from remediator.domain.dsn import password_of, redact, reveal, scrub, unsplit
 from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 
 __all__ = [
@@ -104,7 +104,8 @@ def database_of(dsn: str | SecretStr) -> str:
 def with_database(dsn: SecretStr, database: str) -> SecretStr:
     """The same server and credentials, another database (tests, maintenance)."""
     parts = urlsplit(dsn.get_secret_value())
-    return SecretStr(urlunsplit(parts._replace(path="/" + database)))
+    return SecretStr(unsplit(parts.scheme, parts.netloc, "/" + database, parts.query,
+                             parts.fragment))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,7 +136,7 @@ def libpq_target(dsn: SecretStr, *, base_env: Mapping[str, str] | None = None) -
     query = urlencode(
         [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"]
     )
-    conninfo = urlunsplit(("postgresql", netloc, parts.path, query, ""))
+    conninfo = unsplit("postgresql", netloc, parts.path, query)
     # Allow-listed (child_env): no daemon secrets, and no stray PG* variables (PGSERVICE,
     # PGPASSFILE, PGOPTIONS...) that would silently change which server or settings the
     # tool uses; the DSN alone decides.

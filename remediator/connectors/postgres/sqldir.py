@@ -39,7 +39,7 @@ from remediator.connectors.postgres.errors import (
     sqlstate_of,
 )
 from remediator.connectors.postgres.model import MigrationStatus, RevertResult
-from remediator.connectors.postgres.sqlscript import analyse
+from remediator.connectors.postgres.sqlscript import ScriptInfo, ScriptSyntaxError, analyse
 from remediator.domain.errors import ConfigError, PermanentError
 
 __all__ = ["Migration", "SqlDirRunner", "discover", "parse_table_name"]
@@ -93,6 +93,15 @@ def parse_table_name(name: str) -> tuple[str | None, str]:
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _analysed(script: str, *, name: str, migration: str) -> ScriptInfo:
+    """The script's statements and needs; a script PostgreSQL cannot parse is refused
+    before anything runs, naming the file."""
+    try:
+        return analyse(script)
+    except ScriptSyntaxError as exc:
+        raise MigrationFailed(f"{name}: {exc}", migration=migration) from exc
 
 
 def _line_of(script: str, position: object) -> str:
@@ -282,7 +291,7 @@ class SqlDirRunner:
                 migration=step.migration.version,
             )
         script = down.read_text(encoding="utf-8")
-        info = analyse(script)
+        info = _analysed(script, name=down.name, migration=step.migration.version)
         if info.transactional:
             return script, True
         reasons = info.non_transactional or ("manages its own transactions",)
@@ -392,7 +401,7 @@ class SqlDirRunner:
                 if mig.up is None:
                     raise MigrationFailed(f"{mig.version}: no up script", migration=mig.version)
                 script = mig.up.read_text(encoding="utf-8")
-                info = analyse(script)
+                info = _analysed(script, name=mig.up.name, migration=mig.version)
                 row = mig.version.split("_", 1)[0] if numbers_only else mig.version
                 try:
                     if info.transactional:

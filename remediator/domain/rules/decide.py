@@ -445,10 +445,11 @@ class _Context:
                     reason="the canary gets no more traffic",
                 ),
                 ScaleDeploymentStep(
+                    # None: the size the stable side had before the canary took traffic,
+                    # read when the step runs. Its size now is what the canary left it
+                    # at: passing that would change nothing.
                     params=ScaleDeploymentParams(
-                        namespace=ns,
-                        deployment=strategy.stable_deployment,
-                        replicas=self.state.current_replicas,
+                        namespace=ns, deployment=strategy.stable_deployment, replicas=None
                     ),
                     reason=f"the stable version carries all traffic again; {to_target}",
                 ),

@@ -9,9 +9,11 @@ import pytest
 from remediator.connectors.kubernetes.client import KubeClient, Ref
 from remediator.connectors.kubernetes.configmaps import (
     CONFIG_HASH,
+    SnapshotOrigin,
     config_hash,
     restore_configmaps,
     snapshot_configmaps,
+    snapshot_name,
 )
 from remediator.connectors.kubernetes.errors import ActionRefused
 from remediator.connectors.kubernetes.rollout import RESTARTED_AT
@@ -60,14 +62,17 @@ async def test_snapshot_restore_restart(kc: KubeClient, ns: str) -> None:
     await create_and_roll_out(kc, ns, deployment("web", "example/web:1", pod_spec=POD_SPEC))
     existing = await names(kc, ns)
 
+    config_rev1 = snapshot_name("web-config", 1, {"data": good_config})
+    env_rev1 = snapshot_name("web-env", 1, {"data": good_env})
     dry = await snapshot_configmaps(kc, namespace=ns, deployment="web", revision=1, dry_run=True)
-    assert dry.created == ("web-config-rev-1", "web-env-rev-1")
+    assert dry.created == (config_rev1, env_rev1)
+    assert config_rev1.startswith("web-config-rev-1-") and len(config_rev1) == 27
     assert await names(kc, ns) == existing
 
     snap = await snapshot_configmaps(kc, namespace=ns, deployment="web", revision=1, dry_run=False)
-    assert snap.snapshots == (("web-config", "web-config-rev-1"), ("web-env", "web-env-rev-1"))
+    assert snap.snapshots == (("web-config", config_rev1), ("web-env", env_rev1))
     assert snap.skipped == ("flags",)  # optional and absent
-    copy = await kc.get(Ref("ConfigMap", ns, "web-config-rev-1"))
+    copy = await kc.get(Ref("ConfigMap", ns, config_rev1))
     assert copy["immutable"] is True
     assert copy["data"] == good_config
     assert copy["metadata"]["labels"] == {
@@ -75,22 +80,27 @@ async def test_snapshot_restore_restart(kc: KubeClient, ns: str) -> None:
         "remediator.io/snapshot-of": "web-config",
         "remediator.io/revision": "1",
         "remediator.io/deployment": "web",
+        "remediator.io/snapshot-origin": "deploy",
     }
     again = await snapshot_configmaps(kc, namespace=ns, deployment="web", revision=1, dry_run=False)
     assert again.created == ()  # idempotent
 
-    # A bad in-place config change (a key changed, one added).
+    # A bad in-place config change (a key changed, one added): no new revision.
     live_ref = Ref("ConfigMap", ns, "web-config")
     live = await kc.get(live_ref)
+    broken = {"greeting": "broken", "level": "info", "extra": "x"}
     await kc.replace(
         live_ref,
-        {**live, "data": {"greeting": "broken", "level": "info", "extra": "x"}},
+        {**live, "data": broken},
         resource_version=live["metadata"]["resourceVersion"],
         dry_run=False,
     )
-    with pytest.raises(ActionRefused) as differs:
-        await snapshot_configmaps(kc, namespace=ns, deployment="web", revision=1, dry_run=False)
-    assert differs.value.reason == "snapshot-differs"
+    # Its own snapshot, next to the one taken at the deploy (which stays as it was).
+    edited = await snapshot_configmaps(
+        kc, namespace=ns, deployment="web", revision=1, dry_run=False, origin=SnapshotOrigin.EXPORT
+    )
+    assert edited.created == (snapshot_name("web-config", 1, {"data": broken}),)
+    assert (await kc.get(Ref("ConfigMap", ns, config_rev1)))["data"] == good_config
 
     dep_ref = Ref("Deployment", ns, "web")
     before = {"cm": await kc.get(live_ref), "dep": await kc.get(dep_ref)}
@@ -108,6 +118,7 @@ async def test_snapshot_restore_restart(kc: KubeClient, ns: str) -> None:
         kc, namespace=ns, deployment="web", revision=1, dry_run=False
     )
     assert restored.restored == ("web-config",)
+    assert restored.snapshots == (config_rev1, env_rev1)  # the deploy's, not the edit's
     assert restored.unchanged == ("web-env",)
     assert restored.skipped == ("flags",)
     assert (await kc.get(live_ref))["data"] == good_config  # "extra" is gone too

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from remediator.connectors.kubernetes.configmaps import (
     SNAPSHOT_DEPLOYMENT,
     SNAPSHOT_OF,
     SNAPSHOT_REVISION,
+    snapshot_name,
 )
 from remediator.connectors.kubernetes.errors import KubeError
 from remediator.connectors.kubernetes.jobrunner import SERVICE_LABEL, JobRunner, secret_source
@@ -53,6 +54,7 @@ from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLo
 from remediator.connectors.postgres.model import MigrationStatus
 from remediator.connectors.postgres.steps import ServiceDatabase
 from remediator.domain.errors import PermanentError
+from remediator.domain.retention import RetentionPolicy
 from remediator.domain.rules import RulePack
 from remediator.domain.rules.model import ServiceSpec
 from remediator.domain.signals import Signal, Source, Status
@@ -402,7 +404,7 @@ async def config_paths(ctx: Ctx) -> None:
         ),
         service="web", dry_run=True, context={},
     )  # fmt: skip
-    assert exported["created"] == ["web-config-rev-2"]
+    assert exported["created"] == [snapshot_name("web-config", 2, {"data": {"a": "2"}})]
     restored = await runner.run(
         RestoreConfigStep(
             params=RestoreConfigParams(namespace=ctx.ns, configmap="web-config", to="previous"),
@@ -411,6 +413,25 @@ async def config_paths(ctx: Ctx) -> None:
         service="web", dry_run=True, context={},
     )  # fmt: skip
     assert restored["restored"] == ["web-config"] and restored["revision"] == 1
+
+
+async def snapshot_retention(ctx: Ctx) -> None:
+    """The daemon's retention task on config snapshots: an old revision's goes."""
+    runner = KubernetesStepRunner(kube=ctx.sa.client, pack=ctx.world.pack)
+    name = f"web-config-rev-0-{uuid.uuid4().hex[:10]}"
+    labels = {MANAGED_BY: "remediator", SNAPSHOT_OF: "web-config", SNAPSHOT_REVISION: "0",
+              SNAPSHOT_DEPLOYMENT: "web"}  # fmt: skip
+    await ctx.sa.client.create(
+        Ref("ConfigMap", ctx.ns, name),
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels},
+         "immutable": True, "data": {"a": "0"}},
+        dry_run=False,
+    )  # fmt: skip
+    result = await runner.prune_config_snapshots(
+        "web", policy=RetentionPolicy(keep_newest=1, keep_days=0),
+        now=datetime.now(UTC) + timedelta(days=1), dry_run=False,
+    )  # fmt: skip
+    assert name in result.deleted
 
 
 async def lease_paths(ctx: Ctx) -> None:
@@ -492,6 +513,7 @@ PATHS: list[tuple[str, Callable[[Ctx], Awaitable[None]]]] = [
     ("canary abort", canary_paths),
     ("scale, scale up, replica facts", scale_paths),
     ("config snapshot, export and restore", config_paths),
+    ("config snapshot retention", snapshot_retention),
     ("Leases", lease_paths),
     ("DSN from a Secret", dsn_from_secret),
     ("migration Job", migration_job),

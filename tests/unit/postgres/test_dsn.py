@@ -105,3 +105,14 @@ def test_secretstr_stays_hidden_in_log_records(caplog: pytest.LogCaptureFixture)
     caplog.set_level(logging.DEBUG)
     logging.getLogger("test").info("dsn is %s / %r", SecretStr(DSN), SecretStr(DSN))
     assert "s3cr" not in caplog.text
+
+
+def test_unix_socket_dsn_keeps_its_empty_authority() -> None:
+    # urlunsplit would turn it into "postgresql:/shop?...", which libpq rejects.
+    socket_dsn = "postgresql:///shop?host=/run/postgresql&password=s3cr3t"
+    target = libpq_target(SecretStr(socket_dsn))
+    assert target.conninfo == "postgresql:///shop?host=%2Frun%2Fpostgresql"
+    assert target.env["PGPASSWORD"] == "s3cr3t"
+    assert redact(socket_dsn) == "postgresql:///shop?host=%2Frun%2Fpostgresql&password=***"
+    moved = with_database(SecretStr(socket_dsn), "other")
+    assert moved.get_secret_value() == "postgresql:///other?host=/run/postgresql&password=s3cr3t"

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from remediator.connectors.postgres.sqlscript import analyse, split_statements
+from remediator.connectors.postgres.sqlscript import (
+    ScriptSyntaxError,
+    analyse,
+    split_statements,
+)
 
 
 def test_splits_on_semicolons_outside_quotes_comments_and_dollar_bodies() -> None:
@@ -16,8 +20,10 @@ def test_splits_on_semicolons_outside_quotes_comments_and_dollar_bodies() -> Non
     """
     statements = split_statements(sql)
     assert len(statements) == 4
-    assert statements[0].startswith("-- a comment")
-    assert statements[1].startswith("/* block")
+    # Comments before a statement are not part of it (PostgreSQL's parser says where
+    # each statement starts).
+    assert statements[0].startswith("CREATE TABLE t (a text DEFAULT 'x;y'")
+    assert statements[1].startswith("CREATE FUNCTION f()")
     assert "$body$ BEGIN; RETURN 1; END $body$" in statements[1]
     assert statements[3] == "SELECT $$;$$"
 
@@ -61,6 +67,8 @@ def test_statements_that_cannot_run_in_a_transaction(sql: str, reason: str) -> N
         "-- we used to VACUUM here, and CREATE INDEX CONCURRENTLY\nSELECT 1",
         'ALTER TABLE t RENAME COLUMN "concurrently" TO c',
         "DO $$ BEGIN PERFORM 1; END $$",
+        "ANALYZE t",  # unlike VACUUM, allowed in a transaction
+        "REINDEX INDEX i",
     ],
 )
 def test_ordinary_scripts_are_transactional(sql: str) -> None:
@@ -72,3 +80,40 @@ def test_a_script_with_its_own_transaction_control_is_not_wrapped() -> None:
     info = analyse("BEGIN;\nDROP TABLE t;\nCOMMIT;")
     assert info.transaction_control and not info.transactional
     assert info.non_transactional == ()
+
+
+BEGIN_ATOMIC = """
+DROP FUNCTION IF EXISTS order_total(int);
+CREATE FUNCTION order_total(order_id int) RETURNS bigint
+    LANGUAGE sql
+BEGIN ATOMIC
+    SELECT sum(amount_cents) FROM orders WHERE id = order_id;
+    SELECT 0;
+END;
+-- the END above closes the body; it is no COMMIT
+"""
+
+
+def test_a_begin_atomic_body_is_one_statement_and_transactional() -> None:
+    info = analyse(BEGIN_ATOMIC)
+    assert len(info.statements) == 2
+    assert info.statements[1].startswith("CREATE FUNCTION order_total")
+    assert info.statements[1].endswith("SELECT 0;\nEND")
+    assert info.transactional, info
+    assert not info.transaction_control
+
+
+def test_a_script_postgres_cannot_parse_is_refused_with_its_line() -> None:
+    with pytest.raises(ScriptSyntaxError) as bad:
+        analyse("SELECT 1;\nDROP TABLEE t;")
+    assert bad.value.line == 2
+    assert "syntax error" in str(bad.value)
+
+
+def test_statements_after_multibyte_text_are_cut_where_they_start() -> None:
+    # The parser counts bytes; the statements must still be cut on characters.
+    assert split_statements("SELECT 'héllo; wörld';\nSELECT 'ß'; DROP TABLE t") == [
+        "SELECT 'héllo; wörld'",
+        "SELECT 'ß'",
+        "DROP TABLE t",
+    ]

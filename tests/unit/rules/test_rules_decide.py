@@ -890,3 +890,16 @@ def test_decide_never_raises_for_any_representable_time(
     )
     decision = decide(alert(name, starts_at=starts_at), pack=pack, state=service_state, now=NOW)
     assert explain(decision)
+
+
+def test_canary_abort_scales_the_stable_side_to_its_pre_canary_size(pack: RulePack) -> None:
+    # The stable side's size now is what the canary left it at (4 here): the plan must
+    # not pass it, or the scale step changes nothing. None: the pre-canary size, read
+    # when the step runs.
+    plan = plan_for(pack, alert("HighLatencyP99", service="search", namespace="search"))
+    scales = [step for step in plan.steps if step.kind is S.SCALE_DEPLOYMENT]
+    stable, canary = (step.params for step in scales)
+    assert isinstance(stable, ScaleDeploymentParams)
+    assert isinstance(canary, ScaleDeploymentParams)
+    assert (stable.replicas, stable.from_replicas) == (None, None)
+    assert canary.replicas == 0

@@ -213,8 +213,6 @@ SCENARIOS = [
     *[(case[1], case[2]) for case in TRIGGERS],
     (alert("ConfigBroken"), state()),
     (event("deployment.failed"), state()),
-    # A canary whose replica count is unknown: the stable side goes back to its own size.
-    (alert("HighLatencyP99", service="search", namespace="search"), state(current_replicas=None)),
 ]
 
 
