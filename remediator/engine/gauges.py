@@ -44,8 +44,10 @@ class JournalGauges:
         interval_seconds: float = REFRESH_SECONDS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_internal_error: Callable[[str], None] | None = None,
+        page_size: int = PAGE,
     ) -> None:
         self._journal = journal
+        self._page = page_size
         self._on_state = on_state
         self._interval = interval_seconds
         self._sleep = sleep
@@ -77,7 +79,9 @@ class JournalGauges:
         # Pages of list rows (no decisions or steps): few plans wait at a time.
         total, cursor = 0, None
         while True:
-            page = await self._journal.list_remediations(status=status, limit=PAGE, cursor=cursor)
+            page = await self._journal.list_remediations(
+                status=status, limit=self._page, cursor=cursor
+            )
             total += len(page.items)
             if page.next_cursor is None:
                 return total

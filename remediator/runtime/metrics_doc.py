@@ -45,12 +45,7 @@ name, and any other as `other`).
 
 Each hop has its own histogram, so a slow stage shows by itself:
 
-| hop | from | to | histogram |
-|---|---|---|---|
-| 1 journaled | received (webhook request or Kafka poll) | durable in the journal | `remediator_journal_latency_seconds` |
-| 2 decided | received | this instance journaled the decision | `remediator_decision_latency_seconds` |
-| 3 first action | decided (or approved, when the plan needed approval) | the plan's first step started | `remediator_action_latency_seconds` |
-| 4 finished | the first step started | the plan ended, by status | `remediator_remediation_duration_seconds{status}` |
+{hops}
 
 Hop 2 starts at receipt, not at hop 1's end: the journal keeps no time of its own per
 signal, and hop 1 is milliseconds. Across replicas, hops 2 to 4 include the clock skew
@@ -62,6 +57,18 @@ The gauges `remediator_approvals_waiting` and `remediator_circuit_open` are read
 shared journal every 15 s on every replica: aggregate them with `max`, not `sum`.
 
 """
+
+# hop, from, to, histogram
+HOPS = (
+    ("1 journaled", "received (webhook request or Kafka poll)", "durable in the journal",
+     "remediator_journal_latency_seconds"),
+    ("2 decided", "received", "this instance journaled the decision",
+     "remediator_decision_latency_seconds"),
+    ("3 first action", "decided (or approved, when the plan needed approval)",
+     "the plan's first step started", "remediator_action_latency_seconds"),
+    ("4 finished", "the first step started", "the plan ended, by status",
+     "remediator_remediation_duration_seconds{status}"),
+)  # fmt: skip
 
 RUNTIME_HEADER = """
 ## Process and Python runtime
@@ -103,25 +110,23 @@ def families(registry: CollectorRegistry) -> list[Family]:
 def _declared_labels(registry: CollectorRegistry) -> Mapping[str, tuple[str, ...]]:
     """Label names of labelled families, which show no sample until one is counted.
     (prometheus_client keeps them on the metric objects only; private, but stable.)"""
-    collectors = registry._collector_to_names  # noqa: SLF001
+    collectors = registry._collector_to_names
     return {
-        collector._name: tuple(collector._labelnames)  # noqa: SLF001
+        collector._name: tuple(collector._labelnames)
         for collector in collectors
         if isinstance(collector, MetricWrapperBase)
     }
 
 
 def render(found: Iterable[Family]) -> str:
-    ours, runtime = [], []
+    ours: list[Family] = []
+    runtime: list[Family] = []
     for family in found:
         (ours if family.name.startswith("remediator_") else runtime).append(family)
-    return (
-        HEADER
-        + "## remediator\n\n"
-        + _table(ours)
-        + RUNTIME_HEADER
-        + _table(runtime)
-    )
+    hops = ["| hop | from | to | histogram |", "|---|---|---|---|"]
+    hops += [f"| {hop} | {start} | {end} | `{name}` |" for hop, start, end, name in HOPS]
+    header = HEADER.replace("{hops}", "\n".join(hops))
+    return header + "## remediator\n\n" + _table(ours) + RUNTIME_HEADER + _table(runtime)
 
 
 def _table(found: Iterable[Family]) -> str:

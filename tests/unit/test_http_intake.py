@@ -898,12 +898,18 @@ async def test_the_journal_hop_is_timed_from_receipt_for_new_alerts(
     registry = h.intake.metrics.registry
     assert registry.get_sample_value("remediator_journal_latency_seconds_count") == 2
     assert registry.get_sample_value("remediator_journal_latency_seconds_sum") == 0.5
-    assert registry.get_sample_value("remediator_journal_latency_seconds_bucket", {"le": "0.2"}) == 0
-    assert registry.get_sample_value("remediator_journal_latency_seconds_bucket", {"le": "0.5"}) == 2
+    assert (
+        registry.get_sample_value("remediator_journal_latency_seconds_bucket", {"le": "0.2"}) == 0
+    )
+    assert (
+        registry.get_sample_value("remediator_journal_latency_seconds_bucket", {"le": "0.5"}) == 2
+    )
 
     h.intake.clock = lambda: next(ticks)
     await h.post(payload([alert(fingerprint="a")]))  # a duplicate: journaled before
     assert registry.get_sample_value("remediator_journal_latency_seconds_count") == 2
 
 
-NOW_TICKS = [datetime(2026, 11, 27, 12, 0, tzinfo=UTC) + timedelta(seconds=s) for s in (0, 0.25, 1, 2)]
+NOW_TICKS = [
+    datetime(2026, 11, 27, 12, 0, tzinfo=UTC) + timedelta(seconds=s) for s in (0, 0.25, 1, 2)
+]

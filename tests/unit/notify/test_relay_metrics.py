@@ -38,13 +38,17 @@ class ScriptedSlack:
         self.errors = list(errors)
         self.posted = 0
 
-    async def post(self, *, channel: str, blocks: list[dict[str, Any]], text: str) -> SlackMessageRef:
+    async def post(
+        self, *, channel: str, blocks: list[dict[str, Any]], text: str
+    ) -> SlackMessageRef:
         if self.errors:
             raise self.errors.pop(0)
         self.posted += 1
         return SlackMessageRef(channel="C1", ts=f"1.{self.posted}")
 
-    async def update(self, *, ref: SlackMessageRef, blocks: list[dict[str, Any]], text: str) -> None:
+    async def update(
+        self, *, ref: SlackMessageRef, blocks: list[dict[str, Any]], text: str
+    ) -> None:
         return None
 
 
@@ -82,9 +86,7 @@ async def decide_two_alerts(journal: SqliteJournal, channels: tuple[str, ...]) -
     assert await engine.run_once() == 2
 
 
-def relay_counting(
-    journal: SqliteJournal, metrics: Metrics, **ports: Any
-) -> NotificationRelay:
+def relay_counting(journal: SqliteJournal, metrics: Metrics, **ports: Any) -> NotificationRelay:
     """Wired to the registry as the runtime wires it."""
     return NotificationRelay(
         journal=journal,
