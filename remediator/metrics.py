@@ -240,13 +240,14 @@ class Metrics:
         )
         self.approvals_waiting = Gauge(
             "remediator_approvals_waiting",
-            "Plans awaiting approval, read from the journal every few seconds (0 until the "
-            "first read).",
+            "Plans awaiting approval, read from the journal every "
+            "approvals.check_interval_seconds (0 until the first read).",
             registry=r,
         )
         self.circuit_open = Gauge(
             "remediator_circuit_open",
             "1 while the circuit breaker is open (automated actions stopped until someone "
-            "resets it), 0 when closed; read from the journal every few seconds.",
+            "resets it), 0 when closed; read from the journal every "
+            "approvals.check_interval_seconds.",
             registry=r,
         )

@@ -21,7 +21,7 @@ from remediator.ports import CircuitStore, RemediationStore
 
 log = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 15.0  # about one scrape interval: fresh enough, one cheap read each
+REFRESH_SECONDS = 15.0  # about one scrape interval: fresh enough, two cheap reads each
 PAGE = 500
 
 

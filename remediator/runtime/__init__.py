@@ -235,6 +235,9 @@ class Runtime:
         gauges = JournalGauges(
             journal=self.journal,
             on_state=self._journal_state,
+            # As often as the approval clock looks: the waiting plans' gauge keeps up
+            # with what it escalates and expires.
+            interval_seconds=settings.approvals.check_interval_seconds,
             on_internal_error=lambda _kind: self.metrics.internal_errors.labels(
                 component="journal-gauges"
             ).inc(),

@@ -34,7 +34,8 @@ Every metric family `/metrics` serves. The text format 0.0.4 is served by defaul
 OpenMetrics 1.0 when the scraper asks for it (`Accept: application/openmetrics-text`, as
 Prometheus does). `/metrics` is open unless `auth.metrics_need_read` is set (then it
 needs the `read` role). Kafka families appear once Kafka is configured; labelled families
-once a first sample is counted.
+once a first sample is counted. Counters and histograms also
+carry a `_created` series (when the series began), as every Python client's do.
 
 Label values are bounded: they come from enums, the configuration (channels, topics),
 the catalog (services) or route templates, never from what a client or producer sends
@@ -54,7 +55,8 @@ and 4. Once remediator verifies recovery (issue 16), a fifth hop, verified, foll
 hop 4.
 
 The gauges `remediator_approvals_waiting` and `remediator_circuit_open` are read from the
-shared journal every 15 s on every replica: aggregate them with `max`, not `sum`.
+shared journal on every replica, as often as the approval clock looks
+(`approvals.check_interval_seconds`, 15 s by default): aggregate them with `max`, not `sum`.
 
 """
 
