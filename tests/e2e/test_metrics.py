@@ -4,6 +4,7 @@ docs/metrics.md."""
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import re
 import urllib.request
@@ -15,9 +16,11 @@ import pytest
 import remediator
 from tests.e2e.daemon import Daemon
 from tests.e2e.test_alertmanager_intake import post, wait_for
+from tests.e2e.test_approvals import World, answer, hurried, request
 from tests.unit.payloads import alert, payload
 
 pytestmark = pytest.mark.e2e
+__all__ = ["hurried"]  # the fixture: a daemon with approvals scaled down
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
@@ -66,3 +69,21 @@ def test_a_running_daemon_serves_every_documented_family(daemon: Daemon) -> None
     assert om.endswith("# EOF\n")
     assert "# TYPE remediator_build info" in om
     assert "remediator_decision_latency_seconds_count 2.0" in om
+
+
+@pytest.mark.integration
+async def test_a_plan_waiting_for_approval_shows_in_the_gauge_until_rejected(
+    hurried: World,
+) -> None:
+    daemon = hurried.daemon
+    waiting = "remediator_approvals_waiting"
+    item = request(daemon, "performance_degradation")
+    await asyncio.to_thread(
+        wait_for, lambda: daemon.metric(waiting) == 1, timeout=30, what="one plan waiting"
+    )
+    status, rejected = answer(daemon, item["id"], "lee", "reject")
+    assert (status, rejected["status"]) == (200, "rejected")
+    await asyncio.to_thread(
+        wait_for, lambda: daemon.metric(waiting) == 0, timeout=30, what="none waiting"
+    )
+    assert daemon.metric("remediator_circuit_open") == 0
