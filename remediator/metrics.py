@@ -1,20 +1,63 @@
-"""Prometheus metrics, on a registry owned by the runtime (no global state)."""
+"""Prometheus metrics, on a registry owned by the runtime (no global state).
+
+docs/metrics.md is generated from this registry (``python -m remediator.runtime.metrics_doc``);
+a unit test fails when it is out of date.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
+
+import remediator
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # Deciding waits behind intake in a storm and behind a restart: seconds to minutes count.
 DECISION_LATENCY_BUCKETS = (
     0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 60, 300,
 )  # fmt: skip
+# Acting waits for a Lease (and for approvers, when a plan needs them); a plan's steps
+# wait for rollouts: seconds to hours count.
+ACTION_BUCKETS = (
+    0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200,
+)  # fmt: skip
+
+
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The registry's samples and their content type: OpenMetrics when the scraper's
+    Accept header asks for it (Prometheus does), the text format 0.0.4 otherwise."""
+    encode, content_type = choose_encoder(accept or "")
+    return encode(registry), content_type
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # What every Prometheus client exports by default, on our own registry:
+        # process_* (CPU, memory, file descriptors), python_info, python_gc_*.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Info(
+            "remediator_build",
+            "The running remediator: its version and the Python it runs on (always 1).",
+            registry=r,
+        )
+        self.build_info.info(
+            {"version": remediator.__version__, "python": platform.python_version()}
+        )
         self.webhook_requests = Counter(
             "remediator_webhook_requests",
             "Webhook requests answered, by HTTP status code.",
@@ -54,11 +97,35 @@ class Metrics:
             ["outcome", "reason"],
             registry=r,
         )
+        # The hops a signal takes (docs/metrics.md): received -> journaled -> decided
+        # -> first action -> finished. Each histogram times one hop.
+        self.journal_latency = Histogram(
+            "remediator_journal_latency_seconds",
+            "Hop 1: time from receiving a signal (webhook or Kafka) until it was durable "
+            "in the journal (new signals only).",
+            buckets=DECISION_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.decision_latency = Histogram(
             "remediator_decision_latency_seconds",
-            "Time from receiving a signal until this instance journaled its decision "
+            "Hop 2: time from receiving a signal until this instance journaled its decision "
             "(across hosts, clock skew between replicas included).",
             buckets=DECISION_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.action_latency = Histogram(
+            "remediator_action_latency_seconds",
+            "Hop 3: time from a plan's decision (or its approval, when it needed one) until "
+            "this instance started its first step (dry runs not counted).",
+            buckets=ACTION_BUCKETS,
+            registry=r,
+        )
+        self.remediation_duration = Histogram(
+            "remediator_remediation_duration_seconds",
+            "Hop 4: time from a plan's first step until it finished, by final status "
+            "(succeeded, failed, needs_human; dry runs not counted).",
+            ["status"],
+            buckets=ACTION_BUCKETS,
             registry=r,
         )
         self.remediations_finished = Counter(
@@ -161,5 +228,26 @@ class Metrics:
         self.approvals_expired = Counter(
             "remediator_approvals_expired",
             "Plans awaiting approval that reached their hard expiry and ended expired.",
+            registry=r,
+        )
+        self.notifications = Counter(
+            "remediator_notifications",
+            "Notices delivered, by channel (slack, email) and result: sent, retried (the "
+            "channel failed for now; sent again later), given_up (refused for good or a "
+            "bug; kept in the outbox with the error), no_recipients (no email route).",
+            ["channel", "result"],
+            registry=r,
+        )
+        self.approvals_waiting = Gauge(
+            "remediator_approvals_waiting",
+            "Plans awaiting approval, read from the journal every "
+            "approvals.check_interval_seconds (0 until the first read).",
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "remediator_circuit_open",
+            "1 while the circuit breaker is open (automated actions stopped until someone "
+            "resets it), 0 when closed; read from the journal every "
+            "approvals.check_interval_seconds.",
             registry=r,
         )

@@ -86,7 +86,8 @@ class StoryApp:
         wait(lambda: _get(f"{self.url}/metrics") == 200, timeout=20, what="the test app")
 
     def set_error_rate(self, value: float) -> None:
-        request = urllib.request.Request(f"{self.url}/error-rate?value={value}", method="POST")
+        url = f"{self.url}/error-rate?value={value}"
+        request = urllib.request.Request(url, method="POST")  # noqa: S310 - loopback
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
             assert response.status == 200
 

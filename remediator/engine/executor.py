@@ -119,6 +119,7 @@ class _Run:
     step: int | None = None  # journaled as started, not yet as finished
     step_kind: str | None = None
     ending: _Ending | None = None  # decided; written unless the journal refused it
+    acting_since: datetime | None = None  # when its first step started (for its duration)
 
     @property
     def id(self) -> str:
@@ -158,8 +159,15 @@ class Executor:
         on_lock_attempt: Callable[[str], None] | None = None,
         on_lease_lost: Callable[[str], None] | None = None,
         on_internal_error: Callable[[str], None] | None = None,
+        on_first_action: Callable[[float], None] | None = None,
+        on_run_duration: Callable[[str, float], None] | None = None,
         failpoints: Failpoints = NO_FAILPOINTS,
     ) -> None:
+        """``on_first_action(seconds)``: a plan's first step started, that long after it
+        was decided (or approved); ``on_run_duration(status, seconds)``: a plan ended,
+        that long after its first step started. Neither hears of dry runs."""
+        self._on_first_action = on_first_action
+        self._on_run_duration = on_run_duration
         self._journal = journal
         self._failpoints = failpoints
         self._runner = runner
@@ -439,9 +447,12 @@ class Executor:
             if not self._still_locked(run):
                 await self._end(run, self._lease_lost(run, idx, len(plan.steps), step))
                 return
+            started_at = self._clock()
             await self._journal.step_started(
-                rid, holder=self._instance_id, idx=idx, kind=step.kind.value, at=self._clock()
+                rid, holder=self._instance_id, idx=idx, kind=step.kind.value, at=started_at
             )
+            if idx == 0:
+                self._first_action(run, started_at)
             run.step, run.step_kind = idx, step.kind.value
             try:
                 detail = await self._run_step(step, service=item.service,
@@ -461,6 +472,16 @@ class Executor:
             )  # fmt: skip
             run.step = run.step_kind = None
         await self._end(run, _Ending(status=RemediationStatus.SUCCEEDED, reason=None))
+
+    def _first_action(self, run: _Run, started_at: datetime) -> None:
+        run.acting_since = started_at
+        if run.rehearsal or self._on_first_action is None:
+            return
+        item = run.item
+        # A plan that waited for approval was runnable from its approval on.
+        runnable_since = item.approved_at or item.created_at
+        # Decided on another host whose clock may run ahead: no negatives.
+        self._on_first_action(max(0.0, (started_at - runnable_since).total_seconds()))
 
     def _still_locked(self, run: _Run) -> bool:
         return self._lock is None or self._lock.held(service=run.service)
@@ -515,6 +536,20 @@ class Executor:
                 status=StepStatus.FAILED, detail=ending.step_detail or {}, at=self._clock(),
             )  # fmt: skip
         await self._finish(run.item, ending.status, ending.reason, run.rehearsal)
+        self._ran(run, ending.status)
+
+    def _ran(self, run: _Run, status: RemediationStatus) -> None:
+        """Time the run from its first step: known when that step started here, else
+        from the timeline a resumed plan was loaded with."""
+        if run.rehearsal or self._on_run_duration is None:
+            return
+        since = run.acting_since
+        if since is None:
+            first = next((step for step in run.item.steps or () if step.idx == 0), None)
+            since = first.started_at if first is not None else None
+        if since is not None:
+            elapsed = max(0.0, (self._clock() - since).total_seconds())
+            self._on_run_duration(status.value, elapsed)
 
     async def _contain(self, run: _Run, exc: Exception) -> None:
         """Something nobody planned for: end the plan ``failed`` rather than leave it

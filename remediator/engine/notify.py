@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from remediator.domain.errors import PermanentError, TemporaryError
@@ -62,6 +63,18 @@ POLL_SECONDS = 5.0
 LEASE_SECONDS = 300.0
 
 
+class Delivery(StrEnum):
+    """What became of one attempt to deliver a notice (a metric label)."""
+
+    SENT = "sent"
+    RETRIED = "retried"  # the channel failed for now: the notice is sent again later
+    GIVEN_UP = "given_up"  # refused for good, or a bug: kept dead with its error
+    NO_RECIPIENTS = "no_recipients"  # no email route for the service and severity
+
+
+DeliveryObserver = Callable[[str, Delivery], None]
+
+
 class NoticeJournal(Outbox, RemediationStore, SignalStore, SlackThreads, Protocol):
     """The journal roles the relay uses: the outbox, the remediation and signal a
     notice is about, and where each remediation's Slack message is."""
@@ -85,11 +98,14 @@ class NotificationRelay:
         on_internal_error: Callable[[str], None] | None = None,
         escalation_channel: str | None = None,
         approval_buttons: bool = False,
+        on_delivery: DeliveryObserver | None = None,
     ) -> None:
         """``holder`` names this instance in the outbox's leases; ``escalation_channel``
         is the Slack channel escalations go to (default: the remediation's own);
         ``approval_buttons`` puts Approve and Reject on a waiting plan's message (only
-        when Slack can post the clicks back: slack.signing_secret is set)."""
+        when Slack can post the clicks back: slack.signing_secret is set);
+        ``on_delivery(channel, result)`` hears of every attempt (for metrics)."""
+        self._on_delivery = on_delivery
         self._approval_buttons = approval_buttons
         self._journal = journal
         self._holder = holder
@@ -149,14 +165,16 @@ class NotificationRelay:
         )
         for item in pending:
             try:
-                await self._deliver(channel, item)
+                result = await self._deliver(channel, item)
             except TemporaryError as exc:
+                self._delivered(channel, Delivery.RETRIED)
                 await self._journal.mark_failed_attempt(ids=[item.message.id], error=str(exc))
                 raise
             except PermanentError as exc:
                 # Retrying cannot help (bad channel, bad token, bad address); keep it with
                 # the error rather than block every later notice behind it.
                 log.error("%s notice %s given up: %s", channel, item.message.id, exc)
+                self._delivered(channel, Delivery.GIVEN_UP)
                 await self._journal.mark_dead(
                     ids=[item.message.id], error=str(exc), at=self._clock()
                 )
@@ -169,12 +187,18 @@ class NotificationRelay:
                           exc_info=exc)  # fmt: skip
                 if self._on_internal_error is not None:
                     self._on_internal_error(type(exc).__name__)
+                self._delivered(channel, Delivery.GIVEN_UP)
                 await self._journal.mark_dead(ids=[item.message.id], error=error, at=self._clock())
                 continue
+            self._delivered(channel, result)
             await self._journal.mark_published(ids=[item.message.id], at=self._clock())
         return len(pending)
 
-    async def _deliver(self, channel: str, item: PendingMessage) -> None:
+    def _delivered(self, channel: str, result: Delivery) -> None:
+        if self._on_delivery is not None:
+            self._on_delivery(channel, result)
+
+    async def _deliver(self, channel: str, item: PendingMessage) -> Delivery:
         rid = str(item.message.payload["remediation_id"])
         record = await self._record(rid)
         if record is None:
@@ -183,14 +207,13 @@ class NotificationRelay:
         stage = Stage(item.message.payload["stage"])
         if stage is Stage.ESCALATED:
             waiting_for = list(item.message.payload.get("waiting_for") or ())
-            await self._escalate(channel, record, waiting_for, url)
-            return
+            return await self._escalate(channel, record, waiting_for, url)
         if channel == SLACK:
             await self._to_slack(rid, record, url)
-        elif channel == EMAIL:
-            await self._to_email(rid, stage, record, url)
-        else:
-            raise PermanentError(f"unknown notice channel {channel!r}")
+            return Delivery.SENT
+        if channel == EMAIL:
+            return await self._to_email(rid, stage, record, url)
+        raise PermanentError(f"unknown notice channel {channel!r}")
 
     async def _record(self, rid: str) -> RollbackRecord | None:
         item = await self._journal.get_remediation(rid)
@@ -223,7 +246,7 @@ class NotificationRelay:
 
     async def _escalate(
         self, channel: str, record: RollbackRecord, waiting_for: list[Any], url: str | None
-    ) -> None:
+    ) -> Delivery:
         """A second message of its own (not an update of the remediation's message), to
         the escalation channel, naming who has not answered."""
         if channel == SLACK:
@@ -239,7 +262,7 @@ class NotificationRelay:
                 ),
                 text=escalation_text(record, waiting_for),
             )
-            return
+            return Delivery.SENT
         if channel != EMAIL:
             raise PermanentError(f"unknown notice channel {channel!r}")
         assert self._email is not None and self._email_routes is not None
@@ -247,7 +270,7 @@ class NotificationRelay:
             service=record.service, severity=record.trigger.severity, routes=self._email_routes
         )
         if not recipients:
-            return
+            return Delivery.NO_RECIPIENTS
         text = "\n".join(escalation_lines(record, waiting_for)) + "\n"
         if url:
             text += f"\nRollback record: {url}\n"
@@ -259,17 +282,18 @@ class NotificationRelay:
                 domain=self._email_domain,
             ),
         )  # fmt: skip
+        return Delivery.SENT
 
     async def _to_email(
         self, rid: str, stage: Stage, record: RollbackRecord, url: str | None
-    ) -> None:
+    ) -> Delivery:
         assert self._email is not None and self._email_routes is not None
         recipients = route_email_recipients(
             service=record.service, severity=record.trigger.severity, routes=self._email_routes
         )
         if not recipients:
             log.info("no email route for %s (severity %s)", record.service, record.trigger.severity)
-            return
+            return Delivery.NO_RECIPIENTS
         await self._email.send(
             to=recipients,
             subject=email_subject(record),
@@ -279,3 +303,4 @@ class NotificationRelay:
                 dedup_key=dedup_key(remediation_id=rid, stage=stage), domain=self._email_domain
             ),
         )
+        return Delivery.SENT

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
 from remediator.domain.auth import Principal, Role, forbidden
@@ -39,7 +38,7 @@ from remediator.ingress.services import ServicesView
 from remediator.ingress.slack import PATH as SLACK_PATH
 from remediator.ingress.slack import SlackInteractions
 from remediator.ingress.throttled_log import ThrottledWarnings
-from remediator.metrics import Metrics
+from remediator.metrics import Metrics, exposition
 from remediator.ports import (
     ApprovalStore,
     AutomationLevels,
@@ -447,9 +446,10 @@ class IntakeApp:
                 payload.truncatedAlerts,
                 payload.groupKey,
             )
+        received_at = self.clock()
         signals = to_signals(
             payload,
-            received_at=self.clock(),
+            received_at=received_at,
             service_labels=self.service_labels,
             namespace_labels=self.namespace_labels,
             received_by=principal.name,
@@ -461,6 +461,7 @@ class IntakeApp:
             log.error("journal unavailable, answering 503: %s", exc)
             return self._unavailable(f"journal unavailable: {exc}")
         self.metrics.journal_write_duration.observe(time.perf_counter() - write_started)
+        journaled_after = max(0.0, (self.clock() - received_at).total_seconds())
 
         duplicates = 0
         unroutable: list[str] = []
@@ -469,6 +470,7 @@ class IntakeApp:
                 duplicates += 1
                 continue
             self.metrics.alerts_received.labels(status=signal.status.value).inc()
+            self.metrics.journal_latency.observe(journaled_after)
             if not signal.routable:
                 unroutable.append(signal.kind or "<no alertname>")
         if duplicates:
@@ -625,10 +627,8 @@ class IntakeApp:
         return json_response({"status": "ok", "checks": checks})
 
     async def metrics_endpoint(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
+        body, content_type = exposition(self.metrics.registry, request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return json_response(openapi_document(metrics_need_read=self.metrics_need_read))

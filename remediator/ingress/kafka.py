@@ -29,15 +29,15 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from remediator import kafka_binding
 from remediator.domain.errors import InvalidInput, TemporaryError
 from remediator.domain.limits import InputLimits
-from remediator.domain.rules.events import signal_from_cloudevent
+from remediator.domain.rules.events import known_event_types, signal_from_cloudevent
 from remediator.domain.signals import Signal
 from remediator.kafka_config import client_kwargs
-from remediator.ports import SignalStore
+from remediator.ports import RecordResult, SignalStore
 from remediator.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -110,25 +110,39 @@ def dead_letter_headers(
     ]
 
 
-def event_type_label(signal: Signal) -> str:
-    """Metric label: the CloudEvents type without its version suffix (bounded cardinality)."""
+OTHER_TYPE = "other"
+
+
+def event_type_label(signal: Signal, known: frozenset[str] = known_event_types()) -> str:
+    """Metric label: the CloudEvents type without its version suffix when it is one of
+    ``known``, else ``other`` (the type comes from producers: bounded cardinality)."""
     ce_type = signal.labels.get("event_type", signal.kind)
     parts = ce_type.split(".")
     # dev.cdevents.service.deployed.0.3.0 -> dev.cdevents.service.deployed
     while len(parts) > 1 and parts[-1].isdigit():
         parts.pop()
-    return ".".join(parts)[:100]
+    name = ".".join(parts)
+    return name if name in known else OTHER_TYPE
 
 
 class KafkaIntakeMetrics:
     def __init__(
-        self, registry: CollectorRegistry, *, internal_errors: Counter | None = None
+        self,
+        registry: CollectorRegistry,
+        *,
+        internal_errors: Counter | None = None,
+        journal_latency: Histogram | None = None,
+        known_types: frozenset[str] = known_event_types(),
     ) -> None:
-        # Shared with the rest of the daemon (remediator_internal_errors{component}).
+        # Shared with the rest of the daemon (remediator_internal_errors{component},
+        # remediator_journal_latency_seconds).
         self.internal_errors = internal_errors
+        self.journal_latency = journal_latency
+        self.known_types = known_types
         self.consumed = Counter(
             "remediator_kafka_events_consumed",
-            "Kafka events journaled (duplicates included), by CloudEvents type.",
+            "Kafka events journaled (duplicates included), by CloudEvents type without its "
+            "version: types remediator or its rules know by name, any other as other.",
             ["type"],
             registry=registry,
         )
@@ -410,6 +424,18 @@ class KafkaIntake:
                 batch.commit[tp] = record.offset + 1
         return batch
 
+    def _count_journaled(self, signals: Sequence[Signal], results: Sequence[RecordResult]) -> None:
+        metrics = self._metrics
+        assert metrics is not None
+        journaled_at = self._clock()
+        for signal, result in zip(signals, results, strict=True):
+            metrics.consumed.labels(event_type_label(signal, metrics.known_types)).inc()
+            if result.duplicate:
+                metrics.duplicates.inc()
+            elif metrics.journal_latency is not None:
+                waited = (journaled_at - signal.received_at).total_seconds()
+                metrics.journal_latency.observe(max(0.0, waited))
+
     def _failed(self, tp: TopicPartition, record: Any, exc: BaseException) -> Poison | None:
         """Count a failed delivery; after max_delivery_attempts the record is poison."""
         key = (tp, record.offset)
@@ -434,10 +460,7 @@ class KafkaIntake:
                 log.warning("kafka: journal refused a batch (%r); writing one by one", exc)
                 results = await self._record_one_by_one(batch)
             if self._metrics is not None:
-                for (_, _, signal), result in zip(batch.signals, results, strict=True):
-                    self._metrics.consumed.labels(event_type_label(signal)).inc()
-                    if result.duplicate:
-                        self._metrics.duplicates.inc()
+                self._count_journaled(signals, results)
             if any(not r.duplicate for r in results):
                 self._on_new_signals()
         failed_at = self._clock()

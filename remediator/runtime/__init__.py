@@ -39,9 +39,12 @@ from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 from remediator.domain.notices import EmailRouting, SlackRouting
 from remediator.domain.plans import Decision, NoActionReason, Plan, Step, StepKind
 from remediator.domain.rules import RulePack
+from remediator.domain.rules.events import known_event_types
+from remediator.domain.signals import Source
 from remediator.engine.approvals import ApprovalTimer
 from remediator.engine.decider import DecisionEngine, UnknownFacts
 from remediator.engine.executor import Executor
+from remediator.engine.gauges import JournalGauges, JournalState
 from remediator.engine.notify import NotificationRelay
 from remediator.engine.outbox import OutboxRelay
 from remediator.ingress.auth import Authenticator, principals_summary
@@ -241,9 +244,20 @@ class Runtime:
             dry_run=settings.dry_run,
             clock=lambda: datetime.now(UTC),
         )
+        gauges = JournalGauges(
+            journal=self.journal,
+            on_state=self._journal_state,
+            # As often as the approval clock looks: the waiting plans' gauge keeps up
+            # with what it escalates and expires.
+            interval_seconds=settings.approvals.check_interval_seconds,
+            on_internal_error=lambda _kind: self.metrics.internal_errors.labels(
+                component="journal-gauges"
+            ).inc(),
+        )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,
             "approval-clock": approval_clock.run,
+            "journal-gauges": gauges.run,
             "journal-pruner": self._prune_forever,
             "journal-heartbeat": self._beat_forever,
             "retention": retention.run,
@@ -260,7 +274,15 @@ class Runtime:
                 journal=self.journal,
                 on_new_signals=engine.wake,
                 metrics=KafkaIntakeMetrics(
-                    self.metrics.registry, internal_errors=self.metrics.internal_errors
+                    self.metrics.registry,
+                    internal_errors=self.metrics.internal_errors,
+                    journal_latency=self.metrics.journal_latency,
+                    known_types=known_event_types(
+                        kind
+                        for rule in self.pack.rules
+                        if rule.match.source is Source.KAFKA
+                        for kind in rule.match.kinds
+                    ),
                 ),
                 limits=settings.limits.input_limits(),
             )
@@ -467,6 +489,10 @@ class Runtime:
             on_internal_error=lambda component: self.metrics.internal_errors.labels(
                 component=component
             ).inc(),
+            on_first_action=self.metrics.action_latency.observe,
+            on_run_duration=lambda status, seconds: self.metrics.remediation_duration.labels(
+                status=status
+            ).observe(seconds),
             outcome_channel=outcome_channel,
             notice_channels=notice_channels,
         )
@@ -533,8 +559,15 @@ class Runtime:
             ).inc(),
             escalation_channel=self.settings.approvals.escalation_channel,
             approval_buttons=slack_settings.interactive,
+            on_delivery=lambda channel, result: self.metrics.notifications.labels(
+                channel=channel, result=result.value
+            ).inc(),
         )
         return relay, slack, closers
+
+    def _journal_state(self, state: JournalState) -> None:
+        self.metrics.approvals_waiting.set(state.approvals_waiting)
+        self.metrics.circuit_open.set(1 if state.circuit_open else 0)
 
     def _root_crashed(self, name: str) -> None:
         self.metrics.internal_errors.labels(component=name).inc()
@@ -579,7 +612,9 @@ class Runtime:
         await stop("kafka-intake")
         if kafka_intake is not None:
             await budget.run("kafka consumer commit and leave", kafka_intake.close())
-        await stop("decision-engine", "approval-clock", "journal-pruner", "retention")
+        await stop(
+            "decision-engine", "approval-clock", "journal-pruner", "retention", "journal-gauges"
+        )
         if executor is not None:
             # The rest of the sequence keeps its reserve; plans get everything else.
             # drain() cancels what is still running at its own timeout; the phase's

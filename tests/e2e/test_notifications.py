@@ -64,3 +64,10 @@ def test_a_decision_people_must_hear_about_reaches_slack_and_email(
         what="metrics",
     )
     assert len(slack_api.calls_to("chat.postMessage")) == 1
+    sent = 'remediator_notifications_total{{channel="{}",result="sent"}}'
+    for channel in ("slack", "email"):  # counted just after the peer took it
+        wait_for(
+            lambda: notifying_daemon.metric(sent.format(channel)) == 1,  # noqa: B023
+            timeout=10, what=f"the {channel} notice counted as sent",
+        )  # fmt: skip
+    assert notifying_daemon.metric("remediator_notifications_total") == 2  # nothing else

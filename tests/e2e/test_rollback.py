@@ -200,6 +200,15 @@ async def test_bad_release_is_rolled_back_like_kubectl_rollout_undo(
         == 1
     )
     assert daemon.metric('remediator_decisions_total{outcome="plan",reason=""}') == 1
+    # Each hop was timed once: the two deploy events and the alert into the journal and
+    # decided; the plan's first step, and its run.
+    assert daemon.metric("remediator_journal_latency_seconds_count") == 3
+    assert daemon.metric("remediator_decision_latency_seconds_count") == 3
+    assert daemon.metric("remediator_action_latency_seconds_count") == 1
+    duration = 'remediator_remediation_duration_seconds_count{status="succeeded"}'
+    assert daemon.metric(duration) == 1
+    deploys = 'remediator_kafka_events_consumed_total{type="io.remediator.deployment.succeeded"}'
+    assert daemon.metric(deploys) == 2
 
     status, detail = daemon.get(f"/api/v1/remediations/{rem['id']}")
     assert status == 200

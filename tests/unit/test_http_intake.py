@@ -867,3 +867,49 @@ async def test_a_remediation_reads_in_the_api_exactly_as_before_the_typed_model(
         ],
     }  # fmt: skip
     assert list(detail) == [*listed, "decision", "steps"]
+
+
+async def test_metrics_are_openmetrics_when_the_scraper_asks(make_harness: MakeHarness) -> None:
+    h = await make_harness()
+    await h.post(payload([alert(fingerprint="om")]))
+
+    plain = await h.client.get("/metrics")
+    assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert "# EOF" not in await plain.text()
+
+    # What Prometheus sends: OpenMetrics preferred, the text format as a fallback.
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    resp = await h.client.get("/metrics", headers={"Accept": accept})
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    text = await resp.text()
+    assert text.endswith("# EOF\n")
+    assert "# TYPE remediator_alerts_received counter" in text
+    assert 'remediator_alerts_received_total{status="firing"} 1.0' in text
+    assert "# TYPE remediator_build info" in text
+
+
+async def test_the_journal_hop_is_timed_from_receipt_for_new_alerts(
+    make_harness: MakeHarness,
+) -> None:
+    h = await make_harness()
+    ticks = iter(NOW_TICKS)
+    h.intake.clock = lambda: next(ticks)  # received at the 1st reading, journaled at the 2nd
+    await h.post(payload([alert(fingerprint="a"), alert(fingerprint="b")]))
+    registry = h.intake.metrics.registry
+    assert registry.get_sample_value("remediator_journal_latency_seconds_count") == 2
+    assert registry.get_sample_value("remediator_journal_latency_seconds_sum") == 0.5
+    assert (
+        registry.get_sample_value("remediator_journal_latency_seconds_bucket", {"le": "0.2"}) == 0
+    )
+    assert (
+        registry.get_sample_value("remediator_journal_latency_seconds_bucket", {"le": "0.5"}) == 2
+    )
+
+    h.intake.clock = lambda: next(ticks)
+    await h.post(payload([alert(fingerprint="a")]))  # a duplicate: journaled before
+    assert registry.get_sample_value("remediator_journal_latency_seconds_count") == 2
+
+
+NOW_TICKS = [
+    datetime(2026, 11, 27, 12, 0, tzinfo=UTC) + timedelta(seconds=s) for s in (0, 0.25, 1, 2)
+]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -228,6 +228,27 @@ MIGRATION_KINDS = {
 }
 # Every kind that may become history, for the journal query that reads it.
 HISTORY_KINDS = (DEPLOY_SUCCEEDED, *MIGRATION_KINDS)
+
+# Event kinds remediator itself knows (docs/events.md), besides those the rules name.
+_KNOWN_KINDS = (
+    "deployment.started",
+    "deployment.succeeded",
+    "deployment.failed",
+    "deployment.rolledback",
+    "deployment.removed",
+    "migration.started",
+    *MIGRATION_KINDS,
+)
+
+
+def known_event_types(rule_kinds: Iterable[str] = ()) -> frozenset[str]:
+    """The CloudEvents types (version suffix dropped) counted by name in metrics: the
+    CDEvents remediator maps, and each known or rule-named kind, bare or with the
+    ``io.remediator.`` prefix. Anything else a producer sends is counted as ``other``,
+    so a producer cannot grow the label without bound."""
+    kinds = {*_KNOWN_KINDS, *rule_kinds}
+    cdevents = {f"{CDEVENTS_PREFIX}{subject}.{predicate}" for subject, predicate in _CDEVENT_KINDS}
+    return frozenset({*kinds, *(NATIVE_PREFIX + kind for kind in kinds), *cdevents})
 
 
 def history_trusted(signal: Signal, *, defaults: Defaults) -> bool:

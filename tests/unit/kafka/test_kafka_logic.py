@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from remediator import kafka_binding
 from remediator.connectors.kafka import kafka_channel
 from remediator.domain.errors import TemporaryError
+from remediator.domain.rules.events import known_event_types
 from remediator.domain.signals import Signal
 from remediator.engine.outbox import OutboxRelay
 from remediator.ingress.kafka import (
@@ -85,6 +86,32 @@ def test_metric_label_drops_the_cdevents_version() -> None:
     signal = parse_record(orjson.dumps(cd), received_at=NOW)
     assert isinstance(signal, Signal)
     assert event_type_label(signal) == "dev.cdevents.service.deployed"
+
+
+@pytest.mark.parametrize(
+    ("ce_type", "label"),
+    [
+        ("dev.cdevents.service.upgraded.0.3.0", "dev.cdevents.service.upgraded"),
+        ("io.remediator.migration.failed", "io.remediator.migration.failed"),
+        ("deployment.succeeded", "deployment.succeeded"),
+        # Whatever else a producer sends is one label, however many types it invents.
+        ("dev.cdevents.pipelinerun.finished.0.2.0", "other"),
+        ("io.remediator.deployment.succeeded.attacker-chosen-1", "other"),
+        ("com.example.build-42", "other"),
+    ],
+)
+def test_metric_label_names_known_types_only(ce_type: str, label: str) -> None:
+    signal = parse_record(orjson.dumps(event(type=ce_type)), received_at=NOW)
+    assert isinstance(signal, Signal)
+    assert event_type_label(signal) == label
+
+
+def test_types_the_rules_name_are_known_too() -> None:
+    signal = parse_record(orjson.dumps(event(type="io.remediator.canary.aborted")), received_at=NOW)
+    assert isinstance(signal, Signal)
+    assert event_type_label(signal) == "other"
+    known = known_event_types(["canary.aborted"])
+    assert event_type_label(signal, known) == "io.remediator.canary.aborted"
 
 
 def test_client_kwargs_plaintext() -> None:

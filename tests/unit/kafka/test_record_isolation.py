@@ -357,3 +357,21 @@ async def test_configured_limits_send_an_oversized_event_to_the_dlq_with_the_rea
         f"event is {len(big_event)} bytes, limit 2048".encode(),
     ]
     assert [letter["value"] for letter in dead.sent] == [big_label, big_event]
+
+
+async def test_new_events_are_timed_into_the_journal_and_counted_by_known_type(
+    start: StartRun, journal: SqliteJournal, no_error_logs: None
+) -> None:
+    metrics = Metrics()
+    intake_metrics = KafkaIntakeMetrics(metrics.registry, journal_latency=metrics.journal_latency)
+    invented = event("3", type="com.example.anything-1")
+    values = [orjson.dumps(event("1")), orjson.dumps(event("1")), orjson.dumps(invented)]
+    async with start(values, dead_letters=RecordingDeadLetters(), metrics=intake_metrics) as run:
+        await run.until_committed(3)
+    # The redelivery of "1" is a duplicate: journaled before, not timed again.
+    assert metrics.registry.get_sample_value("remediator_journal_latency_seconds_count") == 2
+    sample = metrics.registry.get_sample_value
+    known = {"type": "io.remediator.deployment.succeeded"}
+    assert sample("remediator_kafka_events_consumed_total", known) == 2
+    assert sample("remediator_kafka_events_consumed_total", {"type": "other"}) == 1
+    assert sample("remediator_kafka_events_duplicate_total") == 1

@@ -1,0 +1,88 @@
+"""Gauges of journal state: plans awaiting approval, and whether the circuit breaker is
+open.
+
+Read on a timer by a root task, never at scrape time: a scrape must not wait for the
+journal (a slow or unavailable one would make /metrics time out exactly when it is
+wanted). Every replica reads the shared journal, so each reports the same values;
+aggregate them with ``max``, not ``sum``. The sleep is injected so tests do not wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from remediator.domain.errors import PermanentError, TemporaryError
+from remediator.domain.lifecycle import RemediationStatus
+from remediator.ports import CircuitStore, RemediationStore
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 15.0  # about one scrape interval: fresh enough, two cheap reads each
+PAGE = 500
+
+
+class GaugeJournal(CircuitStore, RemediationStore, Protocol):
+    """The journal roles read: the circuit breaker, and remediations by status."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalState:
+    approvals_waiting: int
+    circuit_open: bool
+
+
+class JournalGauges:
+    def __init__(
+        self,
+        *,
+        journal: GaugeJournal,
+        on_state: Callable[[JournalState], None],
+        interval_seconds: float = REFRESH_SECONDS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_internal_error: Callable[[str], None] | None = None,
+        page_size: int = PAGE,
+    ) -> None:
+        self._journal = journal
+        self._page = page_size
+        self._on_state = on_state
+        self._interval = interval_seconds
+        self._sleep = sleep
+        self._on_internal_error = on_internal_error
+
+    async def run(self) -> None:
+        """Root task: refresh every ``interval_seconds`` until cancelled. A failed read
+        keeps the last values (the journal's own health shows elsewhere)."""
+        while True:
+            try:
+                await self.refresh()
+            except (TemporaryError, PermanentError) as exc:
+                log.debug("journal gauges not refreshed: %s", exc)
+            except Exception as exc:
+                log.error("journal gauges failed (%s)", type(exc).__name__, exc_info=exc)
+                if self._on_internal_error is not None:
+                    self._on_internal_error(type(exc).__name__)
+            await self._sleep(self._interval)
+
+    async def refresh(self) -> JournalState:
+        state = JournalState(
+            approvals_waiting=await self._count(RemediationStatus.AWAITING_APPROVAL),
+            circuit_open=(await self._journal.circuit()).open,
+        )
+        self._on_state(state)
+        return state
+
+    async def _count(self, status: RemediationStatus) -> int:
+        # Pages of list rows (no decisions or steps): few plans wait at a time.
+        total, cursor = 0, None
+        while True:
+            page = await self._journal.list_remediations(
+                status=status, limit=self._page, cursor=cursor
+            )
+            total += len(page.items)
+            if page.next_cursor is None:
+                return total
+            cursor = page.next_cursor

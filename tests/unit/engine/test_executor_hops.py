@@ -1,0 +1,99 @@
+"""The executor's hops, timed on the injected clock over the real SQLite journal: from
+the decision (or approval) to the first step, and from the first step to the end."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from remediator.domain.errors import PermanentError
+from remediator.domain.plans import Step, StepKind
+from remediator.domain.rules import RulePack
+from remediator.journal.sqlite import SqliteJournal
+from remediator.metrics import Metrics
+from tests.unit.engine.test_decider import NOW, Clock
+from tests.unit.engine.test_executor import (
+    READ_ONLY,
+    FakeLock,
+    executor,
+    journal,
+    pack,
+    planned_rollback,
+)
+
+__all__ = ["journal", "pack"]  # fixtures
+
+
+class SlowRunner:
+    """Each step takes 30 s on the test's clock; ``fail`` ends the plan there."""
+
+    def __init__(self, clock: Clock, *, fail: StepKind | None = None) -> None:
+        self.clock = clock
+        self.fail = fail
+
+    async def run(
+        self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.clock.now += timedelta(seconds=30)
+        if step.kind is self.fail:
+            raise PermanentError("rollout stuck")
+        return {}
+
+    def resumable(self, kind: StepKind) -> bool:
+        return kind in READ_ONLY
+
+
+def timed(metrics: Metrics) -> dict[str, Any]:
+    """The hooks as the runtime wires them."""
+    return {
+        "on_first_action": metrics.action_latency.observe,
+        "on_run_duration": lambda status, seconds: metrics.remediation_duration.labels(
+            status=status
+        ).observe(seconds),
+    }
+
+
+async def test_first_action_and_run_duration_are_timed(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await planned_rollback(journal, pack)  # decided at NOW
+    clock = Clock(NOW + timedelta(seconds=90))  # the executor starts 90 s later
+    metrics = Metrics()
+    ex = executor(journal, SlowRunner(clock), lock=FakeLock(), clock=clock, **timed(metrics))
+    await ex.run_until_idle()
+
+    sample = metrics.registry.get_sample_value
+    assert sample("remediator_action_latency_seconds_count") == 1
+    assert sample("remediator_action_latency_seconds_sum") == 90
+    # Four steps of 30 s each, from the first one's start.
+    duration = {"status": "succeeded"}
+    assert sample("remediator_remediation_duration_seconds_count", duration) == 1
+    assert sample("remediator_remediation_duration_seconds_sum", duration) == 120
+
+
+async def test_a_failed_plan_is_timed_under_its_status(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await planned_rollback(journal, pack)
+    clock = Clock(NOW + timedelta(seconds=5))
+    metrics = Metrics()
+    runner = SlowRunner(clock, fail=StepKind.WAIT_ROLLOUT)
+    ex = executor(journal, runner, lock=FakeLock(), clock=clock, **timed(metrics))
+    await ex.run_until_idle()
+
+    sample = metrics.registry.get_sample_value
+    assert sample("remediator_remediation_duration_seconds_sum", {"status": "failed"}) == 60
+    assert sample("remediator_remediation_duration_seconds_count", {"status": "succeeded"}) is None
+
+
+async def test_dry_runs_are_not_timed(journal: SqliteJournal, pack: RulePack) -> None:
+    await planned_rollback(journal, pack, dry_run=True)
+    clock = Clock(NOW + timedelta(seconds=5))
+    metrics = Metrics()
+    ex = executor(journal, SlowRunner(clock), lock=FakeLock(), clock=clock, **timed(metrics))
+    await ex.run_until_idle()
+
+    assert (await journal.list_remediations()).items[0].finished_at is not None
+    sample = metrics.registry.get_sample_value
+    assert sample("remediator_action_latency_seconds_count") == 0
+    assert sample("remediator_remediation_duration_seconds_count", {"status": "dry-run"}) is None

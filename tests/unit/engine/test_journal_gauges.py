@@ -1,0 +1,86 @@
+"""Gauges of journal state, over the real SQLite journal: plans awaiting approval and
+the circuit breaker, read on a timer and set on the daemon's registry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from remediator.domain.approvals import ApprovalConfig, ApprovalRequest, policy_for
+from remediator.domain.errors import TemporaryError
+from remediator.domain.lifecycle import RemediationStatus
+from remediator.engine.gauges import JournalGauges, JournalState
+from remediator.journal.sqlite import SqliteJournal
+from remediator.metrics import Metrics
+from tests.contract.builders import NOW, plant
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
+    j = SqliteJournal(path=tmp_path / "journal.db")
+    await j.open()
+    yield j
+    await j.close()
+
+
+async def waiting(journal: SqliteJournal) -> str:
+    policy = policy_for(approvers=("tech-lead",), response_time=timedelta(minutes=30),
+                        emergency=False, config=ApprovalConfig())  # fmt: skip
+    request = ApprovalRequest(policy=policy, requested_at=NOW, requester="rita")
+    return await plant(journal, status=RemediationStatus.AWAITING_APPROVAL, approval=request)
+
+
+def set_gauges(metrics: Metrics, state: JournalState) -> None:
+    # As the runtime does.
+    metrics.approvals_waiting.set(state.approvals_waiting)
+    metrics.circuit_open.set(1 if state.circuit_open else 0)
+
+
+async def test_counts_waiting_plans_and_reads_the_circuit(journal: SqliteJournal) -> None:
+    metrics = Metrics()
+    # Pages of two: five waiting plans take three reads.
+    gauges = JournalGauges(journal=journal, on_state=lambda s: set_gauges(metrics, s), page_size=2)
+    assert await gauges.refresh() == JournalState(approvals_waiting=0, circuit_open=False)
+
+    # Plans in other statuses do not count.
+    first = [await waiting(journal) for _ in range(5)]
+    await plant(journal, status=RemediationStatus.PLANNED)
+    await journal.cancel_remediation(first[0], by="rita", at=NOW)
+    await journal.set_circuit(open=True, reason="3 failures in a row", at=NOW)
+
+    assert await gauges.refresh() == JournalState(approvals_waiting=4, circuit_open=True)
+    assert metrics.registry.get_sample_value("remediator_approvals_waiting") == 4
+    assert metrics.registry.get_sample_value("remediator_circuit_open") == 1
+
+    await journal.set_circuit(open=False, reason=None, at=NOW, by="oncall")
+    await gauges.refresh()
+    assert metrics.registry.get_sample_value("remediator_circuit_open") == 0
+
+
+class Unavailable:
+    async def circuit(self) -> None:
+        raise TemporaryError("journal unavailable")
+
+    async def list_remediations(self, **_: object) -> None:
+        raise TemporaryError("journal unavailable")
+
+
+async def test_a_failed_read_keeps_the_last_values_and_the_timer_goes_on() -> None:
+    seen: list[JournalState] = []
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 3:
+            raise asyncio.CancelledError
+
+    gauges = JournalGauges(journal=Unavailable(), on_state=seen.append,  # type: ignore[arg-type]
+                           interval_seconds=15, sleep=sleep)  # fmt: skip
+    with pytest.raises(asyncio.CancelledError):
+        await gauges.run()
+    assert seen == []  # nothing set: the gauges keep what they had
+    assert slept == [15, 15, 15]
