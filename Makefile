@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: help install system-deps run test lint test-unit test-integration test-contract test-e2e test-faults image test-image lock env-up env-down env-status env-build bench clean
+.PHONY: help install system-deps run test lint test-unit test-integration test-contract test-e2e test-faults image test-image lock env-up env-down env-status env-build bench demo clean
 
 help:
 	@echo "make run               run the daemon on embedded defaults"
@@ -24,6 +24,7 @@ help:
 	@echo "make lock              refresh requirements.lock and requirements-build.lock from pyproject.toml"
 	@echo "make env-up|env-down|env-status   run the real peers by hand (see docs/testing.md)"
 	@echo "make bench             intake benchmark (see docs/benchmarks.md)"
+	@echo "make demo              a bad release, alerted, rolled back and verified: every peer real, narrated"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +101,9 @@ env-status: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/intake.py
+
+demo: $(STAMP) system-deps
+	$(PY) -m tests.demo
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

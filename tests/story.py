@@ -233,6 +233,7 @@ class Story:
         item = wait(lambda: next((r for r in daemon.remediations()
                                   if r["signal_id"] == signal["id"]), None),
                     timeout=60, what="the decision")  # fmt: skip
+        item = daemon.get(f"/api/v1/remediations/{item['id']}")[1]
         steps = " → ".join(s["kind"] for s in item["decision"]["steps"])
         say(f"remediator: rule {item['rule']} plans {steps} ({item['id']})")
         image = wait(lambda: _image_if_v1(asyncio.run(deployment(self.kube, self.namespace))),
