@@ -142,7 +142,14 @@ class EventPublisher(Protocol):
 
 class NeedsHuman(Exception):
     """Raised by a step runner when the situation is one people must resolve
-    (e.g. a Helm release stuck in pending-*): the remediation ends ``needs_human``."""
+    (e.g. a Helm release stuck in pending-*): the remediation ends ``needs_human``.
+
+    ``detail`` is evidence (JSON-able) journaled with the step, e.g. what a failed
+    verification saw."""
+
+    def __init__(self, message: str = "", *, detail: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail: dict[str, Any] = dict(detail or {})
 
 
 class StepRunner(Protocol):

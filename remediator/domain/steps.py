@@ -36,6 +36,9 @@ class StepKind(StrEnum):
     RESTORE_CONFIG = "restore_config"
     RESTART_WORKLOAD = "restart_workload"
     VERIFY_HEALTH = "verify_health"
+    # The triggering condition has cleared: a PromQL expression returns nothing.
+    VERIFY_CONDITION = "verify_condition"
+    VERIFY_SMOKE = "verify_smoke"  # the catalog's smoke test, run as a Kubernetes Job
     NOTIFY = "notify"
 
 
@@ -134,6 +137,26 @@ class VerifyHealthParams(StepParams):
     url: Name
 
 
+# Where a condition's expression came from: the rule pack (trusted config), the alert's
+# generatorURL (sent by Prometheus through the authenticated webhook), or nowhere.
+ConditionOrigin = Literal["rule", "alert", "none"]
+MAX_CONDITION_QUERY_CHARS = 4096
+
+
+class VerifyConditionParams(StepParams):
+    service: Name
+    query: Annotated[str, StringConstraints(max_length=MAX_CONDITION_QUERY_CHARS)] | None
+    origin: ConditionOrigin
+    window_seconds: PositiveInt
+    # Series of this alert only: an expression grouped by service matches other services too.
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    note: str = ""  # why there is no expression, when there is none
+
+
+class VerifySmokeParams(StepParams):
+    service: Name  # the catalog entry whose smoke_test template runs
+
+
 class NotifyParams(StepParams):
     service: Name
     signal: str  # the kind of signal (alertname or event type)
@@ -215,6 +238,16 @@ class VerifyHealthStep(_Step):
     params: VerifyHealthParams
 
 
+class VerifyConditionStep(_Step):
+    kind: Literal[StepKind.VERIFY_CONDITION] = StepKind.VERIFY_CONDITION
+    params: VerifyConditionParams
+
+
+class VerifySmokeStep(_Step):
+    kind: Literal[StepKind.VERIFY_SMOKE] = StepKind.VERIFY_SMOKE
+    params: VerifySmokeParams
+
+
 class NotifyStep(_Step):
     kind: Literal[StepKind.NOTIFY] = StepKind.NOTIFY
     params: NotifyParams
@@ -234,6 +267,8 @@ Step = Annotated[
     | RestoreConfigStep
     | RestartWorkloadStep
     | VerifyHealthStep
+    | VerifyConditionStep
+    | VerifySmokeStep
     | NotifyStep,
     Field(discriminator="kind"),
 ]

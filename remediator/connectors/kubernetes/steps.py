@@ -33,8 +33,10 @@ from remediator.connectors.kubernetes.errors import ActionRefused, LeaseHeld
 from remediator.connectors.kubernetes.lease import ServiceLease
 from remediator.connectors.kubernetes.rollout import rollout_restart, rollout_undo
 from remediator.connectors.kubernetes.scale import scale, scale_up
+from remediator.connectors.kubernetes.smoke import run_smoke_test
 from remediator.connectors.kubernetes.status import rollout_status, wait_for_rollout
 from remediator.connectors.kubernetes.verify import http_health
+from remediator.connectors.prometheus import Prometheus
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
@@ -53,7 +55,10 @@ from remediator.domain.steps import (
     SetRouteWeightsStep,
     SwitchSelectorParams,
     SwitchSelectorStep,
+    VerifyConditionParams,
+    VerifyConditionStep,
     VerifyHealthStep,
+    VerifySmokeStep,
     WaitRolloutStep,
 )
 from remediator.ports import NeedsHuman
@@ -67,6 +72,8 @@ RESUMABLE = frozenset(
     {
         StepKind.WAIT_ROLLOUT,
         StepKind.VERIFY_HEALTH,
+        StepKind.VERIFY_CONDITION,
+        StepKind.VERIFY_SMOKE,  # a smoke test only reads; a second run is harmless
         StepKind.NOTIFY,
         StepKind.SCALE_DEPLOYMENT,
         StepKind.SWITCH_SELECTOR,
@@ -74,6 +81,17 @@ RESUMABLE = frozenset(
         StepKind.EXPORT_CONFIG,
     }
 )
+
+
+_LOG_TAIL_CHARS = 2000  # of a smoke test's log, kept as evidence
+
+
+class VerificationFailed(NeedsHuman):
+    """A check after a change did not pass: the change is not done, people decide."""
+
+
+def _skipped(check: str, summary: str, **evidence: Any) -> dict[str, Any]:
+    return {"summary": summary, "check": check, "result": "skipped", **evidence}
 
 
 def _record(result: Any) -> dict[str, Any]:
@@ -89,6 +107,7 @@ class KubernetesStepRunner:
         kube: KubeClient,
         pack: RulePack,
         helm: Helm | None = None,
+        prometheus: Prometheus | None = None,
         rollout_timeout_seconds: float = 300.0,
         health_timeout_seconds: float = 10.0,
         poll_seconds: float = 1.0,
@@ -96,6 +115,7 @@ class KubernetesStepRunner:
         self._kube = kube
         self._pack = pack
         self._helm = helm
+        self._prometheus = prometheus
         self._rollout_timeout = rollout_timeout_seconds
         self._health_timeout = health_timeout_seconds
         self._poll = poll_seconds
@@ -157,6 +177,10 @@ class KubernetesStepRunner:
                 )  # fmt: skip
             case VerifyHealthStep(params=health):
                 return await self._verify_health(health.url, dry_run=dry_run)
+            case VerifyConditionStep(params=condition):
+                return await self._verify_condition(condition, dry_run=dry_run)
+            case VerifySmokeStep():
+                return await self._verify_smoke(namespace, service, dry_run=dry_run)
             case NotifyStep():
                 return {"summary": "notices go out through the outbox"}
         # Database steps go to the PostgreSQL step runner (runtime.RoutedStepRunner).
@@ -177,11 +201,14 @@ class KubernetesStepRunner:
             poll_seconds=self._poll,
         )
         if not status.complete:
-            raise PermanentError(
+            # The change was made; whether the service runs is unknown: people look.
+            raise VerificationFailed(
                 f"rollout of {namespace}/{deployment} did not complete within "
-                f"{self._rollout_timeout:.0f}s: {status.message}"
+                f"{self._rollout_timeout:.0f}s: {status.message}",
+                detail={"check": "rollout", "result": "failed", "deployment": deployment},
             )
-        return {"summary": status.message}
+        return {"summary": status.message, "check": "rollout", "result": "passed",
+                "deployment": deployment}  # fmt: skip
 
     async def _export_config(
         self, namespace: str, service: str, *, dry_run: bool
@@ -211,11 +238,73 @@ class KubernetesStepRunner:
 
     async def _verify_health(self, url: str, *, dry_run: bool) -> dict[str, Any]:
         if dry_run:
-            return {"summary": "skipped in dry run: nothing changed"}
+            return _skipped("health", "skipped in dry run: nothing changed")
         verdict = await http_health(url, timeout_seconds=self._health_timeout)
         if not verdict.ok:
-            raise PermanentError(f"health check failed: {verdict.detail}")
-        return {"summary": verdict.detail}
+            raise VerificationFailed(
+                f"health check failed: {verdict.detail}",
+                detail={"check": "health", "result": "failed", "url": url},
+            )
+        return {"summary": verdict.detail, "check": "health", "result": "passed", "url": url}
+
+    async def _verify_condition(self, p: VerifyConditionParams, *, dry_run: bool) -> dict[str, Any]:
+        evidence: dict[str, Any] = {"origin": p.origin, "query": p.query,
+                                    "window_seconds": p.window_seconds}  # fmt: skip
+        if dry_run:
+            return _skipped("condition", "skipped in dry run: nothing changed", **evidence)
+        if p.query is None:
+            return _skipped("condition", f"not checked: {p.note}", **evidence)
+        if self._prometheus is None:
+            return _skipped(
+                "condition", "not checked: no Prometheus is configured (prometheus.url)",
+                **evidence,
+            )  # fmt: skip
+        evidence["prometheus"] = self._prometheus.base_url
+        try:
+            verdict = await self._prometheus.wait_until_empty(
+                p.query, window_seconds=p.window_seconds, match_labels=p.match_labels
+            )
+        except (TemporaryError, PermanentError) as exc:
+            # Not knowing is not passing: people decide whether the service recovered.
+            raise VerificationFailed(
+                f"could not tell whether the condition cleared: {exc}",
+                detail={"check": "condition", "result": "failed", **evidence},
+            ) from exc
+        evidence["polls"] = verdict.polls
+        if not verdict.ok:
+            raise VerificationFailed(
+                f"the triggering condition has not cleared: {verdict.detail}",
+                detail={"check": "condition", "result": "failed", **evidence,
+                        "series": [dict(s) for s in verdict.series]},
+            )  # fmt: skip
+        return {"summary": verdict.detail, "check": "condition", "result": "passed", **evidence}
+
+    async def _verify_smoke(self, namespace: str, service: str, *, dry_run: bool) -> dict[str, Any]:
+        spec = self._pack.services.get(service)
+        template = spec.smoke_test if spec is not None else None
+        if template is None:
+            return _skipped("smoke", f"not run: service {service!r} has no smoke_test")
+        if dry_run:
+            return _skipped("smoke", "skipped in dry run: nothing changed", image=template.image)
+        try:
+            finished = await run_smoke_test(self._kube.api, namespace=namespace,
+                                            service=service, spec=template,
+                                            poll_s=self._poll)  # fmt: skip
+        except (TemporaryError, PermanentError) as exc:
+            raise VerificationFailed(
+                f"the smoke test could not run: {exc}",
+                detail={"check": "smoke", "result": "failed", "image": template.image},
+            ) from exc
+        evidence = {"job": finished.name, "outcome": finished.outcome, "image": template.image,
+                    "log_tail": finished.logs[-_LOG_TAIL_CHARS:]}  # fmt: skip
+        if finished.outcome != "Complete":
+            raise VerificationFailed(
+                f"the smoke test Job {namespace}/{finished.name} "
+                f"{finished.outcome.lower()}: {finished.reason}",
+                detail={"check": "smoke", "result": "failed", **evidence},
+            )
+        return {"summary": f"smoke test Job {namespace}/{finished.name} completed",
+                "check": "smoke", "result": "passed", **evidence}  # fmt: skip
 
     async def _switch(self, p: SwitchSelectorParams, *, dry_run: bool) -> dict[str, Any]:
         namespace, service = p.namespace, p.service_name

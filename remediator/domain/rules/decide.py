@@ -41,6 +41,7 @@ from remediator.domain.rules.state import (
     circuit_trip_reason,
     count_since,
 )
+from remediator.domain.rules.verification import condition_params
 from remediator.domain.signals import Signal, Source, Status
 from remediator.domain.steps import (
     BackupDatabaseParams,
@@ -65,8 +66,11 @@ from remediator.domain.steps import (
     SetRouteWeightsStep,
     SwitchSelectorParams,
     SwitchSelectorStep,
+    VerifyConditionStep,
     VerifyHealthParams,
     VerifyHealthStep,
+    VerifySmokeParams,
+    VerifySmokeStep,
     WaitRolloutParams,
     WaitRolloutStep,
 )
@@ -336,15 +340,37 @@ class _Context:
             reason=reason,
         )
 
-    def _verify(self) -> list[Step]:
-        if self.spec.health_url is None:
-            return []
-        return [
-            VerifyHealthStep(
-                params=VerifyHealthParams(namespace=self.namespace, url=self.spec.health_url),
-                reason="every change is verified before it counts as done",
+    def _verify(self, action_steps: list[Step]) -> list[Step]:
+        """The checks after a change: every Deployment it changed has rolled out, the
+        health URL answers, the smoke test passes, and the triggering condition cleared.
+
+        A plan counts as done only when they pass; a check that fails ends it needing
+        people, never as a success.
+        """
+        steps: list[Step] = [self._wait_rollout(d) for d in _unwaited(action_steps)]
+        if self.spec.health_url is not None:
+            steps.append(
+                VerifyHealthStep(
+                    params=VerifyHealthParams(namespace=self.namespace, url=self.spec.health_url),
+                    reason="every change is verified before it counts as done",
+                )
             )
-        ]
+        if self.spec.smoke_test is not None:
+            steps.append(
+                VerifySmokeStep(
+                    params=VerifySmokeParams(namespace=self.namespace, service=self.service),
+                    reason="the service's smoke test must pass after the change",
+                )
+            )
+        steps.append(
+            VerifyConditionStep(
+                params=condition_params(
+                    rule=self.rule, signal=self.signal, service=self.service, spec=self.spec
+                ),
+                reason="the change is done only when what triggered it has cleared",
+            )
+        )
+        return steps
 
     # --- rollback -------------------------------------------------------------------
 
@@ -391,7 +417,7 @@ class _Context:
             return self._skip(NoActionReason.OUTSIDE_ROLLBACK_WINDOW, found, notify=True)
         current, target = found
         steps = self._rollback_steps(current=current, target=target)
-        steps += [*self._verify(), self._notify("people hear about every automated change")]
+        steps += [*self._verify(steps), self._notify("people hear about every automated change")]
         return self._plan(
             ActionKind.ROLLBACK,
             steps,
@@ -508,7 +534,7 @@ class _Context:
                 notify=True,
             )
         target = min(current + scale.step, maximum)
-        steps = [
+        steps: list[Step] = [
             ScaleDeploymentStep(
                 params=ScaleDeploymentParams(
                     namespace=self.namespace,
@@ -518,8 +544,8 @@ class _Context:
                 ),
                 reason=f"{why}; adding {target - current} replica(s), bounded by max {maximum}",
             ),
-            self._notify("people hear about every automated change"),
         ]
+        steps += [*self._verify(steps), self._notify("people hear about every automated change")]
         return self._plan(
             ActionKind.SCALE_UP,
             steps,
@@ -606,9 +632,8 @@ class _Context:
                 ),
                 reason=f"migration {migration_id} failed; its down script restores the schema",
             ),
-            *self._verify(),
-            self._notify("people hear about every automated change"),
         ]
+        steps += [*self._verify(steps), self._notify("people hear about every automated change")]
         return self._plan(ActionKind.REVERT_MIGRATION, steps, explanation=explanation)
 
     def _migration_from_event(self) -> tuple[str, str | None] | NoAction:
@@ -683,14 +708,34 @@ class _Context:
                 params=RestartWorkloadParams(namespace=ns, deployment=self.spec.workload),
                 reason="pods read config at start, so they restart to pick up the restored one",
             ),
-            *self._verify(),
-            self._notify("people hear about every automated change"),
         ]
+        steps += [*self._verify(steps), self._notify("people hear about every automated change")]
         return self._plan(
             ActionKind.RESTORE_CONFIG,
             steps,
             explanation=f"{_describe(self.signal)}: restoring the previous config",
         )
+
+
+def _unwaited(steps: list[Step]) -> list[str]:
+    """Deployments a step scales up, restarts or rolls back with no rollout wait after it
+    (a Deployment scaled to zero has nothing to wait for)."""
+    pending: list[str] = []
+    for step in steps:
+        match step:
+            case ScaleDeploymentStep(params=p) if p.replicas != 0:
+                name = p.deployment
+            case RestartWorkloadStep(params=p):
+                name = p.deployment
+            case WaitRolloutStep(params=p):
+                if p.deployment in pending:
+                    pending.remove(p.deployment)
+                continue
+            case _:
+                continue
+        if name not in pending:
+            pending.append(name)
+    return pending
 
 
 def numbered_rollback(spec: ServiceSpec) -> bool:

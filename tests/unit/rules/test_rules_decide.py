@@ -109,7 +109,7 @@ TRIGGERS = [
         state(),
         "health-check-failure-rollback",
         ActionKind.ROLLBACK,
-        [S.ROLLOUT_UNDO, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.NOTIFY],
+        [S.ROLLOUT_UNDO, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
     ),
     (
         "error rate: blue-green switches the selector back",
@@ -117,7 +117,7 @@ TRIGGERS = [
         state(),
         "high-error-rate-rollback",
         ActionKind.ROLLBACK,
-        [S.SWITCH_SELECTOR, S.VERIFY_HEALTH, S.NOTIFY],
+        [S.SWITCH_SELECTOR, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
     ),
     (
         "latency: canary weight to 0, stable up, canary down",
@@ -125,7 +125,15 @@ TRIGGERS = [
         state(),
         "high-latency-rollback",
         ActionKind.ROLLBACK,
-        [S.SET_ROUTE_WEIGHTS, S.SCALE_DEPLOYMENT, S.SCALE_DEPLOYMENT, S.VERIFY_HEALTH, S.NOTIFY],
+        [
+            S.SET_ROUTE_WEIGHTS,
+            S.SCALE_DEPLOYMENT,
+            S.SCALE_DEPLOYMENT,
+            S.WAIT_ROLLOUT,  # the stable side, scaled back up
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.NOTIFY,
+        ],
     ),
     (
         "migration failed (event), release not rolled out: backup then revert",
@@ -133,7 +141,7 @@ TRIGGERS = [
         state(),
         "migration-failed-revert",
         ActionKind.REVERT_MIGRATION,
-        [S.BACKUP_DATABASE, S.REVERT_MIGRATION, S.VERIFY_HEALTH, S.NOTIFY],
+        [S.BACKUP_DATABASE, S.REVERT_MIGRATION, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
     ),
     (
         "migration failed (alert), release rolled out: backup, app rollback, revert",
@@ -147,6 +155,7 @@ TRIGGERS = [
             S.WAIT_ROLLOUT,
             S.REVERT_MIGRATION,
             S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
             S.NOTIFY,
         ],
     ),
@@ -156,7 +165,7 @@ TRIGGERS = [
         state(),
         "pod-not-ready-rollback",
         ActionKind.ROLLBACK,
-        [S.HELM_ROLLBACK, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.NOTIFY],
+        [S.HELM_ROLLBACK, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
     ),
     (
         "memory after a recent deploy: roll back",
@@ -164,7 +173,7 @@ TRIGGERS = [
         state(deploys=RECENT),
         "memory-pressure-scale-or-rollback",
         ActionKind.ROLLBACK,
-        [S.ROLLOUT_UNDO, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.NOTIFY],
+        [S.ROLLOUT_UNDO, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
     ),
     (
         "memory with no recent deploy: scale up",
@@ -172,7 +181,7 @@ TRIGGERS = [
         state(deploys=OLD),
         "memory-pressure-scale-or-rollback",
         ActionKind.SCALE_UP,
-        [S.SCALE_DEPLOYMENT, S.NOTIFY],
+        [S.SCALE_DEPLOYMENT, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
     ),
     (
         "cpu after a recent deploy: roll back",
@@ -180,7 +189,7 @@ TRIGGERS = [
         state(deploys=RECENT),
         "cpu-saturation-scale-or-rollback",
         ActionKind.ROLLBACK,
-        [S.HELM_ROLLBACK, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.NOTIFY],
+        [S.HELM_ROLLBACK, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
     ),
     (
         "cpu with no recent deploy: scale up",
@@ -188,7 +197,7 @@ TRIGGERS = [
         state(deploys=OLD),
         "cpu-saturation-scale-or-rollback",
         ActionKind.SCALE_UP,
-        [S.SCALE_DEPLOYMENT, S.NOTIFY],
+        [S.SCALE_DEPLOYMENT, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
     ),
 ]
 
@@ -680,7 +689,9 @@ def test_manual_restore_config(pack: RulePack) -> None:
         S.EXPORT_CONFIG,
         S.RESTORE_CONFIG,
         S.RESTART_WORKLOAD,
+        S.WAIT_ROLLOUT,  # pods restarted with the restored config are all ready
         S.VERIFY_HEALTH,
+        S.VERIFY_CONDITION,
         S.NOTIFY,
     ]
 
