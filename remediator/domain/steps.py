@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,6 +40,8 @@ class StepKind(StrEnum):
     # The triggering condition has cleared: a PromQL expression returns nothing.
     VERIFY_CONDITION = "verify_condition"
     VERIFY_SMOKE = "verify_smoke"  # the catalog's smoke test, run as a Kubernetes Job
+    # Read-only: the workload's Kubernetes events, helm history, failed requests.
+    RECORD_EVIDENCE = "record_evidence"
     NOTIFY = "notify"
 
 
@@ -157,6 +160,15 @@ class VerifySmokeParams(StepParams):
     service: Name  # the catalog entry whose smoke_test template runs
 
 
+class RecordEvidenceParams(StepParams):
+    service: Name
+    deployment: Name
+    since: AwareDatetime  # when the incident began (the alert's start)
+    helm_release: Name | None = None
+    # Failed requests during the incident (PromQL; "$range" becomes the incident's length).
+    failed_requests_query: str | None = None
+
+
 class NotifyParams(StepParams):
     service: Name
     signal: str  # the kind of signal (alertname or event type)
@@ -248,6 +260,11 @@ class VerifySmokeStep(_Step):
     params: VerifySmokeParams
 
 
+class RecordEvidenceStep(_Step):
+    kind: Literal[StepKind.RECORD_EVIDENCE] = StepKind.RECORD_EVIDENCE
+    params: RecordEvidenceParams
+
+
 class NotifyStep(_Step):
     kind: Literal[StepKind.NOTIFY] = StepKind.NOTIFY
     params: NotifyParams
@@ -269,6 +286,7 @@ Step = Annotated[
     | VerifyHealthStep
     | VerifyConditionStep
     | VerifySmokeStep
+    | RecordEvidenceStep
     | NotifyStep,
     Field(discriminator="kind"),
 ]

@@ -51,7 +51,7 @@ def smoke_job_body(
             "backoffLimit": 0,  # a failing smoke test is the answer, not something to retry
             "activeDeadlineSeconds": max(int(spec.timeout.total_seconds()), 1),
             "ttlSecondsAfterFinished": _KEEP_SECONDS,
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": {**spec.labels, **labels}}, "spec": pod_spec},
         },
     }
 

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from remediator.connectors.helm import Helm, HelmReleasePending
@@ -47,6 +47,8 @@ from remediator.domain.steps import (
     HelmRollbackParams,
     HelmRollbackStep,
     NotifyStep,
+    RecordEvidenceParams,
+    RecordEvidenceStep,
     RestartWorkloadStep,
     RestoreConfigStep,
     RolloutUndoStep,
@@ -74,6 +76,7 @@ RESUMABLE = frozenset(
         StepKind.VERIFY_HEALTH,
         StepKind.VERIFY_CONDITION,
         StepKind.VERIFY_SMOKE,  # a smoke test only reads; a second run is harmless
+        StepKind.RECORD_EVIDENCE,
         StepKind.NOTIFY,
         StepKind.SCALE_DEPLOYMENT,
         StepKind.SWITCH_SELECTOR,
@@ -84,6 +87,21 @@ RESUMABLE = frozenset(
 
 
 _LOG_TAIL_CHARS = 2000  # of a smoke test's log, kept as evidence
+_MAX_EVENTS = 50  # the newest Kubernetes events of the workload, for the record
+_EVENT_MESSAGE_CHARS = 300
+_MAX_HELM_REVISIONS = 10
+
+
+def _event_time(event: Mapping[str, Any]) -> datetime | None:
+    meta = event.get("metadata") or {}
+    for value in (event.get("lastTimestamp"), event.get("eventTime"),
+                  meta.get("creationTimestamp")):  # fmt: skip
+        if isinstance(value, str) and value:
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+    return None
 
 
 class VerificationFailed(NeedsHuman):
@@ -181,6 +199,8 @@ class KubernetesStepRunner:
                 return await self._verify_condition(condition, dry_run=dry_run)
             case VerifySmokeStep():
                 return await self._verify_smoke(namespace, service, dry_run=dry_run)
+            case RecordEvidenceStep(params=evidence):
+                return await self._record_evidence(evidence)
             case NotifyStep():
                 return {"summary": "notices go out through the outbox"}
         # Database steps go to the PostgreSQL step runner (runtime.RoutedStepRunner).
@@ -305,6 +325,74 @@ class KubernetesStepRunner:
             )
         return {"summary": f"smoke test Job {namespace}/{finished.name} completed",
                 "check": "smoke", "result": "passed", **evidence}  # fmt: skip
+
+    async def _record_evidence(self, p: RecordEvidenceParams) -> dict[str, Any]:
+        """Evidence for the record; each part that cannot be read says why, never fails."""
+        now = datetime.now(UTC)
+        events = await self._workload_events(p.namespace, p.deployment, since=p.since)
+        detail: dict[str, Any] = {"summary": "evidence recorded", "since": p.since.isoformat(),
+                                  "until": now.isoformat(), "events": events}  # fmt: skip
+        if isinstance(events, list):
+            pods = sorted({e["name"] for e in events if e["kind"] == "Pod"})
+            detail["pods_affected"] = pods
+        if p.helm_release is not None:
+            detail["helm_history"] = await self._helm_history(p.helm_release, p.namespace)
+        detail["failed_requests"] = await self._failed_requests(p, seconds=(now - p.since))
+        return detail
+
+    async def _workload_events(
+        self, namespace: str, deployment: str, *, since: datetime
+    ) -> list[dict[str, Any]] | str:
+        try:
+            items = await self._kube.list_all(Ref("Event", namespace))
+        except (TemporaryError, PermanentError) as exc:
+            return f"unavailable: {exc}"
+        kept: list[dict[str, Any]] = []
+        for item in items:
+            involved = item.get("involvedObject") or {}
+            name = str(involved.get("name") or "")
+            if name != deployment and not name.startswith(f"{deployment}-"):
+                continue
+            at = _event_time(item)
+            if at is None or at < since:
+                continue
+            kept.append(
+                {
+                    "at": at.isoformat(),
+                    "kind": str(involved.get("kind") or ""),
+                    "name": name,
+                    "type": str(item.get("type") or ""),
+                    "reason": str(item.get("reason") or ""),
+                    "message": str(item.get("message") or "")[:_EVENT_MESSAGE_CHARS],
+                    "count": int(item.get("count") or 1),
+                }
+            )
+        kept.sort(key=lambda e: str(e["at"]))
+        return kept[-_MAX_EVENTS:]
+
+    async def _helm_history(self, release: str, namespace: str) -> list[dict[str, Any]] | str:
+        if self._helm is None:
+            return "unavailable: no helm binary (kubernetes.helm_binary)"
+        try:
+            revisions = await self._helm.history(release=release, namespace=namespace)
+        except (TemporaryError, PermanentError) as exc:
+            return f"unavailable: {exc}"
+        return [_record(r) for r in revisions[-_MAX_HELM_REVISIONS:]]
+
+    async def _failed_requests(self, p: RecordEvidenceParams, *, seconds: timedelta) -> str:
+        if self._prometheus is None:
+            return "unknown: no Prometheus is configured (prometheus.url)"
+        if p.failed_requests_query is None:
+            return "unknown: no query"
+        span = f"{max(int(seconds.total_seconds()), 1)}s"
+        query = p.failed_requests_query.replace("$range", span)
+        try:
+            value = await self._prometheus.value(query)
+        except (TemporaryError, PermanentError) as exc:
+            return f"unknown: {exc}"
+        if value is None:
+            return f"unknown: {query!r} returned no series"
+        return f"{round(value)} ({query})"
 
     async def _switch(self, p: SwitchSelectorParams, *, dry_run: bool) -> dict[str, Any]:
         namespace, service = p.namespace, p.service_name

@@ -17,6 +17,7 @@ from remediator.domain.plans import (
     NoActionReason,
     Plan,
     Step,
+    Versions,
 )
 from remediator.domain.requests import TARGET_LABEL
 from remediator.domain.rules.durations import format_duration
@@ -52,6 +53,8 @@ from remediator.domain.steps import (
     HelmRollbackStep,
     NotifyParams,
     NotifyStep,
+    RecordEvidenceParams,
+    RecordEvidenceStep,
     RestartWorkloadParams,
     RestartWorkloadStep,
     RestoreConfigParams,
@@ -306,7 +309,14 @@ class _Context:
             notify=notify,
         )
 
-    def _plan(self, action: ActionKind, steps: list[Step], *, explanation: str) -> Plan:
+    def _plan(
+        self,
+        action: ActionKind,
+        steps: list[Step],
+        *,
+        explanation: str,
+        versions: Versions | None = None,
+    ) -> Plan:
         require = self.rule.require_approval
         if require is None:
             require = self.pack.defaults.require_approval
@@ -326,6 +336,7 @@ class _Context:
             approvers=approvers,
             signal_id=self.signal.id,
             explanation=explanation,
+            versions=versions,
         )
 
     @property
@@ -370,7 +381,26 @@ class _Context:
                 reason="the change is done only when what triggered it has cleared",
             )
         )
+        steps.append(self._record_evidence(action_steps))
         return steps
+
+    def _record_evidence(self, action_steps: list[Step]) -> Step:
+        helm = next((s for s in action_steps if isinstance(s, HelmRollbackStep)), None)
+        query = self.rule.verify.failed_requests_query
+        return RecordEvidenceStep(
+            params=RecordEvidenceParams(
+                namespace=self.namespace,
+                service=self.service,
+                deployment=self.spec.workload,
+                since=self.signal.starts_at or self.signal.received_at,
+                helm_release=helm.params.release if helm is not None else None,
+                # Catalog names are DNS-1123: safe inside a PromQL string literal.
+                failed_requests_query=query.replace("$service", self.service).replace(
+                    "$namespace", self.namespace
+                ),
+            ),
+            reason="the record keeps what happened: events, helm history, failed requests",
+        )
 
     # --- rollback -------------------------------------------------------------------
 
@@ -423,6 +453,7 @@ class _Context:
             steps,
             explanation=f"{why}; rolling back from {_label(current)} to {_label(target)}, "
             f"{self._target_kind}",
+            versions=_versions(current, target),
         )
 
     @property
@@ -603,6 +634,7 @@ class _Context:
             )
         ]
         explanation = f"{_describe(self.signal)}: reverting migration {migration_id}"
+        versions: Versions | None = None
         if rolled_out:
             found = self._rollback_target()
             if isinstance(found, str):
@@ -620,6 +652,7 @@ class _Context:
                 for s in rollback
             ]
             explanation += f", after rolling the application back to {_label(target)}"
+            versions = _versions(current, target)
         steps += [
             RevertMigrationStep(
                 params=RevertMigrationParams(
@@ -634,7 +667,9 @@ class _Context:
             ),
         ]
         steps += [*self._verify(steps), self._notify("people hear about every automated change")]
-        return self._plan(ActionKind.REVERT_MIGRATION, steps, explanation=explanation)
+        return self._plan(
+            ActionKind.REVERT_MIGRATION, steps, explanation=explanation, versions=versions
+        )
 
     def _migration_from_event(self) -> tuple[str, str | None] | NoAction:
         """(migration, release) for a signal from a trusted source: it may name them."""
@@ -715,6 +750,17 @@ class _Context:
             steps,
             explanation=f"{_describe(self.signal)}: restoring the previous config",
         )
+
+
+def _versions(current: DeployRecord, target: DeployRecord) -> Versions:
+    return Versions(
+        revision_from=current.revision,
+        revision_to=target.revision,
+        version_from=current.version,
+        version_to=target.version,
+        image_from=current.image,
+        image_to=target.image,
+    )
 
 
 def _unwaited(steps: list[Step]) -> list[str]:

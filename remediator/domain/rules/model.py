@@ -222,6 +222,8 @@ class SmokeTestSpec(_Strict):
     command: tuple[Text, ...] = Field(min_length=1)
     service_account: K8sName | None = None
     timeout: Duration = timedelta(minutes=5)
+    # Labels for the Job's pod (what a mesh or a policy needs); remediator's own win.
+    labels: dict[LabelKey, Annotated[str, StringConstraints(max_length=63)]] = {}
 
 
 class ConfigSpec(_Strict):
@@ -260,6 +262,11 @@ class MatchSpec(_Strict):
 
 # Long enough for any real alerting rule; an expression is journaled with the plan.
 MAX_VERIFY_QUERY_CHARS = 4096
+# The metric the shipped alerting rules assume (rules/prometheus/remediator-alerts.yml).
+DEFAULT_FAILED_REQUESTS_QUERY = (
+    'sum(increase(http_requests_total{service="$service",namespace="$namespace",'
+    'code=~"5.."}[$range]))'
+)
 
 
 class VerifySpec(_Strict):
@@ -274,6 +281,10 @@ class VerifySpec(_Strict):
     query: (
         Annotated[str, StringConstraints(min_length=1, max_length=MAX_VERIFY_QUERY_CHARS)] | None
     ) = None
+    # The record's "failed requests during the incident"; "$range" becomes its length.
+    failed_requests_query: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_VERIFY_QUERY_CHARS)
+    ] = DEFAULT_FAILED_REQUESTS_QUERY
 
     @field_validator("window")
     @classmethod
