@@ -137,6 +137,39 @@ class Impact(_Frozen):
     scope: str = ""
     users: str = ""
     data: str = ""
+    pods_affected: tuple[str, ...] = ()
+    # From PromQL when Prometheus is configured; otherwise says why it is unknown.
+    failed_requests: str = "unknown"
+
+
+class EvidenceEvent(_Frozen):
+    """One Kubernetes event of the workload during the remediation."""
+
+    at: AwareDatetime
+    kind: str
+    name: str
+    type: str = ""
+    reason: str = ""
+    message: str = ""
+    count: int = 1
+
+
+class Evidence(_Frozen):
+    """What the cluster said while remediator acted; ``note`` says what is missing and why."""
+
+    events: tuple[EvidenceEvent, ...] = ()
+    helm_history: tuple[str, ...] = ()  # one line per helm revision, oldest first
+    note: str = ""
+
+
+class Analysis(_Frozen):
+    """The part people write the morning after; who wrote it last, and when."""
+
+    root_cause: str = ""
+    improvements: tuple[str, ...] = ()
+    lessons: tuple[str, ...] = ()
+    edited_by: str | None = None
+    edited_at: AwareDatetime | None = None
 
 
 class RollbackRecord(_Frozen):
@@ -157,8 +190,11 @@ class RollbackRecord(_Frozen):
     version_to: str | None = None
     revision_from: str | None = None
     revision_to: str | None = None
+    image_from: str | None = None
+    image_to: str | None = None
     owner: str | None = None
-    approvers: tuple[str, ...] = ()
+    approvers: tuple[str, ...] = ()  # the roles the plan asked for
+    approved_by: tuple[str, ...] = ()  # who approved, with the role they answered as
     approval: ApprovalFacts | None = None
     created_at: AwareDatetime
     started_at: AwareDatetime | None = None
@@ -166,9 +202,12 @@ class RollbackRecord(_Frozen):
     timeline: tuple[TimelineEntry, ...] = ()
     results: CheckResults = CheckResults()
     impact: Impact = Impact()
+    evidence: Evidence = Evidence()
     root_cause: str = ""
     improvements: tuple[str, ...] = ()
     lessons: tuple[str, ...] = ()
+    analysis_edited_by: str | None = None
+    analysis_edited_at: AwareDatetime | None = None
 
     @field_validator("timeline")
     @classmethod
@@ -275,6 +314,8 @@ def versions_line(record: RollbackRecord) -> str:
     if record.revision_from or record.revision_to:
         revisions = f"revision {record.revision_from or '?'} → {record.revision_to or '?'}"
         parts.append(f"({revisions})" if parts else revisions)
+    if record.image_from or record.image_to:
+        parts.append(f"[image {record.image_from or '?'} → {record.image_to or '?'}]")
     return " ".join(parts) or "-"
 
 
@@ -343,6 +384,7 @@ def basic_facts(record: RollbackRecord) -> list[tuple[str, str]]:
         ("Action", record.action or "-"),
         ("Owner", record.owner or "-"),
         ("Approvers", ", ".join(record.approvers) or "-"),
+        ("Approved by", ", ".join(record.approved_by) or "-"),
         *_approval_facts(record.approval),
     ]
 
@@ -382,6 +424,25 @@ def _response_line(facts: ApprovalFacts) -> str:
         return f"missed (due {format_time(facts.response_due_at)}{escalated})"
     due, expires = format_time(facts.response_due_at), format_time(facts.expires_at)
     return f"pending (due {due}, expires {expires})"
+
+
+def pods_line(impact: Impact) -> str:
+    if not impact.pods_affected:
+        return "none recorded"
+    return f"{len(impact.pods_affected)} ({', '.join(impact.pods_affected)})"
+
+
+def evidence_lines(evidence: Evidence) -> list[str]:
+    """Kubernetes events, then helm history, one line each; a note when nothing is there."""
+    lines = [
+        f"{format_time(e.at)} {e.type} {e.kind}/{e.name} {e.reason}: {e.message}"
+        + (f" (x{e.count})" if e.count > 1 else "")
+        for e in evidence.events
+    ]
+    lines += [f"helm: {line}" for line in evidence.helm_history]
+    if evidence.note:
+        lines.append(evidence.note)
+    return lines or ["none recorded"]
 
 
 def record_links(record: RollbackRecord, *, record_url: str | None = None) -> list[tuple[str, str]]:
@@ -456,9 +517,18 @@ def render_markdown(record: RollbackRecord, *, record_url: str | None = None) ->
         f"- Scope: {_md_line(record.impact.scope) or _placeholder_md()}",
         f"- Users: {_md_line(record.impact.users) or _placeholder_md()}",
         f"- Data: {_md_line(record.impact.data) or _placeholder_md()}",
+        f"- Pods affected: {_md_line(pods_line(record.impact))}",
+        f"- Failed requests during the incident: {_md_line(record.impact.failed_requests)}",
     ]
 
-    out += ["", "## Analysis", "", "### Root cause", ""]
+    out += ["", "## Evidence", ""]
+    out += [f"- {_md_line(line)}" for line in evidence_lines(record.evidence)]
+
+    out += ["", "## Analysis", ""]
+    if record.analysis_edited_by:
+        edited = f"{record.analysis_edited_by} at {format_time(record.analysis_edited_at)}"
+        out += [f"_Last edited by {_md_line(edited)}_", ""]
+    out += ["### Root cause", ""]
     out.append(_md_block(record.root_cause) if record.root_cause else _placeholder_md())
     out += ["", "### Improvements", ""]
     out += _md_numbered(record.improvements)
@@ -566,9 +636,22 @@ def record_html_fragment(record: RollbackRecord, *, record_url: str | None = Non
         ("Data", record.impact.data),
     ):
         out.append(f"<tr><th>{label}</th><td>{_html_or_placeholder(value)}</td></tr>")
+    out.append(f"<tr><th>Pods affected</th><td>{_h(pods_line(record.impact))}</td></tr>")
+    out.append(
+        "<tr><th>Failed requests during the incident</th>"
+        f"<td>{_h(record.impact.failed_requests)}</td></tr>"
+    )
     out.append("</table>")
 
-    out.append("<h2>Analysis</h2>\n<h3>Root cause</h3>")
+    out.append("<h2>Evidence</h2>\n<ul>")
+    out += [f"<li>{_h(line)}</li>" for line in evidence_lines(record.evidence)]
+    out.append("</ul>")
+
+    out.append("<h2>Analysis</h2>")
+    if record.analysis_edited_by:
+        edited = f"{record.analysis_edited_by} at {format_time(record.analysis_edited_at)}"
+        out.append(f"<p><em>Last edited by {_h(edited)}</em></p>")
+    out.append("<h3>Root cause</h3>")
     out.append(_html_paragraphs(record.root_cause) if record.root_cause else _html_placeholder("p"))
     out.append(f"<h3>Improvements</h3>\n{_html_list(record.improvements)}")
     out.append(f"<h2>Lessons learned</h2>\n{_html_list(record.lessons)}")

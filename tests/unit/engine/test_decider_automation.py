@@ -69,6 +69,7 @@ async def test_notify_records_what_would_have_run_and_tells_people(
         "wait_rollout",
         "verify_health",
         "verify_condition",
+        "record_evidence",
         "notify",
     ]
     assert "would have run:" in full.explanation

@@ -109,7 +109,14 @@ TRIGGERS = [
         state(),
         "health-check-failure-rollback",
         ActionKind.ROLLBACK,
-        [S.ROLLOUT_UNDO, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
+        [
+            S.ROLLOUT_UNDO,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "error rate: blue-green switches the selector back",
@@ -117,7 +124,7 @@ TRIGGERS = [
         state(),
         "high-error-rate-rollback",
         ActionKind.ROLLBACK,
-        [S.SWITCH_SELECTOR, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
+        [S.SWITCH_SELECTOR, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.RECORD_EVIDENCE, S.NOTIFY],
     ),
     (
         "latency: canary weight to 0, stable up, canary down",
@@ -132,6 +139,7 @@ TRIGGERS = [
             S.WAIT_ROLLOUT,  # the stable side, scaled back up
             S.VERIFY_HEALTH,
             S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
             S.NOTIFY,
         ],
     ),
@@ -141,7 +149,14 @@ TRIGGERS = [
         state(),
         "migration-failed-revert",
         ActionKind.REVERT_MIGRATION,
-        [S.BACKUP_DATABASE, S.REVERT_MIGRATION, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
+        [
+            S.BACKUP_DATABASE,
+            S.REVERT_MIGRATION,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "migration failed (alert), release rolled out: backup, app rollback, revert",
@@ -156,6 +171,7 @@ TRIGGERS = [
             S.REVERT_MIGRATION,
             S.VERIFY_HEALTH,
             S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
             S.NOTIFY,
         ],
     ),
@@ -165,7 +181,14 @@ TRIGGERS = [
         state(),
         "pod-not-ready-rollback",
         ActionKind.ROLLBACK,
-        [S.HELM_ROLLBACK, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
+        [
+            S.HELM_ROLLBACK,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "memory after a recent deploy: roll back",
@@ -173,7 +196,14 @@ TRIGGERS = [
         state(deploys=RECENT),
         "memory-pressure-scale-or-rollback",
         ActionKind.ROLLBACK,
-        [S.ROLLOUT_UNDO, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
+        [
+            S.ROLLOUT_UNDO,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "memory with no recent deploy: scale up",
@@ -181,7 +211,14 @@ TRIGGERS = [
         state(deploys=OLD),
         "memory-pressure-scale-or-rollback",
         ActionKind.SCALE_UP,
-        [S.SCALE_DEPLOYMENT, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
+        [
+            S.SCALE_DEPLOYMENT,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "cpu after a recent deploy: roll back",
@@ -189,7 +226,14 @@ TRIGGERS = [
         state(deploys=RECENT),
         "cpu-saturation-scale-or-rollback",
         ActionKind.ROLLBACK,
-        [S.HELM_ROLLBACK, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
+        [
+            S.HELM_ROLLBACK,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "cpu with no recent deploy: scale up",
@@ -197,7 +241,14 @@ TRIGGERS = [
         state(deploys=OLD),
         "cpu-saturation-scale-or-rollback",
         ActionKind.SCALE_UP,
-        [S.SCALE_DEPLOYMENT, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.NOTIFY],
+        [
+            S.SCALE_DEPLOYMENT,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
 ]
 
@@ -692,6 +743,7 @@ def test_manual_restore_config(pack: RulePack) -> None:
         S.WAIT_ROLLOUT,  # pods restarted with the restored config are all ready
         S.VERIFY_HEALTH,
         S.VERIFY_CONDITION,
+        S.RECORD_EVIDENCE,
         S.NOTIFY,
     ]
 
