@@ -12,6 +12,7 @@ from remediator.domain.automation import AutomationLevel
 from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord, StepStatus
 from remediator.domain.notices import SlackMessageRef
 from remediator.domain.plans import ActionKind, Step, StepKind
+from remediator.domain.record import Analysis
 from remediator.domain.signals import Signal
 
 
@@ -386,6 +387,18 @@ class RemediationStore(Protocol):
         says; False if it was not waiting. The API never calls it (approvals there are
         votes: ``ApprovalStore.cast_vote``); ``remediator approve`` on the journal file
         does, recording ``by`` (the local OS user), ``roles`` and ``comment``."""
+        ...
+
+    async def record_analysis(self, remediation_id: str) -> Analysis | None:
+        """The analysis people last wrote into the record (None: nobody has)."""
+        ...
+
+    async def edit_record_analysis(
+        self, remediation_id: str, *, changes: Mapping[str, Any], by: str, at: datetime
+    ) -> Analysis | None:
+        """Apply ``changes`` (root_cause, improvements, lessons; others kept) to the newest
+        analysis and journal the result as a new version with its editor and time, in one
+        transaction; None when there is no such remediation."""
         ...
 
 
