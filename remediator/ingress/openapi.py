@@ -731,7 +731,7 @@ def _document() -> dict[str, Any]:
                             "required": True,
                             "schema": {"type": "string"},
                         },
-                    ],  # fmt: skip
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {

@@ -48,7 +48,7 @@ async def test_no_such_remediation_writes_nothing(journal: Journal) -> None:
     assert (
         await journal.edit_record_analysis(
             "rem_missing", changes={"root_cause": "x"}, by="a", at=NOW
-        )  # fmt: skip
+        )
         is None
     )
     assert await journal.record_analysis("rem_missing") is None
