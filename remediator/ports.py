@@ -12,6 +12,7 @@ from remediator.domain.automation import AutomationLevel
 from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord, StepStatus
 from remediator.domain.notices import SlackMessageRef
 from remediator.domain.plans import ActionKind, Step, StepKind
+from remediator.domain.record import Analysis
 from remediator.domain.signals import Signal
 
 
@@ -142,7 +143,14 @@ class EventPublisher(Protocol):
 
 class NeedsHuman(Exception):
     """Raised by a step runner when the situation is one people must resolve
-    (e.g. a Helm release stuck in pending-*): the remediation ends ``needs_human``."""
+    (e.g. a Helm release stuck in pending-*): the remediation ends ``needs_human``.
+
+    ``detail`` is evidence (JSON-able) journaled with the step, e.g. what a failed
+    verification saw."""
+
+    def __init__(self, message: str = "", *, detail: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail: dict[str, Any] = dict(detail or {})
 
 
 class StepRunner(Protocol):
@@ -379,6 +387,18 @@ class RemediationStore(Protocol):
         says; False if it was not waiting. The API never calls it (approvals there are
         votes: ``ApprovalStore.cast_vote``); ``remediator approve`` on the journal file
         does, recording ``by`` (the local OS user), ``roles`` and ``comment``."""
+        ...
+
+    async def record_analysis(self, remediation_id: str) -> Analysis | None:
+        """The analysis people last wrote into the record (None: nobody has)."""
+        ...
+
+    async def edit_record_analysis(
+        self, remediation_id: str, *, changes: Mapping[str, Any], by: str, at: datetime
+    ) -> Analysis | None:
+        """Apply ``changes`` (root_cause, improvements, lessons; others kept) to the newest
+        analysis and journal the result as a new version with its editor and time, in one
+        transaction; None when there is no such remediation."""
         ...
 
 

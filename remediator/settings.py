@@ -546,6 +546,25 @@ class RetentionSettings(_Group):
         )
 
 
+class PrometheusSettings(_Group):
+    url: str | None = Field(
+        None,
+        description="Prometheus to ask whether a remediation's triggering condition has "
+        "cleared (read-only instant queries); unset: that check is recorded skipped.",
+    )
+    timeout_seconds: float = Field(10.0, gt=0, description="One query to Prometheus.")
+    poll_seconds: float = Field(
+        15.0, gt=0, description="Between queries while waiting for a condition to clear."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class ShutdownSettings(_Group):
     # Kubernetes' default grace period is 30 s and includes the preStop sleep (5 s in
     # the chart): 20 s leaves a margin before SIGKILL.
@@ -586,6 +605,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     auth: AuthSettings = AuthSettings()
     approvals: ApprovalSettings = ApprovalSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
     rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
     dry_run: bool = Field(False, description="Decide and record, but change nothing.")
     failpoints: str | None = Field(

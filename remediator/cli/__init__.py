@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Sequence
 
 import remediator
-from remediator.cli import auth, db, journal, operate, requests, rules, run, services
+from remediator.cli import auth, db, journal, operate, record, requests, rules, run, services
 from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
 from remediator.domain.errors import ConfigError, RemediatorError
 
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     operate.register(sub)
     requests.register(sub)
     services.register(sub)
+    record.register(sub)
     run.register_config(sub)
     rules.register(sub)
     db.register(sub)

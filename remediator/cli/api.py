@@ -300,6 +300,9 @@ class ApiClient:
     ) -> Any:
         return self._json(self._request("POST", path, body=body, headers=headers))
 
+    def patch_json(self, path: str, body: Mapping[str, Any]) -> Any:
+        return self._json(self._request("PATCH", path, body=body))
+
     # -- transport -------------------------------------------------------------------
     def _tls_context(self) -> ssl.SSLContext | None:
         o = self._options

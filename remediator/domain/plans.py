@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from remediator.domain.steps import Step as Step
 from remediator.domain.steps import StepKind as StepKind
@@ -60,6 +60,21 @@ class _Frozen(BaseModel):
         return self.model_dump(mode="json")
 
 
+class Versions(_Frozen):
+    """What a rollback goes from and to, as the trusted deploy events recorded them."""
+
+    revision_from: str | None = None
+    revision_to: str | None = None
+    version_from: str | None = None
+    version_to: str | None = None
+    image_from: str | None = None
+    image_to: str | None = None
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class Plan(_Frozen):
     service: str
     namespace: str
@@ -72,6 +87,8 @@ class Plan(_Frozen):
     approvers: tuple[str, ...] = ()
     signal_id: str = ""
     explanation: str = ""
+    # Rollbacks only; left out of the stored form otherwise (plans journaled before it).
+    versions: Versions | None = Field(default=None, exclude_if=_absent)
 
     @property
     def automated(self) -> bool:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from remediator.domain.errors import InvalidInput
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import NoActionReason
 
@@ -137,6 +138,39 @@ class Impact(_Frozen):
     scope: str = ""
     users: str = ""
     data: str = ""
+    pods_affected: tuple[str, ...] = ()
+    # From PromQL when Prometheus is configured; otherwise says why it is unknown.
+    failed_requests: str = "unknown"
+
+
+class EvidenceEvent(_Frozen):
+    """One Kubernetes event of the workload during the remediation."""
+
+    at: AwareDatetime
+    kind: str
+    name: str
+    type: str = ""
+    reason: str = ""
+    message: str = ""
+    count: int = 1
+
+
+class Evidence(_Frozen):
+    """What the cluster said while remediator acted; ``note`` says what is missing and why."""
+
+    events: tuple[EvidenceEvent, ...] = ()
+    helm_history: tuple[str, ...] = ()  # one line per helm revision, oldest first
+    note: str = ""
+
+
+class Analysis(_Frozen):
+    """The part people write the morning after; who wrote it last, and when."""
+
+    root_cause: str = ""
+    improvements: tuple[str, ...] = ()
+    lessons: tuple[str, ...] = ()
+    edited_by: str | None = None
+    edited_at: AwareDatetime | None = None
 
 
 class RollbackRecord(_Frozen):
@@ -157,8 +191,11 @@ class RollbackRecord(_Frozen):
     version_to: str | None = None
     revision_from: str | None = None
     revision_to: str | None = None
+    image_from: str | None = None
+    image_to: str | None = None
     owner: str | None = None
-    approvers: tuple[str, ...] = ()
+    approvers: tuple[str, ...] = ()  # the roles the plan asked for
+    approved_by: tuple[str, ...] = ()  # who approved, with the role they answered as
     approval: ApprovalFacts | None = None
     created_at: AwareDatetime
     started_at: AwareDatetime | None = None
@@ -166,9 +203,12 @@ class RollbackRecord(_Frozen):
     timeline: tuple[TimelineEntry, ...] = ()
     results: CheckResults = CheckResults()
     impact: Impact = Impact()
+    evidence: Evidence = Evidence()
     root_cause: str = ""
     improvements: tuple[str, ...] = ()
     lessons: tuple[str, ...] = ()
+    analysis_edited_by: str | None = None
+    analysis_edited_at: AwareDatetime | None = None
 
     @field_validator("timeline")
     @classmethod
@@ -275,6 +315,8 @@ def versions_line(record: RollbackRecord) -> str:
     if record.revision_from or record.revision_to:
         revisions = f"revision {record.revision_from or '?'} → {record.revision_to or '?'}"
         parts.append(f"({revisions})" if parts else revisions)
+    if record.image_from or record.image_to:
+        parts.append(f"[image {record.image_from or '?'} → {record.image_to or '?'}]")
     return " ".join(parts) or "-"
 
 
@@ -343,6 +385,7 @@ def basic_facts(record: RollbackRecord) -> list[tuple[str, str]]:
         ("Action", record.action or "-"),
         ("Owner", record.owner or "-"),
         ("Approvers", ", ".join(record.approvers) or "-"),
+        ("Approved by", ", ".join(record.approved_by) or "-"),
         *_approval_facts(record.approval),
     ]
 
@@ -382,6 +425,25 @@ def _response_line(facts: ApprovalFacts) -> str:
         return f"missed (due {format_time(facts.response_due_at)}{escalated})"
     due, expires = format_time(facts.response_due_at), format_time(facts.expires_at)
     return f"pending (due {due}, expires {expires})"
+
+
+def pods_line(impact: Impact) -> str:
+    if not impact.pods_affected:
+        return "none recorded"
+    return f"{len(impact.pods_affected)} ({', '.join(impact.pods_affected)})"
+
+
+def evidence_lines(evidence: Evidence) -> list[str]:
+    """Kubernetes events, then helm history, one line each; a note when nothing is there."""
+    lines = [
+        f"{format_time(e.at)} {e.type} {e.kind}/{e.name} {e.reason}: {e.message}"
+        + (f" (x{e.count})" if e.count > 1 else "")
+        for e in evidence.events
+    ]
+    lines += [f"helm: {line}" for line in evidence.helm_history]
+    if evidence.note:
+        lines.append(evidence.note)
+    return lines or ["none recorded"]
 
 
 def record_links(record: RollbackRecord, *, record_url: str | None = None) -> list[tuple[str, str]]:
@@ -456,9 +518,18 @@ def render_markdown(record: RollbackRecord, *, record_url: str | None = None) ->
         f"- Scope: {_md_line(record.impact.scope) or _placeholder_md()}",
         f"- Users: {_md_line(record.impact.users) or _placeholder_md()}",
         f"- Data: {_md_line(record.impact.data) or _placeholder_md()}",
+        f"- Pods affected: {_md_line(pods_line(record.impact))}",
+        f"- Failed requests during the incident: {_md_line(record.impact.failed_requests)}",
     ]
 
-    out += ["", "## Analysis", "", "### Root cause", ""]
+    out += ["", "## Evidence", ""]
+    out += [f"- {_md_line(line)}" for line in evidence_lines(record.evidence)]
+
+    out += ["", "## Analysis", ""]
+    if record.analysis_edited_by:
+        edited = f"{record.analysis_edited_by} at {format_time(record.analysis_edited_at)}"
+        out += [f"_Last edited by {_md_line(edited)}_", ""]
+    out += ["### Root cause", ""]
     out.append(_md_block(record.root_cause) if record.root_cause else _placeholder_md())
     out += ["", "### Improvements", ""]
     out += _md_numbered(record.improvements)
@@ -566,9 +637,22 @@ def record_html_fragment(record: RollbackRecord, *, record_url: str | None = Non
         ("Data", record.impact.data),
     ):
         out.append(f"<tr><th>{label}</th><td>{_html_or_placeholder(value)}</td></tr>")
+    out.append(f"<tr><th>Pods affected</th><td>{_h(pods_line(record.impact))}</td></tr>")
+    out.append(
+        "<tr><th>Failed requests during the incident</th>"
+        f"<td>{_h(record.impact.failed_requests)}</td></tr>"
+    )
     out.append("</table>")
 
-    out.append("<h2>Analysis</h2>\n<h3>Root cause</h3>")
+    out.append("<h2>Evidence</h2>\n<ul>")
+    out += [f"<li>{_h(line)}</li>" for line in evidence_lines(record.evidence)]
+    out.append("</ul>")
+
+    out.append("<h2>Analysis</h2>")
+    if record.analysis_edited_by:
+        edited = f"{record.analysis_edited_by} at {format_time(record.analysis_edited_at)}"
+        out.append(f"<p><em>Last edited by {_h(edited)}</em></p>")
+    out.append("<h3>Root cause</h3>")
     out.append(_html_paragraphs(record.root_cause) if record.root_cause else _html_placeholder("p"))
     out.append(f"<h3>Improvements</h3>\n{_html_list(record.improvements)}")
     out.append(f"<h2>Lessons learned</h2>\n{_html_list(record.lessons)}")
@@ -640,3 +724,64 @@ def render(record: RollbackRecord, *, fmt: RecordFormat, record_url: str | None 
         data = render_json(record, record_url=record_url)
         return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
     raise ValueError(f"unknown record format {fmt!r}; expected one of {', '.join(RECORD_FORMATS)}")
+
+
+# -- editing the analysis -------------------------------------------------------------
+
+ANALYSIS_FIELDS = ("root_cause", "improvements", "lessons")
+MAX_ROOT_CAUSE_CHARS = 10_000
+MAX_ANALYSIS_ITEMS = 50
+MAX_ANALYSIS_ITEM_CHARS = 2_000
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def parse_analysis_edit(document: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a ``PATCH .../record`` body, checked and bounded; raises
+    ``InvalidInput`` naming the field. Who edits is never read from the body."""
+    if not document:
+        raise InvalidInput(f"give at least one of {', '.join(ANALYSIS_FIELDS)}", where="body")
+    changes: dict[str, Any] = {}
+    for key, value in document.items():
+        if key not in ANALYSIS_FIELDS:
+            raise InvalidInput(
+                f"unknown field (the body takes only {', '.join(ANALYSIS_FIELDS)}; who edits "
+                "is the principal of the credential you send)",
+                where=key[:64],
+            )
+        if key == "root_cause":
+            changes[key] = _analysis_text(value, where=key, limit=MAX_ROOT_CAUSE_CHARS)
+            continue
+        if not isinstance(value, list):
+            raise InvalidInput("expected a list of strings", where=key)
+        if len(value) > MAX_ANALYSIS_ITEMS:
+            raise InvalidInput(f"at most {MAX_ANALYSIS_ITEMS} items, got {len(value)}", where=key)
+        items = [
+            _analysis_text(item, where=f"{key}[{n}]", limit=MAX_ANALYSIS_ITEM_CHARS)
+            for n, item in enumerate(value)
+        ]
+        changes[key] = tuple(item for item in items if item)
+    return changes
+
+
+def _analysis_text(value: Any, *, where: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"expected a string, got {type(value).__name__}", where=where)
+    if len(value) > limit:
+        raise InvalidInput(f"at most {limit} characters, got {len(value)}", where=where)
+    if _CONTROL.search(value):
+        raise InvalidInput("holds control characters (other than line breaks)", where=where)
+    return value.strip()
+
+
+def edited_analysis(
+    previous: Analysis | None, changes: dict[str, Any], *, by: str, at: datetime
+) -> Analysis:
+    """``previous`` with ``changes`` applied (fields not given are kept)."""
+    base = previous or Analysis()
+    return Analysis(
+        root_cause=changes.get("root_cause", base.root_cause),
+        improvements=changes.get("improvements", base.improvements),
+        lessons=changes.get("lessons", base.lessons),
+        edited_by=by,
+        edited_at=at,
+    )

@@ -7,16 +7,24 @@ from datetime import datetime
 from typing import Any
 
 from remediator.domain.approvals import ApprovalState, Pending, Verdict
-from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord
+from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord, StepStatus
 from remediator.domain.record import (
+    Analysis,
     ApprovalEntry,
     ApprovalFacts,
+    CheckResult,
+    CheckResults,
+    CheckStatus,
+    Evidence,
+    EvidenceEvent,
+    Impact,
     RollbackRecord,
     TimelineEntry,
     Trigger,
 )
 from remediator.domain.requests import REASON_ANNOTATION
 from remediator.domain.signals import Signal, Source
+from remediator.domain.steps import StepKind
 
 
 def _plan_of(decision: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -40,9 +48,16 @@ def record_from_journal(
     signal: Signal | None,
     *,
     timeline: tuple[TimelineEntry, ...] = (),
+    owner: str | None = None,
+    analysis: Analysis | None = None,
 ) -> RollbackRecord:
-    """``remediation`` as the journal gives it in full (with its decision and steps)."""
+    """``remediation`` as the journal gives it in full (with its decision and steps);
+    ``owner`` from the catalog, ``analysis`` as people last wrote it."""
     plan = _plan_of(remediation.decision or {})
+    versions = (plan or {}).get("versions") or {}
+    steps = tuple(remediation.steps or ())
+    evidence_detail = _last_detail(steps, StepKind.RECORD_EVIDENCE)
+    notes = analysis or Analysis()
     entries = list(timeline)
     if signal is not None:
         entries.append(_received_entry(signal))
@@ -82,17 +97,143 @@ def record_from_journal(
         explanation=remediation.explanation,
         rule=remediation.rule,
         action=remediation.action.value if remediation.action else None,
-        revision_from=_first_param(plan, "from_revision"),
-        revision_to=_first_param(plan, "to_revision", "revision"),
-        version_from=_first_param(plan, "from_version"),
-        version_to=_first_param(plan, "to_version"),
+        revision_from=versions.get("revision_from") or _first_param(plan, "from_revision"),
+        revision_to=versions.get("revision_to") or _first_param(plan, "to_revision", "revision"),
+        version_from=versions.get("version_from") or _first_param(plan, "from_version"),
+        version_to=versions.get("version_to") or _first_param(plan, "to_version"),
+        image_from=versions.get("image_from"),
+        image_to=versions.get("image_to"),
+        owner=owner,
         approvers=tuple(plan.get("approvers") or ()) if plan else (),
+        approved_by=_approved_by(remediation),
         approval=None if approval is None else _approval_facts(approval, remediation.status),
         created_at=remediation.created_at,
         started_at=remediation.claimed_at,
         finished_at=remediation.finished_at,
         timeline=tuple(entries),
+        results=results_from_steps(plan, steps, claimed=claimed),
+        impact=_impact(evidence_detail),
+        evidence=_evidence(evidence_detail, claimed=claimed),
+        root_cause=notes.root_cause,
+        improvements=notes.improvements,
+        lessons=notes.lessons,
+        analysis_edited_by=notes.edited_by,
+        analysis_edited_at=notes.edited_at,
     )
+
+
+def _approved_by(remediation: Remediation) -> tuple[str, ...]:
+    """Who approved, each with the role they answered as."""
+    state = remediation.approval
+    approved = [
+        f"{v.principal} ({', '.join(v.roles)})" if v.roles else v.principal
+        for v in (state.votes if state is not None else ())
+        if v.verdict is Verdict.APPROVE
+    ]
+    if not approved and remediation.approved_by:
+        approved.append(remediation.approved_by)
+    return tuple(approved)
+
+
+def _last_detail(steps: tuple[StepRecord, ...], kind: StepKind) -> Mapping[str, Any] | None:
+    found = [s for s in steps if s.kind == kind.value and s.status is StepStatus.SUCCEEDED]
+    return found[-1].detail if found else None
+
+
+# Which record result each verification (and action) step fills in.
+_RESULT_OF_STEP: dict[str, str] = {
+    StepKind.WAIT_ROLLOUT.value: "application",
+    StepKind.ROLLOUT_UNDO.value: "application",
+    StepKind.HELM_ROLLBACK.value: "application",
+    StepKind.SWITCH_SELECTOR.value: "application",
+    StepKind.SET_ROUTE_WEIGHTS.value: "application",
+    StepKind.SCALE_DEPLOYMENT.value: "application",
+    StepKind.RESTORE_CONFIG.value: "application",
+    StepKind.RESTART_WORKLOAD.value: "application",
+    StepKind.BACKUP_DATABASE.value: "database",
+    StepKind.REVERT_MIGRATION.value: "database",
+    StepKind.VERIFY_HEALTH.value: "health",
+    StepKind.VERIFY_SMOKE.value: "function",
+    StepKind.VERIFY_CONDITION.value: "performance",
+}
+_NOT_PLANNED = {
+    "application": "the plan changes no workload",
+    "database": "the plan touches no database",
+    "health": "the catalog names no health_url",
+    "function": "the catalog names no smoke_test",
+    "performance": "the plan has no condition check",
+}
+
+
+def results_from_steps(
+    plan: Mapping[str, Any] | None, steps: tuple[StepRecord, ...], *, claimed: bool
+) -> CheckResults:
+    """The five results, each from the last journaled step that fills it: passed,
+    failed, skipped (with why), or not run (not planned, or never reached)."""
+    planned = {
+        _RESULT_OF_STEP[str(step.get("kind"))]
+        for step in (plan or {}).get("steps", ())
+        if str(step.get("kind")) in _RESULT_OF_STEP
+    }
+    results: dict[str, CheckResult] = {}
+    for step in steps:
+        field = _RESULT_OF_STEP.get(step.kind)
+        if field is None or step.status is StepStatus.STARTED:
+            continue
+        results[field] = _check_of(step)
+    for field, why_not in _NOT_PLANNED.items():
+        if field not in results:
+            reached = "not reached: the plan ended before it" if claimed else "the plan never ran"
+            detail = reached if field in planned else why_not
+            results[field] = CheckResult(status=CheckStatus.NOT_RUN, detail=detail)
+    return CheckResults(**results)
+
+
+def _check_of(step: StepRecord) -> CheckResult:
+    detail = step.detail
+    text = str(detail.get("error") or detail.get("summary") or "")
+    if step.status is StepStatus.FAILED:
+        return CheckResult(status=CheckStatus.FAILED, detail=text)
+    if detail.get("result") == "skipped" or detail.get("dry_run") is True:
+        return CheckResult(status=CheckStatus.SKIPPED, detail=text)
+    return CheckResult(status=CheckStatus.PASSED, detail=text or step.kind)
+
+
+def _impact(detail: Mapping[str, Any] | None) -> Impact:
+    if detail is None:
+        return Impact(failed_requests="unknown: no evidence was recorded")
+    pods = detail.get("pods_affected")
+    return Impact(
+        pods_affected=tuple(str(p) for p in pods) if isinstance(pods, list) else (),
+        failed_requests=str(detail.get("failed_requests") or "unknown"),
+    )
+
+
+def _evidence(detail: Mapping[str, Any] | None, *, claimed: bool) -> Evidence:
+    if detail is None:
+        why = "the plan ended before it" if claimed else "the plan never ran"
+        return Evidence(note=f"no evidence recorded: {why}")
+    notes = []
+    events = detail.get("events")
+    parsed: list[EvidenceEvent] = []
+    if isinstance(events, list):
+        parsed = [EvidenceEvent.model_validate(e) for e in events if isinstance(e, dict)]
+    else:
+        notes.append(f"Kubernetes events {events}")
+    history = detail.get("helm_history")
+    lines: list[str] = []
+    if isinstance(history, list):
+        lines = [_helm_line(h) for h in history if isinstance(h, dict)]
+    elif history is not None:
+        notes.append(f"helm history {history}")
+    return Evidence(events=tuple(parsed), helm_history=tuple(lines), note="; ".join(notes))
+
+
+def _helm_line(revision: Mapping[str, Any]) -> str:
+    return (
+        f"revision {revision.get('revision')} {revision.get('status')} "
+        f"{revision.get('chart', '')} {revision.get('description', '')}"
+    ).strip()
 
 
 def _received_entry(signal: Signal) -> TimelineEntry:

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,6 +37,11 @@ class StepKind(StrEnum):
     RESTORE_CONFIG = "restore_config"
     RESTART_WORKLOAD = "restart_workload"
     VERIFY_HEALTH = "verify_health"
+    # The triggering condition has cleared: a PromQL expression returns nothing.
+    VERIFY_CONDITION = "verify_condition"
+    VERIFY_SMOKE = "verify_smoke"  # the catalog's smoke test, run as a Kubernetes Job
+    # Read-only: the workload's Kubernetes events, helm history, failed requests.
+    RECORD_EVIDENCE = "record_evidence"
     NOTIFY = "notify"
 
 
@@ -134,6 +140,35 @@ class VerifyHealthParams(StepParams):
     url: Name
 
 
+# Where a condition's expression came from: the rule pack (trusted config), the alert's
+# generatorURL (sent by Prometheus through the authenticated webhook), or nowhere.
+ConditionOrigin = Literal["rule", "alert", "none"]
+MAX_CONDITION_QUERY_CHARS = 4096
+
+
+class VerifyConditionParams(StepParams):
+    service: Name
+    query: Annotated[str, StringConstraints(max_length=MAX_CONDITION_QUERY_CHARS)] | None
+    origin: ConditionOrigin
+    window_seconds: PositiveInt
+    # Series of this alert only: an expression grouped by service matches other services too.
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    note: str = ""  # why there is no expression, when there is none
+
+
+class VerifySmokeParams(StepParams):
+    service: Name  # the catalog entry whose smoke_test template runs
+
+
+class RecordEvidenceParams(StepParams):
+    service: Name
+    deployment: Name
+    since: AwareDatetime  # when the incident began (the alert's start)
+    helm_release: Name | None = None
+    # Failed requests during the incident (PromQL; "$range" becomes the incident's length).
+    failed_requests_query: str | None = None
+
+
 class NotifyParams(StepParams):
     service: Name
     signal: str  # the kind of signal (alertname or event type)
@@ -215,6 +250,21 @@ class VerifyHealthStep(_Step):
     params: VerifyHealthParams
 
 
+class VerifyConditionStep(_Step):
+    kind: Literal[StepKind.VERIFY_CONDITION] = StepKind.VERIFY_CONDITION
+    params: VerifyConditionParams
+
+
+class VerifySmokeStep(_Step):
+    kind: Literal[StepKind.VERIFY_SMOKE] = StepKind.VERIFY_SMOKE
+    params: VerifySmokeParams
+
+
+class RecordEvidenceStep(_Step):
+    kind: Literal[StepKind.RECORD_EVIDENCE] = StepKind.RECORD_EVIDENCE
+    params: RecordEvidenceParams
+
+
 class NotifyStep(_Step):
     kind: Literal[StepKind.NOTIFY] = StepKind.NOTIFY
     params: NotifyParams
@@ -234,6 +284,9 @@ Step = Annotated[
     | RestoreConfigStep
     | RestartWorkloadStep
     | VerifyHealthStep
+    | VerifyConditionStep
+    | VerifySmokeStep
+    | RecordEvidenceStep
     | NotifyStep,
     Field(discriminator="kind"),
 ]

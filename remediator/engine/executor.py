@@ -106,7 +106,7 @@ class _Ending:
     status: RemediationStatus
     reason: str | None
     failed_step: int | None = None  # a step started and not finished: it is marked failed
-    step_detail: dict[str, str] | None = None
+    step_detail: dict[str, Any] | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -498,11 +498,13 @@ class Executor:
 
     @staticmethod
     def _step_ending(status: RemediationStatus, idx: int, step: Step, exc: Exception) -> _Ending:
+        # What a runner saw (a failed verification's evidence) stays with the step.
+        evidence = exc.detail if isinstance(exc, NeedsHuman) else {}
         return _Ending(
             status=status,
             reason=f"{step.kind.value}: {exc}",
             failed_step=idx,
-            step_detail=_error_detail(exc),
+            step_detail={**evidence, **_error_detail(exc)},
         )
 
     async def _run_step(
@@ -793,9 +795,9 @@ def _cdevents(item: Remediation, status: RemediationStatus, at: datetime) -> lis
     event: an incident detected when it starts; when it succeeds, a rollback's
     ``service.rolledback``, then the incident resolved.
 
-    "Resolved" follows "succeeded" for now: the check that the service recovered after
-    the action (issue 16's verification) is being built elsewhere; once it lands, the
-    incident is to be resolved when that check passes instead.
+    A plan succeeds only after its verification steps passed (rollout, health, smoke
+    test, the triggering condition cleared), so "resolved" means the service recovered;
+    a failed verification ends ``needs_human`` and resolves nothing.
     """
     if status not in (RemediationStatus.RUNNING, RemediationStatus.SUCCEEDED):
         return []

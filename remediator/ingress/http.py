@@ -21,7 +21,12 @@ from remediator.domain.errors import InvalidInput, TemporaryError
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.limits import InputLimits, TooLarge
 from remediator.domain.paging import parse_cursor, shown
-from remediator.domain.record import CONTENT_TYPES, RECORD_FORMATS, render
+from remediator.domain.record import (
+    CONTENT_TYPES,
+    RECORD_FORMATS,
+    parse_analysis_edit,
+    render,
+)
 from remediator.domain.record_build import record_from_journal
 from remediator.domain.rules import RulePack
 from remediator.domain.signals import Status
@@ -226,6 +231,8 @@ class IntakeApp:
         self.on_new_signals = on_new_signals
         self.readiness_details = readiness_details
         self.on_approved = on_approved
+        # The catalog names each service's owner, for the record.
+        self.pack = pack or RulePack(services={}, rules=())
         self.approvals = ApprovalApi(
             journal=journal,
             pack=pack or RulePack(services={}, rules=()),
@@ -271,6 +278,9 @@ class IntakeApp:
         app.router.add_get("/api/v1/remediations/{id}", self._requires(read, self.get_remediation))
         app.router.add_get(
             "/api/v1/remediations/{id}/record", self._requires(read, self.get_record)
+        )
+        app.router.add_patch(
+            "/api/v1/remediations/{id}/record", self._requires(operate, self.edit_record)
         )
         for path, handler in self.approvals.routes():
             app.router.add_post(path, self._requires(operate, handler))
@@ -561,11 +571,15 @@ class IntakeApp:
         try:
             item = await self.journal.get_remediation(rid)
             signal = await self.journal.get_signal(item.signal_id) if item else None
+            analysis = await self.journal.record_analysis(item.id) if item else None
         except TemporaryError as exc:
             return self._unavailable(f"journal unavailable: {exc}")
         if item is None:
             return error_response(404, f"id: no remediation {shown(rid)}")
-        record = record_from_journal(item, signal)
+        spec = self.pack.services.get(item.service)
+        record = record_from_journal(
+            item, signal, owner=spec.owner if spec is not None else None, analysis=analysis
+        )
         body = render(record, fmt=fmt, record_url=str(request.url))
         headers = {"Content-Type": CONTENT_TYPES[fmt]}
         if fmt == "html":
@@ -579,6 +593,28 @@ class IntakeApp:
         except TemporaryError as exc:
             return self._unavailable(f"journal unavailable: {exc}")
         return json_response(_circuit_body(record))
+
+    async def edit_record(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """Root cause, improvements and lessons of a record; the editor is the principal."""
+        rid = request.match_info["id"]
+        try:
+            document = orjson.loads(await request.read() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"not valid JSON ({exc})", where="body") from None
+        if not isinstance(document, dict):
+            raise InvalidInput('expected a JSON object such as {"root_cause": "..."}',
+                               where="body")  # fmt: skip
+        changes = parse_analysis_edit(document)
+        try:
+            edited = await self.journal.edit_record_analysis(
+                rid, changes=changes, by=principal.name, at=self.clock()
+            )
+        except TemporaryError as exc:
+            return self._unavailable(f"journal unavailable: {exc}")
+        if edited is None:
+            return error_response(404, f"id: no remediation {shown(rid)}")
+        log.info("record of %s edited by %s (%s)", rid, principal.name, ", ".join(changes))
+        return json_response({"remediation_id": rid, **edited.to_dict()})
 
     async def reset_circuit(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         """Close the breaker; automated actions before now no longer count toward it."""

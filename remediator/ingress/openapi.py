@@ -714,7 +714,59 @@ def _document() -> dict[str, Any]:
                         "404": _error("No remediation with that id."),
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
-                }
+                },
+                "patch": {
+                    "summary": "Write the record's root cause, improvements and lessons.",
+                    "description": (
+                        "Only these three fields; a field left out keeps its value. The "
+                        "editor is the principal of the credential, never a field; every "
+                        "edit is journaled with its editor and time."
+                    ),
+                    "security": _SECURED,
+                    "x-required-role": "operate",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "minProperties": 1,
+                                    "properties": {
+                                        "root_cause": {"type": "string", "maxLength": 10000},
+                                        "improvements": {
+                                            "type": "array",
+                                            "maxItems": 50,
+                                            "items": {"type": "string", "maxLength": 2000},
+                                        },
+                                        "lessons": {
+                                            "type": "array",
+                                            "maxItems": 50,
+                                            "items": {"type": "string", "maxLength": 2000},
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The analysis as now recorded, with its editor.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "400": _error("A field is unknown, mistyped or too long (named)."),
+                        "404": _error("No remediation with that id."),
+                        "503": _error("Journal unavailable.", _RETRY_AFTER),
+                    },
+                },
             },
             "/api/v1/rollback-requests": {
                 "post": {

@@ -34,6 +34,7 @@ from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLo
 from remediator.connectors.postgres import ServiceLocks
 from remediator.connectors.postgres.steps import KINDS as DATABASE_STEPS
 from remediator.connectors.postgres.steps import PostgresStepRunner
+from remediator.connectors.prometheus import Prometheus
 from remediator.connectors.slack import SlackNotifier
 from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 from remediator.domain.notices import EmailRouting, SlackRouting
@@ -441,9 +442,17 @@ class Runtime:
             kube=kube,
             pack=self.pack,
             helm=Helm(binary=Path(k.helm_binary), kubeconfig=k.kubeconfig, kube_context=k.context),
+            prometheus=self._prometheus(),
             rollout_timeout_seconds=k.rollout_timeout_seconds,
             health_timeout_seconds=k.health_timeout_seconds,
         )
+
+    def _prometheus(self) -> Prometheus | None:
+        p = self.settings.prometheus
+        if p.url is None:
+            return None
+        return Prometheus(base_url=p.url, timeout_seconds=p.timeout_seconds,
+                          poll_seconds=p.poll_seconds)  # fmt: skip
 
     def _executor(
         self,

@@ -25,6 +25,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -39,7 +40,7 @@ from remediator.connectors.postgres.steps import table_status
 from remediator.domain.errors import ConfigError, PermanentError, TemporaryError
 from remediator.domain.rules.model import DatabaseSpec, ServiceSpec
 
-__all__ = ["LAST", "JobRunner", "job_runner_factory", "secret_source"]
+__all__ = ["LAST", "JobOutcome", "JobRunner", "job_runner_factory", "run_job", "secret_source"]
 
 log = logging.getLogger(__name__)
 
@@ -200,97 +201,140 @@ class JobRunner:
         before = await self.status()
         t0 = time.monotonic()
         name = _job_name(self.service)
-        jobs = f"/apis/batch/v1/namespaces/{self.namespace}/jobs"
-        what = f"Job {self.namespace}/{name}"
-        await _call(
+        log.info("%s: creating Job %s/%s (%s, target %s)", self.service, self.namespace, name,
+                 self.image, target)  # fmt: skip
+        finished = await run_job(
             self._api,
-            "POST",
-            jobs,
-            what=f"create {what}",
-            query=[("fieldManager", FIELD_MANAGER)],
+            namespace=self.namespace,
             body=self.job_body(name, target),
+            timeout_s=self.timeout_s,
+            poll_s=self.poll_s,
         )
-        log.info("%s: created %s (%s, target %s)", self.service, what, self.image, target)
-        outcome, reason = await self._watch(f"{jobs}/{name}", what=what)
-        output = await self._logs(name)
         after = await self.status()
         reverted = tuple(v for v in reversed(before.applied) if v not in after.applied)
         duration = time.monotonic() - t0
-        if outcome == "Complete":
+        what = f"Job {self.namespace}/{name}"
+        if finished.outcome == "Complete":
             log.info("%s: %s completed in %.1fs", self.service, what, duration)
             return RevertResult(
-                reverted=reverted, current=after.current, duration_s=duration, output=output
+                reverted=reverted, current=after.current, duration_s=duration, output=finished.logs
             )
-        tail = output[-2000:].strip()
-        message = f"{what} {outcome.lower()}: {reason}" + (f"; log tail:\n{tail}" if tail else "")
-        if outcome == "Timeout":
-            # The controller never reported: stop the pod so it cannot change the schema
-            # behind the record's back.
-            await self._delete(f"{jobs}/{name}", what=what)
+        tail = finished.logs[-2000:].strip()
+        message = f"{what} {finished.outcome.lower()}: {finished.reason}" + (
+            f"; log tail:\n{tail}" if tail else ""
+        )
         # Failed, past its deadline, or never reported: whether the command changed
         # anything is unknown, so it is never run again on its own (PermanentError).
         raise MigrationFailed(message, migration=target, reverted=reverted)
 
-    async def _watch(self, path: str, *, what: str) -> tuple[str, str]:
-        """("Complete" | "Failed" | "Timeout", reason) once the Job has finished."""
-        # The Job's own activeDeadlineSeconds fails it; this margin only covers a
-        # controller that never reports.
-        deadline = time.monotonic() + self.timeout_s + 30.0
-        while True:
-            job = await _call(self._api, "GET", path, what=what)
-            for condition in (job.get("status") or {}).get("conditions") or []:
-                if condition.get("status") != "True":
-                    continue
-                kind = condition.get("type")
-                if kind in ("Complete", "Failed"):
-                    reason = condition.get("reason") or ""
-                    detail = condition.get("message") or ""
-                    return str(kind), f"{reason} {detail}".strip() or str(kind)
-            if time.monotonic() >= deadline:
-                return "Timeout", f"not finished after {self.timeout_s:g}s"
-            await asyncio.sleep(self.poll_s)
 
-    async def _logs(self, job: str) -> str:
-        """The tail of the Job's pod log; a note when there is none (no kubelet, GC'd)."""
-        pods_path = f"/api/v1/namespaces/{self.namespace}/pods"
-        try:
-            pods = await _call(
-                self._api,
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOutcome:
+    """How a Job ended: ``Complete``, ``Failed`` or ``Timeout``, and its pods' log tail."""
+
+    name: str
+    outcome: str
+    reason: str
+    logs: str
+    duration_s: float
+
+
+async def run_job(
+    api: k8s_client.ApiClient,
+    *,
+    namespace: str,
+    body: Mapping[str, Any],
+    timeout_s: float,
+    poll_s: float = 1.0,
+    container: str = CONTAINER,
+) -> JobOutcome:
+    """Create the Job ``body`` (its ``metadata.name`` set), watch it to its end and read its
+    pods' log tail. A Job that never reported is deleted, so it cannot act later."""
+    t0 = time.monotonic()
+    name = str(body["metadata"]["name"])
+    jobs = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+    what = f"Job {namespace}/{name}"
+    await _call(
+        api,
+        "POST",
+        jobs,
+        what=f"create {what}",
+        query=[("fieldManager", FIELD_MANAGER)],
+        body=dict(body),
+    )
+    outcome, reason = await _watch(api, f"{jobs}/{name}", what=what, timeout_s=timeout_s,
+                                   poll_s=poll_s)  # fmt: skip
+    output = await _logs(api, namespace, name, container=container)
+    if outcome == "Timeout":
+        await _delete(api, f"{jobs}/{name}", what=what)
+    return JobOutcome(name=name, outcome=outcome, reason=reason, logs=output,
+                      duration_s=time.monotonic() - t0)  # fmt: skip
+
+
+async def _watch(
+    api: k8s_client.ApiClient, path: str, *, what: str, timeout_s: float, poll_s: float
+) -> tuple[str, str]:
+    """("Complete" | "Failed" | "Timeout", reason) once the Job has finished."""
+    # The Job's own activeDeadlineSeconds fails it; this margin only covers a
+    # controller that never reports.
+    deadline = time.monotonic() + timeout_s + 30.0
+    while True:
+        job = await _call(api, "GET", path, what=what)
+        for condition in (job.get("status") or {}).get("conditions") or []:
+            if condition.get("status") != "True":
+                continue
+            kind = condition.get("type")
+            if kind in ("Complete", "Failed"):
+                reason = condition.get("reason") or ""
+                detail = condition.get("message") or ""
+                return str(kind), f"{reason} {detail}".strip() or str(kind)
+        if time.monotonic() >= deadline:
+            return "Timeout", f"not finished after {timeout_s:g}s"
+        await asyncio.sleep(poll_s)
+
+
+async def _logs(api: k8s_client.ApiClient, namespace: str, job: str, *, container: str) -> str:
+    """The tail of the Job's pod log; a note when there is none (no kubelet, GC'd)."""
+    pods_path = f"/api/v1/namespaces/{namespace}/pods"
+    try:
+        pods = await _call(
+            api,
+            "GET",
+            pods_path,
+            what=f"pods of Job {job}",
+            query=[("labelSelector", f"job-name={job}")],
+        )
+        names = [p["metadata"]["name"] for p in (pods or {}).get("items") or []]
+        if not names:
+            return f"(no pod of Job {job} found)"
+        parts = []
+        for pod in names:
+            text = await _call(
+                api,
                 "GET",
-                pods_path,
-                what=f"pods of Job {job}",
-                query=[("labelSelector", f"job-name={job}")],
+                f"{pods_path}/{pod}/log",
+                what=f"log of pod {pod}",
+                query=[("container", container), ("tailLines", str(_LOG_TAIL_LINES))],
+                text=True,
             )
-            names = [p["metadata"]["name"] for p in (pods or {}).get("items") or []]
-            if not names:
-                return f"(no pod of Job {job} found)"
-            parts = []
-            for pod in names:
-                text = await _call(
-                    self._api,
-                    "GET",
-                    f"{pods_path}/{pod}/log",
-                    what=f"log of pod {pod}",
-                    query=[("container", CONTAINER), ("tailLines", str(_LOG_TAIL_LINES))],
-                    text=True,
-                )
-                parts.append(f"--- pod {pod}\n{text or ''}")
-            return "\n".join(parts)
-        except (TemporaryError, PermanentError) as exc:
-            # Logs are evidence, not the outcome: their absence never fails the revert.
-            return f"(logs unavailable: {exc})"
+            parts.append(f"--- pod {pod}\n{text or ''}")
+        return "\n".join(parts)
+    except (TemporaryError, PermanentError) as exc:
+        # Logs are evidence, not the outcome: their absence never fails the Job's result.
+        return f"(logs unavailable: {exc})"
 
-    async def _delete(self, path: str, *, what: str) -> None:
-        try:
-            await _call(
-                self._api,
-                "DELETE",
-                path,
-                what=f"delete {what}",
-                body={"propagationPolicy": "Background"},
-            )
-        except (TemporaryError, PermanentError) as exc:
-            log.warning("%s: could not delete %s: %s", self.service, what, exc)
+
+async def _delete(api: k8s_client.ApiClient, path: str, *, what: str) -> None:
+    try:
+        await _call(
+            api,
+            "DELETE",
+            path,
+            what=f"delete {what}",
+            body={"propagationPolicy": "Background"},
+        )
+    except (TemporaryError, PermanentError) as exc:
+        log.warning("could not delete %s: %s", what, exc)
 
 
 def job_runner_factory(

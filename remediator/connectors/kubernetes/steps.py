@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from remediator.connectors.helm import Helm, HelmReleasePending
@@ -40,8 +40,10 @@ from remediator.connectors.kubernetes.errors import ActionRefused, LeaseHeld
 from remediator.connectors.kubernetes.lease import ServiceLease
 from remediator.connectors.kubernetes.rollout import rollout_restart, rollout_undo
 from remediator.connectors.kubernetes.scale import scale, scale_up
+from remediator.connectors.kubernetes.smoke import run_smoke_test
 from remediator.connectors.kubernetes.status import rollout_status, wait_for_rollout
 from remediator.connectors.kubernetes.verify import http_health
+from remediator.connectors.prometheus import Prometheus
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.plans import Step, StepKind
 from remediator.domain.retention import RetentionPolicy
@@ -53,6 +55,8 @@ from remediator.domain.steps import (
     HelmRollbackParams,
     HelmRollbackStep,
     NotifyStep,
+    RecordEvidenceParams,
+    RecordEvidenceStep,
     RestartWorkloadStep,
     RestoreConfigStep,
     RolloutUndoStep,
@@ -61,7 +65,10 @@ from remediator.domain.steps import (
     SetRouteWeightsStep,
     SwitchSelectorParams,
     SwitchSelectorStep,
+    VerifyConditionParams,
+    VerifyConditionStep,
     VerifyHealthStep,
+    VerifySmokeStep,
     WaitRolloutStep,
 )
 from remediator.ports import NeedsHuman
@@ -75,6 +82,9 @@ RESUMABLE = frozenset(
     {
         StepKind.WAIT_ROLLOUT,
         StepKind.VERIFY_HEALTH,
+        StepKind.VERIFY_CONDITION,
+        StepKind.VERIFY_SMOKE,  # a smoke test only reads; a second run is harmless
+        StepKind.RECORD_EVIDENCE,
         StepKind.NOTIFY,
         StepKind.SCALE_DEPLOYMENT,
         StepKind.SWITCH_SELECTOR,
@@ -82,6 +92,32 @@ RESUMABLE = frozenset(
         StepKind.EXPORT_CONFIG,
     }
 )
+
+
+_LOG_TAIL_CHARS = 2000  # of a smoke test's log, kept as evidence
+_MAX_EVENTS = 50  # the newest Kubernetes events of the workload, for the record
+_EVENT_MESSAGE_CHARS = 300
+_MAX_HELM_REVISIONS = 10
+
+
+def _event_time(event: Mapping[str, Any]) -> datetime | None:
+    meta = event.get("metadata") or {}
+    for value in (event.get("lastTimestamp"), event.get("eventTime"),
+                  meta.get("creationTimestamp")):  # fmt: skip
+        if isinstance(value, str) and value:
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+    return None
+
+
+class VerificationFailed(NeedsHuman):
+    """A check after a change did not pass: the change is not done, people decide."""
+
+
+def _skipped(check: str, summary: str, **evidence: Any) -> dict[str, Any]:
+    return {"summary": summary, "check": check, "result": "skipped", **evidence}
 
 
 def _record(result: Any) -> dict[str, Any]:
@@ -97,6 +133,7 @@ class KubernetesStepRunner:
         kube: KubeClient,
         pack: RulePack,
         helm: Helm | None = None,
+        prometheus: Prometheus | None = None,
         rollout_timeout_seconds: float = 300.0,
         health_timeout_seconds: float = 10.0,
         poll_seconds: float = 1.0,
@@ -104,6 +141,7 @@ class KubernetesStepRunner:
         self._kube = kube
         self._pack = pack
         self._helm = helm
+        self._prometheus = prometheus
         self._rollout_timeout = rollout_timeout_seconds
         self._health_timeout = health_timeout_seconds
         self._poll = poll_seconds
@@ -165,6 +203,12 @@ class KubernetesStepRunner:
                 )  # fmt: skip
             case VerifyHealthStep(params=health):
                 return await self._verify_health(health.url, dry_run=dry_run)
+            case VerifyConditionStep(params=condition):
+                return await self._verify_condition(condition, dry_run=dry_run)
+            case VerifySmokeStep():
+                return await self._verify_smoke(namespace, service, dry_run=dry_run)
+            case RecordEvidenceStep(params=evidence):
+                return await self._record_evidence(evidence)
             case NotifyStep():
                 return {"summary": "notices go out through the outbox"}
         # Database steps go to the PostgreSQL step runner (runtime.RoutedStepRunner).
@@ -185,11 +229,14 @@ class KubernetesStepRunner:
             poll_seconds=self._poll,
         )
         if not status.complete:
-            raise PermanentError(
+            # The change was made; whether the service runs is unknown: people look.
+            raise VerificationFailed(
                 f"rollout of {namespace}/{deployment} did not complete within "
-                f"{self._rollout_timeout:.0f}s: {status.message}"
+                f"{self._rollout_timeout:.0f}s: {status.message}",
+                detail={"check": "rollout", "result": "failed", "deployment": deployment},
             )
-        return {"summary": status.message}
+        return {"summary": status.message, "check": "rollout", "result": "passed",
+                "deployment": deployment}  # fmt: skip
 
     async def _export_config(
         self, namespace: str, service: str, *, dry_run: bool
@@ -219,11 +266,141 @@ class KubernetesStepRunner:
 
     async def _verify_health(self, url: str, *, dry_run: bool) -> dict[str, Any]:
         if dry_run:
-            return {"summary": "skipped in dry run: nothing changed"}
+            return _skipped("health", "skipped in dry run: nothing changed")
         verdict = await http_health(url, timeout_seconds=self._health_timeout)
         if not verdict.ok:
-            raise PermanentError(f"health check failed: {verdict.detail}")
-        return {"summary": verdict.detail}
+            raise VerificationFailed(
+                f"health check failed: {verdict.detail}",
+                detail={"check": "health", "result": "failed", "url": url},
+            )
+        return {"summary": verdict.detail, "check": "health", "result": "passed", "url": url}
+
+    async def _verify_condition(self, p: VerifyConditionParams, *, dry_run: bool) -> dict[str, Any]:
+        evidence: dict[str, Any] = {"origin": p.origin, "query": p.query,
+                                    "window_seconds": p.window_seconds}  # fmt: skip
+        if dry_run:
+            return _skipped("condition", "skipped in dry run: nothing changed", **evidence)
+        if p.query is None:
+            return _skipped("condition", f"not checked: {p.note}", **evidence)
+        if self._prometheus is None:
+            return _skipped(
+                "condition", "not checked: no Prometheus is configured (prometheus.url)",
+                **evidence,
+            )  # fmt: skip
+        evidence["prometheus"] = self._prometheus.base_url
+        try:
+            verdict = await self._prometheus.wait_until_empty(
+                p.query, window_seconds=p.window_seconds, match_labels=p.match_labels
+            )
+        except (TemporaryError, PermanentError) as exc:
+            # Not knowing is not passing: people decide whether the service recovered.
+            raise VerificationFailed(
+                f"could not tell whether the condition cleared: {exc}",
+                detail={"check": "condition", "result": "failed", **evidence},
+            ) from exc
+        evidence["polls"] = verdict.polls
+        if not verdict.ok:
+            raise VerificationFailed(
+                f"the triggering condition has not cleared: {verdict.detail}",
+                detail={"check": "condition", "result": "failed", **evidence,
+                        "series": [dict(s) for s in verdict.series]},
+            )  # fmt: skip
+        return {"summary": verdict.detail, "check": "condition", "result": "passed", **evidence}
+
+    async def _verify_smoke(self, namespace: str, service: str, *, dry_run: bool) -> dict[str, Any]:
+        spec = self._pack.services.get(service)
+        template = spec.smoke_test if spec is not None else None
+        if template is None:
+            return _skipped("smoke", f"not run: service {service!r} has no smoke_test")
+        if dry_run:
+            return _skipped("smoke", "skipped in dry run: nothing changed", image=template.image)
+        try:
+            finished = await run_smoke_test(self._kube.api, namespace=namespace,
+                                            service=service, spec=template,
+                                            poll_s=self._poll)  # fmt: skip
+        except (TemporaryError, PermanentError) as exc:
+            raise VerificationFailed(
+                f"the smoke test could not run: {exc}",
+                detail={"check": "smoke", "result": "failed", "image": template.image},
+            ) from exc
+        evidence = {"job": finished.name, "outcome": finished.outcome, "image": template.image,
+                    "log_tail": finished.logs[-_LOG_TAIL_CHARS:]}  # fmt: skip
+        if finished.outcome != "Complete":
+            raise VerificationFailed(
+                f"the smoke test Job {namespace}/{finished.name} "
+                f"{finished.outcome.lower()}: {finished.reason}",
+                detail={"check": "smoke", "result": "failed", **evidence},
+            )
+        return {"summary": f"smoke test Job {namespace}/{finished.name} completed",
+                "check": "smoke", "result": "passed", **evidence}  # fmt: skip
+
+    async def _record_evidence(self, p: RecordEvidenceParams) -> dict[str, Any]:
+        """Evidence for the record; each part that cannot be read says why, never fails."""
+        now = datetime.now(UTC)
+        events = await self._workload_events(p.namespace, p.deployment, since=p.since)
+        detail: dict[str, Any] = {"summary": "evidence recorded", "since": p.since.isoformat(),
+                                  "until": now.isoformat(), "events": events}  # fmt: skip
+        if isinstance(events, list):
+            pods = sorted({e["name"] for e in events if e["kind"] == "Pod"})
+            detail["pods_affected"] = pods
+        if p.helm_release is not None:
+            detail["helm_history"] = await self._helm_history(p.helm_release, p.namespace)
+        detail["failed_requests"] = await self._failed_requests(p, seconds=(now - p.since))
+        return detail
+
+    async def _workload_events(
+        self, namespace: str, deployment: str, *, since: datetime
+    ) -> list[dict[str, Any]] | str:
+        try:
+            items = await self._kube.list_all(Ref("Event", namespace))
+        except (TemporaryError, PermanentError) as exc:
+            return f"unavailable: {exc}"
+        kept: list[dict[str, Any]] = []
+        for item in items:
+            involved = item.get("involvedObject") or {}
+            name = str(involved.get("name") or "")
+            if name != deployment and not name.startswith(f"{deployment}-"):
+                continue
+            at = _event_time(item)
+            if at is None or at < since:
+                continue
+            kept.append(
+                {
+                    "at": at.isoformat(),
+                    "kind": str(involved.get("kind") or ""),
+                    "name": name,
+                    "type": str(item.get("type") or ""),
+                    "reason": str(item.get("reason") or ""),
+                    "message": str(item.get("message") or "")[:_EVENT_MESSAGE_CHARS],
+                    "count": int(item.get("count") or 1),
+                }
+            )
+        kept.sort(key=lambda e: str(e["at"]))
+        return kept[-_MAX_EVENTS:]
+
+    async def _helm_history(self, release: str, namespace: str) -> list[dict[str, Any]] | str:
+        if self._helm is None:
+            return "unavailable: no helm binary (kubernetes.helm_binary)"
+        try:
+            revisions = await self._helm.history(release=release, namespace=namespace)
+        except (TemporaryError, PermanentError) as exc:
+            return f"unavailable: {exc}"
+        return [_record(r) for r in revisions[-_MAX_HELM_REVISIONS:]]
+
+    async def _failed_requests(self, p: RecordEvidenceParams, *, seconds: timedelta) -> str:
+        if self._prometheus is None:
+            return "unknown: no Prometheus is configured (prometheus.url)"
+        if p.failed_requests_query is None:
+            return "unknown: no query"
+        span = f"{max(int(seconds.total_seconds()), 1)}s"
+        query = p.failed_requests_query.replace("$range", span)
+        try:
+            value = await self._prometheus.value(query)
+        except (TemporaryError, PermanentError) as exc:
+            return f"unknown: {exc}"
+        if value is None:
+            return f"unknown: {query!r} returned no series"
+        return f"{round(value)} ({query})"
 
     async def _switch(self, p: SwitchSelectorParams, *, dry_run: bool) -> dict[str, Any]:
         namespace, service = p.namespace, p.service_name

@@ -17,6 +17,7 @@ from remediator.domain.plans import (
     NoActionReason,
     Plan,
     Step,
+    Versions,
 )
 from remediator.domain.requests import TARGET_LABEL
 from remediator.domain.rules.durations import format_duration
@@ -41,6 +42,7 @@ from remediator.domain.rules.state import (
     circuit_trip_reason,
     count_since,
 )
+from remediator.domain.rules.verification import condition_params
 from remediator.domain.signals import Signal, Source, Status
 from remediator.domain.steps import (
     BackupDatabaseParams,
@@ -51,6 +53,8 @@ from remediator.domain.steps import (
     HelmRollbackStep,
     NotifyParams,
     NotifyStep,
+    RecordEvidenceParams,
+    RecordEvidenceStep,
     RestartWorkloadParams,
     RestartWorkloadStep,
     RestoreConfigParams,
@@ -65,8 +69,11 @@ from remediator.domain.steps import (
     SetRouteWeightsStep,
     SwitchSelectorParams,
     SwitchSelectorStep,
+    VerifyConditionStep,
     VerifyHealthParams,
     VerifyHealthStep,
+    VerifySmokeParams,
+    VerifySmokeStep,
     WaitRolloutParams,
     WaitRolloutStep,
 )
@@ -302,7 +309,14 @@ class _Context:
             notify=notify,
         )
 
-    def _plan(self, action: ActionKind, steps: list[Step], *, explanation: str) -> Plan:
+    def _plan(
+        self,
+        action: ActionKind,
+        steps: list[Step],
+        *,
+        explanation: str,
+        versions: Versions | None = None,
+    ) -> Plan:
         require = self.rule.require_approval
         if require is None:
             require = self.pack.defaults.require_approval
@@ -322,6 +336,7 @@ class _Context:
             approvers=approvers,
             signal_id=self.signal.id,
             explanation=explanation,
+            versions=versions,
         )
 
     @property
@@ -336,15 +351,56 @@ class _Context:
             reason=reason,
         )
 
-    def _verify(self) -> list[Step]:
-        if self.spec.health_url is None:
-            return []
-        return [
-            VerifyHealthStep(
-                params=VerifyHealthParams(namespace=self.namespace, url=self.spec.health_url),
-                reason="every change is verified before it counts as done",
+    def _verify(self, action_steps: list[Step]) -> list[Step]:
+        """The checks after a change: every Deployment it changed has rolled out, the
+        health URL answers, the smoke test passes, and the triggering condition cleared.
+
+        A plan counts as done only when they pass; a check that fails ends it needing
+        people, never as a success.
+        """
+        steps: list[Step] = [self._wait_rollout(d) for d in _unwaited(action_steps)]
+        if self.spec.health_url is not None:
+            steps.append(
+                VerifyHealthStep(
+                    params=VerifyHealthParams(namespace=self.namespace, url=self.spec.health_url),
+                    reason="every change is verified before it counts as done",
+                )
             )
-        ]
+        if self.spec.smoke_test is not None:
+            steps.append(
+                VerifySmokeStep(
+                    params=VerifySmokeParams(namespace=self.namespace, service=self.service),
+                    reason="the service's smoke test must pass after the change",
+                )
+            )
+        steps.append(
+            VerifyConditionStep(
+                params=condition_params(
+                    rule=self.rule, signal=self.signal, service=self.service, spec=self.spec
+                ),
+                reason="the change is done only when what triggered it has cleared",
+            )
+        )
+        steps.append(self._record_evidence(action_steps))
+        return steps
+
+    def _record_evidence(self, action_steps: list[Step]) -> Step:
+        helm = next((s for s in action_steps if isinstance(s, HelmRollbackStep)), None)
+        query = self.rule.verify.failed_requests_query
+        return RecordEvidenceStep(
+            params=RecordEvidenceParams(
+                namespace=self.namespace,
+                service=self.service,
+                deployment=self.spec.workload,
+                since=self.signal.starts_at or self.signal.received_at,
+                helm_release=helm.params.release if helm is not None else None,
+                # Catalog names are DNS-1123: safe inside a PromQL string literal.
+                failed_requests_query=query.replace("$service", self.service).replace(
+                    "$namespace", self.namespace
+                ),
+            ),
+            reason="the record keeps what happened: events, helm history, failed requests",
+        )
 
     # --- rollback -------------------------------------------------------------------
 
@@ -391,12 +447,13 @@ class _Context:
             return self._skip(NoActionReason.OUTSIDE_ROLLBACK_WINDOW, found, notify=True)
         current, target = found
         steps = self._rollback_steps(current=current, target=target)
-        steps += [*self._verify(), self._notify("people hear about every automated change")]
+        steps += [*self._verify(steps), self._notify("people hear about every automated change")]
         return self._plan(
             ActionKind.ROLLBACK,
             steps,
             explanation=f"{why}; rolling back from {_label(current)} to {_label(target)}, "
             f"{self._target_kind}",
+            versions=_versions(current, target),
         )
 
     @property
@@ -509,7 +566,7 @@ class _Context:
                 notify=True,
             )
         target = min(current + scale.step, maximum)
-        steps = [
+        steps: list[Step] = [
             ScaleDeploymentStep(
                 params=ScaleDeploymentParams(
                     namespace=self.namespace,
@@ -519,8 +576,8 @@ class _Context:
                 ),
                 reason=f"{why}; adding {target - current} replica(s), bounded by max {maximum}",
             ),
-            self._notify("people hear about every automated change"),
         ]
+        steps += [*self._verify(steps), self._notify("people hear about every automated change")]
         return self._plan(
             ActionKind.SCALE_UP,
             steps,
@@ -578,6 +635,7 @@ class _Context:
             )
         ]
         explanation = f"{_describe(self.signal)}: reverting migration {migration_id}"
+        versions: Versions | None = None
         if rolled_out:
             found = self._rollback_target()
             if isinstance(found, str):
@@ -595,6 +653,7 @@ class _Context:
                 for s in rollback
             ]
             explanation += f", after rolling the application back to {_label(target)}"
+            versions = _versions(current, target)
         steps += [
             RevertMigrationStep(
                 params=RevertMigrationParams(
@@ -607,10 +666,11 @@ class _Context:
                 ),
                 reason=f"migration {migration_id} failed; its down script restores the schema",
             ),
-            *self._verify(),
-            self._notify("people hear about every automated change"),
         ]
-        return self._plan(ActionKind.REVERT_MIGRATION, steps, explanation=explanation)
+        steps += [*self._verify(steps), self._notify("people hear about every automated change")]
+        return self._plan(
+            ActionKind.REVERT_MIGRATION, steps, explanation=explanation, versions=versions
+        )
 
     def _migration_from_event(self) -> tuple[str, str | None] | NoAction:
         """(migration, release) for a signal from a trusted source: it may name them."""
@@ -684,14 +744,45 @@ class _Context:
                 params=RestartWorkloadParams(namespace=ns, deployment=self.spec.workload),
                 reason="pods read config at start, so they restart to pick up the restored one",
             ),
-            *self._verify(),
-            self._notify("people hear about every automated change"),
         ]
+        steps += [*self._verify(steps), self._notify("people hear about every automated change")]
         return self._plan(
             ActionKind.RESTORE_CONFIG,
             steps,
             explanation=f"{_describe(self.signal)}: restoring the previous config",
         )
+
+
+def _versions(current: DeployRecord, target: DeployRecord) -> Versions:
+    return Versions(
+        revision_from=current.revision,
+        revision_to=target.revision,
+        version_from=current.version,
+        version_to=target.version,
+        image_from=current.image,
+        image_to=target.image,
+    )
+
+
+def _unwaited(steps: list[Step]) -> list[str]:
+    """Deployments a step scales up, restarts or rolls back with no rollout wait after it
+    (a Deployment scaled to zero has nothing to wait for)."""
+    pending: list[str] = []
+    for step in steps:
+        match step:
+            case ScaleDeploymentStep(params=p) if p.replicas != 0:
+                name = p.deployment
+            case RestartWorkloadStep(params=p):
+                name = p.deployment
+            case WaitRolloutStep(params=p):
+                if p.deployment in pending:
+                    pending.remove(p.deployment)
+                continue
+            case _:
+                continue
+        if name not in pending:
+            pending.append(name)
+    return pending
 
 
 def numbered_rollback(spec: ServiceSpec) -> bool:

@@ -41,6 +41,7 @@ _NATIVE_FIELDS = (
     "service",
     "namespace",
     "version",
+    "image",
     "revision",
     "previous_revision",
     "migration",
@@ -279,6 +280,7 @@ def deploy_record_from_signal(signal: Signal, *, defaults: Defaults) -> DeployRe
     return DeployRecord(
         revision=revision,
         version=signal.labels.get("version"),
+        image=signal.labels.get("image") or signal.labels.get("artifact"),
         finished_at=signal.starts_at or signal.received_at,
         previous_revision=signal.labels.get("previous_revision"),
     )

@@ -214,6 +214,18 @@ class DatabaseSpec(_Strict):
         return self
 
 
+class SmokeTestSpec(_Strict):
+    """A smoke test run as a Kubernetes Job in the service's namespace after every change;
+    the change counts only when the Job completes."""
+
+    image: Text
+    command: tuple[Text, ...] = Field(min_length=1)
+    service_account: K8sName | None = None
+    timeout: Duration = timedelta(minutes=5)
+    # Labels for the Job's pod (what a mesh or a policy needs); remediator's own win.
+    labels: dict[LabelKey, Annotated[str, StringConstraints(max_length=63)]] = {}
+
+
 class ConfigSpec(_Strict):
     configmaps: tuple[K8sName, ...] = Field(min_length=1)
 
@@ -226,6 +238,9 @@ class ServiceSpec(_Strict):
     database: DatabaseSpec | None = None
     config: ConfigSpec | None = None
     health_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")] | None = None
+    smoke_test: SmokeTestSpec | None = None
+    # Who owns the service (a team or a person), named in the rollback record.
+    owner: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     approvers: tuple[Text, ...] = ()
     max_revisions_back: int | None = Field(default=None, ge=1)
     # The trust ladder: notify (decide and tell), approve (every automatic plan waits
@@ -245,6 +260,40 @@ class MatchSpec(_Strict):
     services: tuple[K8sName, ...] = ()
 
 
+# Long enough for any real alerting rule; an expression is journaled with the plan.
+MAX_VERIFY_QUERY_CHARS = 4096
+# The metric the shipped alerting rules assume (rules/prometheus/remediator-alerts.yml).
+DEFAULT_FAILED_REQUESTS_QUERY = (
+    'sum(increase(http_requests_total{service="$service",namespace="$namespace",'
+    'code=~"5.."}[$range]))'
+)
+
+
+class VerifySpec(_Strict):
+    """How a rule's plans check that the triggering condition has cleared.
+
+    ``query``: a PromQL expression that returns nothing once the condition is gone
+    (``$service`` and ``$namespace`` become the catalog's values). Without it, the
+    expression of the alert's own rule (``g0.expr`` in its generatorURL) is used.
+    """
+
+    window: Duration = timedelta(minutes=10)
+    query: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_VERIFY_QUERY_CHARS)] | None
+    ) = None
+    # The record's "failed requests during the incident"; "$range" becomes its length.
+    failed_requests_query: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_VERIFY_QUERY_CHARS)
+    ] = DEFAULT_FAILED_REQUESTS_QUERY
+
+    @field_validator("window")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("window must be at least 1s")
+        return value
+
+
 class Rule(_Strict):
     name: RuleName
     description: str = ""
@@ -259,6 +308,7 @@ class Rule(_Strict):
     # revert_migration only: go on when no verified backup could be taken (databases
     # too big to dump within the incident). Off unless a rule says so.
     allow_without_backup: bool = False
+    verify: VerifySpec = VerifySpec()
 
 
 # --- defaults ------------------------------------------------------------------------

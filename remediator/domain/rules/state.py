@@ -26,6 +26,7 @@ class DeployRecord(_State):
     revision: str  # Deployment revision, Helm revision, or blue-green selector value
     finished_at: AwareDatetime
     version: str | None = None
+    image: str | None = None  # the image or artifact the deploy event names
     # True once verified healthy; rollbacks only ever target a revision marked True.
     healthy: bool | None = None
     previous_revision: str | None = None

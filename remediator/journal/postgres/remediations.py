@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +11,7 @@ import asyncpg
 from remediator.domain.approvals import ApprovalState
 from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord, check_transition
 from remediator.domain.paging import check_limit, parse_cursor
+from remediator.domain.record import Analysis, edited_analysis
 from remediator.journal.postgres.database import Database
 from remediator.journal.postgres.rows import (
     INSERT_OUTBOX,
@@ -163,3 +164,50 @@ class PgRemediationStore:
             return True
 
         return await self._db.write("approve remediation", write)
+
+    async def record_analysis(self, remediation_id: str) -> Analysis | None:
+        async def query(conn: asyncpg.Connection) -> Analysis | None:
+            return await _latest_analysis(conn, remediation_id)
+
+        return await self._db.read("read record analysis", query)
+
+    async def edit_record_analysis(
+        self, remediation_id: str, *, changes: Mapping[str, Any], by: str, at: datetime
+    ) -> Analysis | None:
+        async def write(conn: asyncpg.Connection) -> Analysis | None:
+            # The row lock orders concurrent edits: each applies to the one before it.
+            found = await conn.fetchval(
+                "SELECT 1 FROM remediations WHERE id = $1 FOR UPDATE", remediation_id
+            )
+            if found is None:
+                return None
+            edited = edited_analysis(
+                await _latest_analysis(conn, remediation_id), dict(changes), by=by, at=at
+            )
+            await conn.execute(
+                "INSERT INTO record_analysis (remediation_id, root_cause, improvements,"
+                " lessons, edited_by, edited_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                remediation_id, pg_text(edited.root_cause),
+                [pg_text(i) for i in edited.improvements], [pg_text(i) for i in edited.lessons],
+                pg_text(by), at,
+            )  # fmt: skip
+            return edited
+
+        return await self._db.write("edit record analysis", write)
+
+
+async def _latest_analysis(conn: asyncpg.Connection, remediation_id: str) -> Analysis | None:
+    row = await conn.fetchrow(
+        "SELECT root_cause, improvements, lessons, edited_by, edited_at FROM record_analysis"
+        " WHERE remediation_id = $1 ORDER BY seq DESC LIMIT 1",
+        remediation_id,
+    )
+    if row is None:
+        return None
+    return Analysis(
+        root_cause=row["root_cause"],
+        improvements=tuple(row["improvements"]),
+        lessons=tuple(row["lessons"]),
+        edited_by=row["edited_by"],
+        edited_at=row["edited_at"],
+    )

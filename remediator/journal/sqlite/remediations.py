@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from remediator.domain.lifecycle import Remediation, RemediationStatus, check_transition, utc_text
 from remediator.domain.paging import check_limit, parse_cursor
+from remediator.domain.record import Analysis, edited_analysis
 from remediator.journal.sqlite.database import Role
 from remediator.journal.sqlite.rows import (
     REMEDIATION_COLUMNS,
@@ -16,6 +19,7 @@ from remediator.journal.sqlite.rows import (
     json_text,
     newest_first_where,
     page_of,
+    parse_utc,
     remediation,
 )
 from remediator.ports import OutboxMessage, RemediationPage
@@ -84,3 +88,43 @@ class SqliteRemediations(Role):
 
         approved: bool = await self._db.transaction(write)
         return approved
+
+    async def record_analysis(self, remediation_id: str) -> Analysis | None:
+        return await self._db.read(lambda conn: _latest_analysis(conn, remediation_id))
+
+    async def edit_record_analysis(
+        self, remediation_id: str, *, changes: Mapping[str, Any], by: str, at: datetime
+    ) -> Analysis | None:
+        def write(conn: sqlite3.Connection) -> Analysis | None:
+            if current_status(conn, remediation_id) is None:
+                return None
+            edited = edited_analysis(
+                _latest_analysis(conn, remediation_id), dict(changes), by=by, at=at
+            )
+            conn.execute(
+                "INSERT INTO record_analysis (remediation_id, root_cause, improvements,"
+                " lessons, edited_by, edited_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (remediation_id, edited.root_cause, json_text(list(edited.improvements)),
+                 json_text(list(edited.lessons)), by, utc_text(at)),
+            )  # fmt: skip
+            return edited
+
+        result: Analysis | None = await self._db.transaction(write)
+        return result
+
+
+def _latest_analysis(conn: sqlite3.Connection, remediation_id: str) -> Analysis | None:
+    row = conn.execute(
+        "SELECT root_cause, improvements, lessons, edited_by, edited_at FROM record_analysis"
+        " WHERE remediation_id = ? ORDER BY seq DESC LIMIT 1",
+        (remediation_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Analysis(
+        root_cause=row[0],
+        improvements=tuple(json.loads(row[1])),
+        lessons=tuple(json.loads(row[2])),
+        edited_by=row[3],
+        edited_at=parse_utc(row[4]),
+    )

@@ -66,6 +66,10 @@ async def test_notify_records_what_would_have_run_and_tells_people(
     assert full is not None and full.decision is not None
     assert [step["kind"] for step in full.decision["plan"]["steps"]] == [
         "scale_deployment",
+        "wait_rollout",
+        "verify_health",
+        "verify_condition",
+        "record_evidence",
         "notify",
     ]
     assert "would have run:" in full.explanation

@@ -41,7 +41,13 @@ from tests.unit.engine.test_decider import (
 from tests.unit.journal_helpers import outbox_messages
 from tests.unit.payloads import alert
 
-READ_ONLY = {StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY}
+READ_ONLY = {
+    StepKind.WAIT_ROLLOUT,
+    StepKind.VERIFY_HEALTH,
+    StepKind.VERIFY_CONDITION,
+    StepKind.RECORD_EVIDENCE,
+    StepKind.NOTIFY,
+}
 
 
 class FakeRunner:
@@ -132,18 +138,18 @@ async def test_plan_runs_its_steps_in_order_once(journal: SqliteJournal, pack: R
     ex = executor(journal, runner, lock=lock)
     await ex.run_until_idle()
     assert [kind for kind, _ in runner.calls] == [
-        StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY
+        StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.VERIFY_CONDITION, StepKind.RECORD_EVIDENCE, StepKind.NOTIFY
     ]  # fmt: skip
     assert all(not dry for _, dry in runner.calls)
     item = await journal.get_remediation(rid)
     assert item is not None
     assert item.status == "succeeded" and item.finished_at
-    assert [s.status for s in item.steps] == ["succeeded"] * 4
+    assert [s.status for s in item.steps] == ["succeeded"] * 6
     assert item.steps[0].detail["kind"] == "rollout_undo"
     assert lock.holding == []
     # Nothing runs twice: a second pass finds nothing to do.
     await ex.run_until_idle()
-    assert len(runner.calls) == 4
+    assert len(runner.calls) == 6
     events = [p.message.payload["type"] for p in
               await outbox_messages(journal, "kafka:remediator.outcomes", limit=50)]  # fmt: skip
     assert events == [
@@ -195,11 +201,11 @@ async def test_dry_run_rehearses_every_step_and_keeps_its_status(
     rid = await planned_rollback(journal, pack, dry_run=True)
     runner = FakeRunner()
     await executor(journal, runner).run_until_idle()
-    assert len(runner.calls) == 4 and all(dry for _, dry in runner.calls)
+    assert len(runner.calls) == 6 and all(dry for _, dry in runner.calls)
     item = await journal.get_remediation(rid)
     assert item is not None
     assert item.status == "dry-run" and item.finished_at
-    assert len(item.steps) == 4
+    assert len(item.steps) == 6
 
 
 async def test_two_executors_racing_run_a_plan_once(journal: SqliteJournal, pack: RulePack) -> None:
@@ -207,7 +213,7 @@ async def test_two_executors_racing_run_a_plan_once(journal: SqliteJournal, pack
     runners = [FakeRunner(), FakeRunner()]
     executors = [executor(journal, r) for r in runners]
     await asyncio.gather(*(e.run_until_idle() for e in executors))
-    assert sorted(len(r.calls) for r in runners) == [0, 4]
+    assert sorted(len(r.calls) for r in runners) == [0, 6]
 
 
 async def test_lock_held_elsewhere_leaves_the_plan_for_later(
@@ -267,6 +273,8 @@ async def test_crash_in_a_wait_resumes_there(journal: SqliteJournal, pack: RuleP
     assert [k for k, _ in runner.calls] == [
         StepKind.WAIT_ROLLOUT,
         StepKind.VERIFY_HEALTH,
+        StepKind.VERIFY_CONDITION,
+        StepKind.RECORD_EVIDENCE,
         StepKind.NOTIFY,
     ]
     item = await journal.get_remediation(rid)
@@ -328,7 +336,12 @@ async def test_shutdown_lets_the_running_step_finish_then_the_restart_resumes(
     ex2 = executor(journal, restarted)
     await ex2.recover()
     await asyncio.gather(*list(ex2._tasks))
-    assert [k for k, _ in restarted.calls] == [StepKind.VERIFY_HEALTH, StepKind.NOTIFY]
+    assert [k for k, _ in restarted.calls] == [
+        StepKind.VERIFY_HEALTH,
+        StepKind.VERIFY_CONDITION,
+        StepKind.RECORD_EVIDENCE,
+        StepKind.NOTIFY,
+    ]
     item = await journal.get_remediation(rid)
     assert item is not None and item.status == "succeeded"
 
@@ -599,7 +612,7 @@ async def test_a_journal_fault_mid_plan_is_settled_as_a_restart_would(
         assert journal.refused == ["step_started"]
         # The undo ran once; the plan went on after its last finished step.
         assert [k for k, _ in runner.calls] == [
-            StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY
+            StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.VERIFY_CONDITION, StepKind.RECORD_EVIDENCE, StepKind.NOTIFY
         ]  # fmt: skip
         item = await journal.get_remediation(rid)
         assert item is not None and item.status == "succeeded"
@@ -657,7 +670,7 @@ async def test_a_lock_held_elsewhere_is_retried_with_capped_exponential_backoff(
     lock.free = True  # the other replica is done
     await drive(ex, clock, seconds=61)
     assert hooks.lock_attempts[-1] == "acquired" and len(lock.attempts) == 10
-    assert len(runner.calls) == 4  # the plan ran, once
+    assert len(runner.calls) == 6  # the plan ran, once
     item = await journal.get_remediation(rid)
     assert item is not None and item.status == "succeeded"
 
@@ -751,7 +764,7 @@ async def test_a_lost_lease_stops_the_plan_before_its_next_step(
     assert item is not None
     assert item.status == "needs_human"
     assert item.reason.startswith(
-        "the lock (Lease) of checkout was lost before step 2 of 4 (wait_rollout)"
+        "the lock (Lease) of checkout was lost before step 2 of 6 (wait_rollout)"
     )
     assert [(s.kind, s.status) for s in item.steps] == [("rollout_undo", "succeeded")]
     assert hooks.leases_lost == ["checkout"]
@@ -827,7 +840,7 @@ async def test_a_plan_resumed_after_a_restart_waits_for_a_held_lock(
     lock.free = True
     await drive(ex, clock, seconds=16.5)
     assert [k for k, _ in runner.calls] == [
-        StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY
+        StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.VERIFY_CONDITION, StepKind.RECORD_EVIDENCE, StepKind.NOTIFY
     ]  # fmt: skip
     item = await journal.get_remediation(rid)
     assert item is not None and item.status == "succeeded"
@@ -872,7 +885,7 @@ async def test_an_end_the_lifecycle_refuses_is_given_up_not_retried_forever(
             await ex.run_pass()
             await asyncio.gather(*list(ex._tasks))
             clock.now += timedelta(seconds=15)
-        assert len(runner.calls) == 4  # the plan ran once; its end was never retried
+        assert len(runner.calls) == 6  # the plan ran once; its end was never retried
         assert hooks.internal_errors == ["executor"]  # counted once
         assert ex._busy == set()  # the service is free for its next plan
         item = await journal.get_remediation(rid)

@@ -115,7 +115,7 @@ async def test_a_live_instance_keeps_its_claim_and_a_silent_one_loses_it(
     assert STALE <= taken_after <= STALE + INTERVAL + 1
     # It resumed after the step replica-a finished, and ran to its end, once.
     assert [kind for kind, _ in runner.calls] == [
-        StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY
+        StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.VERIFY_CONDITION, StepKind.RECORD_EVIDENCE, StepKind.NOTIFY
     ]  # fmt: skip
     done = await b.get_remediation(rid)
     assert done is not None
@@ -167,7 +167,7 @@ async def test_the_instance_that_lost_its_claim_stops_quietly_and_the_new_holder
         await one_pass(ex_b)
         clock.now += timedelta(seconds=1)
     assert [kind for kind, _ in runner_b.calls] == [
-        StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.NOTIFY
+        StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.VERIFY_CONDITION, StepKind.RECORD_EVIDENCE, StepKind.NOTIFY
     ]  # fmt: skip
     done = await b.get_remediation(rid)
     assert done is not None and (done.status, done.claimed_by) == ("succeeded", "replica-b")

@@ -109,7 +109,14 @@ TRIGGERS = [
         state(),
         "health-check-failure-rollback",
         ActionKind.ROLLBACK,
-        [S.ROLLOUT_UNDO, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.NOTIFY],
+        [
+            S.ROLLOUT_UNDO,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "error rate: blue-green switches the selector back",
@@ -117,7 +124,7 @@ TRIGGERS = [
         state(),
         "high-error-rate-rollback",
         ActionKind.ROLLBACK,
-        [S.SWITCH_SELECTOR, S.VERIFY_HEALTH, S.NOTIFY],
+        [S.SWITCH_SELECTOR, S.VERIFY_HEALTH, S.VERIFY_CONDITION, S.RECORD_EVIDENCE, S.NOTIFY],
     ),
     (
         "latency: canary weight to 0, stable up, canary down",
@@ -125,7 +132,16 @@ TRIGGERS = [
         state(),
         "high-latency-rollback",
         ActionKind.ROLLBACK,
-        [S.SET_ROUTE_WEIGHTS, S.SCALE_DEPLOYMENT, S.SCALE_DEPLOYMENT, S.VERIFY_HEALTH, S.NOTIFY],
+        [
+            S.SET_ROUTE_WEIGHTS,
+            S.SCALE_DEPLOYMENT,
+            S.SCALE_DEPLOYMENT,
+            S.WAIT_ROLLOUT,  # the stable side, scaled back up
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "migration failed (event), release not rolled out: backup then revert",
@@ -133,7 +149,14 @@ TRIGGERS = [
         state(),
         "migration-failed-revert",
         ActionKind.REVERT_MIGRATION,
-        [S.BACKUP_DATABASE, S.REVERT_MIGRATION, S.VERIFY_HEALTH, S.NOTIFY],
+        [
+            S.BACKUP_DATABASE,
+            S.REVERT_MIGRATION,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "migration failed (alert), release rolled out: backup, app rollback, revert",
@@ -147,6 +170,8 @@ TRIGGERS = [
             S.WAIT_ROLLOUT,
             S.REVERT_MIGRATION,
             S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
             S.NOTIFY,
         ],
     ),
@@ -156,7 +181,14 @@ TRIGGERS = [
         state(),
         "pod-not-ready-rollback",
         ActionKind.ROLLBACK,
-        [S.HELM_ROLLBACK, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.NOTIFY],
+        [
+            S.HELM_ROLLBACK,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "memory after a recent deploy: roll back",
@@ -164,7 +196,14 @@ TRIGGERS = [
         state(deploys=RECENT),
         "memory-pressure-scale-or-rollback",
         ActionKind.ROLLBACK,
-        [S.ROLLOUT_UNDO, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.NOTIFY],
+        [
+            S.ROLLOUT_UNDO,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "memory with no recent deploy: scale up",
@@ -172,7 +211,14 @@ TRIGGERS = [
         state(deploys=OLD),
         "memory-pressure-scale-or-rollback",
         ActionKind.SCALE_UP,
-        [S.SCALE_DEPLOYMENT, S.NOTIFY],
+        [
+            S.SCALE_DEPLOYMENT,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "cpu after a recent deploy: roll back",
@@ -180,7 +226,14 @@ TRIGGERS = [
         state(deploys=RECENT),
         "cpu-saturation-scale-or-rollback",
         ActionKind.ROLLBACK,
-        [S.HELM_ROLLBACK, S.WAIT_ROLLOUT, S.VERIFY_HEALTH, S.NOTIFY],
+        [
+            S.HELM_ROLLBACK,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
     (
         "cpu with no recent deploy: scale up",
@@ -188,7 +241,14 @@ TRIGGERS = [
         state(deploys=OLD),
         "cpu-saturation-scale-or-rollback",
         ActionKind.SCALE_UP,
-        [S.SCALE_DEPLOYMENT, S.NOTIFY],
+        [
+            S.SCALE_DEPLOYMENT,
+            S.WAIT_ROLLOUT,
+            S.VERIFY_HEALTH,
+            S.VERIFY_CONDITION,
+            S.RECORD_EVIDENCE,
+            S.NOTIFY,
+        ],
     ),
 ]
 
@@ -680,7 +740,10 @@ def test_manual_restore_config(pack: RulePack) -> None:
         S.EXPORT_CONFIG,
         S.RESTORE_CONFIG,
         S.RESTART_WORKLOAD,
+        S.WAIT_ROLLOUT,  # pods restarted with the restored config are all ready
         S.VERIFY_HEALTH,
+        S.VERIFY_CONDITION,
+        S.RECORD_EVIDENCE,
         S.NOTIFY,
     ]
 

@@ -207,12 +207,27 @@ rules:
       kinds: [ConfigBroken]
     action: restore_config
 """
-PACK: RulePack = load_rule_pack({**shipped_files(), "zz-restore.yaml": RESTORE_RULE})
+# A service with a smoke test: the shipped catalog only shows one in a comment.
+SMOKE_SERVICE = """
+services:
+  inventory:
+    namespace: inventory
+    workload: inventory
+    rollback: {strategy: rolling}
+    smoke_test:
+      image: registry.example.com/inventory-smoke:1
+      command: [bin/smoke, --quick]
+      timeout: 2m
+"""
+PACK: RulePack = load_rule_pack(
+    {**shipped_files(), "zz-restore.yaml": RESTORE_RULE, "zz-smoke.yaml": SMOKE_SERVICE}
+)
 
 SCENARIOS = [
     *[(case[1], case[2]) for case in TRIGGERS],
     (alert("ConfigBroken"), state()),
     (event("deployment.failed"), state()),
+    (alert("HighErrorRate", service="inventory", namespace="inventory"), state()),
 ]
 
 
@@ -267,7 +282,7 @@ def test_only_a_scale_up_stores_from_replicas() -> None:
         "deployment": "search-stable",
         "replicas": None,
     }
-    [up, _] = plan_for(alert("MemoryPressure"), state(deploys=OLD)).steps
+    [up, *_] = plan_for(alert("MemoryPressure"), state(deploys=OLD)).steps
     assert list(up.to_dict()["params"]) == ["namespace", "deployment", "from_replicas",
                                             "replicas"]  # fmt: skip
 
