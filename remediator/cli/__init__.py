@@ -1,7 +1,7 @@
 """Command line: ``remediator COMMAND``; ``python -m remediator`` and the console script.
 
 One module per group of commands, each with a ``register(subparsers)``:
-``run`` (the daemon, ``config show``), ``operate`` (signals, remediations, history,
+``run`` (the daemon), ``config`` (show, schema, doc), ``operate`` (signals, remediations, history,
 report, approve, circuit: over the API with ``--url``, or on the local journal),
 ``services`` (automation levels and 30 days of outcomes, over the API), ``rules`` (check,
 explain), ``db`` (a service's database), ``auth`` (hash-token) and
@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Sequence
 
 import remediator
-from remediator.cli import auth, db, journal, operate, requests, rules, run, services
+from remediator.cli import auth, config, db, journal, operate, requests, rules, run, services
 from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
 from remediator.domain.errors import ConfigError, RemediatorError
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     operate.register(sub)
     requests.register(sub)
     services.register(sub)
-    run.register_config(sub)
+    config.register(sub)
     rules.register(sub)
     db.register(sub)
     auth.register(sub)

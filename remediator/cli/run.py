@@ -1,19 +1,16 @@
-"""``remediator run``: the daemon, and ``config show``: the settings it would run with."""
+"""``remediator run``: the daemon."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
-
-import orjson
 
 from remediator.cli.common import add_settings_flags, settings_of
 from remediator.logs import configure_logging
 from remediator.settings import DEFAULT_LISTEN
 
-__all__ = ["register", "register_config"]
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,14 +50,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.set_defaults(func=cmd_run)
 
 
-def register_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    config = sub.add_parser("config", help="Inspect settings.")
-    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
-    show = config_sub.add_parser("show", help="Print the effective settings, secrets masked.")
-    add_settings_flags(show)
-    show.set_defaults(func=cmd_config_show)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     configure_logging(fmt=settings.log.format, level=settings.log.level)
@@ -71,9 +60,3 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     uvloop.install()
     return asyncio.run(Runtime(settings).run())
-
-
-def cmd_config_show(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
-    sys.stdout.write(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0
