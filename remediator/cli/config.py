@@ -11,7 +11,6 @@ import argparse
 import json
 import socket
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_settings import NoDecode
 
-from remediator.cli.common import CliError, add_settings_flags, settings_of
+from remediator.cli.common import CliError, add_settings_flags, settings_of, with_examples
 from remediator.settings import Settings
 
 __all__ = ["configuration_markdown", "register", "settings_schema"]
@@ -35,13 +34,12 @@ REGENERATE = "remediator config doc > docs/configuration.md"
 # the same on every machine.
 _FACTORY_DEFAULTS: dict[Callable[[], Any], str] = {socket.gethostname: "the host name"}
 
-EPILOG = textwrap.dedent(
+EPILOG = with_examples(
     f"""\
-    examples:
-      remediator config show --config /etc/remediator/config.yaml
-      remediator config schema > remediator.schema.json   # for editors and CI linting
-      {REGENERATE}
-      remediator config doc --check docs/configuration.md  # exit 1 when it is stale
+    remediator config show --config /etc/remediator/config.yaml
+    remediator config schema > remediator.schema.json   # for editors and CI linting
+    {REGENERATE}
+    remediator config doc --check docs/configuration.md  # exit 1 when it is stale
     """
 )
 
@@ -57,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = config_sub.add_parser(
         "show",
         help="Print the effective settings, secrets masked.",
-        epilog="example:\n  REMEDIATOR_LOG__FORMAT=json remediator config show --config c.yaml",
+        epilog=with_examples("REMEDIATOR_LOG__FORMAT=json remediator config show --config c.yaml"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_flags(show)
@@ -65,14 +63,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     schema = config_sub.add_parser(
         "schema",
         help="Print the JSON Schema of the settings file (secrets: writeOnly, no value).",
-        epilog="example:\n  remediator config schema > remediator.schema.json",
+        epilog=with_examples("remediator config schema > remediator.schema.json"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     schema.set_defaults(func=cmd_config_schema)
     doc = config_sub.add_parser(
         "doc",
         help="Print the settings reference (Markdown) that docs/configuration.md holds.",
-        epilog=f"examples:\n  {REGENERATE}\n  remediator config doc --check docs/configuration.md",
+        epilog=with_examples(f"{REGENERATE}\nremediator config doc --check docs/configuration.md"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     doc.add_argument(

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from remediator.cli.common import add_settings_flags, settings_of
+from remediator.cli.common import add_settings_flags, settings_of, with_examples
 from remediator.logs import configure_logging
 from remediator.settings import DEFAULT_LISTEN
 
@@ -19,6 +19,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="Run the daemon.",
         description="Run the daemon: serve the webhook, API, /healthz, /readyz and /metrics. "
         "SIGTERM drains: new webhooks get 503, in-flight ones finish, then it exits 0.",
+        epilog=with_examples(
+            """\
+            remediator run                    # 127.0.0.1:9095, journal var/remediator.db
+            REMEDIATOR_WEBHOOK_TOKEN_FILE=/run/secrets/token remediator run --listen 0.0.0.0:9095
+            remediator run --config /etc/remediator/config.yaml --dry-run --log-format json
+            """,
+            notes="Every setting: docs/configuration.md (remediator config doc).",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_flags(run)
     run.add_argument(
