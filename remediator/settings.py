@@ -75,7 +75,11 @@ class _Group(BaseModel):
 
 
 class HttpSettings(_Group):
-    listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT the HTTP server binds.")
+    """The listener: webhook, API, /healthz, /readyz and /metrics (docs/security.md)."""
+
+    listen: str = Field(
+        DEFAULT_LISTEN, description="HOST:PORT the HTTP server binds (flag --listen)."
+    )
     # Alertmanager never retries a 4xx, so a 413 on an alert storm loses alerts:
     # the limit sits far above aiohttp's 1 MiB default.
     body_limit_bytes: int = Field(16 * MIB, gt=0, description="Largest request body accepted.")
@@ -128,9 +132,13 @@ class HttpSettings(_Group):
 
 
 class JournalSettings(_Group):
+    """Where everything is recorded: SQLite for one replica, PostgreSQL for several."""
+
     # A secret: a PostgreSQL URL may hold a password (prefer url_file, a mounted Secret).
     url: SecretStr = Field(
         SecretStr(DEFAULT_JOURNAL),
+        # The default is no secret; a SecretStr default would otherwise show as stars.
+        json_schema_extra={"default": DEFAULT_JOURNAL},
         description="sqlite:///relative/path or sqlite:////absolute/path (one replica), or "
         "postgresql://USER:PASSWORD@HOST:PORT/DB?sslmode=verify-full (several replicas).",
     )
@@ -166,7 +174,8 @@ class JournalSettings(_Group):
         30.0,
         gt=0,
         description="An instance whose heartbeat is older than this is gone: the plans it "
-        "claimed are taken over (each still waits for its service's Lease).",
+        "claimed are taken over (each still waits for its service's Lease). At least 3 x "
+        "heartbeat_seconds.",
     )
     recovery_interval_seconds: float = Field(
         10.0,
@@ -225,11 +234,17 @@ class JournalSettings(_Group):
 
 
 class SignalSettings(_Group):
+    """Which labels of an alert or event name its service and namespace."""
+
     service_labels: tuple[str, ...] = Field(
-        DEFAULT_SERVICE_LABELS, min_length=1, description="Labels naming the service, in order."
+        DEFAULT_SERVICE_LABELS,
+        min_length=1,
+        description="Labels naming the service; the first one an alert carries wins.",
     )
     namespace_labels: tuple[str, ...] = Field(
-        DEFAULT_NAMESPACE_LABELS, min_length=1, description="Labels naming the namespace."
+        DEFAULT_NAMESPACE_LABELS,
+        min_length=1,
+        description="Labels naming the namespace; the first one an alert carries wins.",
     )
 
 
@@ -285,7 +300,9 @@ class AuthSettings(_Group):
         description="Failed authentications one client address may make within "
         "failure_window_seconds; past that it is answered 429 with Retry-After.",
     )
-    failure_window_seconds: float = Field(60.0, gt=0, description="See max_failures.")
+    failure_window_seconds: float = Field(
+        60.0, gt=0, description="The window max_failures is counted in."
+    )
     tracked_clients: int = Field(
         10000, ge=1, description="Most client addresses whose failures are remembered."
     )
@@ -307,22 +324,43 @@ CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
 class KafkaSettings(_Group):
     """Deploy events in, outcome events out. Empty bootstrap_servers: webhook-only."""
 
-    bootstrap_servers: CommaList = Field((), description="HOST:PORT[,HOST:PORT...]")
+    bootstrap_servers: CommaList = Field(
+        (),
+        description="Brokers, HOST:PORT each (flag --kafka-bootstrap); none: no Kafka, "
+        "the webhook is the only intake.",
+    )
     deploy_topics: CommaList = Field(("deployments",), description="Topics of deploy events.")
     outcome_topic: str = Field("remediator.outcomes", description="Topic for outcome events.")
     group_id: str = Field("remediator", description="Consumer group of every replica.")
-    client_id: str = "remediator"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    max_delivery_attempts: int = Field(
-        5, ge=1, description="Failures of one message before it goes to <topic><dlq_suffix>."
+    client_id: str = Field(
+        "remediator", description="Client id the brokers see (their logs and quotas)."
     )
-    dlq_suffix: str = Field(".dlq", min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How to reach the brokers: SSL and SASL_SSL use TLS (verified against "
+        "ssl_cafile, else the system trust store); SASL_* need sasl_mechanism, "
+        "sasl_username and sasl_password.",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (with a SASL_* security_protocol)."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    ssl_cafile: Path | None = Field(
+        None, description="PEM CA bundle the brokers' certificates are verified against."
+    )
+    ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate, when the brokers ask for one (mTLS)."
+    )
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile.")
+    max_delivery_attempts: int = Field(
+        5, ge=1, description="Failures of one message before it goes to its dead-letter topic."
+    )
+    dlq_suffix: str = Field(
+        ".dlq",
+        min_length=1,
+        description="Dead-letter topic of a deploy topic: its name plus this suffix.",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -353,15 +391,22 @@ class KubernetesSettings(_Group):
     lease_duration_seconds: int = Field(
         900, ge=15, description="How long a service's Lease outlives a silent holder."
     )
-    rollout_timeout_seconds: float = Field(300.0, gt=0, description="Wait for a rollout.")
-    health_timeout_seconds: float = Field(10.0, gt=0, description="One health-URL check.")
+    rollout_timeout_seconds: float = Field(
+        300.0, gt=0, description="Longest wait for a rollout to complete before a plan step fails."
+    )
+    health_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest one check of a service's health URL may take."
+    )
     max_concurrent_plans: int = Field(4, ge=1, description="Plans run at once (all services).")
     helm_binary: str = Field("helm", description="helm executable for helm rollbacks.")
     lock_retry_base_seconds: float = Field(
-        2.0, gt=0, description="First wait after a service's Lease was refused (doubles each time)."
+        2.0,
+        gt=0,
+        description="A service whose Lease another replica holds is asked again after a "
+        "random wait between half and all of base x 2^n seconds (n: refusals so far).",
     )
     lock_retry_max_seconds: float = Field(
-        60.0, gt=0, description="Longest wait between attempts to take a refused Lease."
+        60.0, gt=0, description="Cap of that wait (at least lock_retry_base_seconds)."
     )
 
     @model_validator(mode="after")
@@ -375,18 +420,26 @@ class SlackSettings(_Group):
     """One message per remediation, updated in place. No token: Slack is off."""
 
     token: SecretStr | None = Field(None, description="Bot token (xoxb-...).")
-    token_file: Path | None = Field(None, description="File holding the token.")
+    token_file: Path | None = Field(
+        None, description="File holding the bot token (a mounted Secret); token wins if set."
+    )
     base_url: str = Field("https://slack.com/api/", description="Web API base URL.")
     default_channel: str | None = Field(None, description="Channel id used when no route matches.")
-    channels_by_service: dict[str, str] = {}
-    channels_by_severity: dict[str, str] = {}
+    channels_by_service: dict[str, str] = Field(
+        {}, description="Channel id per service; a service listed here beats its severity."
+    )
+    channels_by_severity: dict[str, str] = Field(
+        {}, description="Channel id per alert severity (lower case), used before default_channel."
+    )
     signing_secret: SecretStr | None = Field(
         None,
         description="The Slack app's signing secret: with it, a plan waiting for approval "
         "gets Approve and Reject buttons, and POST /api/v1/slack/interactions takes the "
         "clicks (each verified against this secret). Without it: no buttons.",
     )
-    signing_secret_file: Path | None = Field(None, description="File holding the signing secret.")
+    signing_secret_file: Path | None = Field(
+        None, description="File holding the signing secret (a mounted Secret)."
+    )
     team_id: str | None = Field(
         None,
         pattern=r"^T[A-Z0-9]{2,30}$",
@@ -433,16 +486,28 @@ class SlackSettings(_Group):
 class EmailSettings(_Group):
     """Mail per remediation stage. No smtp_host: email is off."""
 
-    smtp_host: str | None = None
-    smtp_port: int = Field(587, ge=1, le=65535)
-    security: Literal["none", "starttls", "tls"] = "starttls"
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    sender: str = "remediator@localhost"
-    recipients: tuple[str, ...] = ()
-    recipients_by_service: dict[str, tuple[str, ...]] = {}
-    recipients_by_severity: dict[str, tuple[str, ...]] = {}
+    smtp_host: str | None = Field(None, description="SMTP server; none: no email.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP server port.")
+    security: Literal["none", "starttls", "tls"] = Field(
+        "starttls",
+        description="none: plain SMTP; starttls: upgrade the connection (port 587); "
+        "tls: TLS from the first byte (port 465).",
+    )
+    username: str | None = Field(None, description="SMTP AUTH user; none: no AUTH.")
+    password: SecretStr | None = Field(None, description="SMTP AUTH password.")
+    password_file: Path | None = Field(
+        None, description="File holding the SMTP password (a mounted Secret)."
+    )
+    sender: str = Field("remediator@localhost", description="From address of every mail.")
+    recipients: tuple[str, ...] = Field(
+        (), description="Recipients when no route matches; none: no mail for that remediation."
+    )
+    recipients_by_service: dict[str, tuple[str, ...]] = Field(
+        {}, description="Recipients per service; a service listed here beats its severity."
+    )
+    recipients_by_severity: dict[str, tuple[str, ...]] = Field(
+        {}, description="Recipients per alert severity (lower case), used before recipients."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -506,10 +571,13 @@ class ApprovalSettings(_Group):
 
 
 class DatabaseSettings(_Group):
+    """Services' own databases: backups before migration steps (docs/database.md)."""
+
     backup_root: Path = Field(
         Path("/var/lib/remediator/backups"),
-        description="Where pg_dump backups go for services without database.backup_dir "
-        "(a volume: backups hold the data).",
+        description="Where backups (pg_dump) go, in a directory per service, for services "
+        "whose catalog database block sets no backup_dir; `remediator db backups` and "
+        "`db restore` read them there. Mount a volume: backups hold the data.",
     )
 
 
@@ -547,6 +615,8 @@ class RetentionSettings(_Group):
 
 
 class PrometheusSettings(_Group):
+    """The Prometheus verification asks (read-only)."""
+
     url: str | None = Field(
         None,
         description="Prometheus to ask whether a remediation's triggering condition has "
@@ -566,6 +636,8 @@ class PrometheusSettings(_Group):
 
 
 class ShutdownSettings(_Group):
+    """Draining on SIGTERM (docs/operations.md, "Shutdown")."""
+
     # Kubernetes' default grace period is 30 s and includes the preStop sleep (5 s in
     # the chart): 20 s leaves a margin before SIGKILL.
     timeout_seconds: float = Field(
@@ -577,8 +649,14 @@ class ShutdownSettings(_Group):
 
 
 class LogSettings(_Group):
-    format: Literal["text", "json"] = "text"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log lines on stderr."""
+
+    format: Literal["text", "json"] = Field(
+        "text", description="text for people, json (one object a line) for log collectors."
+    )
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe level written."
+    )
 
 
 class Settings(BaseSettings):
@@ -591,23 +669,25 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    http: HttpSettings = HttpSettings()
-    journal: JournalSettings = JournalSettings()
-    signals: SignalSettings = SignalSettings()
-    kafka: KafkaSettings = KafkaSettings()
-    kubernetes: KubernetesSettings = KubernetesSettings()
-    slack: SlackSettings = SlackSettings()
-    email: EmailSettings = EmailSettings()
-    log: LogSettings = LogSettings()
-    database: DatabaseSettings = DatabaseSettings()
-    retention: RetentionSettings = RetentionSettings()
-    shutdown: ShutdownSettings = ShutdownSettings()
-    limits: LimitsSettings = LimitsSettings()
-    auth: AuthSettings = AuthSettings()
-    approvals: ApprovalSettings = ApprovalSettings()
-    prometheus: PrometheusSettings = PrometheusSettings()
-    rules_path: Path = Field(Path("rules"), description="Directory of rule files.")
-    dry_run: bool = Field(False, description="Decide and record, but change nothing.")
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
+    signals: SignalSettings = Field(default_factory=SignalSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    email: EmailSettings = Field(default_factory=EmailSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    rules_path: Path = Field(Path("rules"), description="Directory of rule files (flag --rules).")
+    dry_run: bool = Field(
+        False, description="Decide and record, but change nothing (flag --dry-run)."
+    )
     failpoints: str | None = Field(
         None,
         description="Testing only: fault-injection points to arm (see "
@@ -621,8 +701,12 @@ class Settings(BaseSettings):
         None, description="File holding the bearer token (a mounted Secret)."
     )
     webhook_username: str | None = Field(None, description="Basic-auth user for webhook callers.")
-    webhook_password: SecretStr | None = None
-    webhook_password_file: Path | None = None
+    webhook_password: SecretStr | None = Field(
+        None, description="Basic-auth password for webhook callers (with webhook_username)."
+    )
+    webhook_password_file: Path | None = Field(
+        None, description="File holding the basic-auth password (a mounted Secret)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """Command line: ``remediator COMMAND``; ``python -m remediator`` and the console script.
 
 One module per group of commands, each with a ``register(subparsers)``:
-``run`` (the daemon, ``config show``), ``operate`` (signals, remediations, history,
+``run`` (the daemon), ``config`` (show, schema, doc), ``operate`` (signals, remediations, history,
 report, approve, circuit: over the API with ``--url``, or on the local journal),
 ``services`` (automation levels and 30 days of outcomes, over the API), ``rules`` (check,
 explain), ``db`` (a service's database), ``auth`` (hash-token) and
@@ -12,48 +12,59 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Sequence
 
 import remediator
-from remediator.cli import auth, db, journal, operate, record, requests, rules, run, services
-from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
+from remediator.cli import (
+    auth,
+    config,
+    db,
+    journal,
+    operate,
+    record,
+    requests,
+    rules,
+    run,
+    services,
+)
+from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError, with_examples
 from remediator.domain.errors import ConfigError, RemediatorError
 
 __all__ = ["build_parser", "main"]
 
-EPILOG = textwrap.dedent(
+EPILOG = with_examples(
     """\
-    examples:
-      remediator run                                  # 127.0.0.1:9095, journal var/remediator.db
-      REMEDIATOR_WEBHOOK_TOKEN=s3cret remediator run --listen 0.0.0.0:9095
-      remediator run --config /etc/remediator/config.yaml --dry-run
-      remediator signals --service checkout --limit 20
-      remediator remediations --status skipped        # what was decided, and why
-      remediator remediations rem_0123abcd            # one decision in full
-      remediator history --service checkout           # what was done, step by step
-      remediator config show                          # effective settings, secrets masked
-      remediator rules check rules/                   # validate rule files, exit 1 on problems
-      remediator rules explain --rules rules/ --alert alert.json
-      remediator auth hash-token < alice.token        # the line for a principals file
-      remediator journal copy --from sqlite:///var/remediator.db   # to the configured PostgreSQL
+    remediator run                                  # 127.0.0.1:9095, journal var/remediator.db
+    REMEDIATOR_WEBHOOK_TOKEN=s3cret remediator run --listen 0.0.0.0:9095
+    remediator run --config /etc/remediator/config.yaml --dry-run
+    remediator signals --service checkout --limit 20
+    remediator remediations --status skipped        # what was decided, and why
+    remediator remediations rem_0123abcd            # one decision in full
+    remediator history --service checkout           # what was done, step by step
+    remediator config show                          # effective settings, secrets masked
+    remediator rules check rules/                   # validate rule files, exit 1 on problems
+    remediator rules explain --rules rules/ --alert alert.json
+    remediator auth hash-token < alice.token        # the line for a principals file
+    remediator journal copy --from sqlite:///var/remediator.db   # to the configured PostgreSQL
 
-    against a running daemon, as your principal (no shell in the pod needed):
-      export REMEDIATOR_URL=https://remediator.example:9095
-      export REMEDIATOR_TOKEN_FILE=~/.config/remediator/token   # never a --token flag
-      remediator remediations --status awaiting_approval
-      remediator approve rem_0123abcd --comment "checked with the checkout team"
-      remediator circuit reset                        # close the circuit breaker
-      remediator services                             # automation levels, last 30 days
-
+    # against a running daemon, as your principal (no shell in the pod needed):
+    export REMEDIATOR_URL=https://remediator.example:9095
+    export REMEDIATOR_TOKEN_FILE=~/.config/remediator/token   # never a --token flag
+    remediator remediations --status awaiting_approval
+    remediator approve rem_0123abcd --comment "checked with the checkout team"
+    remediator circuit reset                        # close the circuit breaker
+    remediator services --output json               # automation levels, last 30 days
+    """,
+    notes="""\
     Without --url / $REMEDIATOR_URL, signals, remediations, history, report, approve and
     circuit read the local journal file (break-glass: approvals and resets there record
-    the local OS user).
+    the local OS user). Every listing takes --output json (-o json).
 
     Every setting can also come from the environment (REMEDIATOR_ prefix, __ between
     nested names, e.g. REMEDIATOR_HTTP__BODY_LIMIT_BYTES) or from the --config YAML
-    file. Flags beat the environment, which beats the file.
-    """
+    file. Flags beat the environment, which beats the file. All settings:
+    docs/configuration.md (remediator config doc).
+    """,
 )
 
 
@@ -71,12 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     requests.register(sub)
     services.register(sub)
     record.register(sub)
-    run.register_config(sub)
+    config.register(sub)
     rules.register(sub)
     db.register(sub)
     auth.register(sub)
     journal.register(sub)
-    version = sub.add_parser("version", help="Print the version.")
+    version = sub.add_parser(
+        "version",
+        help="Print the version.",
+        epilog=with_examples("remediator version"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     version.set_defaults(func=cmd_version)
     return parser
 

@@ -4,33 +4,36 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 
-from remediator.cli.common import EXIT_OK, EXIT_USAGE, CliError
+from remediator.cli.common import EXIT_OK, EXIT_USAGE, CliError, with_examples
 from remediator.domain.auth import MIN_TOKEN_CHARS, hash_token
 
 __all__ = ["register"]
 
-EXAMPLES = textwrap.dedent(
-    f"""\
-    examples:
-      # a new random token for alice, kept in a file only she can read
-      umask 077; openssl rand -base64 32 | tr -d '\\n' > alice.token
-      remediator auth hash-token < alice.token
-      sha256:d540f7f7d02e555cb381ec6bb7734acb0913dfe32889252dfbf5ab8deb937a64
-
+EXAMPLES = with_examples(
+    """\
+    # a new random token for alice, kept in a file only she can read
+    umask 077; openssl rand -base64 32 | tr -d '\\n' > alice.token
+    remediator auth hash-token < alice.token    # prints sha256:d540f7f7d02e555cb381ec6b...
+    """,
+    notes=f"""\
     Paste the printed line under the principal's `tokens:` in the principals file
     (auth.principals_file, docs/security.md); give the token itself to its holder only.
     The token is read from standard input, never from an argument (arguments show in
     `ps` and in shell history). Surrounding whitespace and the final newline are not part
     of it. Tokens must be random and at least {MIN_TOKEN_CHARS} characters: the file keeps
     a fast SHA-256 hash, which only a high-entropy token makes safe to store.
-    """
+    """,
 )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    auth = sub.add_parser("auth", help="Credentials for the principals file.")
+    auth = sub.add_parser(
+        "auth",
+        help="Credentials for the principals file.",
+        epilog=with_examples("remediator auth hash-token < alice.token"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     auth_sub = auth.add_subparsers(dest="auth_command", metavar="SUBCOMMAND", required=True)
     hashed = auth_sub.add_parser(
         "hash-token",

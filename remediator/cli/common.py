@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,36 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--journal", metavar="URL", help=f"Journal location (default {DEFAULT_JOURNAL})."
     )
+
+
+OUTPUTS = ("text", "json")
+
+
+def add_output_option(parser: argparse.ArgumentParser, json_shape: str) -> None:
+    """``-o/--output text|json``, the same on every command that lists or shows records.
+
+    ``--json`` stays as the older spelling of ``--output json``.
+    """
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUTS,
+        default="text",
+        help=f"text (default: a table for people) or json ({json_shape}).",
+    )
+    parser.add_argument(
+        "--json", dest="output", action="store_const", const="json", help="Same as --output json."
+    )
+
+
+def json_output(args: argparse.Namespace) -> bool:
+    return getattr(args, "output", "text") == "json"
+
+
+def with_examples(examples: str, *, notes: str = "") -> str:
+    """An epilog ending in examples: every command's --help ends with how to call it."""
+    block = "examples:\n" + textwrap.indent(textwrap.dedent(examples).strip("\n"), "  ") + "\n"
+    return (textwrap.dedent(notes).rstrip("\n") + "\n\n" if notes else "") + block
 
 
 def positive_int(text: str) -> int:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from remediator.cli.common import add_output_option, json_output, with_examples
 from remediator.connectors.postgres import (
     BASE,
     ServiceLocks,
@@ -49,21 +50,24 @@ from remediator.settings import Settings, load_settings
 
 __all__ = ["register"]
 
-EPILOG = """\
-examples:
-  remediator db status checkout
-  remediator db revert checkout --dry-run          # what would be reverted, nothing changes
-  remediator db revert checkout                    # back up, revert the last migration
-  remediator db revert checkout --to 004           # back up, revert down to 004_* (or "base")
-  remediator db backups checkout
-  remediator db restore checkout --backup 20261127T093012123456Z-checkout-4f2a9c
-  remediator db restore checkout --backup 20261127T093012123456Z-checkout-4f2a9c --table orders
-
+NOTES = """\
 The DSN comes from the catalog's dsn_env / dsn_file / dsn_secret and is never printed.
 Exit codes: 0 done, 1 failed (nothing changed unless said), 2 bad request or settings,
 3 reverted but validation failed (a person must look), 4 busy (another revert holds the
 service's lock).
 """
+RESTORE = "remediator db restore checkout --backup 20261127T093012123456Z-checkout-4f2a9c"
+EXAMPLES = {
+    "status": "remediator db status checkout\nremediator db status checkout --output json\n",
+    "revert": """\
+remediator db revert checkout --dry-run          # what would be reverted, nothing changes
+remediator db revert checkout                    # back up, revert the last migration
+remediator db revert checkout --to 004           # back up, revert down to 004_* (or "base")
+""",
+    "backups": "remediator db backups checkout\nremediator db backups checkout --output json\n",
+    "restore": f"{RESTORE}\n{RESTORE} --table orders\n",
+}
+EPILOG = with_examples("".join(EXAMPLES.values()), notes=NOTES)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_HUMAN, EXIT_BUSY = 0, 1, 2, 3, 4
 
@@ -79,7 +83,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = db.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
 
     status = commands.add_parser(
-        "status", help="migration state: applied, pending, unknown; newest backup"
+        "status",
+        help="migration state: applied, pending, unknown; newest backup",
+        epilog=with_examples(EXAMPLES["status"], notes=NOTES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(status)
     status.set_defaults(func=cmd_status)
@@ -87,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revert = commands.add_parser(
         "revert",
         help="back up, then revert the last migration (or down to --to), then validate",
-        epilog=EPILOG,
+        epilog=with_examples(EXAMPLES["revert"], notes=NOTES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(revert)
@@ -99,14 +106,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     revert.set_defaults(func=cmd_revert)
 
-    backups = commands.add_parser("backups", help="list the service's verified backups")
+    backups = commands.add_parser(
+        "backups",
+        help="list the service's verified backups",
+        epilog=with_examples(EXAMPLES["backups"], notes=NOTES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(backups)
     backups.set_defaults(func=cmd_backups)
 
     restore = commands.add_parser(
         "restore",
         help="restore the whole database, or one table's rows, from a backup",
-        epilog=EPILOG,
+        epilog=with_examples(EXAMPLES["restore"], notes=NOTES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(restore)
@@ -132,7 +144,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="Backups of services without backup_dir (default: the database.backup_root "
         f"setting, {DEFAULT_BACKUP_ROOT}).",
     )
-    parser.add_argument("--json", action="store_true", help="print the record as JSON")
+    add_output_option(parser, "the record as one JSON object")
 
 
 # -- plumbing -------------------------------------------------------------------------
@@ -157,7 +169,7 @@ def _database(args: argparse.Namespace, settings: Settings) -> ServiceDatabase:
 
 
 def _print(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
-    if args.json:
+    if json_output(args):
         print(json.dumps(record, indent=2, sort_keys=True, default=str))
     else:
         print(text)

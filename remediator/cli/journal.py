@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from remediator.cli.common import EXIT_USAGE, CliError
+from remediator.cli.common import EXIT_USAGE, CliError, with_examples
 from remediator.settings import load_settings
 
 __all__ = ["register"]
@@ -19,7 +19,19 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    journal = sub.add_parser("journal", help="Move the journal from SQLite to PostgreSQL.")
+    examples = with_examples(
+        """\
+        remediator journal copy --from sqlite:///var/remediator.db   # to the configured journal.url
+        REMEDIATOR_JOURNAL__URL_FILE=/run/secrets/pg-url \\
+            remediator journal copy --from sqlite:////var/lib/remediator/journal.db
+        """
+    )
+    journal = sub.add_parser(
+        "journal",
+        help="Move the journal from SQLite to PostgreSQL.",
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     journal_sub = journal.add_subparsers(dest="journal_command", metavar="SUBCOMMAND",
                                          required=True)  # fmt: skip
     copy = journal_sub.add_parser(
@@ -31,6 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "then check the counts. Stop the daemon (every replica) first: the copy refuses a "
         "source with a recent heartbeat or one written while it ran, and a target that is "
         "not empty.",
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     copy.add_argument(
         "--from", dest="source", required=True, metavar="sqlite:///PATH",

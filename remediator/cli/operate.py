@@ -25,9 +25,12 @@ from remediator.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
+    add_output_option,
     add_settings_flags,
+    json_output,
     positive_int,
     settings_of,
+    with_examples,
 )
 from remediator.domain.lifecycle import RemediationStatus
 
@@ -63,7 +66,7 @@ def _parser(
         name,
         help=help,
         description=textwrap.fill(description, width=88),
-        epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples), "  ") + "\n" + WHERE,
+        epilog=with_examples(examples, notes=WHERE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_flags(parser)
@@ -80,14 +83,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         examples="""\
         remediator signals --service checkout --limit 20
         remediator signals --url https://remediator.example:9095 --token-file ~/.remediator-token
-        REMEDIATOR_URL=https://remediator.example:9095 remediator signals --limit 5000 --json
+        REMEDIATOR_URL=https://remediator.example:9095 remediator signals --limit 5000 -o json
         """,
     )
     signals.add_argument("--service", help="Only this service.")
     signals.add_argument(
         "--limit", type=positive_int, default=20, help="How many (default 20; paged)."
     )
-    signals.add_argument("--json", action="store_true", help="One JSON object per line.")
+    add_output_option(signals, "one JSON object per signal, a line each")
     signals.set_defaults(func=cmd_signals)
 
     rems = _parser(
@@ -100,13 +103,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         remediator remediations --status skipped        # what was decided, and why
         remediator remediations rem_0123abcd            # one decision in full
         remediator remediations --url https://remediator.example:9095 --status awaiting_approval
+        remediator remediations --service checkout --output json | jq -r .id
         """,
     )
     rems.add_argument("id", nargs="?", help="Show this remediation in full.")
     rems.add_argument("--service", help="Only this service.")
     rems.add_argument("--status", help="Only this status (planned, dry-run, skipped, ...).")
     rems.add_argument("--limit", type=positive_int, default=20, help="How many (default 20).")
-    rems.add_argument("--json", action="store_true", help="JSON output.")
+    add_output_option(rems, "one JSON object per remediation, a line each; one id: the record")
     rems.set_defaults(func=cmd_remediations)
 
     history = _parser(
@@ -118,11 +122,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         examples="""\
         remediator history --service checkout
         remediator history rem_0123abcd --url https://remediator.example:9095
+        remediator history --service checkout --output json
         """,
     )
     history.add_argument("id", nargs="?", help="One remediation (default: the newest ones).")
     history.add_argument("--service", help="Only this service.")
     history.add_argument("--limit", type=positive_int, default=5, help="How many (default 5).")
+    add_output_option(history, "one JSON object per remediation with its steps, a line each")
     history.set_defaults(func=cmd_history)
 
     report = _parser(
@@ -172,6 +178,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="While the breaker is open, rules only notify. It opens after too many "
         "automated actions in a window or too many failed remediations in a row; only a "
         "reset closes it.",
+        epilog=with_examples(
+            """\
+            remediator circuit status --url https://remediator.example:9095
+            remediator circuit reset --url https://remediator.example:9095
+            """
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     circuit_sub = circuit.add_subparsers(
         dest="circuit_command", metavar="SUBCOMMAND", required=True
@@ -184,8 +197,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         examples="""\
         remediator circuit status
         remediator circuit status --url https://remediator.example:9095
+        remediator circuit status --output json
         """,
     )
+    add_output_option(status, "the breaker as one JSON object")
     status.set_defaults(func=cmd_circuit)
     reset = _parser(
         circuit_sub,
@@ -266,7 +281,7 @@ def cmd_signals(args: argparse.Namespace) -> int:
             lambda limit, cursor: backend.signals(service=args.service, limit=limit, cursor=cursor),
             args.limit,
         )
-    if args.json:
+    if json_output(args):
         _json_lines(items)
         return EXIT_OK
     if not items:
@@ -286,7 +301,7 @@ def cmd_remediations(args: argparse.Namespace) -> int:
     if args.id:
         with opened_backend(args) as backend:
             item = backend.remediation(args.id)
-        if args.json:
+        if json_output(args):
             sys.stdout.write(orjson.dumps(item, option=orjson.OPT_INDENT_2).decode() + "\n")
         else:
             print(f"{item['id']}  {item['status']}  {item['service']}  rule={item['rule']}")
@@ -301,7 +316,7 @@ def cmd_remediations(args: argparse.Namespace) -> int:
             ),
             args.limit,
         )
-    if args.json:
+    if json_output(args):
         _json_lines(items)
         return EXIT_OK
     if not items:
@@ -328,6 +343,9 @@ def cmd_history(args: argparse.Namespace) -> int:
                 args.limit,
             )
             items = [backend.remediation(i["id"]) for i in listed]
+    if json_output(args):
+        _json_lines(items)
+        return EXIT_OK
     if not items:
         print("no remediations")
         return EXIT_OK
@@ -381,6 +399,9 @@ def cmd_circuit(args: argparse.Namespace) -> int:
             state = backend.reset_circuit()
         else:
             state = backend.circuit()
+    if json_output(args):
+        sys.stdout.write(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
     print("circuit breaker " + ("OPEN: rules only notify" if state.get("open") else "closed"))
     if state.get("reason"):
         print(f"reason: {state['reason']}")

@@ -15,7 +15,14 @@ from typing import Any
 import orjson
 
 from remediator.cli.backends import collect
-from remediator.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
+from remediator.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_output_option,
+    json_output,
+)
 from remediator.cli.operate import _parser, break_glass, opened_backend
 from remediator.domain.approvals import SCENARIOS
 from remediator.domain.lifecycle import RemediationStatus
@@ -86,12 +93,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "first, with the approver roles still missing and the response time.",
         examples="""\
         remediator requests --url https://remediator.example:9095
-        remediator requests --service checkout --json
+        remediator requests --service checkout --output json
         """,
     )
     listing.add_argument("--service", help="Only this service.")
     listing.add_argument("--limit", type=int, default=50, help="How many (default 50).")
-    listing.add_argument("--json", action="store_true", help="One JSON object per line.")
+    add_output_option(listing, "one JSON object per plan, a line each")
     listing.set_defaults(func=cmd_requests)
 
 
@@ -143,7 +150,7 @@ def cmd_requests(args: argparse.Namespace) -> int:
             args.limit,
         )
         items = [backend.remediation(item["id"]) for item in listed]
-    if args.json:
+    if json_output(args):
         for item in items:
             sys.stdout.write(orjson.dumps(item).decode() + "\n")
         return EXIT_OK

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from remediator.cli.common import with_examples
 from remediator.domain.errors import ConfigError, InvalidInput
 from remediator.domain.plans import explain
 from remediator.domain.rules import (
@@ -43,17 +44,44 @@ EXIT_USAGE = 2
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    rules = subparsers.add_parser("rules", help="check rule files and explain decisions")
+    rules = subparsers.add_parser(
+        "rules",
+        help="check rule files and explain decisions",
+        epilog=with_examples(
+            """\
+            remediator rules check rules/
+            remediator rules explain --rules rules/ --alert alert.json
+            """
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = rules.add_subparsers(dest="rules_command", required=True)
 
     check = commands.add_parser(
-        "check", help="validate rule files; exit 1 listing every problem as file:line"
+        "check",
+        help="validate rule files; exit 1 listing every problem as file:line",
+        epilog=with_examples(
+            """\
+            remediator rules check rules/
+            remediator rules check /etc/remediator/rules    # exit 1: problems listed as file:line
+            """
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("path", nargs="?", default="rules", help="rule file or directory")
     check.set_defaults(func=run_check)
 
     explain_parser = commands.add_parser(
-        "explain", help="show which rule matches a signal and what would be done, and why"
+        "explain",
+        help="show which rule matches a signal and what would be done, and why",
+        epilog=with_examples(
+            """\
+            remediator rules explain --rules rules/ --alert alert.json
+            remediator rules explain --event deploy.json --state state.yaml \\
+                --now 2026-11-30T09:00:00Z
+            """
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     explain_parser.add_argument("--rules", default="rules", help="rule file or directory")
     given = explain_parser.add_mutually_exclusive_group(required=True)

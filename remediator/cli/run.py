@@ -1,19 +1,16 @@
-"""``remediator run``: the daemon, and ``config show``: the settings it would run with."""
+"""``remediator run``: the daemon."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 
-import orjson
-
-from remediator.cli.common import add_settings_flags, settings_of
+from remediator.cli.common import add_settings_flags, settings_of, with_examples
 from remediator.logs import configure_logging
 from remediator.settings import DEFAULT_LISTEN
 
-__all__ = ["register", "register_config"]
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,6 +19,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="Run the daemon.",
         description="Run the daemon: serve the webhook, API, /healthz, /readyz and /metrics. "
         "SIGTERM drains: new webhooks get 503, in-flight ones finish, then it exits 0.",
+        epilog=with_examples(
+            """\
+            remediator run                    # 127.0.0.1:9095, journal var/remediator.db
+            REMEDIATOR_WEBHOOK_TOKEN_FILE=/run/secrets/token remediator run --listen 0.0.0.0:9095
+            remediator run --config /etc/remediator/config.yaml --dry-run --log-format json
+            """,
+            notes="Every setting: docs/configuration.md (remediator config doc).",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_flags(run)
     run.add_argument(
@@ -53,14 +59,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.set_defaults(func=cmd_run)
 
 
-def register_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    config = sub.add_parser("config", help="Inspect settings.")
-    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
-    show = config_sub.add_parser("show", help="Print the effective settings, secrets masked.")
-    add_settings_flags(show)
-    show.set_defaults(func=cmd_config_show)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     configure_logging(fmt=settings.log.format, level=settings.log.level)
@@ -71,9 +69,3 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     uvloop.install()
     return asyncio.run(Runtime(settings).run())
-
-
-def cmd_config_show(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
-    sys.stdout.write(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0

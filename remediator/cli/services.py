@@ -16,16 +16,24 @@ from typing import Any
 import orjson
 
 from remediator.cli.api import ApiClient, add_api_flags, api_options
-from remediator.cli.common import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from remediator.cli.common import (
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    add_output_option,
+    json_output,
+    with_examples,
+)
 
 __all__ = ["register"]
 
-EXAMPLES = textwrap.dedent(
+EXAMPLES = with_examples(
     """\
-    examples:
-      remediator services --url https://remediator.example:9095 --token-file ~/.remediator-token
-      REMEDIATOR_URL=https://remediator.example:9095 remediator services --json
-
+    remediator services --url https://remediator.example:9095 --token-file ~/.remediator-token
+    REMEDIATOR_URL=https://remediator.example:9095 remediator services --output json
+    """,
+    notes="""\
     columns: LEVEL is what the daemon acts on (notify: decides and tells; approve: every
     automatic plan waits for approval; auto: acts). PLANS, OK, FAILED, HUMAN count plans of
     the last 30 days (needs_human in HUMAN); WOULD counts plans the notify level kept to a
@@ -34,7 +42,7 @@ EXAMPLES = textwrap.dedent(
 
     exit codes: 0 done; 2 a usage mistake or a refused request (401, 403); 3 the daemon is
     unreachable or unavailable.
-    """
+    """,
 )
 
 
@@ -54,7 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_api_flags(parser)
-    parser.add_argument("--json", action="store_true", help="The API's JSON document.")
+    add_output_option(parser, "the API's document: {items: [...]}")
     parser.set_defaults(func=cmd_services)
 
 
@@ -70,7 +78,7 @@ def cmd_services(args: argparse.Namespace) -> int:
     items = body.get("items") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise CliError(f"{options.url} answered without a list of services", code=EXIT_UNAVAILABLE)
-    if args.json:
+    if json_output(args):
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
         return EXIT_OK
     if not items:

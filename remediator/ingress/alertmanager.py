@@ -8,7 +8,15 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+)
 
 from remediator.domain.errors import InvalidInput
 from remediator.domain.limits import InputLimits
@@ -38,35 +46,44 @@ def _end(value: datetime) -> datetime | None:
     return None if value.year == _GO_ZERO_YEAR else _computable(value)
 
 
+_TIME_RANGE = "Within 1970-01-01T00:00:00Z .. 9000-01-01T00:00:00Z once converted to UTC."
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp_string), Strict(False)]
 StartTime = Annotated[Timestamp, AfterValidator(_computable)]
 EndTime = Annotated[Timestamp, AfterValidator(_end)]
 
 
 class AmAlert(BaseModel):
+    """One alert of the payload. The OpenAPI document's AlertmanagerAlert is this model's
+    JSON Schema (remediator/ingress/openapi.py)."""
+
     # strict: a label value of 5 or a status of true is a broken sender, not something to coerce.
     model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = {}
-    startsAt: StartTime
-    endsAt: EndTime | None = None  # None also for Go's zero time: no end yet
+    startsAt: StartTime = Field(description=_TIME_RANGE)
+    endsAt: EndTime | None = Field(  # None also for Go's zero time: no end yet
+        None,
+        description=f"{_TIME_RANGE} Go's zero time (0001-01-01T00:00:00Z), null or absent: no end.",
+    )
     generatorURL: str = ""
     fingerprint: str = ""
 
 
 class AmPayload(BaseModel):
-    """https://prometheus.io/docs/alerting/latest/configuration/#webhook_config"""
+    """Alertmanager webhook payload, version 4. Unknown fields are ignored.
+    https://prometheus.io/docs/alerting/latest/configuration/#webhook_config"""
 
     model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
-    version: str
+    # Checked before the model (parse_payload) to name the version in the answer.
+    version: str = Field(json_schema_extra={"const": SUPPORTED_VERSION})
     receiver: str
     status: Literal["firing", "resolved"]
     alerts: list[AmAlert]
     groupKey: str = ""
-    truncatedAlerts: int = 0
+    truncatedAlerts: int = Field(0, ge=0, description="Alerts Alertmanager left out (max_alerts).")
     groupLabels: dict[str, str] = {}
     commonLabels: dict[str, str] = {}
     commonAnnotations: dict[str, str] = {}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+from pydantic import BaseModel
 
 import remediator
 from remediator.domain.approvals import SCENARIOS
 from remediator.domain.automation import AutomationLevel
 from remediator.domain.lifecycle import RemediationStatus
+from remediator.ingress.alertmanager import AmAlert, AmPayload
 
 _REMEDIATION_STATUSES = [status.value for status in RemediationStatus]
 _AUTOMATION_LEVELS = [level.value for level in AutomationLevel]
@@ -127,6 +131,43 @@ _LIMIT = {
 }
 _CIRCUIT = {"$ref": "#/components/schemas/Circuit"}
 
+_REF = "#/components/schemas/{model}"
+# The pydantic models the handlers validate request bodies with, by their name here.
+_MODELS: dict[str, type[BaseModel]] = {
+    "AlertmanagerPayload": AmPayload,
+    "AlertmanagerAlert": AmAlert,
+}
+
+
+@functools.cache
+def model_schemas() -> dict[str, Any]:
+    """The component schemas of _MODELS, generated from the models: the document cannot
+    drift from what the handlers accept."""
+    names = {model.__name__: name for name, model in _MODELS.items()}
+    schemas: dict[str, Any] = {}
+    for name, model in _MODELS.items():
+        schema = model.model_json_schema(ref_template=_REF, mode="validation")
+        schema.pop("$defs", None)  # each nested model is listed in _MODELS itself
+        schemas[name] = _renamed(schema, names)
+    return schemas
+
+
+def _renamed(node: Any, names: dict[str, str]) -> Any:
+    """References and titles use the component names (AmAlert -> AlertmanagerAlert)."""
+    if isinstance(node, dict):
+        out = {key: _renamed(value, names) for key, value in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            model = ref.rsplit("/", 1)[1]
+            out["$ref"] = _REF.format(model=names[model])
+        if isinstance(out.get("title"), str) and out["title"] in names:
+            out["title"] = names[out["title"]]
+        return out
+    if isinstance(node, list):
+        return [_renamed(item, names) for item in node]
+    return node
+
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -155,43 +196,6 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": {"type": "string"},
                 "description": "One id per alert, in payload order (duplicates included).",
-            },
-        },
-    },
-    "AlertmanagerAlert": {
-        "type": "object",
-        "required": ["status", "labels", "startsAt"],
-        "properties": {
-            "status": {"enum": ["firing", "resolved"]},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-            "startsAt": {"type": "string", "format": "date-time", "description": _TIME_RANGE},
-            "endsAt": {
-                "type": "string",
-                "format": "date-time",
-                "description": f"{_TIME_RANGE} Go's zero time (0001-01-01T00:00:00Z): no end.",
-            },
-            "generatorURL": {"type": "string"},
-            "fingerprint": {"type": "string"},
-        },
-    },
-    "AlertmanagerPayload": {
-        "type": "object",
-        "description": "Alertmanager webhook payload, version 4. Unknown fields are ignored.",
-        "required": ["version", "receiver", "status", "alerts"],
-        "properties": {
-            "version": {"const": "4"},
-            "groupKey": {"type": "string"},
-            "truncatedAlerts": {"type": "integer", "minimum": 0},
-            "status": {"enum": ["firing", "resolved"]},
-            "receiver": {"type": "string"},
-            "groupLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "commonLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "commonAnnotations": {"type": "object", "additionalProperties": {"type": "string"}},
-            "externalURL": {"type": "string"},
-            "alerts": {
-                "type": "array",
-                "items": {"$ref": "#/components/schemas/AlertmanagerAlert"},
             },
         },
     },
@@ -568,7 +572,7 @@ def _document() -> dict[str, Any]:
             "ingest, read or operate; admin holds them all (docs/security.md).",
         },
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**model_schemas(), **_SCHEMAS},
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

@@ -26,7 +26,7 @@ from pydantic import (
 from remediator.domain.automation import AutomationLevel
 from remediator.domain.plans import ActionKind
 from remediator.domain.rules.durations import format_duration, parse_duration
-from remediator.domain.rules.matchers import Matcher, parse_matcher
+from remediator.domain.rules.matchers import Matcher, parse_matcher, split_matchers
 from remediator.domain.signals import Source
 
 
@@ -70,6 +70,20 @@ AutomationLevelField = Annotated[
     PlainSerializer(lambda level: level.value, return_type=str),
     WithJsonSchema({"enum": [level.value for level in AutomationLevel]}),
 ]
+
+
+def _split_matcher_lines(value: Any) -> Any:
+    """One ``matchers:`` entry may hold several matchers (``a="1", b="2"`` or
+    ``{a="1"}``), as in Alertmanager; each becomes its own matcher."""
+    if not isinstance(value, list | tuple):
+        return value
+    return [
+        token
+        for item in value
+        for token in (split_matchers(item) if isinstance(item, str) else [item])
+    ]
+
+
 MatcherField = Annotated[
     Matcher,
     PlainValidator(_to_matcher),
@@ -256,7 +270,7 @@ class MatchSpec(_Strict):
 
     source: Source
     kinds: tuple[Text, ...] = ()  # alertnames, event types or manual request kinds
-    matchers: tuple[MatcherField, ...] = ()
+    matchers: Annotated[tuple[MatcherField, ...], BeforeValidator(_split_matcher_lines)] = ()
     services: tuple[K8sName, ...] = ()
 
 

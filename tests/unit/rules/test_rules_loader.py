@@ -95,11 +95,11 @@ rules:
         "broken.yaml:11: services.search.rollback.canary_deployment: Field required",
         "broken.yaml:11: services.search.rollback.stable_deployment: Field required",
         "broken.yaml:16: rules[0].match.matchers[0]: invalid regex in matcher "
-        "'severity=~\"(crit\"': missing ), unterminated subpattern at position 0",
+        "'severity=~\"(crit\"': missing closing ) (RE2 syntax, as Alertmanager compiles it)",
         "broken.yaml:17: rules[0].action: Input should be 'rollback', 'scale_up', "
         "'scale_or_rollback', 'revert_migration', 'restore_config' or 'notify_only'",
         "broken.yaml:21: rules[1].cooldown: invalid duration '5 minutes': use forms like "
-        "90s, 30m, 1h30m, 2d",
+        "90s, 30m, 1h30m, 2d (units y w d h m s ms, largest first, each once)",
     ]
 
 
