@@ -15,27 +15,34 @@ from typing import Any
 import orjson
 
 from remediator.cli.api import ApiClient, add_api_flags, api_options
-from remediator.cli.common import EXIT_OK, EXIT_USAGE, CliError
+from remediator.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_output_option,
+    with_examples,
+)
 
 __all__ = ["register"]
 
-EXAMPLES = textwrap.dedent(
-    """\
-    examples:
-      remediator record edit rem_0123abcd --root-cause "v1.4.1 shipped a broken pool size" \\
-          --improvements "canary checks the pool" --improvements "alert on pool waits" \\
-          --lessons "roll back first, debug later"
-      remediator record edit rem_0123abcd --lessons   # clears the lessons
-
-    Fields not given keep their value; a list flag given without values clears the list.
-    exit codes: 0 done; 2 a usage mistake or a refused request (400, 401, 403, 404);
-    3 the daemon is unreachable or unavailable.
-    """
-)
+EXAMPLES = """\
+remediator record edit rem_0123abcd --root-cause "v1.4.1 shipped a broken pool size" \\
+    --improvements "canary checks the pool" --improvements "alert on pool waits" \\
+    --lessons "roll back first, debug later"
+remediator record edit rem_0123abcd --lessons   # clears the lessons
+"""
+NOTES = """\
+Fields not given keep their value; a list flag given without values clears the list.
+exit codes: 0 done; 2 a usage mistake or a refused request (400, 401, 403, 404);
+3 the daemon is unreachable or unavailable.
+"""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("record", help="Edit the analysis of a rollback record.")
+    parser = sub.add_parser(
+        "record", help="Edit the analysis of a rollback record.",
+        epilog=with_examples(EXAMPLES), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     actions = parser.add_subparsers(dest="record_command", metavar="ACTION", required=True)
     edit = actions.add_parser(
         "edit",
@@ -46,7 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "with its editor and time.",
             width=88,
         ),
-        epilog=EXAMPLES,
+        epilog=with_examples(EXAMPLES, notes=NOTES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     edit.add_argument("id", help="The remediation id (rem_...).")
@@ -60,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="One lesson learned per value (repeatable).",
     )  # fmt: skip
     add_api_flags(edit)
-    edit.add_argument("--json", action="store_true", help="The API's JSON answer.")
+    add_output_option(edit, "the API's answer: the record's analysis")
     edit.set_defaults(func=cmd_record_edit)
 
 
@@ -88,7 +95,7 @@ def cmd_record_edit(args: argparse.Namespace) -> int:
             "give at least one of --root-cause, --improvements, --lessons", code=EXIT_USAGE
         )
     answer = ApiClient(options).patch_json(f"/api/v1/remediations/{args.id}/record", body)
-    if args.json:
+    if args.output == "json":
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
         return EXIT_OK
     print(f"record of {args.id} edited by {answer.get('edited_by')} at {answer.get('edited_at')}")

@@ -20,6 +20,7 @@ from tests.unit.cli.test_local import _awaiting_approval
 
 # What lists (or shows) records: the commands a script reads.
 LISTINGS = {
+    "record edit",
     "signals",
     "remediations",
     "history",
@@ -102,6 +103,8 @@ def test_listings_share_one_output_option(name: str, parser: argparse.ArgumentPa
 
 def _parse(name: str, flags: list[str]) -> argparse.Namespace:
     positional = ["checkout"] if name.startswith("db ") else []
+    if name == "record edit":
+        positional = ["rem_0123abcd"]
     if name == "db restore":
         positional += ["--backup", "20261127T093012123456Z-checkout-4f2a9c"]
     return build_parser().parse_args([*name.split(), *positional, *flags])
