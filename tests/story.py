@@ -27,6 +27,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,6 +41,8 @@ from tests.env.base import free_port
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_ALERTS = REPO / "rules" / "prometheus" / "remediator-alerts.yml"
 SERVICE = "storefront"
+OWNER = "team-storefront"
+IMAGE = "registry.example/app"  # what tests.e2e.test_approvals.released_twice rolls out
 ERROR_RATE = 0.3  # of requests failing once the bad release is out
 WINDOW = "20s"
 PENDING = "5s"
@@ -153,13 +156,13 @@ class Story:
         self.app: StoryApp | None = None
 
     def __enter__(self) -> Story:
-        from tests.e2e.test_approvals import deploy_events, released_twice
+        from tests.e2e.test_approvals import released_twice
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         say = self.narrate
         asyncio.run(released_twice(self.kube, [self.namespace]))
         say(f"kwok: Deployment {self.namespace}/app rolled out v1, then v2 (revision 2)")
-        asyncio.run(deploy_events(self.kafka, self.topic, {SERVICE: self.namespace}))
+        asyncio.run(self._deploy_events())
         say(f"kafka: the CD pipeline's deploy events for v1 and v2 on {self.topic}")
         self.app = StoryApp(service=SERVICE, namespace=self.namespace, workdir=self.workdir)
         self.daemon = self._daemon()
@@ -178,13 +181,37 @@ class Story:
         say("prometheus: scraping the app every second with the shipped alerting rules")
         return self
 
+    async def _deploy_events(self) -> None:
+        """What the CD pipeline reported: v1 two hours ago, v2 ten minutes ago."""
+        from aiokafka import AIOKafkaProducer
+
+        now = datetime.now(UTC)
+        producer = AIOKafkaProducer(bootstrap_servers=self.kafka.endpoints["kafka_bootstrap"])
+        await producer.start()
+        try:
+            for revision, at in ((1, now - timedelta(hours=2)), (2, now - timedelta(minutes=10))):
+                event = {
+                    "specversion": "1.0", "id": f"deploy-{self.namespace}-{revision}",
+                    "source": "ci/deployer", "type": "io.remediator.deployment.succeeded",
+                    "time": at.isoformat(),
+                    "data": {"service": SERVICE, "namespace": self.namespace,
+                             "version": f"v{revision}", "revision": str(revision),
+                             "previous_revision": str(revision - 1),
+                             "image": f"{IMAGE}:v{revision}"},
+                }  # fmt: skip
+                await producer.send_and_wait(self.topic, orjson.dumps(event), key=SERVICE.encode())
+        finally:
+            await producer.stop()
+
     def _daemon(self) -> Daemon:
         rules = self.workdir / "rules"
         rules.mkdir(parents=True, exist_ok=True)
         for name in ("defaults.yaml", "remediation.yaml"):
             shutil.copy(RULES / name, rules / name)
+        assert self.app is not None
         catalog = {"services": {SERVICE: {
             "namespace": self.namespace, "workload": "app", "rollback": {"strategy": "rolling"},
+            "owner": OWNER, "health_url": f"{self.app.url}/healthz",
         }}}  # fmt: skip
         (rules / "catalog.yaml").write_text(orjson.dumps(catalog).decode())
         return Daemon(
@@ -197,6 +224,9 @@ class Story:
                 "REMEDIATOR_KAFKA__BOOTSTRAP_SERVERS": self.kafka.endpoints["kafka_bootstrap"],
                 "REMEDIATOR_KAFKA__DEPLOY_TOPICS": self.topic,
                 "REMEDIATOR_KAFKA__GROUP_ID": f"g-{self.topic}",
+                # Verification asks the same Prometheus whether the condition cleared.
+                "REMEDIATOR_PROMETHEUS__URL": self.prometheus.url,
+                "REMEDIATOR_PROMETHEUS__POLL_SECONDS": "1",
                 **self.extra_env,
             },
         )
@@ -244,12 +274,18 @@ class Story:
         done = wait(lambda: _finished(daemon, item["id"]), timeout=150,
                     what="the remediation to finish")  # fmt: skip
         for step in done["steps"]:
-            if step["kind"].startswith("verify") or step["kind"].startswith("wait"):
-                say(
-                    f"remediator: {step['kind']}: {step['status']} {step.get('detail') or ''}".rstrip()
-                )
+            if step["kind"].startswith(("verify", "wait", "record")):
+                say(f"remediator: {step['kind']} {step['status']}: {_detail(step)}")
         say(f"remediator: remediation {done['id']} {done['status']}")
         return Outcome(remediation=done, signal=signal, hops=self.narrate.hops, image=image)
+
+
+def _detail(step: dict[str, Any]) -> str:
+    detail = step.get("detail")
+    if isinstance(detail, dict):
+        detail = detail.get("summary") or orjson.dumps(detail).decode()
+    text = " ".join(str(detail or "").split())
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _image_if_v1(deployment: Any) -> str | None:

@@ -4,7 +4,8 @@ real service would, with an error rate the test controls.
 ``GET /metrics`` answers ``http_requests_total{service, namespace, code}`` (Prometheus
 text format) for a steady 100 requests/s, of which the share ``error_rate`` failed with
 500; the counters advance with the time between scrapes, so ``rate()`` over them is
-exactly that share. ``POST /error-rate?value=0.5`` sets the share. Standard library
+exactly that share. ``POST /error-rate?value=0.5`` sets the share; ``GET /healthz`` is 200 while the
+share is at most 5 %, else 503. Standard library
 only: it runs as its own process (``python -m tests.storyapp --port P --service S
 --namespace N``), like the service it stands for.
 """
@@ -40,6 +41,11 @@ class Traffic:
             self._advance()  # what was served so far keeps the old share
             self._error_rate = value
 
+    @property
+    def healthy(self) -> bool:
+        with self._lock:
+            return self._error_rate <= 0.05
+
     def counters(self) -> tuple[float, float]:
         with self._lock:
             self._advance()
@@ -49,6 +55,9 @@ class Traffic:
 def make_handler(traffic: Traffic, *, service: str, namespace: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._answer(200, "ok\n") if traffic.healthy else self._answer(503, "failing\n")
+                return
             if self.path != "/metrics":
                 self._answer(404, "not found\n")
                 return

@@ -150,10 +150,12 @@ class Daemon:
         except ValueError:
             return status, body.decode()
 
-    def post(self, path: str, body: Any, *, token: str | None = None) -> tuple[int, Any]:
-        """POST JSON as the principal of ``token`` (default: the operator)."""
+    def post(
+        self, path: str, body: Any, *, token: str | None = None, method: str = "POST"
+    ) -> tuple[int, Any]:
+        """POST (or ``method``) JSON as the principal of ``token`` (default: the operator)."""
         request = urllib.request.Request(  # noqa: S310 - loopback http(s)
-            self.url + path, data=orjson.dumps(body), method="POST",
+            self.url + path, data=orjson.dumps(body), method=method,
             headers={"Authorization": f"Bearer {token or self.operator_token}",
                      "Content-Type": "application/json"},
         )  # fmt: skip
