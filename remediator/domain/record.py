@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from remediator.domain.errors import InvalidInput
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import NoActionReason
 
@@ -728,49 +727,9 @@ def render(record: RollbackRecord, *, fmt: RecordFormat, record_url: str | None 
 
 # -- editing the analysis -------------------------------------------------------------
 
-ANALYSIS_FIELDS = ("root_cause", "improvements", "lessons")
 MAX_ROOT_CAUSE_CHARS = 10_000
 MAX_ANALYSIS_ITEMS = 50
 MAX_ANALYSIS_ITEM_CHARS = 2_000
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def parse_analysis_edit(document: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a ``PATCH .../record`` body, checked and bounded; raises
-    ``InvalidInput`` naming the field. Who edits is never read from the body."""
-    if not document:
-        raise InvalidInput(f"give at least one of {', '.join(ANALYSIS_FIELDS)}", where="body")
-    changes: dict[str, Any] = {}
-    for key, value in document.items():
-        if key not in ANALYSIS_FIELDS:
-            raise InvalidInput(
-                f"unknown field (the body takes only {', '.join(ANALYSIS_FIELDS)}; who edits "
-                "is the principal of the credential you send)",
-                where=key[:64],
-            )
-        if key == "root_cause":
-            changes[key] = _analysis_text(value, where=key, limit=MAX_ROOT_CAUSE_CHARS)
-            continue
-        if not isinstance(value, list):
-            raise InvalidInput("expected a list of strings", where=key)
-        if len(value) > MAX_ANALYSIS_ITEMS:
-            raise InvalidInput(f"at most {MAX_ANALYSIS_ITEMS} items, got {len(value)}", where=key)
-        items = [
-            _analysis_text(item, where=f"{key}[{n}]", limit=MAX_ANALYSIS_ITEM_CHARS)
-            for n, item in enumerate(value)
-        ]
-        changes[key] = tuple(item for item in items if item)
-    return changes
-
-
-def _analysis_text(value: Any, *, where: str, limit: int) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput(f"expected a string, got {type(value).__name__}", where=where)
-    if len(value) > limit:
-        raise InvalidInput(f"at most {limit} characters, got {len(value)}", where=where)
-    if _CONTROL.search(value):
-        raise InvalidInput("holds control characters (other than line breaks)", where=where)
-    return value.strip()
 
 
 def edited_analysis(

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from remediator.domain.approvals import SCENARIOS, ApprovalState, ReviewStatus, Verdict, Vote
+from remediator.domain.approvals import ApprovalState, ReviewStatus, Verdict, Vote
 from remediator.domain.approvals import VoteResult as R
 from remediator.domain.auth import Principal, Role
 from remediator.domain.errors import InvalidInput, TemporaryError
@@ -40,6 +40,7 @@ from remediator.domain.rules import (
 )
 from remediator.domain.rules.decide import requested_rollback
 from remediator.ingress.answers import error_response, json_response
+from remediator.ingress.bodies import CommentBody, RollbackRequestBody, parse
 from remediator.messages import approved_messages, status_messages, vote_messages
 from remediator.metrics import Metrics
 from remediator.ports import (
@@ -52,19 +53,13 @@ from remediator.ports import (
 
 log = logging.getLogger(__name__)
 
-MAX_COMMENT_CHARS = 500
-MAX_REASON_CHARS = 500
-MAX_NAME_CHARS = 253
 # How long a request's answer waits for the decision engine to decide it; past it the
 # answer is 202 and the request is decided all the same.
 DECISION_WAIT_SECONDS = 10.0
 POLL_SECONDS = 0.05
 # As many deploy events as the decision engine weighs.
 HISTORY_EVENTS = 50
-_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # line breaks and tabs are fine
-_NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,200}")
-_REQUEST_FIELDS = ("service", "scenario", "reason", "target", "emergency")
 AuthorizedHandler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
 WAITING = RemediationStatus.AWAITING_APPROVAL
 
@@ -189,32 +184,18 @@ class ApprovalApi:
                     "send, never a field of the body",
                     where=key,
                 )
-            if key not in _REQUEST_FIELDS:
-                raise InvalidInput(
-                    f"unknown field (the body takes {', '.join(_REQUEST_FIELDS)})",
-                    where=shown(key),
-                )
-        service = _text_field(document, "service", limit=MAX_NAME_CHARS)
-        spec = self.pack.services.get(service)
+        body = parse(RollbackRequestBody, document)
+        spec = self.pack.services.get(body.service)
         if spec is None:
-            raise InvalidInput(f"{shown(service)} is not a service of the catalog", where="service")
-        outside = self.pack.out_of_scope(service, None)
+            raise InvalidInput(
+                f"{shown(body.service)} is not a service of the catalog", where="service"
+            )
+        outside = self.pack.out_of_scope(body.service, None)
         if outside is not None:
             raise InvalidInput(outside, where="service")
-        scenario = _text_field(document, "scenario", limit=MAX_NAME_CHARS)
-        if scenario not in SCENARIOS:
-            raise InvalidInput(
-                f"must be one of {', '.join(SCENARIOS)}, got {shown(scenario)}", where="scenario"
-            )
-        reason = _text_field(document, "reason", limit=MAX_REASON_CHARS, lines=True)
-        target = document.get("target")
-        if target is not None:
-            target = _text_field(document, "target", limit=MAX_NAME_CHARS)
-        emergency = document.get("emergency", False)
-        if not isinstance(emergency, bool):
-            raise InvalidInput(f"expected true or false, got {_kind(emergency)}", where="emergency")
-        return RollbackRequest(service=service, namespace=spec.namespace, scenario=scenario,
-                               reason=reason, target=target, emergency=emergency)  # fmt: skip
+        return RollbackRequest(service=body.service, namespace=spec.namespace,
+                               scenario=body.scenario, reason=body.reason, target=body.target,
+                               emergency=body.emergency)  # fmt: skip
 
     async def _check_target(self, service: str, target: str) -> None:
         """The target must be a deploy trusted history records before the current one."""
@@ -503,31 +484,7 @@ def _comment(body: bytes) -> str | None:
             "field of the body",
             where="by",
         )
-    for key in document:
-        if key != "comment":
-            raise InvalidInput('unknown field (the body takes only "comment")', where=shown(key))
-    if document.get("comment") is None:
-        return None
-    return _text_field(document, "comment", limit=MAX_COMMENT_CHARS, lines=True) or None
-
-
-def _text_field(document: Mapping[str, Any], name: str, *, limit: int, lines: bool = False) -> str:
-    value = document.get(name)
-    if value is None:
-        raise InvalidInput("required", where=name)
-    if not isinstance(value, str):
-        raise InvalidInput(f"expected a string, got {_kind(value)}", where=name)
-    if len(value) > limit:
-        raise InvalidInput(f"at most {limit} characters, got {len(value)}", where=name)
-    if (_TEXT_CONTROL if lines else _NAME_CONTROL).search(value):
-        raise InvalidInput(
-            "holds control characters" + (" (other than line breaks)" if lines else ""),
-            where=name,
-        )
-    text = value.strip()
-    if not text and name != "comment":
-        raise InvalidInput("must not be empty", where=name)
-    return text
+    return parse(CommentBody, document).comment or None
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -541,11 +498,6 @@ def _idempotency_key(request: web.Request) -> str | None:
             "1 to 200 letters, digits and . _ : - (e.g. a UUID)", where="Idempotency-Key"
         )
     return key
-
-
-def _kind(value: object) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), "null")  # fmt: skip
 
 
 def _refused(refusal: Refusal) -> web.Response:

@@ -24,7 +24,6 @@ from remediator.domain.paging import parse_cursor, shown
 from remediator.domain.record import (
     CONTENT_TYPES,
     RECORD_FORMATS,
-    parse_analysis_edit,
     render,
 )
 from remediator.domain.record_build import record_from_journal
@@ -38,6 +37,7 @@ from remediator.ingress.auth import (
     AuthFailure,
     FailedAuthLimiter,
 )
+from remediator.ingress.bodies import RecordAnalysisBody, parse
 from remediator.ingress.openapi import openapi_document
 from remediator.ingress.services import ServicesView
 from remediator.ingress.slack import PATH as SLACK_PATH
@@ -604,7 +604,7 @@ class IntakeApp:
         if not isinstance(document, dict):
             raise InvalidInput('expected a JSON object such as {"root_cause": "..."}',
                                where="body")  # fmt: skip
-        changes = parse_analysis_edit(document)
+        changes = parse(RecordAnalysisBody, document).changes()
         try:
             edited = await self.journal.edit_record_analysis(
                 rid, changes=changes, by=principal.name, at=self.clock()

@@ -8,10 +8,10 @@ from typing import Any
 from pydantic import BaseModel
 
 import remediator
-from remediator.domain.approvals import SCENARIOS
 from remediator.domain.automation import AutomationLevel
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.ingress.alertmanager import AmAlert, AmPayload
+from remediator.ingress.bodies import CommentBody, RecordAnalysisBody, RollbackRequestBody
 
 _REMEDIATION_STATUSES = [status.value for status in RemediationStatus]
 _AUTOMATION_LEVELS = [level.value for level in AutomationLevel]
@@ -52,23 +52,7 @@ def _forbidden(role: str) -> dict[str, Any]:
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-_COMMENT_BODY = {
-    "required": False,
-    **_json(
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "comment": {
-                    "type": ["string", "null"],
-                    "maxLength": 500,
-                    "pattern": "^[^\\x00-\\x08\\x0b-\\x1f\\x7f]*$",
-                    "description": "Why; recorded with the answer.",
-                }
-            },
-        }
-    ),
-}
+_COMMENT_BODY = {"required": False, **_json({"$ref": "#/components/schemas/Comment"})}
 _COMMENT_400 = (
     "The body is not a JSON object with at most a `comment` (up to 500 characters, no "
     "control characters but line breaks); a `by` field is refused: who acts is the "
@@ -136,6 +120,9 @@ _REF = "#/components/schemas/{model}"
 _MODELS: dict[str, type[BaseModel]] = {
     "AlertmanagerPayload": AmPayload,
     "AlertmanagerAlert": AmAlert,
+    "RollbackRequest": RollbackRequestBody,
+    "Comment": CommentBody,
+    "RecordAnalysisEdit": RecordAnalysisBody,
 }
 
 
@@ -379,37 +366,6 @@ _SCHEMAS: dict[str, Any] = {
                     "closed_at": {"type": ["string", "null"], "format": "date-time"},
                     "comment": {"type": ["string", "null"]},
                 },
-            },
-        },
-    },
-    "RollbackRequest": {
-        "type": "object",
-        "required": ["service", "scenario", "reason"],
-        "additionalProperties": False,
-        "properties": {
-            "service": {
-                "type": "string",
-                "maxLength": 253,
-                "description": "A service of the catalog.",
-            },
-            "scenario": {"enum": list(SCENARIOS)},
-            "reason": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 500,
-                "pattern": "^[^\\x00-\\x08\\x0b-\\x1f\\x7f]*[^\\s][^\\x00-\\x08\\x0b-\\x1f\\x7f]*$",
-            },
-            "target": {
-                "type": ["string", "null"],
-                "maxLength": 253,
-                "description": "A revision or version trusted deploy history records before "
-                "the current one; default: the newest recorded healthy.",
-            },
-            "emergency": {
-                "type": "boolean",
-                "default": False,
-                "description": "One approver from approvals.emergency_approver_roles instead "
-                "of the scenario's; a review is owed afterwards.",
             },
         },
     },
@@ -738,28 +694,7 @@ def _document() -> dict[str, Any]:
                     ],
                     "requestBody": {
                         "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "minProperties": 1,
-                                    "properties": {
-                                        "root_cause": {"type": "string", "maxLength": 10000},
-                                        "improvements": {
-                                            "type": "array",
-                                            "maxItems": 50,
-                                            "items": {"type": "string", "maxLength": 2000},
-                                        },
-                                        "lessons": {
-                                            "type": "array",
-                                            "maxItems": 50,
-                                            "items": {"type": "string", "maxLength": 2000},
-                                        },
-                                    },
-                                }
-                            }
-                        },
+                        **_json({"$ref": "#/components/schemas/RecordAnalysisEdit"}),
                     },
                     "responses": {
                         "200": {

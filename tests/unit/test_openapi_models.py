@@ -88,3 +88,83 @@ def test_every_reference_resolves() -> None:
     names = set(DOCUMENT["components"]["schemas"])
     referenced = set(re.findall(r'"#/components/schemas/([^"]+)"', text))
     assert referenced <= names
+
+
+# -- the API's own bodies ------------------------------------------------------------------
+
+API_BODIES: dict[str, tuple[type[Any], str, dict[str, Any]]] = {}
+
+
+def _api_bodies() -> None:
+    from remediator.ingress.bodies import CommentBody, RecordAnalysisBody, RollbackRequestBody
+
+    ask = {"service": "checkout", "scenario": "data_consistency", "reason": "rows lost"}
+    cases: dict[str, tuple[type[Any], dict[str, Any]]] = {
+        "request": (RollbackRequestBody, ask),
+        "request with target and emergency": (
+            RollbackRequestBody, {**ask, "target": "41", "emergency": True},
+        ),
+        "request target null": (RollbackRequestBody, {**ask, "target": None}),
+        "request unknown scenario": (RollbackRequestBody, {**ask, "scenario": "boredom"}),
+        "request emergency as a string": (RollbackRequestBody, {**ask, "emergency": "true"}),
+        "request reason too long": (RollbackRequestBody, {**ask, "reason": "x" * 501}),
+        "request reason with a NUL": (RollbackRequestBody, {**ask, "reason": "a\x00b"}),
+        "request reason of lines": (RollbackRequestBody, {**ask, "reason": "a\r\nb\tc"}),
+        "request service with a line break": (RollbackRequestBody, {**ask, "service": "a\nb"}),
+        "request requester field": (RollbackRequestBody, {**ask, "requester": "mallory"}),
+        "request without reason": (
+            RollbackRequestBody, {k: v for k, v in ask.items() if k != "reason"},
+        ),
+        "comment": (CommentBody, {"comment": "checked with the team"}),
+        "comment null": (CommentBody, {"comment": None}),
+        "no comment": (CommentBody, {}),
+        "comment a number": (CommentBody, {"comment": 5}),
+        "comment and by": (CommentBody, {"comment": "x", "by": "mallory"}),
+        "analysis": (RecordAnalysisBody, {"root_cause": "pool of 1", "lessons": ["a", "b"]}),
+        "analysis empty": (RecordAnalysisBody, {}),
+        "analysis 51 lessons": (RecordAnalysisBody, {"lessons": ["x"] * 51}),
+        "analysis lesson a number": (RecordAnalysisBody, {"lessons": [1]}),
+        "analysis editor field": (RecordAnalysisBody, {"root_cause": "x", "edited_by": "m"}),
+    }  # fmt: skip
+    names = {"RollbackRequestBody": "RollbackRequest", "CommentBody": "Comment",
+             "RecordAnalysisBody": "RecordAnalysisEdit"}  # fmt: skip
+    for case, (model, body) in cases.items():
+        API_BODIES[case] = (model, names[model.__name__], body)
+
+
+_api_bodies()
+
+
+@pytest.mark.parametrize("case", list(API_BODIES))
+def test_the_document_and_the_api_agree_on_each_body(case: str) -> None:
+    from remediator.ingress.bodies import parse
+
+    model, component, body = API_BODIES[case]
+    validator = Draft202012Validator(
+        {"$ref": f"#/components/schemas/{component}", "components": DOCUMENT["components"]}
+    )
+    documented = validator.is_valid(body)
+    try:
+        parse(model, body)
+        accepted = True
+    except InvalidInput:
+        accepted = False
+    assert documented == accepted, (case, documented, accepted)
+
+
+def test_the_api_bodies_are_generated_from_their_models() -> None:
+    from remediator.ingress.bodies import CommentBody, RecordAnalysisBody, RollbackRequestBody
+
+    schemas = model_schemas()
+    for component, model in (("RollbackRequest", RollbackRequestBody), ("Comment", CommentBody),
+                             ("RecordAnalysisEdit", RecordAnalysisBody)):  # fmt: skip
+        assert schemas[component]["properties"].keys() == model.model_fields.keys()
+    paths = DOCUMENT["paths"]
+    body = paths["/api/v1/rollback-requests"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RollbackRequest"
+    }
+    patch = paths["/api/v1/remediations/{id}/record"]["patch"]["requestBody"]
+    assert patch["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RecordAnalysisEdit"
+    }
