@@ -122,9 +122,17 @@ class Metrics:
         )
         self.remediation_duration = Histogram(
             "remediator_remediation_duration_seconds",
-            "Hop 4: time from a plan's first step until it finished, by final status "
+            "Hop 5: time from a plan's first step until it finished, by final status "
             "(succeeded, failed, needs_human; dry runs not counted).",
             ["status"],
+            buckets=ACTION_BUCKETS,
+            registry=r,
+        )
+        self.verification_latency = Histogram(
+            "remediator_verification_latency_seconds",
+            "Hop 4: time from a plan's first step until its last verification step passed "
+            "(rollout complete, health, smoke test, condition cleared); succeeded plans that "
+            "verify only, dry runs not counted.",
             buckets=ACTION_BUCKETS,
             registry=r,
         )

@@ -45,6 +45,12 @@ class StepKind(StrEnum):
     NOTIFY = "notify"
 
 
+# The steps that check a change worked, rather than make it (the "verified" hop).
+VERIFICATION_KINDS = frozenset(
+    {StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH, StepKind.VERIFY_CONDITION,
+     StepKind.VERIFY_SMOKE}
+)  # fmt: skip
+
 Name = Annotated[str, StringConstraints(min_length=1)]
 DatabaseEngine = Literal["postgres", "mysql"]
 

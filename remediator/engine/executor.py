@@ -65,6 +65,7 @@ from remediator.domain.outcomes import (
 )
 from remediator.domain.plans import ActionKind, Step, StepKind
 from remediator.domain.record import stage_for
+from remediator.domain.steps import VERIFICATION_KINDS
 from remediator.engine.backoff import Backoff
 from remediator.engine.notify import notice_messages
 from remediator.ports import ExecutionLog, NeedsHuman, OutboxMessage, ServiceLock, StepRunner
@@ -120,6 +121,7 @@ class _Run:
     step_kind: str | None = None
     ending: _Ending | None = None  # decided; written unless the journal refused it
     acting_since: datetime | None = None  # when its first step started (for its duration)
+    verified_at: datetime | None = None  # when its last verification step passed
 
     @property
     def id(self) -> str:
@@ -161,13 +163,17 @@ class Executor:
         on_internal_error: Callable[[str], None] | None = None,
         on_first_action: Callable[[float], None] | None = None,
         on_run_duration: Callable[[str, float], None] | None = None,
+        on_verified: Callable[[float], None] | None = None,
         failpoints: Failpoints = NO_FAILPOINTS,
     ) -> None:
         """``on_first_action(seconds)``: a plan's first step started, that long after it
         was decided (or approved); ``on_run_duration(status, seconds)``: a plan ended,
-        that long after its first step started. Neither hears of dry runs."""
+        that long after its first step started; ``on_verified(seconds)``: a plan
+        succeeded, its last verification step having passed that long after its first
+        step started. None hears of dry runs."""
         self._on_first_action = on_first_action
         self._on_run_duration = on_run_duration
+        self._on_verified = on_verified
         self._journal = journal
         self._failpoints = failpoints
         self._runner = runner
@@ -466,10 +472,13 @@ class Executor:
                 await self._end(run, self._step_ending(RemediationStatus.FAILED, idx, step, exc))
                 return
             context[f"step{idx}"] = detail
+            finished_at = self._clock()
             await self._journal.step_finished(
                 rid, holder=self._instance_id, idx=idx, status=StepStatus.SUCCEEDED,
-                detail=detail, at=self._clock(),
+                detail=detail, at=finished_at,
             )  # fmt: skip
+            if step.kind in VERIFICATION_KINDS:
+                run.verified_at = finished_at
             run.step = run.step_kind = None
         await self._end(run, _Ending(status=RemediationStatus.SUCCEEDED, reason=None))
 
@@ -552,6 +561,10 @@ class Executor:
         if since is not None:
             elapsed = max(0.0, (self._clock() - since).total_seconds())
             self._on_run_duration(status.value, elapsed)
+        verified = run.verified_at
+        if (status is RemediationStatus.SUCCEEDED and since is not None
+                and verified is not None and self._on_verified is not None):  # fmt: skip
+            self._on_verified(max(0.0, (verified - since).total_seconds()))
 
     async def _contain(self, run: _Run, exc: Exception) -> None:
         """Something nobody planned for: end the plan ``failed`` rather than leave it

@@ -499,6 +499,7 @@ class Runtime:
                 component=component
             ).inc(),
             on_first_action=self.metrics.action_latency.observe,
+            on_verified=self.metrics.verification_latency.observe,
             on_run_duration=lambda status, seconds: self.metrics.remediation_duration.labels(
                 status=status
             ).observe(seconds),

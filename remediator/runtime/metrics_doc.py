@@ -49,10 +49,9 @@ Each hop has its own histogram, so a slow stage shows by itself:
 {hops}
 
 Hop 2 starts at receipt, not at hop 1's end: the journal keeps no time of its own per
-signal, and hop 1 is milliseconds. Across replicas, hops 2 to 4 include the clock skew
+signal, and hop 1 is milliseconds. Across replicas, hops 2 to 5 include the clock skew
 between hosts (negative values are counted as 0). Dry runs are not counted in hops 3
-and 4. Once remediator verifies recovery (issue 16), a fifth hop, verified, follows
-hop 4.
+to 5; hop 4 counts succeeded plans that verify (every acting plan does: docs/rules.md).
 
 The gauges `remediator_approvals_waiting` and `remediator_circuit_open` are read from the
 shared journal on every replica, as often as the approval clock looks
@@ -68,7 +67,10 @@ HOPS = (
      "remediator_decision_latency_seconds"),
     ("3 first action", "decided (or approved, when the plan needed approval)",
      "the plan's first step started", "remediator_action_latency_seconds"),
-    ("4 finished", "the first step started", "the plan ended, by status",
+    ("4 verified", "the first step started",
+     "the last verification step passed (rollout, health, smoke test, condition cleared)",
+     "remediator_verification_latency_seconds"),
+    ("5 finished", "the first step started", "the plan ended, by status",
      "remediator_remediation_duration_seconds{status}"),
 )  # fmt: skip
 

@@ -9,6 +9,7 @@ from typing import Any
 from remediator.domain.errors import PermanentError
 from remediator.domain.plans import Step, StepKind
 from remediator.domain.rules import RulePack
+from remediator.domain.steps import VERIFICATION_KINDS
 from remediator.journal.sqlite import SqliteJournal
 from remediator.metrics import Metrics
 from tests.unit.engine.test_decider import NOW, Clock
@@ -50,6 +51,7 @@ def timed(metrics: Metrics) -> dict[str, Any]:
         "on_run_duration": lambda status, seconds: metrics.remediation_duration.labels(
             status=status
         ).observe(seconds),
+        "on_verified": metrics.verification_latency.observe,
     }
 
 
@@ -87,6 +89,7 @@ async def test_a_failed_plan_is_timed_under_its_status(
 
     sample = metrics.registry.get_sample_value
     assert sample("remediator_remediation_duration_seconds_sum", {"status": "failed"}) == 60
+    assert sample("remediator_verification_latency_seconds_count") == 0  # never verified
     assert sample("remediator_remediation_duration_seconds_count", {"status": "succeeded"}) is None
 
 
@@ -101,3 +104,25 @@ async def test_dry_runs_are_not_timed(journal: SqliteJournal, pack: RulePack) ->
     sample = metrics.registry.get_sample_value
     assert sample("remediator_action_latency_seconds_count") == 0
     assert sample("remediator_remediation_duration_seconds_count", {"status": "dry-run"}) is None
+
+
+async def test_verified_is_when_the_last_verification_step_passed(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    await planned_rollback(journal, pack)
+    clock = Clock(NOW + timedelta(seconds=5))
+    metrics = Metrics()
+    ex = executor(journal, SlowRunner(clock), lock=FakeLock(), clock=clock, **timed(metrics))
+    await ex.run_until_idle()
+
+    [listed] = (await journal.list_remediations(limit=10)).items
+    item = await journal.get_remediation(listed.id)
+    assert item is not None
+    kinds = [step.kind for step in item.plan().steps]
+    last_check = max(n for n, kind in enumerate(kinds) if kind in VERIFICATION_KINDS)
+    sample = metrics.registry.get_sample_value
+    assert sample("remediator_verification_latency_seconds_count") == 1
+    # 30 s per step, up to and including the last check (steps after it, such as
+    # record_evidence and notify, are not part of it).
+    assert sample("remediator_verification_latency_seconds_sum") == 30 * (last_check + 1)
+    assert last_check + 1 < len(kinds)
