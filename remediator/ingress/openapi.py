@@ -869,6 +869,7 @@ def _document() -> dict[str, Any]:
                         "400": _error("Not a block_actions payload; the field is named."),
                         "401": _error("Signature missing, malformed, stale, wrong or replayed."),
                         "403": _error("From a workspace other than slack.team_id."),
+                        "404": _error("Slack interactions are off (no slack.signing_secret)."),
                         "429": _error("Too many failed authentications from the address."),
                         "503": _error("Journal unavailable.", _RETRY_AFTER),
                     },
