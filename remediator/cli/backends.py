@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 from urllib.parse import quote
@@ -22,6 +24,7 @@ from pydantic import SecretStr
 
 from remediator.cli.api import ApiClient, ApiOptions
 from remediator.cli.common import EXIT_FAILED, EXIT_USAGE, CliError
+from remediator.domain.errors import ConfigError
 from remediator.domain.lifecycle import Remediation, RemediationStatus
 from remediator.domain.record import RecordFormat
 from remediator.ports import (
@@ -184,17 +187,21 @@ class JournalBackend:
     ``actor`` is what approvals and resets record: the local OS user, break-glass.
     """
 
-    def __init__(self, journal: CliJournal, *, actor: str) -> None:
+    def __init__(self, journal: CliJournal, *, actor: str, rules_path: Path | None = None) -> None:
         self._journal = journal
         self.actor = actor
+        # The catalog names each service's owner for the record, as the daemon's does.
+        self._rules_path = rules_path
         self._runner = asyncio.Runner()
 
     @classmethod
     @contextmanager
-    def opened(cls, url: str | SecretStr, *, actor: str) -> Iterator[JournalBackend]:
+    def opened(
+        cls, url: str | SecretStr, *, actor: str, rules_path: Path | None = None
+    ) -> Iterator[JournalBackend]:
         from remediator.journal import journal_from_url
 
-        with cls(journal_from_url(url), actor=actor) as backend:
+        with cls(journal_from_url(url), actor=actor, rules_path=rules_path) as backend:
             yield backend
 
     def __enter__(self) -> Self:
@@ -248,7 +255,27 @@ class JournalBackend:
 
         item = self._remediation(remediation_id)
         signal = self._run(self._journal.get_signal(item.signal_id))
-        return render(record_from_journal(item, signal), fmt=fmt)
+        analysis = self._run(self._journal.record_analysis(item.id))
+        record = record_from_journal(
+            item, signal, owner=self._owner(item.service), analysis=analysis
+        )
+        return render(record, fmt=fmt)
+
+    def _owner(self, service: str) -> str | None:
+        """The owner the catalog names; None (said on stderr) when it cannot be read:
+        a record without its owner is still worth printing."""
+        if self._rules_path is None:
+            return None
+        from remediator.rulefiles import load_rule_pack_from_path
+
+        try:
+            pack = load_rule_pack_from_path(self._rules_path)
+        except ConfigError as exc:
+            print(f"remediator: the record's owner is not shown: {exc} (give --rules)",
+                  file=sys.stderr)  # fmt: skip
+            return None
+        spec = pack.services.get(service)
+        return spec.owner if spec is not None else None
 
     def approve(self, remediation_id: str, *, comment: str | None) -> dict[str, Any]:
         if comment is not None:

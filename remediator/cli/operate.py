@@ -139,11 +139,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "root cause / improvements / lessons to fill in) as Markdown, HTML or JSON.",
         examples="""\
         remediator report rem_0123abcd > rem_0123abcd.md
+        remediator report rem_0123abcd --journal sqlite:///var/remediator.db --rules rules/
         remediator report rem_0123abcd --format html --url https://remediator.example:9095
         """,
     )
     report.add_argument("id", help="Remediation id (see `remediator remediations`).")
     report.add_argument("--format", choices=["md", "html", "json"], default="md")
+    report.add_argument(
+        "--rules", metavar="PATH",
+        help="Rule files (catalog) directory, for the service's owner when the record is "
+        "read from the journal file (default: rules_path). Over the API the daemon's is used.",
+    )  # fmt: skip
     report.set_defaults(func=cmd_report)
 
     approve = _parser(
@@ -239,7 +245,9 @@ def opened_backend(args: argparse.Namespace) -> Iterator[Backend]:
         raise CliError("--comment is recorded over the API only (give --url)", code=EXIT_USAGE)
     actor = local_actor(getattr(args, "by", None))
     settings = settings_of(args)
-    with JournalBackend.opened(settings.journal.url, actor=actor) as journal:
+    with JournalBackend.opened(
+        settings.journal.url, actor=actor, rules_path=settings.rules_path
+    ) as journal:
         yield journal
 
 

@@ -162,6 +162,11 @@ class Evidence(_Frozen):
     note: str = ""
 
 
+# Where a failed step's detail keeps the evidence the executor gathered on the way to
+# the plan's end (the plan's own record_evidence step never ran).
+FAILED_STEP_EVIDENCE = "evidence"
+
+
 class Analysis(_Frozen):
     """The part people write the morning after; who wrote it last, and when."""
 

@@ -9,6 +9,7 @@ from typing import Any
 from remediator.domain.approvals import ApprovalState, Pending, Verdict
 from remediator.domain.lifecycle import Remediation, RemediationStatus, StepRecord, StepStatus
 from remediator.domain.record import (
+    FAILED_STEP_EVIDENCE,
     Analysis,
     ApprovalEntry,
     ApprovalFacts,
@@ -56,7 +57,7 @@ def record_from_journal(
     plan = _plan_of(remediation.decision or {})
     versions = (plan or {}).get("versions") or {}
     steps = tuple(remediation.steps or ())
-    evidence_detail = _last_detail(steps, StepKind.RECORD_EVIDENCE)
+    evidence_detail, evidence_when = _evidence_detail(steps)
     notes = analysis or Analysis()
     entries = list(timeline)
     if signal is not None:
@@ -113,7 +114,7 @@ def record_from_journal(
         timeline=tuple(entries),
         results=results_from_steps(plan, steps, claimed=claimed),
         impact=_impact(evidence_detail),
-        evidence=_evidence(evidence_detail, claimed=claimed),
+        evidence=_evidence(evidence_detail, claimed=claimed, when=evidence_when),
         root_cause=notes.root_cause,
         improvements=notes.improvements,
         lessons=notes.lessons,
@@ -138,6 +139,21 @@ def _approved_by(remediation: Remediation) -> tuple[str, ...]:
 def _last_detail(steps: tuple[StepRecord, ...], kind: StepKind) -> Mapping[str, Any] | None:
     found = [s for s in steps if s.kind == kind.value and s.status is StepStatus.SUCCEEDED]
     return found[-1].detail if found else None
+
+
+def _evidence_detail(
+    steps: tuple[StepRecord, ...],
+) -> tuple[Mapping[str, Any] | None, str]:
+    """The plan's recorded evidence, else what was gathered when a step failed (a plan
+    that stops never reaches its record_evidence step), with when it was gathered."""
+    recorded = _last_detail(steps, StepKind.RECORD_EVIDENCE)
+    if recorded is not None:
+        return recorded, ""
+    for step in reversed(steps):
+        gathered = step.detail.get(FAILED_STEP_EVIDENCE)
+        if step.status is StepStatus.FAILED and isinstance(gathered, Mapping):
+            return gathered, f"recorded when step {step.idx + 1} ({step.kind}) failed"
+    return None, ""
 
 
 # Which record result each verification (and action) step fills in.
@@ -209,11 +225,13 @@ def _impact(detail: Mapping[str, Any] | None) -> Impact:
     )
 
 
-def _evidence(detail: Mapping[str, Any] | None, *, claimed: bool) -> Evidence:
+def _evidence(detail: Mapping[str, Any] | None, *, claimed: bool, when: str = "") -> Evidence:
     if detail is None:
         why = "the plan ended before it" if claimed else "the plan never ran"
         return Evidence(note=f"no evidence recorded: {why}")
-    notes = []
+    notes = [when] if when else []
+    if "events" not in detail and detail.get("error"):
+        return Evidence(note="; ".join([*notes, str(detail["error"])]))
     events = detail.get("events")
     parsed: list[EvidenceEvent] = []
     if isinstance(events, list):

@@ -42,7 +42,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -64,7 +64,7 @@ from remediator.domain.outcomes import (
     rolledback_cdevent,
 )
 from remediator.domain.plans import ActionKind, Step, StepKind
-from remediator.domain.record import stage_for
+from remediator.domain.record import FAILED_STEP_EVIDENCE, stage_for
 from remediator.domain.steps import VERIFICATION_KINDS
 from remediator.engine.backoff import Backoff
 from remediator.engine.notify import notice_messages
@@ -464,12 +464,12 @@ class Executor:
                 detail = await self._run_step(step, service=item.service,
                                               dry_run=run.rehearsal, context=context)  # fmt: skip
             except NeedsHuman as exc:
-                await self._end(
-                    run, self._step_ending(RemediationStatus.NEEDS_HUMAN, idx, step, exc)
-                )
+                ending = self._step_ending(RemediationStatus.NEEDS_HUMAN, idx, step, exc)
+                await self._end(run, await self._with_evidence(run, idx, ending, context))
                 return
             except (PermanentError, TemporaryError) as exc:
-                await self._end(run, self._step_ending(RemediationStatus.FAILED, idx, step, exc))
+                ending = self._step_ending(RemediationStatus.FAILED, idx, step, exc)
+                await self._end(run, await self._with_evidence(run, idx, ending, context))
                 return
             context[f"step{idx}"] = detail
             finished_at = self._clock()
@@ -515,6 +515,34 @@ class Executor:
             failed_step=idx,
             step_detail={**evidence, **_error_detail(exc)},
         )
+
+    async def _with_evidence(
+        self, run: _Run, failed_idx: int, ending: _Ending, context: dict[str, Any]
+    ) -> _Ending:
+        """``ending`` with the evidence the plan's later record_evidence step gathers.
+
+        A plan that stops at a failed step (a verification that did not pass, above all)
+        never reaches that step, yet it is the plan people must look into. The step only
+        reads, so it runs here, once, and what it saw is journaled with the failed step:
+        kept in that step's detail rather than as a step of its own, so that recovery after
+        a crash still sees the failed step last and never resumes past it.
+        """
+        later = run.item.plan().steps[failed_idx + 1 :]
+        step = next((s for s in later if s.kind is StepKind.RECORD_EVIDENCE), None)
+        if step is None or self._stopping:
+            return ending
+        try:
+            evidence = await self._runner.run(step, service=run.service,
+                                              dry_run=run.rehearsal, context=context)  # fmt: skip
+        except asyncio.CancelledError:
+            raise
+        except (NeedsHuman, PermanentError, TemporaryError) as exc:
+            evidence = {"error": f"evidence could not be recorded: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - the plan's own ending must not be lost
+            self._internal_error(f"{run.id}: recording evidence of a failed plan", exc)
+            evidence = {"error": f"evidence could not be recorded: {describe(exc)}"}
+        detail = {**(ending.step_detail or {}), FAILED_STEP_EVIDENCE: evidence}
+        return replace(ending, step_detail=detail)
 
     async def _run_step(
         self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]

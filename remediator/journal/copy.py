@@ -2,9 +2,9 @@
 PostgreSQL journal, so the daemon continues there exactly where it stopped.
 
 The SQLite file is read with sqlite3 alone, read-only, in one snapshot (a read
-transaction): schema versions 8 to 11 are understood, any other is refused (tables
-a version does not have yet, such as 10's approval requests and 11's automation levels,
-are copied as empty). The copy
+transaction): schema versions 8 to 12 are understood, any other is refused (tables
+a version does not have yet, such as 10's approval requests, 11's automation levels and
+12's record analysis, are copied as empty). The copy
 is refused while the source looks in use: a heartbeat younger than a minute (the daemon
 beats while it runs), or a commit to the file while the copy ran (then nothing is kept
 in the target). Stop the daemon first. Heartbeats and outbox leases are not copied:
@@ -35,9 +35,14 @@ from remediator.journal.postgres.importer import (
 )
 from remediator.journal.postgres.journal import PostgresJournal
 
-SUPPORTED_VERSIONS = frozenset({8, 9, 10, 11})
+SUPPORTED_VERSIONS = frozenset({8, 9, 10, 11, 12})
 # Tables of TABLES that older schema versions do not have: the version that added them.
-_ADDED_IN = {"approval_requests": 10, "approval_votes": 10, "automation_levels": 11}
+_ADDED_IN = {
+    "approval_requests": 10,
+    "approval_votes": 10,
+    "automation_levels": 11,
+    "record_analysis": 12,
+}
 QUIET_SECONDS = 60.0  # a heartbeat younger than this: the daemon may still run
 CHUNK_ROWS = 5000
 # The order rows are read in (and so inserted): each table's key.
@@ -51,6 +56,7 @@ _ORDER = {
     "approval_requests": "remediation_id",
     "approval_votes": "remediation_id, principal",
     "automation_levels": "seq",
+    "record_analysis": "seq",
 }
 
 
@@ -82,7 +88,7 @@ def _value(column: Column, raw: Any) -> Any:
         return _parse_utc(raw)
     if column.type == "boolean":
         return bool(raw)
-    if column.type == "jsonb":
+    if column.type in ("jsonb", "textlist"):
         return orjson.loads(raw)
     if column.type in ("bigint", "integer"):
         return int(raw)

@@ -356,6 +356,9 @@ class KubernetesStepRunner:
         except (TemporaryError, PermanentError) as exc:
             return f"unavailable: {exc}"
         kept: list[dict[str, Any]] = []
+        # Event times are whole seconds (lastTimestamp): an event in the incident's first
+        # second reads as earlier than its start, so compare at that precision.
+        since = since.replace(microsecond=0)
         for item in items:
             involved = item.get("involvedObject") or {}
             name = str(involved.get("name") or "")

@@ -22,7 +22,9 @@ from remediator.journal.postgres.rows import json_text, pg_text
 @dataclass(frozen=True, slots=True)
 class Column:
     name: str
-    type: str  # bigint | integer | text | boolean | timestamptz | jsonb
+    # bigint | integer | text | boolean | timestamptz | jsonb | textlist (a text[] column,
+    # carried as a JSON array: unnest cannot take arrays of arrays of different lengths)
+    type: str
 
 
 def _columns(spec: str) -> tuple[Column, ...]:
@@ -71,6 +73,10 @@ TABLES: dict[str, tuple[Column, ...]] = {
         "seq bigint, service text, level text, previous text, changed_at timestamptz,"
         " changed_by text"
     ),
+    "record_analysis": _columns(
+        "seq bigint, remediation_id text, root_cause text, improvements textlist,"
+        " lessons textlist, edited_by text, edited_at timestamptz"
+    ),
 }
 # A journal older than its approval requests: each plan still awaiting approval gets the
 # request the migration gives it (as migrations/0002 does for a journal upgraded in place).
@@ -90,7 +96,8 @@ FROM remediations r WHERE status = 'awaiting_approval'
   AND NOT EXISTS (SELECT 1 FROM approval_requests a WHERE a.remediation_id = r.id)
 """
 # Tables whose seq is an identity column: continued after the highest copied.
-_SEQUENCED = ("signals", "remediations", "outbox", "automation_levels")
+_SEQUENCED = ("signals", "remediations", "outbox", "automation_levels", "record_analysis")
+_CARRIED_AS_JSON = ("jsonb", "textlist")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,10 +120,22 @@ def insert_statement(table: str) -> str:
     columns = TABLES[table]
     names = ", ".join(c.name for c in columns)
     arrays = ", ".join(
-        f"${n}::{'text' if c.type == 'jsonb' else c.type}[]" for n, c in enumerate(columns, 1)
+        f"${n}::{'text' if c.type in _CARRIED_AS_JSON else c.type}[]"
+        for n, c in enumerate(columns, 1)
     )
-    values = ", ".join(f"{c.name}::jsonb" if c.type == "jsonb" else c.name for c in columns)
+    values = ", ".join(_select_value(c) for c in columns)
     return f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS u ({names})"
+
+
+def _select_value(column: Column) -> str:
+    if column.type == "jsonb":
+        return f"{column.name}::jsonb"
+    if column.type == "textlist":
+        return (
+            f"ARRAY(SELECT e FROM jsonb_array_elements_text(u.{column.name}::jsonb)"
+            " WITH ORDINALITY AS t (e, n) ORDER BY n)"
+        )
+    return column.name
 
 
 def _as_parameter(column: Column, value: Any) -> Any:
@@ -124,7 +143,7 @@ def _as_parameter(column: Column, value: Any) -> Any:
         return None
     if column.type == "text":
         return pg_text(value)
-    if column.type == "jsonb":
+    if column.type in _CARRIED_AS_JSON:
         return json_text(value)
     return value
 

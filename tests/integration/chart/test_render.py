@@ -225,6 +225,8 @@ def test_prometheus_rule_carries_the_shipped_alerts_and_the_health_alerts(cli: C
             "podDisruptionBudget/minAvailable",
         ),
         (["--set", "spreadAcrossNodes=always"], "spreadAcrossNodes"),
+        (["--set", "config.prometheus.url=prometheus:9090"], "config/prometheus/url"),
+        (["--set", "config.prometheus.adress=http://p:9090"], "additional properties 'adress'"),
     ],
     ids=[
         "two-replicas-on-sqlite",
@@ -241,6 +243,8 @@ def test_prometheus_rule_carries_the_shipped_alerts_and_the_health_alerts(cli: C
         "dsn-value",
         "bad-min-available",
         "bad-spread",
+        "prometheus-url-without-scheme",
+        "prometheus-typo",
     ],
 )
 def test_bad_values_are_refused_with_the_reason(cli: Cli, args: list[str], reason: str) -> None:
@@ -503,3 +507,23 @@ def test_the_daemon_reads_the_journal_the_chart_means(
     settings = load_settings(config_file=config_file)
     assert _plain(settings.journal.url) == journal_url
     assert settings.http.listen == "0.0.0.0:9095"
+
+
+def test_the_daemon_asks_the_prometheus_the_values_name(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``config.prometheus`` reaches the daemon's settings: verification's queries go there."""
+    url = "http://prometheus-operated.monitoring.svc:9090"
+    args = ["--set", f"config.prometheus.url={url}", "--set", "config.prometheus.poll_seconds=5"]
+    config_file, env = pods_view(cli, args, tmp_path)
+    for name in [n for n in os.environ if n.startswith("REMEDIATOR_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(config_file=config_file)
+    assert settings.prometheus.url == url
+    assert (settings.prometheus.poll_seconds, settings.prometheus.timeout_seconds) == (5, 10)
+    # Unset by default: the condition check is then recorded skipped, never passed.
+    (tmp_path / "default").mkdir()
+    default_file, _ = pods_view(cli, [], tmp_path / "default")
+    assert load_settings(config_file=default_file).prometheus.url is None

@@ -177,7 +177,7 @@ async def test_a_copied_journal_reads_back_the_same_and_continues(
     assert report.counts == {
         "signals": 5, "decisions": 3, "remediations": 5, "remediation_steps": 3, "outbox": 4,
         "slack_messages": 1, "approval_requests": 1, "approval_votes": 0,
-        "automation_levels": 0, "decision cursor": 5,
+        "automation_levels": 0, "record_analysis": 0, "decision cursor": 5,
         "circuit changes": 1,
     }  # fmt: skip
     assert ("signals", 5, 5) in lines.seen and ("outbox", 4, 4) in lines.seen
@@ -310,7 +310,7 @@ async def test_a_source_written_during_the_copy_leaves_the_target_empty(
     assert report.counts["decision cursor"] == 6
 
 
-@pytest.mark.parametrize("version", [7, 12])
+@pytest.mark.parametrize("version", [7, 13])
 async def test_an_unknown_schema_version_is_refused(
     tmp_path: Path, target: SecretStr, version: int
 ) -> None:
@@ -434,6 +434,19 @@ async def fill_through_the_ports(journal: Any) -> None:
     await journal.record_automation_levels(
         {"checkout": AutomationLevel.APPROVE}, by="rules b", at=later
     )
+    # The analysis of a record, twice edited (every edit is a row), with an empty list,
+    # a line break and text that is not ASCII.
+    await journal.edit_record_analysis(
+        done, changes={"root_cause": "pool size 1\nin v1.4.1", "lessons": ("roll back first",)},
+        by="alice", at=NOW,
+    )  # fmt: skip
+    await journal.edit_record_analysis(
+        done, changes={"improvements": ("canary checks the pool", "Größe prüfen"),
+                       "lessons": ()}, by="bob", at=later,
+    )  # fmt: skip
+    await journal.edit_record_analysis(
+        rehearsal, changes={"improvements": ("", "b", "a")}, by="carol", at=later
+    )
     await journal.check_writable()  # an old heartbeat: the clock is NOW, days before
 
 
@@ -461,6 +474,7 @@ async def everything(journal: Any) -> dict[str, Any]:
         "level history": await journal.automation_level_history(service="checkout"),
         "outcomes": await journal.service_outcomes(since=NOW - timedelta(days=30),
                                                    until=NOW + timedelta(days=1)),
+        "analysis": [await journal.record_analysis(r.id) for r in remediations],
     }  # fmt: skip
 
 
@@ -491,3 +505,8 @@ async def test_a_journal_filled_through_the_ports_copies_to_the_same_journal(
     assert after == before
     assert len(before["remediations"]) == 4 and before["claims"]
     assert len(before["level history"]) == 2 and before["outcomes"]
+    assert report.counts["record_analysis"] == 3
+    edited = [a for a in before["analysis"] if a is not None]
+    assert sorted((a.edited_by, a.improvements) for a in edited) == [
+        ("bob", ("canary checks the pool", "Größe prüfen")), ("carol", ("", "b", "a")),
+    ]  # fmt: skip

@@ -157,6 +157,71 @@ def test_report_and_unknown_ids_from_the_journal(cli: Cli, journal_path: Path) -
     assert err == "remediator: no remediation 'rem_nope'\n"
 
 
+def rules_with_owner(tmp_path: Path) -> Path:
+    """The shipped rule files, the catalog naming checkout's owner."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for shipped in RULES.glob("*.yaml"):
+        text = shipped.read_text()
+        if shipped.name == "catalog.yaml":
+            assert "    # owner: team-checkout" in text
+            text = text.replace("    # owner: team-checkout", "    owner: team-checkout")
+        (rules / shipped.name).write_text(text)
+    return rules
+
+
+def test_the_report_from_the_journal_shows_owner_and_analysis_as_the_api_does(
+    cli: Cli, journal_path: Path, tmp_path: Path
+) -> None:
+    rid = asyncio.run(_awaiting_approval(journal_path))
+
+    async def analyse() -> None:
+        journal = SqliteJournal(path=journal_path)
+        await journal.open()
+        try:
+            await journal.edit_record_analysis(
+                rid, changes={"root_cause": "pool size 1 in v1.4.1",
+                              "lessons": ("roll back first",)},
+                by="alice", at=NOW + timedelta(hours=1),
+            )  # fmt: skip
+        finally:
+            await journal.close()
+
+    asyncio.run(analyse())
+    rules = str(rules_with_owner(tmp_path))
+    code, out, err = cli("report", rid, "--format", "json", "--rules", rules,
+                         *journal_flag(journal_path))  # fmt: skip
+    assert (code, err) == (0, "")
+    record = orjson.loads(out)
+    assert record["owner"] == "team-checkout"
+    assert (record["root_cause"], record["lessons"]) == (
+        "pool size 1 in v1.4.1",
+        ["roll back first"],
+    )
+    assert record["analysis_edited_by"] == "alice"
+    assert record["analysis_edited_at"].startswith(
+        (NOW + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    )
+    code, out, _ = cli("report", rid, "--rules", rules, *journal_flag(journal_path))
+    assert code == 0
+    assert "team-checkout" in out and "pool size 1 in v1.4.1" in out and "alice" in out
+
+
+def test_a_report_whose_catalog_cannot_be_read_still_prints_and_says_so(
+    cli: Cli, journal_path: Path, tmp_path: Path
+) -> None:
+    rid = asyncio.run(_awaiting_approval(journal_path))
+    missing = tmp_path / "no-rules"
+    code, out, err = cli("report", rid, "--format", "json", "--rules", str(missing),
+                         *journal_flag(journal_path))  # fmt: skip
+    assert code == 0
+    assert orjson.loads(out)["owner"] is None
+    assert err == (
+        f"remediator: the record's owner is not shown: {missing}: no such rule file or "
+        "directory (give --rules)\n"
+    )
+
+
 def test_a_journal_that_cannot_be_opened_is_one_line(cli: Cli, tmp_path: Path) -> None:
     code, out, err = cli("signals", "--journal", f"sqlite:///{tmp_path}")  # a directory
     assert (code, out) == (1, "")

@@ -10,7 +10,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -22,6 +22,7 @@ from remediator.domain.lifecycle import (
     StepStatus,
 )
 from remediator.domain.plans import Step, StepKind
+from remediator.domain.record_build import record_from_journal
 from remediator.domain.rules import RulePack
 from remediator.engine.decider import DecisionEngine
 from remediator.engine.executor import Executor
@@ -169,12 +170,16 @@ async def test_permanent_failure_stops_the_plan(journal: SqliteJournal, pack: Ru
         failures={StepKind.WAIT_ROLLOUT: [PermanentError("progress deadline exceeded")]}
     )
     await executor(journal, runner).run_until_idle()
-    assert [kind for kind, _ in runner.calls] == [StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT]
+    # Nothing after the failed step runs but the read-only evidence, kept with that step.
+    assert [kind for kind, _ in runner.calls] == [
+        StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT, StepKind.RECORD_EVIDENCE
+    ]  # fmt: skip
     item = await journal.get_remediation(rid)
     assert item is not None
     assert item.status == "failed"
     assert "progress deadline exceeded" in item.reason
     assert [s.status for s in item.steps] == ["succeeded", "failed"]
+    assert item.steps[1].detail["evidence"]["kind"] == "record_evidence"
 
 
 async def test_temporary_failures_are_retried(journal: SqliteJournal, pack: RulePack) -> None:
@@ -193,6 +198,109 @@ async def test_needs_human(journal: SqliteJournal, pack: RulePack) -> None:
     item = await journal.get_remediation(rid)
     assert item is not None
     assert (item.status, item.reason) == ("needs_human", "rollout_undo: deployment is paused")
+
+
+async def test_a_failed_verification_ends_needs_human_with_its_evidence(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    seen = {"check": "condition", "result": "failed", "series": [{"service": "checkout"}]}
+    failure = NeedsHuman("the triggering condition has not cleared", detail=seen)
+    runner = FakeRunner(failures={StepKind.VERIFY_CONDITION: [failure]})
+    await executor(journal, runner).run_until_idle()
+    assert [kind for kind, _ in runner.calls] == [
+        StepKind.ROLLOUT_UNDO, StepKind.WAIT_ROLLOUT, StepKind.VERIFY_HEALTH,
+        StepKind.VERIFY_CONDITION, StepKind.RECORD_EVIDENCE,
+    ]  # fmt: skip
+    item = await journal.get_remediation(rid)
+    assert item is not None
+    assert item.status == "needs_human"
+    assert item.reason == "verify_condition: the triggering condition has not cleared"
+    # The evidence is journaled with the failed step, not as a step of its own: the
+    # timeline still ends at the failure, so recovery never resumes past it.
+    failed = item.steps[-1]
+    assert (failed.kind, failed.status) == ("verify_condition", "failed")
+    assert {k: failed.detail[k] for k in seen} == seen
+    assert failed.detail["evidence"] == {
+        "kind": "record_evidence", "dry_run": False, "service": "checkout"
+    }  # fmt: skip
+    notices = [p.message.id for p in await outbox_messages(journal, "slack")]
+    assert notices == [f"slack:{rid}:started", f"slack:{rid}:needs_human"]
+
+
+class EvidenceRunner(FakeRunner):
+    """Gathers evidence as the Kubernetes runner does (events, pods, failed requests)."""
+
+    EVENT: ClassVar[dict[str, Any]] = {
+        "at": "2026-11-27T09:58:00+00:00", "kind": "Pod", "name": "checkout-7f9-abc",
+        "type": "Warning", "reason": "BackOff", "message": "restarting", "count": 4,
+    }  # fmt: skip
+
+    async def run(
+        self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        done = await super().run(step, service=service, dry_run=dry_run, context=context)
+        if step.kind is not StepKind.RECORD_EVIDENCE:
+            return done
+        return {"summary": "evidence recorded", "events": [self.EVENT],
+                "pods_affected": ["checkout-7f9-abc"], "failed_requests": "42"}  # fmt: skip
+
+
+async def test_the_record_of_a_failed_verification_shows_its_evidence(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    runner = EvidenceRunner(failures={StepKind.VERIFY_HEALTH: [NeedsHuman("HTTP 500")]})
+    await executor(journal, runner).run_until_idle()
+    item = await journal.get_remediation(rid)
+    assert item is not None and item.status == "needs_human"
+    record = record_from_journal(item, await journal.get_signal(item.signal_id))
+    assert record.evidence.note == "recorded when step 3 (verify_health) failed"
+    assert [(e.name, e.reason) for e in record.evidence.events] == [("checkout-7f9-abc", "BackOff")]
+    assert record.impact.pods_affected == ("checkout-7f9-abc",)
+    assert record.impact.failed_requests == "42"
+    assert record.results.health.status.value == "failed"
+
+
+async def test_evidence_that_cannot_be_read_never_hides_why_the_plan_stopped(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    runner = FakeRunner(
+        failures={
+            StepKind.VERIFY_HEALTH: [NeedsHuman("health check failed: HTTP 500")],
+            StepKind.RECORD_EVIDENCE: [TemporaryError("apiserver unavailable", delay=1)],
+        }
+    )
+    await executor(journal, runner).run_until_idle()
+    item = await journal.get_remediation(rid)
+    assert item is not None
+    assert (item.status, item.reason) == (
+        "needs_human", "verify_health: health check failed: HTTP 500"
+    )  # fmt: skip
+    evidence = item.steps[-1].detail["evidence"]
+    assert evidence == {"error": "evidence could not be recorded: apiserver unavailable"}
+    assert [k for k, _ in runner.calls].count(StepKind.RECORD_EVIDENCE) == 1  # never retried
+    record = record_from_journal(item, None)
+    assert record.evidence.note == (
+        "recorded when step 3 (verify_health) failed; "
+        "evidence could not be recorded: apiserver unavailable"
+    )
+
+
+async def test_a_crash_after_a_failed_verification_does_not_resume_past_it(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    rid = await planned_rollback(journal, pack)
+    runner = FakeRunner(failures={StepKind.VERIFY_HEALTH: [NeedsHuman("HTTP 500")]})
+    await executor(journal, runner).run_until_idle()
+    restarted = FakeRunner()
+    ex = executor(journal, restarted)
+    await ex.recover()
+    await asyncio.gather(*list(ex._tasks))
+    assert restarted.calls == []
+    item = await journal.get_remediation(rid)
+    assert item is not None and item.status == "needs_human"
 
 
 async def test_dry_run_rehearses_every_step_and_keeps_its_status(

@@ -88,7 +88,8 @@ async def test_a_failed_plan_is_timed_under_its_status(
     await ex.run_until_idle()
 
     sample = metrics.registry.get_sample_value
-    assert sample("remediator_remediation_duration_seconds_sum", {"status": "failed"}) == 60
+    # Two steps, and the evidence gathered on the way to the end: 30 s each.
+    assert sample("remediator_remediation_duration_seconds_sum", {"status": "failed"}) == 90
     assert sample("remediator_verification_latency_seconds_count") == 0  # never verified
     assert sample("remediator_remediation_duration_seconds_count", {"status": "succeeded"}) is None
 
