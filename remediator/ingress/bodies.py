@@ -7,10 +7,21 @@ API's own words (``reason: at most 500 characters, got 501``), never quoting the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from remediator.domain.approvals import SCENARIOS
 from remediator.domain.errors import InvalidInput
@@ -29,6 +40,7 @@ ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
 LINES = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 Body = TypeVar("Body", bound="ApiBody")
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _stripped(value: str) -> str:
@@ -52,6 +64,7 @@ Name = Annotated[
 AnalysisItem = Annotated[
     str, Field(max_length=MAX_ANALYSIS_ITEM_CHARS, pattern=LINES), AfterValidator(_stripped)
 ]
+AnalysisItems = Annotated[list[AnalysisItem], Field(max_length=MAX_ANALYSIS_ITEMS)]
 Comment = Annotated[
     str, Field(max_length=MAX_COMMENT_CHARS, pattern=LINES), AfterValidator(_stripped)
 ]
@@ -123,13 +136,26 @@ class RecordAnalysisBody(ApiBody):
         "is the principal of the credential you send)"
     )
 
-    root_cause: RootCause | None = Field(None, description="What caused the incident.")
-    improvements: list[AnalysisItem] | None = Field(
-        None, max_length=MAX_ANALYSIS_ITEMS, description="What to change, one per item."
+    # Not nullable (null is refused below, and the document does not offer it): leave a
+    # field out to keep it, send "" or [] to clear it. None is only a left-out field.
+    root_cause: RootCause | SkipJsonSchema[None] = Field(
+        None, description="What caused the incident."
     )
-    lessons: list[AnalysisItem] | None = Field(
-        None, max_length=MAX_ANALYSIS_ITEMS, description="Lessons learned, one per item."
+    improvements: AnalysisItems | SkipJsonSchema[None] = Field(
+        None, description="What to change, one per item."
     )
+    lessons: AnalysisItems | SkipJsonSchema[None] = Field(
+        None, description="Lessons learned, one per item."
+    )
+
+    @field_validator("root_cause", "improvements", "lessons", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            wanted = "a string" if info.field_name == "root_cause" else "a list of strings"
+            raise ValueError(f'expected {wanted}, got null (leave the field out to keep it, '
+                             'send "" or [] to clear it)')  # fmt: skip
+        return value
 
     @model_validator(mode="after")
     def _something(self) -> RecordAnalysisBody:
@@ -144,7 +170,7 @@ class RecordAnalysisBody(ApiBody):
             value = getattr(self, name)
             if isinstance(value, list):
                 value = tuple(item for item in value if item)
-            out[name] = value if value is not None else ("" if name == "root_cause" else ())
+            out[name] = value
         return out
 
 
@@ -174,7 +200,8 @@ def parse(model: type[Body], document: Mapping[str, Any]) -> Body:
 
 def _where(loc: tuple[int | str, ...]) -> str:
     text = ""
-    for part in loc:
+    # Skip the names pydantic gives the members of a union ("function-after[...]").
+    for part in (p for p in loc if isinstance(p, int) or _FIELD_NAME.fullmatch(p)):
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return shown(text) if len(text) > 64 else text or "body"
 
@@ -183,8 +210,11 @@ def _message(model: type[ApiBody], error: Mapping[str, Any]) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind == "extra_forbidden":
         return model.unknown_field
-    if kind == "missing" or (value is None and kind.endswith("_type")):
-        return "required"  # null where a value is required: optional fields take null
+    if kind == "missing":
+        return "required"
+    field = model.model_fields.get(str(error["loc"][0])) if error["loc"] else None
+    if value is None and kind.endswith("_type") and field is not None and field.is_required():
+        return "required"  # null for a required field: as good as left out
     if kind in ("string_type", "bool_type", "list_type"):
         wanted = {"string_type": "a string", "bool_type": "true or false",
                   "list_type": "a list of strings"}[kind]  # fmt: skip

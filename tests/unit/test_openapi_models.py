@@ -122,6 +122,8 @@ def _api_bodies() -> None:
         "comment and by": (CommentBody, {"comment": "x", "by": "mallory"}),
         "analysis": (RecordAnalysisBody, {"root_cause": "pool of 1", "lessons": ["a", "b"]}),
         "analysis empty": (RecordAnalysisBody, {}),
+        "analysis root cause null": (RecordAnalysisBody, {"root_cause": None}),
+        "analysis cleared": (RecordAnalysisBody, {"root_cause": "", "lessons": []}),
         "analysis 51 lessons": (RecordAnalysisBody, {"lessons": ["x"] * 51}),
         "analysis lesson a number": (RecordAnalysisBody, {"lessons": [1]}),
         "analysis editor field": (RecordAnalysisBody, {"root_cause": "x", "edited_by": "m"}),
