@@ -29,6 +29,11 @@ DECISION_LATENCY_BUCKETS = (
 )  # fmt: skip
 # Acting waits for a Lease (and for approvers, when a plan needs them); a plan's steps
 # wait for rollouts: seconds to hours count.
+# The event loop's responsiveness: a millisecond is fine, 10 ms is the storm target,
+# seconds mean every webhook and every root task waited that long.
+LOOP_LAG_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+)  # fmt: skip
 ACTION_BUCKETS = (
     0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200,
 )  # fmt: skip
@@ -111,6 +116,14 @@ class Metrics:
             "Hop 2: time from receiving a signal until this instance journaled its decision "
             "(across hosts, clock skew between replicas included).",
             buckets=DECISION_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_loop_lag = Histogram(
+            "remediator_event_loop_lag_seconds",
+            "How late the event loop woke a task that slept a fixed interval (0.1 s): "
+            "the time anything ready to run (a webhook, a decision, a plan's next step) "
+            "waited for the loop.",
+            buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
         self.action_latency = Histogram(

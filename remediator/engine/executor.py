@@ -157,6 +157,7 @@ class Executor:
         lock_retry_max_seconds: float = 60.0,
         claim_stale_seconds: float = CLAIM_STALE_SECONDS,
         recovery_interval_seconds: float = RECOVERY_INTERVAL_SECONDS,
+        poll_seconds: float = POLL_SECONDS,
         on_finished: Callable[[str, str], None] | None = None,
         on_lock_attempt: Callable[[str], None] | None = None,
         on_lease_lost: Callable[[str], None] | None = None,
@@ -204,6 +205,9 @@ class Executor:
         # An instance without a heartbeat for this long is gone: its claims are taken over.
         self._claim_stale = timedelta(seconds=claim_stale_seconds)
         self._recovery_interval = timedelta(seconds=recovery_interval_seconds)
+        # Between looks for plans other replicas decided or approved; this process's own
+        # decisions and approvals wake the executor at once (``wake``).
+        self._poll_seconds = poll_seconds
         self._next_recovery: datetime | None = None  # None: not recovered yet
         self._active: set[str] = set()  # plans running in this process, by id
         # Plans whose end the journal can never take (a bug): not recovered again here.
@@ -214,6 +218,8 @@ class Executor:
         self._on_internal_error = on_internal_error
 
     def wake(self) -> None:
+        """A plan may have become runnable (decided, approved, a lane freed): the next
+        pass starts now instead of after the poll interval."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -234,7 +240,7 @@ class Executor:
                     # A pass that breaks must not stop every later plan: count, wait, retry.
                     self._internal_error(f"executor pass failed ({describe(exc)})", exc)
                     failed_passes += 1
-                    doubled = POLL_SECONDS * 2.0 ** min(failed_passes, 16)
+                    doubled = self._poll_seconds * 2.0 ** min(failed_passes, 16)
                     await self._sleep(min(self._retry_max, doubled))
                     continue
                 # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
@@ -255,8 +261,8 @@ class Executor:
         )
         due = [d for d in waits if d is not None]
         if not due:
-            return POLL_SECONDS
-        return max(0.0, min(POLL_SECONDS, (min(due) - now).total_seconds()))
+            return self._poll_seconds
+        return max(0.0, min(self._poll_seconds, (min(due) - now).total_seconds()))
 
     def _recovery_due(self) -> bool:
         return self._next_recovery is None or self._clock() >= self._next_recovery

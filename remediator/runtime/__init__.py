@@ -64,6 +64,7 @@ from remediator.runtime.listener import (
     failed_auth_limiter,
     server_ssl_context,
 )
+from remediator.runtime.looplag import LoopLagProbe
 from remediator.runtime.retention import RetentionTask
 from remediator.runtime.supervision import (
     Closing,
@@ -262,6 +263,7 @@ class Runtime:
             "journal-pruner": self._prune_forever,
             "journal-heartbeat": self._beat_forever,
             "retention": retention.run,
+            "event-loop-lag": LoopLagProbe(observe=self.metrics.event_loop_lag.observe).run,
         }
         if executor is not None:
             roots["executor"] = executor.run
@@ -623,7 +625,12 @@ class Runtime:
         if kafka_intake is not None:
             await budget.run("kafka consumer commit and leave", kafka_intake.close())
         await stop(
-            "decision-engine", "approval-clock", "journal-pruner", "retention", "journal-gauges"
+            "decision-engine",
+            "approval-clock",
+            "journal-pruner",
+            "retention",
+            "journal-gauges",
+            "event-loop-lag",
         )
         if executor is not None:
             # The rest of the sequence keeps its reserve; plans get everything else.
