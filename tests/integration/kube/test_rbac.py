@@ -49,6 +49,7 @@ from remediator.connectors.kubernetes.configmaps import (
 )
 from remediator.connectors.kubernetes.errors import KubeError
 from remediator.connectors.kubernetes.jobrunner import SERVICE_LABEL, JobRunner, secret_source
+from remediator.connectors.kubernetes.jobrunner import _delete as delete_job
 from remediator.connectors.kubernetes.scale import KubernetesFacts
 from remediator.connectors.kubernetes.steps import KubernetesStepRunner, LeaseLock
 from remediator.connectors.postgres.model import MigrationStatus
@@ -61,6 +62,8 @@ from remediator.domain.signals import Signal, Source, Status
 from remediator.domain.steps import (
     ExportConfigParams,
     ExportConfigStep,
+    RecordEvidenceParams,
+    RecordEvidenceStep,
     RestoreConfigParams,
     RestoreConfigStep,
 )
@@ -415,6 +418,23 @@ async def config_paths(ctx: Ctx) -> None:
     assert restored["restored"] == ["web-config"] and restored["revision"] == 1
 
 
+async def evidence_paths(ctx: Ctx) -> None:
+    """The record's evidence: the workload's events. A refusal is written down, not
+    raised (evidence never fails a plan): here it fails the path."""
+    runner = KubernetesStepRunner(kube=ctx.sa.client, pack=ctx.world.pack)
+    detail = await runner.run(
+        RecordEvidenceStep(
+            params=RecordEvidenceParams(namespace=ctx.ns, service="web", deployment="web",
+                                        since=datetime.now(UTC) - timedelta(hours=1)),
+            reason="rbac",
+        ),
+        service="web", dry_run=False, context={},
+    )  # fmt: skip
+    if isinstance(detail["events"], str):
+        raise Refused(detail["events"])
+    assert any(event["name"].startswith("web") for event in detail["events"])
+
+
 async def snapshot_retention(ctx: Ctx) -> None:
     """The daemon's retention task on config snapshots: an old revision's goes."""
     runner = KubernetesStepRunner(kube=ctx.sa.client, pack=ctx.world.pack)
@@ -495,7 +515,7 @@ async def migration_job(ctx: Ctx) -> None:
         jobrunner_log.addHandler(warnings)
         try:
             path = f"/apis/batch/v1/namespaces/{ctx.ns}/jobs/{job.metadata.name}"
-            await runner._delete(path, what=f"Job {ctx.ns}/{job.metadata.name}")
+            await delete_job(runner._api, path, what=f"Job {ctx.ns}/{job.metadata.name}")
         finally:
             jobrunner_log.removeHandler(warnings)
         if warnings.messages:
@@ -514,6 +534,7 @@ PATHS: list[tuple[str, Callable[[Ctx], Awaitable[None]]]] = [
     ("scale, scale up, replica facts", scale_paths),
     ("config snapshot, export and restore", config_paths),
     ("config snapshot retention", snapshot_retention),
+    ("record evidence", evidence_paths),
     ("Leases", lease_paths),
     ("DSN from a Secret", dsn_from_secret),
     ("migration Job", migration_job),

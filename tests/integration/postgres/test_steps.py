@@ -202,7 +202,10 @@ async def remediate(journal: SqliteJournal, pack: RulePack, db_runner: PostgresS
         notice_channels=("slack",),
     )
     await executor.run_until_idle()
-    assert set(runner.others) <= {StepKind.NOTIFY}  # no deploy rolled out: no app rollback
+    # No deploy rolled out: no app rollback; only the read-only checks and the notice.
+    assert set(runner.others) <= {
+        StepKind.NOTIFY, StepKind.VERIFY_CONDITION, StepKind.RECORD_EVIDENCE,
+    }  # fmt: skip
     return item.id
 
 
@@ -221,6 +224,10 @@ async def test_failed_fifth_migration_event_is_backed_up_and_reverted_to_004(
     assert [(s.kind, s.status) for s in steps] == [
         ("backup_database", "succeeded"),
         ("revert_migration", "succeeded"),
+        # The read-only end of every acting plan: the condition (none to check for a
+        # Kafka event: recorded skipped) and the evidence.
+        ("verify_condition", "succeeded"),
+        ("record_evidence", "succeeded"),
         ("notify", "succeeded"),
     ]
     backup_detail = steps[0].detail["backup"]
