@@ -397,6 +397,12 @@ class KubernetesSettings(_Group):
     health_timeout_seconds: float = Field(
         10.0, gt=0, description="Longest one check of a service's health URL may take."
     )
+    health_grace_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="After a change, how long a service's health URL may keep failing "
+        "(checked every 2 s) before verification fails and the plan ends needs_human.",
+    )
     max_concurrent_plans: int = Field(4, ge=1, description="Plans run at once (all services).")
     helm_binary: str = Field("helm", description="helm executable for helm rollbacks.")
     lock_retry_base_seconds: float = Field(

@@ -447,6 +447,7 @@ class Runtime:
             prometheus=self._prometheus(),
             rollout_timeout_seconds=k.rollout_timeout_seconds,
             health_timeout_seconds=k.health_timeout_seconds,
+            health_grace_seconds=k.health_grace_seconds,
         )
 
     def _prometheus(self) -> Prometheus | None:

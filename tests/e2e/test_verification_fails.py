@@ -84,6 +84,8 @@ def daemon(tmp_path: Path, kube: Any, kafka: Any, slack_api: Any, rules: Path) -
             "REMEDIATOR_KUBERNETES__KUBECONFIG": kube.endpoints["kubeconfig"],
             "REMEDIATOR_KUBERNETES__INSTANCE_ID": "e2e-daemon",
             "REMEDIATOR_KUBERNETES__ROLLOUT_TIMEOUT_SECONDS": "90",
+            # The health URL never recovers: fail after a short grace, not a minute.
+            "REMEDIATOR_KUBERNETES__HEALTH_GRACE_SECONDS": "3",
             "REMEDIATOR_KAFKA__BOOTSTRAP_SERVERS": kafka.endpoints["kafka_bootstrap"],
             "REMEDIATOR_KAFKA__DEPLOY_TOPICS": topic,
             "REMEDIATOR_KAFKA__GROUP_ID": f"g-{topic}",

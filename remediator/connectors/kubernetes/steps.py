@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,6 +98,8 @@ RESUMABLE = frozenset(
 _LOG_TAIL_CHARS = 2000  # of a smoke test's log, kept as evidence
 _MAX_EVENTS = 50  # the newest Kubernetes events of the workload, for the record
 _EVENT_MESSAGE_CHARS = 300
+# Between health checks while a changed service's health URL still fails.
+HEALTH_POLL_SECONDS = 2.0
 _MAX_HELM_REVISIONS = 10
 
 
@@ -136,9 +139,17 @@ class KubernetesStepRunner:
         prometheus: Prometheus | None = None,
         rollout_timeout_seconds: float = 300.0,
         health_timeout_seconds: float = 10.0,
+        health_grace_seconds: float = 60.0,
         poll_seconds: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``health_grace_seconds``: how long after a change its health URL may keep
+        failing before the check fails (traffic moves to the restored pods meanwhile)."""
         self._kube = kube
+        self._health_grace = health_grace_seconds
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._pack = pack
         self._helm = helm
         self._prometheus = prometheus
@@ -267,13 +278,22 @@ class KubernetesStepRunner:
     async def _verify_health(self, url: str, *, dry_run: bool) -> dict[str, Any]:
         if dry_run:
             return _skipped("health", "skipped in dry run: nothing changed")
-        verdict = await http_health(url, timeout_seconds=self._health_timeout)
-        if not verdict.ok:
-            raise VerificationFailed(
-                f"health check failed: {verdict.detail}",
-                detail={"check": "health", "result": "failed", "url": url},
-            )
-        return {"summary": verdict.detail, "check": "health", "result": "passed", "url": url}
+        deadline = self._monotonic() + self._health_grace
+        attempts = 0
+        while True:
+            attempts += 1
+            verdict = await http_health(url, timeout_seconds=self._health_timeout)
+            if verdict.ok:
+                return {"summary": verdict.detail, "check": "health", "result": "passed",
+                        "url": url, "attempts": attempts}  # fmt: skip
+            if self._monotonic() >= deadline:
+                raise VerificationFailed(
+                    f"health check failed: {verdict.detail} (still failing after "
+                    f"{attempts} attempts in {self._health_grace:g}s)",
+                    detail={"check": "health", "result": "failed", "url": url,
+                            "attempts": attempts},
+                )  # fmt: skip
+            await self._sleep(min(HEALTH_POLL_SECONDS, max(deadline - self._monotonic(), 0)))
 
     async def _verify_condition(self, p: VerifyConditionParams, *, dry_run: bool) -> dict[str, Any]:
         evidence: dict[str, Any] = {"origin": p.origin, "query": p.query,
