@@ -242,6 +242,9 @@ class Story:
         if self.app is not None:
             self.app.stop()
         self.prometheus.configure(rules=[], scrape_targets={})
+        # Prometheus may still be sending the story's alerts (resolved ones, for a while):
+        # a fresh Alertmanager keeps them from the next test's webhook.
+        self.alertmanager.reset()
 
     def run(self) -> Outcome:
         from tests.e2e.test_approvals import deployment

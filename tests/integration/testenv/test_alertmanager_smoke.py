@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 pytestmark = pytest.mark.integration
+SMOKE = uuid.uuid4().hex[:8]  # this module's alerts, told from anything else in the peer
 
 
 async def _deliver_one(alertmanager: Any, **auth: Any) -> tuple[str | None, dict[str, Any]]:
-    """Point Alertmanager at a local webhook, post one alert, return what arrived."""
+    """Point Alertmanager at a local webhook, post one alert, return what arrived for it.
+
+    The peer is shared by the session: Prometheus may still be sending an earlier test's
+    alerts (resolved ones, for a while), so only this test's own alert counts.
+    """
     received: asyncio.Queue[tuple[str | None, dict[str, Any]]] = asyncio.Queue()
 
     async def hook(request: web.Request) -> web.Response:
-        await received.put((request.headers.get("Authorization"), await request.json()))
+        body = await request.json()
+        if body.get("groupLabels", {}).get("smoke") == SMOKE:
+            await received.put((request.headers.get("Authorization"), body))
         return web.Response(status=200)
 
     app = web.Application()
@@ -28,11 +36,15 @@ async def _deliver_one(alertmanager: Any, **auth: Any) -> tuple[str | None, dict
     await site.start()
     port = runner.addresses[0][1]
     try:
-        alertmanager.configure(webhook_url=f"http://127.0.0.1:{port}/hook", **auth)
+        alertmanager.configure(
+            webhook_url=f"http://127.0.0.1:{port}/hook",
+            group_by=["alertname", "service", "smoke"],
+            **auth,
+        )
         alertmanager.post_alerts(
             [
                 {
-                    "labels": {"alertname": "HighErrorRate", "service": "checkout"},
+                    "labels": {"alertname": "HighErrorRate", "service": "checkout", "smoke": SMOKE},
                     "annotations": {"summary": "smoke"},
                 }
             ]
@@ -50,7 +62,11 @@ async def test_alert_reaches_webhook_with_bearer_token(alertmanager: Any) -> Non
     assert payload["version"] == "4"
     assert payload["status"] == "firing"
     assert payload["receiver"] == "remediator"
-    assert payload["groupLabels"] == {"alertname": "HighErrorRate", "service": "checkout"}
+    assert payload["groupLabels"] == {
+        "alertname": "HighErrorRate",
+        "service": "checkout",
+        "smoke": SMOKE,
+    }
     [alert] = payload["alerts"]
     assert alert["labels"]["service"] == "checkout"
     assert alert["endsAt"] == "0001-01-01T00:00:00Z"
