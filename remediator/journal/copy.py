@@ -2,7 +2,7 @@
 PostgreSQL journal, so the daemon continues there exactly where it stopped.
 
 The SQLite file is read with sqlite3 alone, read-only, in one snapshot (a read
-transaction): schema versions 8 to 12 are understood, any other is refused (tables
+transaction): schema versions 8 to 13 are understood, any other is refused (tables
 a version does not have yet, such as 10's approval requests, 11's automation levels and
 12's record analysis, are copied as empty). The copy
 is refused while the source looks in use: a heartbeat younger than a minute (the daemon
@@ -35,7 +35,7 @@ from remediator.journal.postgres.importer import (
 )
 from remediator.journal.postgres.journal import PostgresJournal
 
-SUPPORTED_VERSIONS = frozenset({8, 9, 10, 11, 12})
+SUPPORTED_VERSIONS = frozenset({8, 9, 10, 11, 12, 13})
 # Tables of TABLES that older schema versions do not have: the version that added them.
 _ADDED_IN = {
     "approval_requests": 10,

@@ -9,7 +9,7 @@ are not written (it reads again and finds those signals decided).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -43,6 +43,10 @@ _NEVER_ACTED = [
     s.value for s in (S.SKIPPED, S.DRY_RUN, S.AWAITING_APPROVAL, S.REJECTED, S.CANCELLED, S.EXPIRED)
 ]
 del S
+# The predicate of migration 0005's partial index, as a literal the planner can match.
+_AUTOMATED_ACTED = (
+    "automated AND status NOT IN (" + ", ".join(f"'{status}'" for status in _NEVER_ACTED) + ")"
+)
 
 # One statement, one snapshot: the cursor and the signals after it agree.
 _UNDECIDED = f"""
@@ -203,11 +207,9 @@ class PgDecisionStore:
     async def automated_actions_since(self, *, since: datetime | None) -> list[datetime]:
         async def query(conn: asyncpg.Connection) -> list[datetime]:
             rows = await conn.fetch(
-                "SELECT created_at FROM remediations WHERE automated"
-                " AND status <> ALL($1::text[]) AND ($2::timestamptz IS NULL"
-                " OR created_at >= $2) ORDER BY seq",
-                _NEVER_ACTED,
-                since,
+                f"SELECT created_at FROM remediations WHERE {_AUTOMATED_ACTED}"
+                " AND created_at >= $1 ORDER BY seq",
+                since or datetime.min.replace(tzinfo=UTC),
             )
             return [row["created_at"] for row in rows]
 

@@ -310,7 +310,7 @@ async def test_a_source_written_during_the_copy_leaves_the_target_empty(
     assert report.counts["decision cursor"] == 6
 
 
-@pytest.mark.parametrize("version", [7, 13])
+@pytest.mark.parametrize("version", [7, 14])
 async def test_an_unknown_schema_version_is_refused(
     tmp_path: Path, target: SecretStr, version: int
 ) -> None:
