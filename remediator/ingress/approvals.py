@@ -243,7 +243,7 @@ class ApprovalApi:
         comment = _comment(await request.read())
         answer = await self.vote(request.match_info["id"], principal, verdict, comment=comment)
         if answer.refusal is not None:
-            return error_response(answer.refusal.status, answer.refusal.message)
+            return _refused(answer.refusal)
         assert answer.remediation is not None
         return json_response(answer.remediation.to_api())
 

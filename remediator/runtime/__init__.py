@@ -381,7 +381,7 @@ class Runtime:
         )  # fmt: skip
         if executor is None:
             log.warning(
-                "kubernetes %s: plans are recorded as dry runs and nothing is changed; "
+                "kubernetes %s: nothing is changed; "
                 "replica counts are unknown, so scale-ups are skipped as not_applicable",
                 self.kube_status,
             )

@@ -1,16 +1,16 @@
 """Post-remediation checks: is the service healthy again?
 
 Outcomes are data (:class:`Verdict`). Whether the alert condition cleared is asked of
-Prometheus (``remediator.connectors.prometheus``; re-exported here for old imports).
+Prometheus (``remediator.connectors.prometheus``).
 """
 
 from __future__ import annotations
 
 import aiohttp
 
-from remediator.connectors.prometheus import Verdict, prometheus_query_empty
+from remediator.connectors.prometheus import Verdict
 
-__all__ = ["Verdict", "http_health", "prometheus_query_empty"]
+__all__ = ["Verdict", "http_health"]
 
 
 async def http_health(url: str, *, timeout_seconds: float) -> Verdict:

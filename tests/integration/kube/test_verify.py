@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from remediator.connectors.kubernetes.verify import http_health, prometheus_query_empty
+from remediator.connectors.kubernetes.verify import http_health
+from remediator.connectors.prometheus import prometheus_query_empty
 from remediator.domain.errors import PermanentError, TemporaryError
 
 pytestmark = pytest.mark.integration
