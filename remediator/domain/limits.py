@@ -63,6 +63,11 @@ class InputLimits:
     def check_text(self, value: str, *, where: str) -> None:
         check_bytes(value, limit=self.field_bytes, where=where)
 
+    def text_fits(self, value: str) -> bool:
+        """Whether ``value`` is within ``field_bytes`` without encoding it (a fast yes;
+        False means only that ``check_text`` must look)."""
+        return len(value) * 4 <= self.field_bytes
+
     def check_alert_count(self, count: int, *, where: str) -> None:
         if count > self.alerts_per_request:
             raise TooLarge(
@@ -76,7 +81,12 @@ class InputLimits:
     ) -> None:
         if len(items) > most:
             raise InvalidInput(f"{len(items)} {noun}, limit {most}", where=where)
+        # At most 4 bytes a character: the usual short names and values need neither an
+        # encoding nor a path built to be known within bounds (a storm's hot loop).
+        name_chars, value_chars = self.name_bytes // 4, value_bytes // 4
         for name, value in items.items():
+            if len(name) <= name_chars and len(value) <= value_chars:
+                continue
             size = utf8_size(name)
             if size > self.name_bytes:
                 raise InvalidInput(

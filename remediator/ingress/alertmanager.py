@@ -131,8 +131,10 @@ def check_limits(payload: AmPayload, limits: InputLimits) -> None:
         where = f"alerts[{index}]"
         limits.check_labels(alert.labels, where=f"{where}.labels")
         limits.check_annotations(alert.annotations, where=f"{where}.annotations")
-        limits.check_text(alert.generatorURL, where=f"{where}.generatorURL")
-        limits.check_text(alert.fingerprint, where=f"{where}.fingerprint")
+        for name in ("generatorURL", "fingerprint"):
+            value = getattr(alert, name)
+            if not limits.text_fits(value):
+                limits.check_text(value, where=f"{where}.{name}")
 
 
 def field_path(loc: Sequence[int | str]) -> str:
