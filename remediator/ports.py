@@ -22,6 +22,10 @@ class RecordResult:
 
     signal_id: str
     duplicate: bool  # the key was already journaled: nothing new was stored
+    # Where a new signal was stored, when the journal reads it back equal to what it was
+    # given (None: a duplicate, or a journal that does not say). The decider keeps such
+    # signals in memory instead of reading them back (DecisionStore.undecided_signals).
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +40,19 @@ class SignalPage:
 class StoredSignal:
     seq: int  # journal order; the engine decides signals in this order
     signal: Signal
+
+
+# Told what intake has just journaled (after the commit): the decider keeps and decides it.
+OnJournaled = Callable[[Sequence[StoredSignal]], None]
+
+
+def newly_stored(signals: Sequence[Signal], results: Sequence[RecordResult]) -> list[StoredSignal]:
+    """The new signals of a ``record_signals`` call whose seq the journal gave."""
+    return [
+        StoredSignal(seq=result.seq, signal=signal)
+        for signal, result in zip(signals, results, strict=True)
+        if result.seq is not None
+    ]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -292,8 +309,15 @@ class DecisionStore(Protocol):
     """What the decider reads and writes: the signals to decide, and the history the
     rules weigh (deploys, firing alerts, past remediations)."""
 
-    async def undecided_signals(self, *, limit: int) -> UndecidedBatch:
-        """Signals after the decision cursor, oldest first."""
+    async def undecided_signals(
+        self, *, limit: int, known: Mapping[int, Signal] | None = None
+    ) -> UndecidedBatch:
+        """Signals after the decision cursor, oldest first.
+
+        ``known`` holds signals the caller already has, by seq (from ``RecordResult.seq``):
+        the journal may return those instead of reading them back. Which seqs follow
+        the cursor is always read from the journal, so ``known`` never adds, skips or
+        reorders a signal."""
         ...
 
     async def record_decisions(

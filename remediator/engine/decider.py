@@ -107,6 +107,9 @@ POLL_SECONDS = 2.0
 # some 300 ms in one go), and every webhook, plan step and probe waits while it runs:
 # a few milliseconds of deciding at a time keeps the loop's lag low.
 DECIDE_SLICE = 8
+# Journaled signals kept in memory for deciding, at most (a backlog beyond it is read
+# back from the journal when its turn comes): some 10 MB of signals.
+FRESH_SIGNALS = 5000
 # How much of an exception's message a decision's explanation keeps.
 MAX_ERROR_TEXT = 500
 
@@ -162,6 +165,7 @@ class DecisionEngine:
         poll_seconds: float = POLL_SECONDS,
         failpoints: Failpoints = NO_FAILPOINTS,
         approvals: ApprovalConfig | None = None,
+        fresh_signals: int = FRESH_SIGNALS,
     ) -> None:
         """``approvals`` sets the response times and expiry of plans that wait for
         approval, and who approves an emergency. ``on_decision_latency`` gets, for each
@@ -189,6 +193,9 @@ class DecisionEngine:
         self._failpoints = failpoints
         self._approvals = approvals or ApprovalConfig()
         self._wake = asyncio.Event()
+        # Signals intake just journaled, by seq: deciding them reads only their seqs back.
+        self._fresh: dict[int, Signal] = {}
+        self._fresh_limit = fresh_signals
         # Exception types whose traceback was logged: one traceback per kind of failure,
         # not one per signal of a storm.
         self._traced: set[str] = set()
@@ -199,6 +206,17 @@ class DecisionEngine:
 
     def wake(self) -> None:
         """New signals were journaled (called by intake)."""
+        self._wake.set()
+
+    def journaled(self, stored: Sequence[StoredSignal]) -> None:
+        """Intake journaled these signals (committed): keep them for deciding, and wake.
+
+        Only an optimisation: the journal still says which signals follow the cursor,
+        so a signal not kept (past FRESH_SIGNALS) is read back, and a restart loses
+        nothing."""
+        room = self._fresh_limit - len(self._fresh)
+        for item in stored[: max(room, 0)]:
+            self._fresh[item.seq] = item.signal
         self._wake.set()
 
     async def run(self) -> None:
@@ -237,8 +255,9 @@ class DecisionEngine:
 
         Signals another replica decided first are read again from the moved cursor."""
         while True:
-            batch = await self._journal.undecided_signals(limit=self._batch_size)
+            batch = await self._journal.undecided_signals(limit=self._batch_size, known=self._fresh)
             stored = batch.signals
+            self._forget_fresh(upto=stored[-1].seq if stored else batch.cursor)
             if not stored:
                 return 0
             try:
@@ -255,6 +274,11 @@ class DecisionEngine:
                           len(stored), _error_text(refused.cause))  # fmt: skip
                 return await self._decide_one_by_one(stored, cursor=batch.cursor)
             log.debug("another replica decided signals up to %d first", stored[-1].seq)
+
+    def _forget_fresh(self, *, upto: int) -> None:
+        """Drop kept signals up to ``upto``: in hand now, or decided (here or elsewhere)."""
+        if self._fresh:
+            self._fresh = {seq: signal for seq, signal in self._fresh.items() if seq > upto}
 
     async def _decide_one_by_one(self, items: Sequence[StoredSignal], *, cursor: int) -> int:
         """Decide and write each signal alone; stop where another replica was first."""

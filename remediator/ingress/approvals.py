@@ -45,10 +45,12 @@ from remediator.messages import approved_messages, status_messages, vote_message
 from remediator.metrics import Metrics
 from remediator.ports import (
     ApprovalStore,
+    OnJournaled,
     OutboxMessage,
     RemediationStore,
     SignalStore,
     StoredSignal,
+    newly_stored,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ class ApprovalApi:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         notice_channels: Sequence[str] = (),
         outcome_channel: str | None = None,
-        on_new_signals: Callable[[], None] | None = None,
+        on_new_signals: OnJournaled | None = None,
         on_approved: Callable[[], None] | None = None,
         decision_wait_seconds: float = DECISION_WAIT_SECONDS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -166,7 +168,7 @@ class ApprovalApi:
             )
         [result] = await self.journal.record_signals([signal])
         if not result.duplicate and self.on_new_signals is not None:
-            self.on_new_signals()
+            self.on_new_signals(newly_stored([signal], [result]))
         item = await self._decided(rid)
         status = "deciding" if item is None else item.status.value
         self.metrics.rollback_requests.labels(status=status).inc()

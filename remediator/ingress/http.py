@@ -50,12 +50,14 @@ from remediator.ports import (
     CircuitRecord,
     CircuitStore,
     JournalLifecycle,
+    OnJournaled,
     RemediationPage,
     RemediationStore,
     ServiceStats,
     SignalPage,
     SignalStore,
     SlackReplies,
+    newly_stored,
 )
 
 log = logging.getLogger(__name__)
@@ -190,7 +192,7 @@ class IntakeApp:
         body_limit_bytes: int,
         retry_after_seconds: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        on_new_signals: Callable[[], None] | None = None,
+        on_new_signals: OnJournaled | None = None,
         readiness_details: Callable[[], dict[str, str]] = dict,
         on_approved: Callable[[], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -241,7 +243,9 @@ class IntakeApp:
             clock=lambda: self.clock(),
             notice_channels=notice_channels,
             outcome_channel=outcome_channel,
-            on_new_signals=lambda: self.on_new_signals() if self.on_new_signals else None,
+            on_new_signals=lambda stored: (
+                self.on_new_signals(stored) if self.on_new_signals else None
+            ),
             on_approved=lambda: self.on_approved() if self.on_approved else None,
             decision_wait_seconds=decision_wait_seconds,
             draining=lambda: self.state.draining,
@@ -495,7 +499,7 @@ class IntakeApp:
             )
         accepted = len(signals) - duplicates
         if accepted and self.on_new_signals is not None:
-            self.on_new_signals()
+            self.on_new_signals(newly_stored(signals, results))
         firing = sum(1 for s in signals if s.status is Status.FIRING)
         log.debug(
             "receiver=%s group=%s alerts=%d firing=%d accepted=%d duplicates=%d",

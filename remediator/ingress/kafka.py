@@ -37,7 +37,7 @@ from remediator.domain.limits import InputLimits
 from remediator.domain.rules.events import known_event_types, signal_from_cloudevent
 from remediator.domain.signals import Signal
 from remediator.kafka_config import client_kwargs
-from remediator.ports import RecordResult, SignalStore
+from remediator.ports import OnJournaled, RecordResult, SignalStore, StoredSignal, newly_stored
 from remediator.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class KafkaIntake:
         *,
         settings: KafkaSettings,
         journal: SignalStore,
-        on_new_signals: Callable[[], None],
+        on_new_signals: OnJournaled,
         metrics: KafkaIntakeMetrics | None = None,
         dead_letters: DeadLetters | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -452,17 +452,19 @@ class KafkaIntake:
     async def _journal_and_dead_letter(self, batch: _Batch) -> None:
         if batch.signals:
             signals = [signal for _, _, signal in batch.signals]
+            stored: list[StoredSignal] = []
             try:
                 results = await self._journal.record_signals(signals)
+                stored = newly_stored(signals, results)
             except TemporaryError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the journal refused something in it
                 log.warning("kafka: journal refused a batch (%r); writing one by one", exc)
-                results = await self._record_one_by_one(batch)
+                results = await self._record_one_by_one(batch)  # read back when decided
             if self._metrics is not None:
                 self._count_journaled(signals, results)
             if any(not r.duplicate for r in results):
-                self._on_new_signals()
+                self._on_new_signals(stored)
         failed_at = self._clock()
         for tp, record, poison in batch.dead:
             dlq_topic = tp.topic + self._settings.dlq_suffix

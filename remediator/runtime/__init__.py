@@ -281,7 +281,7 @@ class Runtime:
             kafka_intake = KafkaIntake(
                 settings=settings.kafka,
                 journal=self.journal,
-                on_new_signals=engine.wake,
+                on_new_signals=engine.journaled,
                 metrics=KafkaIntakeMetrics(
                     self.metrics.registry,
                     internal_errors=self.metrics.internal_errors,
@@ -313,7 +313,7 @@ class Runtime:
             namespace_labels=settings.signals.namespace_labels,
             body_limit_bytes=settings.http.body_limit_bytes,
             retry_after_seconds=settings.http.retry_after_seconds,
-            on_new_signals=engine.wake,
+            on_new_signals=engine.journaled,
             readiness_details=lambda: {"kubernetes": self.kube_status},
             on_approved=executor.wake if executor is not None else None,
             input_limits=settings.limits.input_limits(),

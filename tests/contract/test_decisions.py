@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -32,6 +33,45 @@ async def test_undecided_signals_come_oldest_first_after_the_cursor(journal: Jou
     seqs = [s.seq for s in batch.signals]
     assert seqs == sorted(seqs)
     assert batch.signals[0].signal == signal(1)
+
+
+async def test_a_seq_given_at_intake_reads_back_as_the_signal_handed_in(journal: Journal) -> None:
+    """What the decider relies on when it keeps a signal instead of reading it back."""
+    handed = [
+        signal(1),
+        signal(2, source=Source.KAFKA, kind="dev.cdevents.service.deployed.0.2.0", starts_at=None),
+        signal(3, source=Source.MANUAL, received_by="alice", service=None),
+        replace(signal(4), labels={"alertname": "X", "ünï": "çödé ✓"}, ends_at=NOW),
+    ]
+    results = await journal.record_signals([*handed, signal(1)])
+    assert results[-1].duplicate and results[-1].seq is None
+    read_back = {s.seq: s.signal for s in (await journal.undecided_signals(limit=10)).signals}
+    given = {r.seq: s for s, r in zip(handed, results, strict=False) if r.seq is not None}
+    for seq, kept in given.items():
+        assert read_back[seq] == kept
+    assert sorted(given) == sorted(r.seq for r in results[:4] if r.seq is not None)
+
+
+async def test_known_signals_never_add_skip_or_reorder_what_follows_the_cursor(
+    journal: Journal,
+) -> None:
+    results = await journal.record_signals([signal(n) for n in range(1, 6)])
+    plain = await journal.undecided_signals(limit=3)
+    seqs = [s.seq for s in plain.signals]
+    # Kept: the 2nd, a signal the journal does not hold (seq far ahead), and one before
+    # the cursor would be read; none of them changes which signals come back.
+    known = {seqs[1]: signal(2), 10_000: signal(99)}
+    hinted = await journal.undecided_signals(limit=3, known=known)
+    assert hinted == plain
+    assert [s.seq for s in hinted.signals] == seqs
+    if results[1].seq is not None:  # the journal says where: the kept one stands in
+        assert results[1].seq == seqs[1]
+        assert hinted.signals[1].signal is known[seqs[1]]
+    batch = plain.signals
+    records = [decision(s.seq, s.signal) for s in batch]
+    assert await journal.record_decisions(records, cursor=0, through_seq=batch[-1].seq)
+    after = await journal.undecided_signals(limit=10, known=known)
+    assert [s.signal.id for s in after.signals] == [signal(4).id, signal(5).id]
 
 
 async def test_recording_decisions_moves_the_cursor_past_them(journal: Journal) -> None:

@@ -127,8 +127,10 @@ async def api(tmp_path: Path, pack: RulePack) -> AsyncIterator[Api]:
     client = TestClient(TestServer(intake.build()))
     await client.start_server()
     opened = Api(client, journal, intake, clock)
-    # The engine decides what the API journals, as the runtime wires it (engine.wake).
-    intake.on_new_signals = lambda: opened.deciding.append(asyncio.create_task(engine.run_once()))
+    # The engine decides what the API journals, as the runtime wires it (engine.journaled).
+    intake.on_new_signals = lambda stored: opened.deciding.append(
+        asyncio.create_task(engine.run_once())
+    )
     yield opened
     await asyncio.gather(*opened.deciding)
     await client.close()

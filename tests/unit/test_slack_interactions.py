@@ -153,7 +153,9 @@ async def open_world(tmp_path: Path, pack: RulePack, **slack: Any) -> tuple[Worl
     client = TestClient(TestServer(intake.build()))
     await client.start_server()
     world = World(client, journal, intake, clock, replies)
-    intake.on_new_signals = lambda: world.deciding.append(asyncio.create_task(engine.run_once()))
+    intake.on_new_signals = lambda stored: world.deciding.append(
+        asyncio.create_task(engine.run_once())
+    )
     return world, engine
 
 

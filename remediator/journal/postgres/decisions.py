@@ -8,7 +8,7 @@ are not written (it reads again and finds those signals decided).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -16,6 +16,7 @@ import asyncpg
 from remediator.domain.errors import PermanentError
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import ActionKind
+from remediator.domain.signals import Signal
 from remediator.journal.postgres.database import Database
 from remediator.journal.postgres.rows import (
     INSERT_OUTBOX,
@@ -84,7 +85,11 @@ ON CONFLICT (id) DO NOTHING
 class PgDecisionStore:
     _db: Database
 
-    async def undecided_signals(self, *, limit: int) -> UndecidedBatch:
+    async def undecided_signals(
+        self, *, limit: int, known: Mapping[int, Signal] | None = None
+    ) -> UndecidedBatch:
+        # ``known`` is not used: intake does not report seqs here (RecordResult.seq is
+        # None), because text with a NUL reads back changed (rows.py).
         async def query(conn: asyncpg.Connection) -> UndecidedBatch:
             rows = await conn.fetch(_UNDECIDED, limit)
             return UndecidedBatch(

@@ -5,13 +5,13 @@ exactly once however many deciders read the same batch."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from remediator.domain.errors import PermanentError
 from remediator.domain.lifecycle import RemediationStatus, utc_text
 from remediator.domain.plans import ActionKind
-from remediator.domain.signals import Status
+from remediator.domain.signals import Signal, Status
 from remediator.journal.sqlite.database import Role, rollback
 from remediator.journal.sqlite.rows import (
     SIGNAL_COLUMNS,
@@ -55,12 +55,18 @@ _AUTOMATED_ACTED = (
 )
 
 
+# SQLite's default limit on host parameters is 999 before 3.32.
+_LOOKUP_CHUNK = 900
+
+
 def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 
 
 class SqliteDecisions(Role):
-    async def undecided_signals(self, *, limit: int) -> UndecidedBatch:
+    async def undecided_signals(
+        self, *, limit: int, known: Mapping[int, Signal] | None = None
+    ) -> UndecidedBatch:
         def query(conn: sqlite3.Connection) -> UndecidedBatch:
             # One read transaction: the cursor and the signals after it from one snapshot.
             conn.execute("BEGIN")
@@ -68,13 +74,17 @@ class SqliteDecisions(Role):
                 (cursor,) = conn.execute(
                     "SELECT value FROM engine_state WHERE name = 'decided_seq'"
                 ).fetchone()
-                rows = conn.execute(
-                    f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (int(cursor), limit),
-                ).fetchall()
+                if known:
+                    signals = _known_or_read(conn, int(cursor), limit, known)
+                else:
+                    rows = conn.execute(
+                        f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (int(cursor), limit),
+                    ).fetchall()
+                    signals = [stored_signal(r) for r in rows]
             finally:
                 rollback(conn)
-            return UndecidedBatch(cursor=int(cursor), signals=[stored_signal(r) for r in rows])
+            return UndecidedBatch(cursor=int(cursor), signals=signals)
 
         return await self._db.read(query)
 
@@ -213,6 +223,25 @@ class SqliteDecisions(Role):
             return count
 
         return await self._db.read(query)
+
+
+def _known_or_read(
+    conn: sqlite3.Connection, cursor: int, limit: int, known: Mapping[int, Signal]
+) -> list[StoredSignal]:
+    """The signals after ``cursor``: which ones from the journal (a rowid range), each
+    from ``known`` when there, otherwise read (and parsed) from its row."""
+    seqs = [seq for (seq,) in conn.execute(
+        "SELECT seq FROM signals WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)
+    )]  # fmt: skip
+    missing = [seq for seq in seqs if seq not in known]
+    read: dict[int, StoredSignal] = {}
+    for start in range(0, len(missing), _LOOKUP_CHUNK):
+        chunk = missing[start : start + _LOOKUP_CHUNK]
+        for row in conn.execute(
+            f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE seq IN ({_marks(chunk)})", chunk
+        ):
+            read[row[0]] = stored_signal(row)
+    return [read[seq] if seq in read else StoredSignal(seq=seq, signal=known[seq]) for seq in seqs]
 
 
 def _remediation_row(r: NewRemediation) -> tuple[object, ...]:

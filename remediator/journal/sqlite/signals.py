@@ -114,18 +114,24 @@ def insert_signal_batches(
     for signals in requests:
         answer = []
         for signal in signals:
-            new = signal.id in fresh and signal.id not in claimed
+            seq = fresh.get(signal.id)
+            new = seq is not None and signal.id not in claimed
             if new:
                 claimed.add(signal.id)
-            answer.append(RecordResult(signal_id=signal.id, duplicate=not new))
+            answer.append(RecordResult(signal_id=signal.id, duplicate=not new,
+                                       seq=seq if new else None))  # fmt: skip
         results.append(answer)
     return results
 
 
-def _insert_signals(conn: sqlite3.Connection, signals: list[Signal]) -> set[str]:
-    """Store the signals whose id is new in one transaction; return their ids."""
+def _insert_signals(conn: sqlite3.Connection, signals: list[Signal]) -> dict[str, int]:
+    """Store the signals whose id is new in one transaction; return their seqs by id.
+
+    SQLite stores text and JSON as given, so each of them reads back equal to the
+    signal handed in: the decider may keep them rather than read them back."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        (before,) = conn.execute("SELECT coalesce(max(seq), 0) FROM signals").fetchone()
         known = _existing_ids(conn, [s.id for s in signals])
         fresh: dict[str, Signal] = {}
         for signal in signals:
@@ -139,11 +145,13 @@ def _insert_signals(conn: sqlite3.Connection, signals: list[Signal]) -> set[str]
         conn.executemany(
             INSERT_SIGNAL, (signal_row(s, stamps[id(s.received_at)]) for s in fresh.values())
         )
+        # A rowid range: only this transaction's rows follow the largest seq before it.
+        seqs = dict(conn.execute("SELECT id, seq FROM signals WHERE seq > ?", (before,)))
         conn.execute("COMMIT")
     except BaseException:
         rollback(conn)
         raise
-    return set(fresh)
+    return seqs
 
 
 def _existing_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:

@@ -51,7 +51,7 @@ async def running(intake: KafkaIntake, *extra: Any) -> AsyncIterator[KafkaIntake
 
 
 def new_intake(settings: KafkaSettings, journal: Any, **kwargs: Any) -> KafkaIntake:
-    kwargs.setdefault("on_new_signals", lambda: None)
+    kwargs.setdefault("on_new_signals", lambda stored: None)
     return KafkaIntake(settings=settings, journal=journal, poll_timeout_ms=200, **kwargs)
 
 
@@ -74,7 +74,7 @@ async def test_events_are_journaled_decided_and_committed(
     engine = DecisionEngine(journal=journal, pack=pack, facts=UnknownFacts(), dry_run=False)
     registry = CollectorRegistry()
     intake = new_intake(
-        settings, journal, on_new_signals=engine.wake, metrics=KafkaIntakeMetrics(registry)
+        settings, journal, on_new_signals=engine.journaled, metrics=KafkaIntakeMetrics(registry)
     )
     async with running(intake, engine.run):
         signals = await eventually(
@@ -110,7 +110,7 @@ async def test_an_event_delivered_twice_has_one_effect(
     engine = DecisionEngine(journal=journal, pack=pack, facts=UnknownFacts(), dry_run=False)
     registry = CollectorRegistry()
     intake = new_intake(
-        settings, journal, on_new_signals=engine.wake, metrics=KafkaIntakeMetrics(registry)
+        settings, journal, on_new_signals=engine.journaled, metrics=KafkaIntakeMetrics(registry)
     )
     async with running(intake, engine.run):
         await eventually(

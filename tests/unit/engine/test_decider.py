@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,13 @@ from remediator.domain.signals import (
 from remediator.engine.decider import DecisionEngine, mark_healthy
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.journal.sqlite import SqliteJournal
-from remediator.ports import CircuitRecord, DecisionRecord, OutboxMessage
+from remediator.ports import (
+    CircuitRecord,
+    DecisionRecord,
+    OutboxMessage,
+    UndecidedBatch,
+    newly_stored,
+)
 from remediator.rulefiles import load_rule_pack_from_path
 from tests.polling import eventually
 from tests.unit.journal_helpers import outbox_messages
@@ -153,6 +160,63 @@ async def test_storm_of_1000_alerts_yields_one_plan(journal: SqliteJournal, pack
     steps = detail.decision["steps"]
     assert steps[0]["kind"] == "scale_deployment"
     assert steps[0]["params"]["replicas"] == 5  # 3 + step 2, within max 12
+
+
+class CountingJournal(SqliteJournal):
+    """The real journal, counting where the signals it hands the engine came from."""
+
+    from_memory = 0
+    read_back = 0
+
+    async def undecided_signals(
+        self, *, limit: int, known: Mapping[int, Signal] | None = None
+    ) -> UndecidedBatch:
+        batch = await super().undecided_signals(limit=limit, known=known)
+        kept = sum(1 for s in batch.signals if known and known.get(s.seq) is s.signal)
+        self.from_memory += kept
+        self.read_back += len(batch.signals) - kept
+        return batch
+
+
+async def decisions_of(journal: SqliteJournal) -> list[tuple[Any, ...]]:
+    def query(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+        return conn.execute(
+            "SELECT signal_seq, signal_id, outcome, reason, rule, remediation_id, explanation"
+            " FROM decisions ORDER BY signal_seq"
+        ).fetchall()
+
+    return await journal._db.read(query)
+
+
+@pytest.mark.parametrize("keep", [10_000, 120])
+async def test_signals_handed_over_at_intake_are_decided_as_if_read_back(
+    tmp_path: Path, pack: RulePack, keep: int
+) -> None:
+    """Intake hands the engine what it journaled; deciding it needs no read of the
+    bodies, and decides exactly as reading every signal back does. Past its limit the
+    engine keeps no more, and those are read back."""
+    storms = [[cpu(i) for i in range(n, n + 100)] for n in range(0, 300, 100)]
+    kept, plain = CountingJournal(path=tmp_path / "kept.db"), SqliteJournal(path=tmp_path / "p.db")
+    await kept.open()
+    await plain.open()
+    try:
+        engine = DecisionEngine(journal=kept, pack=pack, facts=FakeFacts({"checkout": (3, None)}),
+                                dry_run=False, clock=Clock(NOW), batch_size=200,
+                                fresh_signals=keep)  # fmt: skip
+        for alerts in storms:
+            signals = to_signals(parse_payload(orjson.dumps(payload(alerts))), received_at=NOW,
+                                 service_labels=DEFAULT_SERVICE_LABELS,
+                                 namespace_labels=DEFAULT_NAMESPACE_LABELS)  # fmt: skip
+            engine.journaled(newly_stored(signals, await kept.record_signals(signals)))
+            await plain.record_signals(signals)
+        assert await drain(engine) == 300
+        assert await drain(engine_for(plain, pack, clock=Clock(NOW))) == 300
+        assert (kept.from_memory, kept.read_back) == (min(keep, 300), 300 - min(keep, 300))
+        assert await decisions_of(kept) == await decisions_of(plain)
+        assert engine._fresh == {}  # nothing kept once decided
+    finally:
+        await kept.close()
+        await plain.close()
 
 
 async def test_each_signal_is_decided_once_across_restarts(

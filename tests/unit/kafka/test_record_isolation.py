@@ -184,7 +184,7 @@ def start(journal: SqliteJournal) -> StartRun:
                 bootstrap_servers=("broker:9092",), deploy_topics=(TOPIC,),
                 max_delivery_attempts=max_delivery_attempts,
             ),
-            journal=journal, on_new_signals=lambda: None, metrics=metrics,
+            journal=journal, on_new_signals=lambda stored: None, metrics=metrics,
             dead_letters=dead_letters, clock=lambda: NOW, sleep=no_wait,
             poll_timeout_ms=20, consumer_factory=factory, limits=limits,
         )  # fmt: skip
