@@ -79,6 +79,12 @@ from remediator.settings import Settings, is_loopback
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 3600.0
+# The cyclic collector's thresholds while serving (CPython's default: 700, 10, 10). An
+# alert storm allocates millions of short-lived, acyclic objects (freed by reference
+# counting anyway); at the default each 700 of them start a collection and every few a
+# full one, 38-52 pauses over 2 ms per 10,000-alert storm, up to 54 ms, all of them
+# collecting nothing. At these, one or two (docs/benchmarks.md).
+GC_THRESHOLDS = (50_000, 20, 100)
 CANCEL_RETRY_SECONDS = 0.5
 
 
@@ -145,6 +151,7 @@ class Runtime:
             # walks only what the storm allocated.
             gc.collect()
             gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
             await self._serve(closing, auth=auth, tls=tls)
         return 0
 
