@@ -10,6 +10,7 @@ a person's request) can supply one.
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import parse_qs, urlsplit
 
 from remediator.domain.rules.model import Rule, ServiceSpec
@@ -23,8 +24,11 @@ from remediator.domain.steps import (
 GENERATOR_EXPR_PARAM = "g0.expr"
 
 
+@functools.lru_cache(maxsize=256)
 def expression_from_generator_url(url: str | None) -> str | None:
-    """The PromQL expression a Prometheus ``generatorURL`` carries, or None."""
+    """The PromQL expression a Prometheus ``generatorURL`` carries, or None.
+
+    Cached: a storm's alerts share their rule's URL, and a plan is built for each."""
     if not url or len(url) > 4 * MAX_CONDITION_QUERY_CHARS:
         return None
     try:
