@@ -103,7 +103,7 @@ def _storage_fault(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and not isinstance(exc, _INPUT_ERRORS)
 
 
-def _job_error(exc: Exception) -> RemediatorError:
+def job_error(exc: Exception) -> RemediatorError:
     """What the caller of a failed job gets; our own errors pass through unchanged."""
     if isinstance(exc, RemediatorError):
         return exc
@@ -438,7 +438,7 @@ class SqliteDatabase:
                 for job in batch:
                     self._commit_batch_of(conn, [job])
                 return
-            batch[0].resolve(None, _job_error(exc))
+            batch[0].resolve(None, job_error(exc))
             return
         self.last_batch_size = sum(len(job.items or ()) for job in batch)
         for job, result in zip(batch, results, strict=True):
@@ -453,7 +453,7 @@ class SqliteDatabase:
                 result = job.action(conn)
         except Exception as exc:  # noqa: BLE001 - every job is settled, whatever it raised
             rollback(conn)
-            job.resolve(None, _job_error(exc))
+            job.resolve(None, job_error(exc))
             return
         job.resolve(result)
 

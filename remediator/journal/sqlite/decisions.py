@@ -4,6 +4,7 @@ exactly once however many deciders read the same batch."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -12,7 +13,7 @@ from remediator.domain.errors import PermanentError
 from remediator.domain.lifecycle import RemediationStatus, utc_text
 from remediator.domain.plans import ActionKind
 from remediator.domain.signals import Signal, Status
-from remediator.journal.sqlite.database import Role, rollback
+from remediator.journal.sqlite.database import Role, job_error, rollback
 from remediator.journal.sqlite.rows import (
     SIGNAL_COLUMNS,
     insert_approval_request,
@@ -55,6 +56,8 @@ _AUTOMATED_ACTED = (
 )
 
 
+# Decision rows made between yields to the event loop (a storm's plans encode slowly).
+_ROWS_PER_SLICE = 64
 # SQLite's default limit on host parameters is 999 before 3.32.
 _LOOKUP_CHUNK = 900
 
@@ -101,6 +104,21 @@ class SqliteDecisions(Role):
             if not r.status.initial:
                 raise PermanentError(f"remediation {r.id} cannot begin {r.status.value}")
 
+        # The rows are made here, on the event loop a slice at a time, not in the writer
+        # thread: encoding a storm's 500 plans there held the GIL for ~10 ms at a stretch,
+        # and the loop waited for it.
+        decision_rows: list[tuple[object, ...]] = []
+        remediation_rows: list[tuple[object, ...]] = []
+        for n, d in enumerate(decisions, start=1):
+            if n % _ROWS_PER_SLICE == 0:
+                await asyncio.sleep(0)
+            try:
+                decision_rows.append(_decision_row(d))
+                if d.remediation is not None:
+                    remediation_rows.append(_remediation_row(d.remediation))
+            except Exception as exc:
+                raise job_error(exc) from exc
+
         def write(conn: sqlite3.Connection) -> bool:
             # First, so that a decider that lost the race writes nothing at all.
             moved = conn.execute(
@@ -114,18 +132,13 @@ class SqliteDecisions(Role):
                 "INSERT OR IGNORE INTO decisions (signal_seq, signal_id, service, outcome,"
                 " reason, rule, remediation_id, decided_at, explanation)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (d.signal_seq, d.signal_id, d.service, d.outcome, d.reason, d.rule,
-                     d.remediation.id if d.remediation else None, utc_text(d.decided_at),
-                     d.explanation)
-                    for d in decisions
-                ],
-            )  # fmt: skip
+                decision_rows,
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO remediations (id, signal_id, service, namespace, rule,"
                 " action, status, reason, manual, automated, created_at, updated_at,"
                 " decision, explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_remediation_row(r) for r in remediations],
+                remediation_rows,
             )
             for r in remediations:
                 if r.status is RemediationStatus.AWAITING_APPROVAL:
@@ -242,6 +255,13 @@ def _known_or_read(
         ):
             read[row[0]] = stored_signal(row)
     return [read[seq] if seq in read else StoredSignal(seq=seq, signal=known[seq]) for seq in seqs]
+
+
+def _decision_row(d: DecisionRecord) -> tuple[object, ...]:
+    return (
+        d.signal_seq, d.signal_id, d.service, d.outcome, d.reason, d.rule,
+        d.remediation.id if d.remediation else None, utc_text(d.decided_at), d.explanation,
+    )  # fmt: skip
 
 
 def _remediation_row(r: NewRemediation) -> tuple[object, ...]:

@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from remediator.domain.lifecycle import utc_text
 from remediator.domain.paging import check_limit, parse_cursor
 from remediator.domain.signals import Signal
-from remediator.journal.sqlite.database import Role, SqliteDatabase, rollback
+from remediator.journal.sqlite.database import Role, SqliteDatabase, job_error, rollback
 from remediator.journal.sqlite.rows import (
     INSERT_SIGNAL,
     SIGNAL_COLUMNS,
@@ -49,7 +50,11 @@ class SqliteSignals(Role):
     async def record_signals(self, signals: Sequence[Signal]) -> list[RecordResult]:
         if not signals:
             return []
-        result: list[RecordResult] = await self._db.write_batched(signals, key=signals[0].service)
+        try:
+            items = staged(signals)
+        except Exception as exc:
+            raise job_error(exc) from exc
+        result: list[RecordResult] = await self._db.write_batched(items, key=signals[0].service)
         return result
 
     async def list_signals(
@@ -101,8 +106,29 @@ class SqliteSignals(Role):
 
 
 # -- intake: one transaction for every request queued together ---------------------------
+@dataclass(frozen=True, slots=True)
+class StagedSignal:
+    """A signal and its INSERT_SIGNAL parameters, made by the caller: the writer thread
+    only binds them, so the event loop does not wait for the GIL while it encodes JSON."""
+
+    id: str
+    row: tuple[Any, ...]
+
+
+def staged(signals: Sequence[Signal]) -> list[StagedSignal]:
+    # A request's signals share one received_at: format it once per request.
+    stamps: dict[int, str] = {}
+    out = []
+    for signal in signals:
+        stamp = stamps.get(id(signal.received_at))
+        if stamp is None:
+            stamp = stamps[id(signal.received_at)] = utc_text(signal.received_at)
+        out.append(StagedSignal(signal.id, signal_row(signal, stamp)))
+    return out
+
+
 def insert_signal_batches(
-    conn: sqlite3.Connection, requests: Sequence[Sequence[Signal]]
+    conn: sqlite3.Connection, requests: Sequence[Sequence[StagedSignal]]
 ) -> list[list[RecordResult]]:
     """Store the new signals of every request in one transaction; results per request.
 
@@ -124,7 +150,7 @@ def insert_signal_batches(
     return results
 
 
-def _insert_signals(conn: sqlite3.Connection, signals: list[Signal]) -> dict[str, int]:
+def _insert_signals(conn: sqlite3.Connection, signals: list[StagedSignal]) -> dict[str, int]:
     """Store the signals whose id is new in one transaction; return their seqs by id.
 
     SQLite stores text and JSON as given, so each of them reads back equal to the
@@ -133,18 +159,11 @@ def _insert_signals(conn: sqlite3.Connection, signals: list[Signal]) -> dict[str
     try:
         (before,) = conn.execute("SELECT coalesce(max(seq), 0) FROM signals").fetchone()
         known = _existing_ids(conn, [s.id for s in signals])
-        fresh: dict[str, Signal] = {}
+        fresh: dict[str, tuple[Any, ...]] = {}
         for signal in signals:
             if signal.id not in known:
-                fresh.setdefault(signal.id, signal)
-        # A request's signals share one received_at: format it once per request.
-        stamps: dict[int, str] = {}
-        for signal in fresh.values():
-            if id(signal.received_at) not in stamps:
-                stamps[id(signal.received_at)] = utc_text(signal.received_at)
-        conn.executemany(
-            INSERT_SIGNAL, (signal_row(s, stamps[id(s.received_at)]) for s in fresh.values())
-        )
+                fresh.setdefault(signal.id, signal.row)
+        conn.executemany(INSERT_SIGNAL, list(fresh.values()))
         # A rowid range: only this transaction's rows follow the largest seq before it.
         seqs = dict(conn.execute("SELECT id, seq FROM signals WHERE seq > ?", (before,)))
         conn.execute("COMMIT")
@@ -239,6 +258,7 @@ __all__ = [
     "PRUNE_CHUNK_ROWS",
     "PruneBatch",
     "SqliteSignals",
+    "StagedSignal",
     "insert_signal_batches",
     "next_prune_limit",
     "prune_batch",
