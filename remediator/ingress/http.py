@@ -29,8 +29,13 @@ from remediator.domain.record import (
 )
 from remediator.domain.record_build import record_from_journal
 from remediator.domain.rules import RulePack
-from remediator.domain.signals import Status
-from remediator.ingress.alertmanager import parse_payload, to_signals
+from remediator.domain.signals import Signal, Status
+from remediator.ingress.alertmanager import (
+    ALERTS_PER_SLICE,
+    AmPayload,
+    parse_payload_in_slices,
+    to_signals,
+)
 from remediator.ingress.answers import ERROR_MESSAGE, error_response, json_response
 from remediator.ingress.approvals import ApprovalApi, DeployHistory
 from remediator.ingress.auth import (
@@ -66,6 +71,9 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 1000
 DEFAULT_RESPONSE_BYTES = 4 * 1024 * 1024
 READY_PROBE_TIMEOUT = 3.0
+# Webhooks parsed (and mapped to signals) at once; the others wait their turn, so the
+# loop holds a slice of at most this many groups at a time (bench/pipeline.py storm).
+PARSING_AT_ONCE = 2
 # The first journal read of a byte-capped page; later reads are sized from the items seen.
 FIRST_CHUNK = 16
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -251,6 +259,7 @@ class IntakeApp:
             decision_wait_seconds=decision_wait_seconds,
             draining=lambda: self.state.draining,
         )
+        self._parsing = asyncio.Semaphore(PARSING_AT_ONCE)
         # Slack's clicks carry Slack's signature, not our credentials (ingress/slack.py).
         self.slack = (
             SlackInteractions(
@@ -449,10 +458,15 @@ class IntakeApp:
         if isinstance(principal, web.Response):
             return principal
         body = await request.read()
-        try:
-            payload = parse_payload(body, limits=self.input_limits)
-        except InvalidInput as exc:  # logged (throttled) and counted by _contain
-            return error_response(413 if isinstance(exc, TooLarge) else 400, str(exc))
+        # Webhooks take turns at the CPU work: in a storm every Alertmanager group arrives
+        # at once, and a slice of each, all in one turn of the loop, held it 20-30 ms.
+        async with self._parsing:
+            try:
+                payload = await parse_payload_in_slices(body, limits=self.input_limits)
+            except InvalidInput as exc:  # logged (throttled) and counted by _contain
+                return error_response(413 if isinstance(exc, TooLarge) else 400, str(exc))
+            received_at = self.clock()
+            signals = await self._signals_of(payload, received_at=received_at, by=principal.name)
         if payload.truncatedAlerts > 0:
             self.metrics.alerts_truncated.inc(payload.truncatedAlerts)
             log.warning(
@@ -461,14 +475,6 @@ class IntakeApp:
                 payload.truncatedAlerts,
                 payload.groupKey,
             )
-        received_at = self.clock()
-        signals = to_signals(
-            payload,
-            received_at=received_at,
-            service_labels=self.service_labels,
-            namespace_labels=self.namespace_labels,
-            received_by=principal.name,
-        )
         write_started = time.perf_counter()
         try:
             results = await self.journal.record_signals(signals)
@@ -517,6 +523,23 @@ class IntakeApp:
                 "signal_ids": [r.signal_id for r in results],
             }
         )
+
+    async def _signals_of(
+        self, payload: AmPayload, *, received_at: datetime, by: str
+    ) -> list[Signal]:
+        signals: list[Signal] = []
+        for start in range(0, len(payload.alerts), ALERTS_PER_SLICE):
+            if start:
+                await asyncio.sleep(0)  # a large group is mapped a slice at a time
+            signals += to_signals(
+                payload,
+                received_at=received_at,
+                service_labels=self.service_labels,
+                namespace_labels=self.namespace_labels,
+                received_by=by,
+                alerts=payload.alerts[start : start + ALERTS_PER_SLICE],
+            )
+        return signals
 
     # -- read API ------------------------------------------------------------------
     async def list_signals(self, request: web.Request, _: Principal) -> web.StreamResponse:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime
 
 import orjson
@@ -8,7 +10,7 @@ import pytest
 from remediator.domain.errors import InvalidInput
 from remediator.domain.limits import InputLimits, TooLarge
 from remediator.domain.signals import DEFAULT_NAMESPACE_LABELS, DEFAULT_SERVICE_LABELS, Status
-from remediator.ingress.alertmanager import parse_payload, to_signals
+from remediator.ingress.alertmanager import parse_payload, parse_payload_in_slices, to_signals
 from tests.unit.payloads import alert, payload
 
 NOW = datetime(2026, 11, 27, 10, 5, tzinfo=UTC)
@@ -291,3 +293,84 @@ def test_default_limits_take_a_typical_storm() -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="label_value_bytes must be at least 1"):
         InputLimits(label_value_bytes=0)
+
+
+# -- in slices: the same answer, the loop free between slices --------------------------
+def one_pass_error(body: bytes, limits: InputLimits | None = None) -> str:
+    with pytest.raises(InvalidInput) as caught:
+        parse_payload(body, limits=limits)
+    return str(caught.value)
+
+
+async def sliced_error(body: bytes, limits: InputLimits | None = None) -> str:
+    with pytest.raises(InvalidInput) as caught:
+        await parse_payload_in_slices(body, limits=limits, per_slice=16)
+    return str(caught.value)
+
+
+async def test_a_group_parsed_in_slices_is_the_group_parsed_in_one_pass() -> None:
+    from tests.unit.payloads import storm
+
+    body = orjson.dumps(storm(100))
+    assert await parse_payload_in_slices(body, per_slice=16) == parse_payload(body)
+    small = orjson.dumps(payload([alert()]))
+    assert await parse_payload_in_slices(small, per_slice=16) == parse_payload(small)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param({90: {"startsAt": 5}}, id="deep-alert"),
+        pytest.param({3: {"status": "weird"}, 70: {"labels": {"a": 1}}}, id="two-slices"),
+        pytest.param({70: {"startsAt": 5}, "groupKey": 7}, id="alert-and-later-field"),
+        pytest.param({"receiver": None, 50: {"status": "x"}}, id="earlier-field-and-alert"),
+        pytest.param({"truncatedAlerts": -1}, id="envelope-only"),
+    ],
+)
+async def test_a_group_that_fails_in_slices_is_refused_as_in_one_pass(
+    broken: dict[object, object],
+) -> None:
+    from tests.unit.payloads import storm
+
+    body = storm(100)
+    for where, change in broken.items():
+        if isinstance(where, int):
+            body["alerts"][where] = {**body["alerts"][where], **change}  # type: ignore[dict-item]
+        else:
+            body[str(where)] = change
+    data = orjson.dumps(body)
+    assert await sliced_error(data) == one_pass_error(data)
+
+
+async def test_limits_are_checked_on_a_group_parsed_in_slices() -> None:
+    from tests.unit.payloads import storm
+
+    body = storm(100)
+    body["alerts"][77]["labels"]["pod"] = "p" * 101
+    data = orjson.dumps(body)
+    limits = InputLimits(label_value_bytes=100)
+    assert await sliced_error(data, limits) == one_pass_error(data, limits)
+    assert (await sliced_error(data, limits)).startswith("alerts[77].labels.pod: value is 101")
+
+
+async def test_the_loop_runs_between_slices() -> None:
+    from tests.unit.payloads import storm
+
+    turns = 0
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    before = turns
+    try:
+        await parse_payload_in_slices(orjson.dumps(storm(100)), per_slice=16)
+    finally:
+        other.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await other
+    assert turns - before >= 100 // 16  # once per slice at least
