@@ -99,8 +99,8 @@ env-down: $(STAMP)
 env-status: $(STAMP)
 	$(PY) -m tests.env status
 
-# A few minutes in all: intake at 50 and at 1 alert per request, then end to end,
-# storm and memory (docs/benchmarks.md).
+# Some ten minutes in all: intake at 50 and at 1 alert per request, then end to end,
+# storm and memory, then alert to first Kubernetes write on kwok (docs/benchmarks.md).
 bench: $(STAMP)
 	$(PY) bench/intake.py --seconds 10
 	$(PY) bench/intake.py --seconds 10 --alerts-per-request 1

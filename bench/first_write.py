@@ -319,7 +319,8 @@ class Daemon:
         self.config = workdir / "config.yaml"
         settings: dict[str, Any] = {
             "kubernetes": {"kubeconfig": str(kubeconfig), "instance_id": INSTANCE_ID},
-            "log": {"level": os.environ.get("REMEDIATOR_LOG__LEVEL", "info")},
+            # JSON lines: their timestamps have microseconds (the text format's, milliseconds).
+            "log": {"format": "json", "level": os.environ.get("REMEDIATOR_LOG__LEVEL", "info")},
         }
         for key, value in extra_settings.items():
             group, _, name = key.partition(".")
@@ -564,19 +565,31 @@ def shown(q: Mapping[str, float]) -> str:
     return " / ".join(ms(q[k]) for k in ("p50", "p95", "p99", "max")) + " ms"
 
 
-def journal_times(daemon: Daemon) -> dict[str, dict[str, float]]:
-    """Per service, the daemon's own timestamps of its rollback (the journal's UTC text)."""
+PLANNED = re.compile(r"signal \S+ \(HighErrorRate, ([a-z0-9-]+)\): plan: rollback")
+
+
+def daemon_times(daemon: Daemon) -> dict[str, dict[str, float]]:
+    """Per service, the daemon's own timestamps of its rollback: the journal's (UTC text,
+    microseconds), and when the decider logged the plan (just before its commit)."""
     rows = daemon.query(
-        "SELECT r.service, s.received_at, d.decided_at, r.created_at, r.claimed_at, "
-        "st.started_at, st.finished_at FROM remediations r "
+        "SELECT r.service, s.received_at, d.decided_at, r.claimed_at, st.started_at "
+        "FROM remediations r "
         "JOIN signals s ON s.id = r.signal_id JOIN decisions d ON d.remediation_id = r.id "
         "LEFT JOIN remediation_steps st ON st.remediation_id = r.id AND st.idx = 0 "
         "WHERE r.action = 'rollback'"
     )
-    keys = ("received", "decided", "created", "claimed", "step_started", "step_finished")
-    return {
+    keys = ("received", "decided", "claimed", "step_started")
+    times = {
         row[0]: {k: parse_time(v) for k, v in zip(keys, row[1:], strict=True) if v} for row in rows
     }
+    for line in daemon.log.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = orjson.loads(line)
+        found = PLANNED.match(entry["msg"]) if entry["logger"].endswith(".decider") else None
+        if found and found.group(1) in times:
+            times[found.group(1)].setdefault("planned", parse_time(entry["ts"]))
+    return times
 
 
 def plans_in_flight(daemon: Daemon, moments: Sequence[float]) -> list[int]:
@@ -649,13 +662,14 @@ def verify(
 # the apiserver's receipt of the service's first such request after the webhook was sent.
 PATH: tuple[tuple[str, str], ...] = (
     ("webhook sent", "sent"),
-    ("journaled as received", "received"),
-    ("decided (the batch began)", "decided"),
-    ("replica facts read (GET deployments/scale)", "get deployments/scale"),
-    ("Lease GET (the executor's first request)", "get leases"),
+    ("received (journal)", "received"),
+    ("decided (batch began)", "decided"),
+    ("replicas read (GET scale)", "get deployments/scale"),
+    ("plan logged (pre-commit)", "planned"),
+    ("Lease GET", "get leases"),
     ("Lease created", "create leases"),
-    ("plan claimed in the journal", "claimed"),
-    ("step 0 journaled as started", "step_started"),
+    ("claimed (journal)", "claimed"),
+    ("step 0 started (journal)", "step_started"),
     ("Deployment GET", "get deployments"),
     ("ReplicaSets listed", "list replicasets"),
     ("Deployment PATCHed", "patch deployments"),
@@ -790,7 +804,7 @@ async def one_run(
     problems = verify(daemon, deployments, names, found)
     if problems:
         raise SystemExit(f"{len(problems)} problem(s): " + "; ".join(problems[:10]))
-    times = journal_times(daemon)
+    times = daemon_times(daemon)
     mine = {n: found[n].since(sent[n].at) for n in names}
     first_write: list[float] = []
     first_deployment: list[float] = []
@@ -854,7 +868,7 @@ def print_run(r: RunResult) -> None:
     say(f"    first Deployment write   {shown(r.first_deployment_write)}")
     say("  hops (each p50 / p95 / p99 / max):")
     for hop, q in r.hops.items():
-        say(f"    {hop:<72} {shown(q)}")
+        say(f"    {hop:<54} {shown(q)}")
     for family, figures in r.metrics.items():
         p50, p99 = (ms(v) if v is not None else "-" for v in (figures["p50"], figures["p99"]))
         say(
