@@ -62,7 +62,17 @@ import orjson
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from intake import REPO, TOKEN, free_port, histogram_quantile, percentile, say
+from intake import (
+    REPO,
+    TOKEN,
+    cpu_seconds,
+    free_port,
+    histogram_quantile,
+    machine_cpu_seconds,
+    own_cpu_seconds,
+    percentile,
+    say,
+)
 from pipeline import machine, ratio, seed_deploys
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -330,6 +340,11 @@ class Daemon:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATOR_")}
@@ -604,6 +619,33 @@ def plans_in_flight(daemon: Daemon, moments: Sequence[float]) -> list[int]:
     return [sum(c <= t < f for c, f in spans) for t in moments]
 
 
+class Busy:
+    """Over a window: cores the whole machine kept busy, and this benchmark's share (the
+    load generator, the daemon, the control plane); the rest was other work. And the
+    highest 1-minute load average seen (``sample`` it now and then)."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self._pids = pids
+        self._began = time.monotonic()
+        self._machine = machine_cpu_seconds()
+        self._ours = self._ours_now()
+        self.load_before = self.load_max = os.getloadavg()[0]
+
+    def _ours_now(self) -> float:
+        return own_cpu_seconds() + sum(cpu_seconds(pid) for pid in self._pids())
+
+    def sample(self) -> None:
+        self.load_max = max(self.load_max, os.getloadavg()[0])
+
+    def cores(self) -> tuple[float, float]:
+        """(machine, this benchmark) busy cores since the window began."""
+        elapsed = time.monotonic() - self._began
+        return (
+            (machine_cpu_seconds() - self._machine) / elapsed,
+            (self._ours_now() - self._ours) / elapsed,
+        )
+
+
 @dataclass
 class RunResult:
     services: int
@@ -619,7 +661,8 @@ class RunResult:
     executor_slots: int  # kubernetes.max_concurrent_plans
     in_flight_max: int  # most plans claimed and unfinished when a webhook was sent
     sent_while_full: int  # webhooks sent while every executor slot was taken
-    load_average: tuple[float, float]  # 1-minute, before and after
+    load_average: tuple[float, float, float]  # 1-minute: before, highest during, after
+    cores_busy: tuple[float, float]  # while sending and finishing: machine, this benchmark
     cores: int | None
     started_at: str
 
@@ -734,8 +777,14 @@ def histogram_figures(before: Buckets, after: Buckets) -> dict[str, dict[str, fl
 
 
 async def one_run(
-    args: argparse.Namespace, kube: Kube, kubeconfig: Path, workdir: Path, audit_log: Path, run: int
+    args: argparse.Namespace,
+    kube: Kube,
+    kubeconfig: Path,
+    workdir: Path,
+    peer: KubePeer,
+    run: int,
 ) -> RunResult:
+    audit_log, peer_pids = Path(peer.endpoints["audit_log"]), peer.pids
     namespace = f"bench-fw-{run}-{int(time.time()) % 100000}"
     names = [f"svc-{i:03d}" for i in range(args.services)]
     rundir = workdir / f"run-{run}"
@@ -759,12 +808,12 @@ async def one_run(
                     f"the seeded deploy events were not decided in 120 s: {daemon.log}"
                 )
             say(
-                f"  daemon ready (pid {daemon.proc.pid if daemon.proc else '?'}, "
+                f"  daemon ready (pid {daemon.pid}, "
                 f"log {daemon.log}); sending one webhook every {args.interval:g}s"
             )
             bodies = {n: alert_payload(n, namespace, run) for n in names}
             metrics_before = await daemon.metrics(session)
-            load_before = os.getloadavg()[0]
+            busy = Busy(lambda: [daemon.pid, *peer_pids()])
             started_at = datetime.now(UTC).isoformat(timespec="seconds")
 
             def progress() -> str:
@@ -772,6 +821,7 @@ async def one_run(
                     "SELECT status, count(*) FROM remediations "
                     "WHERE action = 'rollback' GROUP BY status"
                 )
+                busy.sample()
                 return f"rollbacks {dict(rows)}; {machine()}"
 
             sent = await send_all(session, daemon.url, bodies, args.interval, progress)
@@ -793,6 +843,7 @@ async def one_run(
                     last_report = time.monotonic()
                     say(f"  all sent; {progress()}")
                 await asyncio.sleep(0.2)
+            cores_busy = busy.cores()
             load_after = os.getloadavg()[0]
             metrics = histogram_figures(metrics_before, await daemon.metrics(session))
     finally:
@@ -842,7 +893,8 @@ async def one_run(
         executor_slots=slots,
         in_flight_max=max(in_flight),
         sent_while_full=sum(n >= slots for n in in_flight),
-        load_average=(load_before, load_after),
+        load_average=(busy.load_before, max(busy.load_max, load_after), load_after),
+        cores_busy=cores_busy,
         cores=os.cpu_count(),
         started_at=started_at,
     )
@@ -881,9 +933,12 @@ def print_run(r: RunResult) -> None:
         f"write p99 {ms(r.first_deployment_write['p99'])} ms: "
         f"{ratio(r.first_deployment_write['p99'], TARGET_S)}"
     )
+    before, during, after = r.load_average
     say(
-        f"  load average (1 min) {r.load_average[0]:.2f} before, {r.load_average[1]:.2f} after; "
-        f"{machine()}"
+        f"  while sending and finishing: {r.cores_busy[0]:.2f} of {r.cores} cores busy, "
+        f"{r.cores_busy[1]:.2f} by this benchmark (load generator, daemon, control plane), "
+        f"the rest other work; load average (1 min) {before:.2f} before, up to {during:.2f}, "
+        f"{after:.2f} after"
     )
 
 
@@ -906,17 +961,13 @@ def print_summary(runs: Sequence[RunResult]) -> None:
 
 
 # -- main ----------------------------------------------------------------------------------
-async def bench(
-    args: argparse.Namespace, endpoints: Mapping[str, Any], workdir: Path
-) -> list[RunResult]:
+async def bench(args: argparse.Namespace, peer: KubePeer, workdir: Path) -> list[RunResult]:
     runs = []
-    async with Kube(endpoints) as kube:
+    async with Kube(peer.endpoints) as kube:
         token = await service_account_token(kube)
         kubeconfig = daemon_kubeconfig(workdir / "remediator.kubeconfig", kube, token)
         for run in range(1, args.runs + 1):
-            result = await one_run(
-                args, kube, kubeconfig, workdir, Path(endpoints["audit_log"]), run
-            )
+            result = await one_run(args, kube, kubeconfig, workdir, peer, run)
             print_run(result)
             runs.append(result)
     return runs
@@ -990,8 +1041,8 @@ def main() -> int:
             progress=lambda line: say(f"  {line}"),
         )
         stack.callback(peer.stop)
-        endpoints = peer.start({})
-        runs = asyncio.run(bench(args, endpoints, workdir))
+        peer.endpoints = peer.start({})
+        runs = asyncio.run(bench(args, peer, workdir))
     if len(runs) > 1:
         print_summary(runs)
     if args.json:
