@@ -21,8 +21,13 @@ remediator's ServiceAccount makes, then for each run:
   - the apiserver's audit log (``requestReceivedTimestamp``, microseconds, the same clock)
     gives each service's first mutating request (the executor creates the service's
     coordination Lease first) and its first write to the Deployment (the rollout-undo
-    PATCH); the journal gives the daemon's own hops (received, decided, claimed, step
-    started).
+    PATCH); the journal (received, decided, claimed, step started), the decider's log
+    line of the plan (JSON log, microseconds) and the audit log split that into hops.
+
+The default pace, one webhook a second, keeps plans (about 1.2 s each on kwok) from
+waiting for one of the executor's slots (kubernetes.max_concurrent_plans, 4): each
+latency is then the alert's own. Every run prints how many webhooks found every slot
+taken.
 
 Afterwards every Deployment must be back on v1 (revision 3) with exactly one rollback
 remediation that succeeded and exactly one PATCH from remediator.
