@@ -105,9 +105,10 @@ def storm_payload(
     })  # fmt: skip
 
 
-async def seed_deploys(journal_path: Path) -> None:
-    """Two deploys of each catalog service, the second 8 minutes ago, journaled as the
-    Kafka intake would (the only trusted history source): an alert now rolls back."""
+async def seed_deploys(journal_path: Path, catalog: Sequence[tuple[str, str]] = CATALOG) -> None:
+    """Two deploys of each catalog service (name, namespace), the second 8 minutes ago,
+    journaled as the Kafka intake would (the only trusted history source): an alert now
+    rolls back."""
     from remediator.domain.rules.events import signal_from_cloudevent
     from remediator.journal.sqlite import SqliteJournal
 
@@ -116,7 +117,7 @@ async def seed_deploys(journal_path: Path) -> None:
     await journal.open()
     try:
         events = []
-        for service, namespace in CATALOG:
+        for service, namespace in catalog:
             for n, at in ((1, now - timedelta(days=1)), (2, now - timedelta(minutes=8))):
                 events.append(signal_from_cloudevent({
                     "specversion": "1.0", "id": f"deploy-{service}-{n}", "source": "/cd/pipeline",

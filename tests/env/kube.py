@@ -66,8 +66,13 @@ class KubePeer(Peer):
     name = "kube"
     version = versions.KUBERNETES
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, audit_policy: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        """``audit_policy``: an audit.k8s.io/v1 Policy; when given, the apiserver writes
+        the events it selects to ``audit.log`` (JSON lines) in the work dir, and the
+        endpoints name that file as ``audit_log`` (benchmarks time requests by it)."""
         super().__init__(**kwargs)
+        self._audit_policy = audit_policy
+        self._audit_log = self.workdir / "audit.log"
         self._ports: dict[str, int] = {}
         self._token = ""
         self._ca_file = self.workdir / "pki" / "apiserver.crt"
@@ -117,7 +122,9 @@ class KubePeer(Peer):
         self._kubectl(kubeconfig, "apply", "-f", str(self._write_nodes()), what="create fake nodes")
         self._wait_cluster_usable(phase)
         self.progress(f"kube: ready at {server} in {time.monotonic() - started:.1f}s")
+        audit = {"audit_log": str(self._audit_log)} if self._audit_policy is not None else {}
         self.endpoints = {
+            **audit,
             "kubeconfig": str(kubeconfig),
             "kube_server": server,
             "kube_token": self._token,
@@ -195,12 +202,28 @@ class KubePeer(Peer):
                 # The "kubernetes" Service would point at 127.0.0.1, which Endpoints reject.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                *self._audit_args(),
             ],
         )
         server = f"https://127.0.0.1:{port}"
         # The CA file appears only once the apiserver has generated it.
         self._wait_http(proc, f"{server}/readyz", timeout=90, ok=lambda s, _b: s == 200)
         return server
+
+    def _audit_args(self) -> list[str]:
+        if self._audit_policy is None:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(dict(self._audit_policy)))
+        self._audit_log.unlink(missing_ok=True)  # a fresh cluster, a fresh log
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self._audit_log}",
+            "--audit-log-format=json",
+            # Each event is written as its request is handled: nothing is lost or
+            # late when the log is read right after the requests.
+            "--audit-log-mode=blocking",
+        ]
 
     def _component_args(self, kubeconfig: Path, name: str) -> list[str]:
         port = self._port(name)
