@@ -53,6 +53,7 @@ from remediator.domain.rules import (
     decide,
     deploy_record_from_signal,
     history_trusted,
+    match_rule,
     migration_record_from_signal,
 )
 from remediator.domain.rules.events import DEPLOY_SUCCEEDED
@@ -93,6 +94,7 @@ _STATUS_FOR_HISTORY = {
     _S.EXPIRED: PastOutcome.CANCELLED,
 }
 del _S
+_SCALING = (ActionKind.SCALE_UP, ActionKind.SCALE_OR_ROLLBACK)
 
 
 class DeciderJournal(DecisionStore, CircuitStore, Protocol):
@@ -523,9 +525,15 @@ class DecisionEngine:
             # namespace costs no cluster or history reads.
             return ServiceState(remediations=tuple(history), circuit=circuit)
         spec = self._pack.services[signal.service]
-        # Replicas only matter when an action could follow; resolved alerts never act.
+        # Replicas only matter to a scale-up, for a service with scale bounds; resolved
+        # alerts never act. Reading them is two apiserver requests (the scale
+        # subresource and the HPAs) on the way to every rollback otherwise.
         replicas = None
-        if signal.status is not Status.RESOLVED:
+        if (
+            signal.status is not Status.RESOLVED
+            and spec.scale is not None
+            and self._may_scale(signal)
+        ):
             replicas = await view.replicas(signal.service, spec.namespace)
         deploys, migrations = await view.history(signal.service, upto_seq=item.seq)
         return ServiceState(
@@ -537,6 +545,11 @@ class DecisionEngine:
             remediations=tuple(history),
             circuit=circuit,
         )
+
+    def _may_scale(self, signal: Signal) -> bool:
+        """Whether the rule ``decide`` will pick for ``signal`` can scale the service."""
+        rule = match_rule(signal, pack=self._pack)
+        return rule is not None and rule.action in _SCALING
 
     async def _circuit_state(self) -> CircuitState:
         record = await self._journal.circuit()
