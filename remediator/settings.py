@@ -403,7 +403,12 @@ class KubernetesSettings(_Group):
         description="After a change, how long a service's health URL may keep failing "
         "(checked every 2 s) before verification fails and the plan ends needs_human.",
     )
-    max_concurrent_plans: int = Field(4, ge=1, description="Plans run at once (all services).")
+    max_concurrent_plans: int = Field(
+        4,
+        ge=1,
+        description="Plans changing the cluster at once (all services). A plan waiting for "
+        "its rollout, verifying or recording evidence gives its turn to the next meanwhile.",
+    )
     helm_binary: str = Field("helm", description="helm executable for helm rollbacks.")
     lock_retry_base_seconds: float = Field(
         2.0,

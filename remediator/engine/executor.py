@@ -2,7 +2,8 @@
 
 Per service one plan at a time (an in-process lane, plus a ServiceLock — a
 Kubernetes Lease — so replicas never act on one service together), a global cap on
-concurrent plans, and every step journaled before and after it runs. A claim is a
+plans changing things at once (a plan that waits or verifies gives its turn up), and
+every step journaled before and after it runs. A claim is a
 compare-and-set in the journal: a plan is claimed by one executor, once.
 
 A lock held elsewhere (or an error taking it) is retried per service with
@@ -110,6 +111,31 @@ class _Ending:
     step_detail: dict[str, Any] | None = None
 
 
+class _Turn:
+    """A plan's share of the cap on plans at once (``max_concurrency``). Held while the
+    plan changes things; given up while it only waits and reads (a rollout, the
+    verification checks, the record's evidence), so that another service's plan can act
+    meanwhile instead of queueing behind a check that takes minutes."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self.held = False
+
+    async def take(self) -> None:
+        if not self.held:
+            await self._slots.acquire()
+            self.held = True
+
+    def give_up(self) -> None:
+        if self.held:
+            self._slots.release()
+            self.held = False
+
+
+# Steps that change nothing the plan acts on: they run without a turn (see _Turn).
+_WAITING_KINDS = VERIFICATION_KINDS | {StepKind.RECORD_EVIDENCE}
+
+
 @dataclass(slots=True, kw_only=True)
 class _Run:
     """One plan in this process, and how far the journal knows of it."""
@@ -122,6 +148,7 @@ class _Run:
     ending: _Ending | None = None  # decided; written unless the journal refused it
     acting_since: datetime | None = None  # when its first step started (for its duration)
     verified_at: datetime | None = None  # when its last verification step passed
+    turn: _Turn  # its share of max_concurrency
 
     @property
     def id(self) -> str:
@@ -336,11 +363,13 @@ class Executor:
 
     # -- one plan ------------------------------------------------------------------
     async def _execute(self, item: Remediation, *, resume_at: int | None = None) -> None:
-        run = _Run(item=item, rehearsal=self._rehearsal(item), claimed=resume_at is not None)
+        run = _Run(item=item, rehearsal=self._rehearsal(item), claimed=resume_at is not None,
+                   turn=_Turn(self._slots))  # fmt: skip
         try:
-            async with self._slots:
-                await self._run_guarded(run, resume_at)
+            await run.turn.take()
+            await self._run_guarded(run, resume_at)
         finally:
+            run.turn.give_up()
             self._active.discard(run.id)
             if run.id not in self._unsettled:
                 self._busy.discard(run.service)
@@ -456,6 +485,10 @@ class Executor:
                 log.warning("%s: paused before step %d (%s) for shutdown; resumes on restart",
                             rid, idx, step.kind.value)  # fmt: skip
                 return
+            if step.kind in _WAITING_KINDS:
+                run.turn.give_up()
+            else:
+                await run.turn.take()
             if not self._still_locked(run):
                 await self._end(run, self._lease_lost(run, idx, len(plan.steps), step))
                 return
@@ -785,7 +818,7 @@ class Executor:
                 item = taken
             self._busy.add(item.service)
             self._unsettled[item.id] = _Run(
-                item=item, rehearsal=self._rehearsal(item), claimed=True
+                item=item, rehearsal=self._rehearsal(item), claimed=True, turn=_Turn(self._slots)
             )
         self._next_recovery = now + self._recovery_interval
         await self._settle_due()

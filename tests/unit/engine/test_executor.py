@@ -1000,3 +1000,61 @@ async def test_an_end_the_lifecycle_refuses_is_given_up_not_retried_forever(
         assert item is not None and (item.status, item.finished_at) == ("running", None)
     finally:
         await journal.close()
+
+
+class RolloutHeld(FakeRunner):
+    """Holds the first plan's rollout wait until released; records which services changed
+    something, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: str | None = None
+        self.release = asyncio.Event()
+        self.acted: list[str] = []
+
+    async def run(
+        self, step: Step, *, service: str, dry_run: bool, context: dict[str, Any]
+    ) -> dict[str, Any]:
+        if step.kind not in READ_ONLY and service not in self.acted:
+            self.acted.append(service)  # its first change
+        if step.kind is StepKind.WAIT_ROLLOUT and self.waiting in (None, service):
+            self.waiting = service
+            await self.release.wait()
+        return await super().run(step, service=service, dry_run=dry_run, context=context)
+
+
+async def test_a_plan_waiting_for_its_rollout_lets_another_service_act(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    """The cap on plans at once counts plans changing things: one that waits for its
+    rollout (or verifies) gives its turn up, so another service's rollback need not
+    queue behind minutes of checks."""
+    for service, namespace in (("checkout", "shop"), ("payments", "payments")):
+        await journal_events(journal, [
+            {**deploy_event(n, at=at, service=service),
+             "data": {**deploy_event(n, at=at, service=service)["data"], "namespace": namespace}}
+            for n, at in ((1, NOW - timedelta(days=1)), (2, NOW - timedelta(minutes=8)))
+        ])  # fmt: skip
+        await journal_alerts(journal, [alert(name="PodNotReady", service=service,
+                                             namespace=namespace, fingerprint=f"pnr-{service}",
+                                             starts_at=(NOW - timedelta(minutes=5)).isoformat())])  # fmt: skip
+    engine = DecisionEngine(journal=journal, pack=pack, facts=FakeFacts({}), dry_run=False,
+                            clock=Clock(NOW))  # fmt: skip
+    await engine.run_once()
+    assert [i.status for i in (await journal.list_remediations()).items] == ["planned"] * 2
+    runner = RolloutHeld()
+    ex = executor(journal, runner, lock=FakeLock(), max_concurrency=1)
+    running = asyncio.create_task(ex.run_until_idle())
+    try:
+        await eventually(lambda: asyncio.sleep(0, runner.acted), lambda acted: len(acted) == 2,
+                         timeout=10, interval=0.01, what="both services acted")  # fmt: skip
+        assert runner.waiting == runner.acted[0]  # the first still waits for its rollout
+        runner.release.set()
+        await asyncio.wait_for(running, timeout=10)
+    finally:
+        runner.release.set()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    statuses = [i.status for i in (await journal.list_remediations()).items]
+    assert statuses == ["succeeded", "succeeded"]
