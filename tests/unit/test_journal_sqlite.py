@@ -22,6 +22,7 @@ from remediator.journal.sqlite.signals import (
     next_prune_limit,
     prune_batch,
 )
+from tests.polling import eventually
 from tests.unit.journal_helpers import writer_held
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -426,3 +427,44 @@ async def test_check_writable_fails_while_the_filesystem_is_nearly_full(tmp_path
         assert j.alive()
     finally:
         await j.close()
+
+
+def checkpointed_ids(path: Path) -> set[str]:
+    """The signal ids in the database file itself, without its WAL: what checkpoints
+    copied there (read from a copy, so the journal's own WAL is left alone)."""
+    copy = path.with_name("checkpointed.db")
+    copy.write_bytes(path.read_bytes())
+    conn = sqlite3.connect(copy)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if "signals" not in tables:
+            return set()
+        return {row[0] for row in conn.execute("SELECT id FROM signals")}
+    finally:
+        conn.close()
+        copy.unlink()
+
+
+async def test_the_writer_checkpoints_in_a_lull_at_most_once_a_second(tmp_path: Path) -> None:
+    """Copying the WAL into the database is done while nothing waits for the writer,
+    rather than in whichever commit crosses SQLite's threshold."""
+    now = [0.0]
+    path = tmp_path / "journal.db"
+    journal = SqliteJournal(path=path, monotonic=lambda: now[0])
+    await journal.open()
+    try:
+        [first] = await journal.record_signals([make_signal(1)])
+        now[0] += 0.5
+        [second] = await journal.record_signals([make_signal(2)])
+        # Served after the second write's lull, at the same time: when it returns, that
+        # lull is over; within a second of the writer's start, it copied nothing.
+        [third] = await journal.record_signals([make_signal(3)])
+        assert checkpointed_ids(path) == set()
+        now[0] += 0.5  # a second after the writer started: the next lull copies all
+        [fourth] = await journal.record_signals([make_signal(4)])
+        everything = {r.signal_id for r in (first, second, third, fourth)}
+        await eventually(lambda: asyncio.to_thread(checkpointed_ids, path),
+                         lambda ids: ids == everything, timeout=10, interval=0.01,
+                         what="the lull's checkpoint")  # fmt: skip
+    finally:
+        await journal.close()
