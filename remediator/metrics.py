@@ -27,13 +27,13 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 DECISION_LATENCY_BUCKETS = (
     0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 60, 300,
 )  # fmt: skip
-# Acting waits for a Lease (and for approvers, when a plan needs them); a plan's steps
-# wait for rollouts: seconds to hours count.
 # The event loop's responsiveness: a millisecond is fine, 10 ms is the storm target,
 # seconds mean every webhook and every root task waited that long.
 LOOP_LAG_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 )  # fmt: skip
+# Acting waits for a Lease (and for approvers, when a plan needs them); a plan's steps
+# wait for rollouts: seconds to hours count.
 ACTION_BUCKETS = (
     0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200,
 )  # fmt: skip

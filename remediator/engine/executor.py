@@ -148,7 +148,6 @@ class _Run:
     ending: _Ending | None = None  # decided; written unless the journal refused it
     acting_since: datetime | None = None  # when its first step started (for its duration)
     verified_at: datetime | None = None  # when its last verification step passed
-    turn: _Turn  # its share of max_concurrency
 
     @property
     def id(self) -> str:
@@ -363,25 +362,25 @@ class Executor:
 
     # -- one plan ------------------------------------------------------------------
     async def _execute(self, item: Remediation, *, resume_at: int | None = None) -> None:
-        run = _Run(item=item, rehearsal=self._rehearsal(item), claimed=resume_at is not None,
-                   turn=_Turn(self._slots))  # fmt: skip
+        run = _Run(item=item, rehearsal=self._rehearsal(item), claimed=resume_at is not None)
+        turn = _Turn(self._slots)
         try:
-            await run.turn.take()
-            await self._run_guarded(run, resume_at)
+            await turn.take()
+            await self._run_guarded(run, resume_at, turn)
         finally:
-            run.turn.give_up()
+            turn.give_up()
             self._active.discard(run.id)
             if run.id not in self._unsettled:
                 self._busy.discard(run.service)
             self.wake()
 
-    async def _run_guarded(self, run: _Run, resume_at: int | None) -> None:
+    async def _run_guarded(self, run: _Run, resume_at: int | None, turn: _Turn) -> None:
         """Run the plan under its lock; whatever is raised, end it or keep it to settle."""
         locked = False
         try:
             locked = await self._take_lock(run)
             if locked:
-                await self._claimed_run(run, resume_at)
+                await self._claimed_run(run, resume_at, turn)
         except asyncio.CancelledError:
             raise
         except ClaimLost as exc:
@@ -466,7 +465,7 @@ class Executor:
         self._unsettled.pop(run.id, None)
         log.warning("%s: %s; stopped here, nothing more is done by this instance", run.id, exc)
 
-    async def _claimed_run(self, run: _Run, resume_at: int | None) -> None:
+    async def _claimed_run(self, run: _Run, resume_at: int | None, turn: _Turn) -> None:
         item, rid = run.item, run.id
         if resume_at is None:
             started = [] if run.rehearsal else self._messages(item, RemediationStatus.RUNNING)
@@ -486,9 +485,9 @@ class Executor:
                             rid, idx, step.kind.value)  # fmt: skip
                 return
             if step.kind in _WAITING_KINDS:
-                run.turn.give_up()
+                turn.give_up()
             else:
-                await run.turn.take()
+                await turn.take()
             if not self._still_locked(run):
                 await self._end(run, self._lease_lost(run, idx, len(plan.steps), step))
                 return
@@ -818,7 +817,7 @@ class Executor:
                 item = taken
             self._busy.add(item.service)
             self._unsettled[item.id] = _Run(
-                item=item, rehearsal=self._rehearsal(item), claimed=True, turn=_Turn(self._slots)
+                item=item, rehearsal=self._rehearsal(item), claimed=True
             )
         self._next_recovery = now + self._recovery_interval
         await self._settle_due()
