@@ -429,9 +429,10 @@ async def test_check_writable_fails_while_the_filesystem_is_nearly_full(tmp_path
         await j.close()
 
 
-def checkpointed_ids(path: Path) -> set[str]:
+def checkpointed_ids(path: Path) -> set[str] | None:
     """The signal ids in the database file itself, without its WAL: what checkpoints
-    copied there (read from a copy, so the journal's own WAL is left alone)."""
+    copied there (read from a copy, so the journal's own WAL is left alone). None when
+    the copy caught a checkpoint halfway through writing the file."""
     copy = path.with_name("checkpointed.db")
     copy.write_bytes(path.read_bytes())
     conn = sqlite3.connect(copy)
@@ -440,6 +441,8 @@ def checkpointed_ids(path: Path) -> set[str]:
         if "signals" not in tables:
             return set()
         return {row[0] for row in conn.execute("SELECT id FROM signals")}
+    except sqlite3.DatabaseError:
+        return None
     finally:
         conn.close()
         copy.unlink()
