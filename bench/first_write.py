@@ -73,12 +73,14 @@ from intake import (
     cpu_seconds,
     free_port,
     histogram_quantile,
+    machine,
     machine_cpu_seconds,
     own_cpu_seconds,
     percentile,
+    ratio,
     say,
 )
-from pipeline import machine, ratio, seed_deploys
+from pipeline import seed_deploys
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(REPO))

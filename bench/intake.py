@@ -76,6 +76,9 @@ TOKEN = "bench-token"
 DSN_ENV = "REMEDIATOR_BENCH_DSN"
 LATENCY_METRIC = "remediator_decision_latency_seconds"
 DECISIONS_METRIC = "remediator_decisions"
+# Issue 18's intake targets on this machine, load generator included.
+TARGET_ALERTS_PER_S = 30_000  # 50-alert requests from 16 clients
+TARGET_SINGLE_REQUESTS_PER_S = 5_000  # 1-alert requests
 # Closed-loop runs pre-build bodies for this rate: 2.5x the best figure measured so far.
 CLOSED_LOOP_BODY_RATE = 30_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -729,6 +732,36 @@ def print_run(r: RunResult) -> None:
     )
 
 
+def machine() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{os.cpu_count()} cores, load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def ratio(measured: float, target: float, *, at_most: bool = True) -> str:
+    value = measured / target
+    met = value <= 1.0 if at_most else value >= 1.0
+    return f"{value:.2f} of the target ({'met' if met else 'NOT met'})"
+
+
+def against_target(args: argparse.Namespace, r: RunResult) -> str:
+    """The run's figure against issue 18's intake targets (closed loop on this machine)."""
+    if args.rate:
+        return f"  no issue 18 target for an open loop; {machine()}"
+    if args.alerts_per_request == 1:
+        return (
+            f"  issue 18 target: {TARGET_SINGLE_REQUESTS_PER_S:,} requests/s with 1-alert "
+            f"requests: {ratio(r.requests_per_s, TARGET_SINGLE_REQUESTS_PER_S, at_most=False)}"
+            f"; {machine()}"
+        )
+    if args.alerts_per_request == 50 and args.concurrency == 16:
+        return (
+            f"  issue 18 target: {TARGET_ALERTS_PER_S:,} journaled alerts/s with 50-alert "
+            f"requests from 16 clients: {ratio(r.alerts_per_s, TARGET_ALERTS_PER_S, at_most=False)}"
+            f"; {machine()}"
+        )
+    return f"  no issue 18 target for this request size and concurrency; {machine()}"
+
+
 def print_summary(runs: Sequence[RunResult]) -> None:
     def spread(pick: Callable[[RunResult], float | None], unit: str = "") -> str:
         values = sorted(v for v in map(pick, runs) if v is not None)
@@ -867,6 +900,7 @@ def main() -> int:
                 say(f"run {run}/{args.runs}")
                 result = asyncio.run(one_run(args, journal, workdir, bodies, run))
                 print_run(result)
+                say(against_target(args, result))
                 runs.append(result)
     if len(runs) > 1:
         print_summary(runs)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sqlite3
 import sys
 import tempfile
@@ -44,8 +43,10 @@ from intake import (
     Daemons,
     Load,
     histogram_quantile,
+    machine,
     make_payload,
     percentile,
+    ratio,
     say,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,17 +61,6 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json
 TARGET_DRAIN_S = 1.0
 TARGET_LAG_P99_S = 0.010
 TARGET_RSS_MIB = 300.0
-
-
-def machine() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{os.cpu_count()} cores, load average {one:.2f} {five:.2f} {fifteen:.2f}"
-
-
-def ratio(measured: float, target: float, *, at_most: bool = True) -> str:
-    value = measured / target
-    met = value <= 1.0 if at_most else value >= 1.0
-    return f"{value:.2f} of the target ({'met' if met else 'NOT met'})"
 
 
 # -- load ----------------------------------------------------------------------------------
