@@ -23,7 +23,7 @@ help:
 	@echo "make test-image        build the image, then run it: daemon, helm, pg_dump, writes"
 	@echo "make lock              refresh requirements.lock and requirements-build.lock from pyproject.toml"
 	@echo "make env-up|env-down|env-status   run the real peers by hand (see docs/testing.md)"
-	@echo "make bench             intake, end to end, storm, memory and alert-to-first-write benchmarks (docs/benchmarks.md)"
+	@echo "make bench             intake (and its floor), end to end, storm, memory, alert to first write (docs/benchmarks.md)"
 	@echo "make demo              a bad release, alerted, rolled back and verified: every peer real, narrated"
 
 $(STAMP): pyproject.toml
@@ -99,11 +99,14 @@ env-down: $(STAMP)
 env-status: $(STAMP)
 	$(PY) -m tests.env status
 
-# Some ten minutes in all: intake at 50 and at 1 alert per request, then end to end,
-# storm and memory, then alert to first Kubernetes write on kwok (docs/benchmarks.md).
+# Some ten minutes in all: intake at 50 and at 1 alert per request, the same load
+# against the stack alone (the floor), end to end, storm and memory, then alert to
+# first Kubernetes write on kwok (docs/benchmarks.md).
 bench: $(STAMP)
 	$(PY) bench/intake.py --seconds 10
 	$(PY) bench/intake.py --seconds 10 --alerts-per-request 1
+	$(PY) bench/floor.py
+	$(PY) bench/floor.py --alerts-per-request 1
 	$(PY) bench/pipeline.py
 	$(PY) bench/first_write.py
 
