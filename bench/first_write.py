@@ -34,7 +34,14 @@ remediation that succeeded and exactly one PATCH from remediator.
 
   python bench/first_write.py                       # 200 services, one webhook a second
   python bench/first_write.py --services 50 --interval 0.1 --runs 3 --json out.json
-  python bench/first_write.py --workdir /tmp/fw     # keep the daemon's, peers' and audit logs
+  python bench/first_write.py --workdir /tmp/fw     # keep the daemon's journal and log
+  python bench/first_write.py --control-plane-dir /var/tmp/cp   # control plane on the disk
+
+The control plane's files go to /dev/shm (tmpfs) unless --control-plane-dir says
+otherwise: in a cluster, etcd and the apiserver write to their own machines' disks. On
+this one machine, with them on the daemon's disk, the kernel's writeback of etcd's and
+the audit log's pages queued the daemon's journal fsync (the 200 waits for it) for up
+to 100 ms (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -1018,7 +1025,13 @@ def parse_args() -> argparse.Namespace:
         help="a daemon setting for an experiment (repeatable)",
     )
     parser.add_argument(
-        "--workdir", type=Path, help="keep the peers', the daemon's and the audit logs here"
+        "--workdir", type=Path, help="keep the daemon's journal, config and log here"
+    )
+    parser.add_argument(
+        "--control-plane-dir",
+        type=Path,
+        help="keep the control plane's files (etcd's data, the audit log, the logs) here; "
+        "default: a temporary directory on /dev/shm, removed afterwards (see above)",
     )
     parser.add_argument("--json", type=Path, help="write every figure here")
     return parser.parse_args()
@@ -1042,8 +1055,17 @@ def main() -> int:
             workdir = args.workdir.resolve()
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rmd-fw-")))
+        if args.control_plane_dir:
+            args.control_plane_dir.mkdir(parents=True, exist_ok=True)
+            control_plane = args.control_plane_dir.resolve()
+        else:
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - tmpfs
+            control_plane = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="rmd-fw-cp-", dir=shm))
+            )
+        say(f"  control plane files in {control_plane}")
         peer = KubePeer(
-            workdir=workdir / "peers",
+            workdir=control_plane,
             audit_policy=AUDIT_POLICY,
             progress=lambda line: say(f"  {line}"),
         )
