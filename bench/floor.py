@@ -7,8 +7,9 @@ alert's key and store the alert, then answer. No validation, no authentication, 
 metrics, no deciding. Driven by bench/intake.py's load generator in this process,
 closed loop, as ``make bench`` drives the daemon.
 
-Whatever it reaches is the most a Python daemon on this stack could journal here; the
-daemon's figure against it says how much the daemon's own work costs (docs/benchmarks.md).
+What it reaches is about the most one process on this stack journals here under this
+load; the daemon's figure against it says what the daemon's own work costs
+(docs/benchmarks.md).
 
   python bench/floor.py                         # 50 alerts/request, 16 clients, 10 s
   python bench/floor.py --alerts-per-request 1  # the trickle case
