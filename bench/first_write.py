@@ -61,7 +61,6 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -85,7 +84,9 @@ from intake import (
     own_cpu_seconds,
     percentile,
     ratio,
+    run_main,
     say,
+    work_dir,
 )
 from pipeline import seed_deploys
 from prometheus_client.parser import text_string_to_metric_families
@@ -1037,32 +1038,16 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    # Unwinds through every `finally`: the daemon and the control plane are stopped.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _interrupted)
     say(
         f"alert to first Kubernetes write: {args.services} services, one webhook every "
         f"{args.interval:g}s, {args.runs} run(s); {machine()}"
     )
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            workdir = args.workdir.resolve()
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rmd-fw-")))
-        if args.control_plane_dir:
-            args.control_plane_dir.mkdir(parents=True, exist_ok=True)
-            control_plane = args.control_plane_dir.resolve()
-        else:
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - tmpfs
-            control_plane = Path(
-                stack.enter_context(tempfile.TemporaryDirectory(prefix="rmd-fw-cp-", dir=shm))
-            )
+        workdir = work_dir(stack, args.workdir, prefix="rmd-fw-")
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - tmpfs
+        control_plane = work_dir(stack, args.control_plane_dir, prefix="rmd-fw-cp-", under=shm)
         say(f"  control plane files in {control_plane}")
         peer = KubePeer(
             workdir=control_plane,
@@ -1088,8 +1073,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        say("interrupted; the daemon and the control plane stopped")
-        raise SystemExit(130) from None
+    run_main(main, stopped="the daemon and the control plane stopped")

@@ -63,7 +63,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -872,21 +872,38 @@ def shown_args(args: argparse.Namespace) -> dict[str, str]:
     return given
 
 
+# -- shared by the benchmark scripts -------------------------------------------------------
+def work_dir(
+    stack: contextlib.ExitStack, given: Path | None, *, prefix: str, under: str | None = None
+) -> Path:
+    """``given`` (created if missing, and kept), or a temporary directory (in ``under``,
+    if given) that ``stack`` removes."""
+    if given:
+        given.mkdir(parents=True, exist_ok=True)
+        return given.resolve()
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix, dir=under)))
+
+
 def _interrupted(signum: int, frame: object) -> None:
-    # Unwinds through every `finally`: the daemons and the server are stopped.
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_main(main: Callable[[], int], *, stopped: str) -> NoReturn:
+    """Exit with ``main()``'s code. SIGTERM, like Ctrl-C, unwinds through every
+    ``finally``, so the daemons and peers a benchmark started are stopped (then 130)."""
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        say(f"interrupted; {stopped}")
+        raise SystemExit(130) from None
 
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _interrupted)
     mode = f"open loop at {args.rate:,.0f} alerts/s" if args.rate else "closed loop"
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            workdir = args.workdir.resolve()
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rmd-bench-")))
+        workdir = work_dir(stack, args.workdir, prefix="rmd-bench-")
         with journal_for(args.journal, workdir, args.pg_settings) as journal:
             described = journal.describe()
             say(
@@ -915,8 +932,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        say("interrupted; daemons and server stopped")
-        raise SystemExit(130) from None
+    run_main(main, stopped="daemons and server stopped")

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -47,7 +46,9 @@ from intake import (
     make_payload,
     percentile,
     ratio,
+    run_main,
     say,
+    work_dir,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -338,15 +339,11 @@ def main() -> int:
     args = parse_args()
     chosen = args.scenarios or list(SCENARIOS)
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            workdir = args.workdir.resolve()
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rmd-bench-")))
+        workdir = work_dir(stack, args.workdir, prefix="rmd-bench-")
         for name in chosen:
             asyncio.run(SCENARIOS[name](workdir, args))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main, stopped="the daemon stopped")
