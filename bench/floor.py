@@ -35,6 +35,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intake import (
+    REPO,
     TARGET_ALERTS_PER_S,
     TARGET_SINGLE_REQUESTS_PER_S,
     Load,
@@ -44,8 +45,12 @@ from intake import (
     make_payload,
     own_cpu_seconds,
     ratio,
+    run_main,
     say,
 )
+
+sys.path.insert(0, str(REPO))
+from remediator.journal.sqlite.database import WAL_CHECKPOINT_PAGES, WRITER_CACHE_KIB
 
 PATH = "/api/v1/webhooks/alertmanager"
 BODY_RATE = 60_000  # alerts/s the pre-built bodies last for
@@ -64,6 +69,9 @@ def serve(port: int, db: Path) -> None:
         conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
+        # The daemon's writer settings (remediator/journal/sqlite/database.py).
+        conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         conn.execute("CREATE TABLE alerts (seq INTEGER PRIMARY KEY, id TEXT UNIQUE, body TEXT)")
         while True:
             batch = [jobs.get()]
@@ -174,4 +182,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main, stopped="the server stopped")
