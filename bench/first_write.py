@@ -86,6 +86,7 @@ from intake import (
     ratio,
     run_main,
     say,
+    wait_ready,
     work_dir,
 )
 from pipeline import seed_deploys
@@ -395,16 +396,7 @@ class Daemon:
 
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
         assert self.proc is not None
-        for _ in range(600):
-            if self.proc.poll() is not None:
-                raise SystemExit(f"daemon exited with {self.proc.returncode}; log: {self.log}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{self.url}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            await asyncio.sleep(0.1)
-        else:
-            raise SystemExit(f"daemon not ready in 60 s; log: {self.log}")
+        await wait_ready(session, self.proc, self.url, logs=lambda: f"log: {self.log}")
         kube_line = next(
             (line for line in self.log.read_text().splitlines() if "kubernetes:" in line), ""
         )

@@ -514,16 +514,7 @@ class Daemons:
 
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
         for proc, url in zip(self.procs, self.urls, strict=True):
-            for _ in range(600):
-                if proc.poll() is not None:
-                    raise SystemExit(f"daemon exited with {proc.returncode}; {self.logs()}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{url}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.1)
-            else:
-                raise SystemExit(f"daemon at {url} did not become ready; {self.logs()}")
+            await wait_ready(session, proc, url, logs=self.logs)
 
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(proc.pid) for proc in self.procs)
@@ -873,6 +864,26 @@ def shown_args(args: argparse.Namespace) -> dict[str, str]:
 
 
 # -- shared by the benchmark scripts -------------------------------------------------------
+async def wait_ready(
+    session: aiohttp.ClientSession,
+    proc: subprocess.Popen[bytes],
+    url: str,
+    *,
+    logs: Callable[[], str],
+) -> None:
+    """Until the daemon at ``url`` answers /readyz with 200 (60 s at most); ``logs`` says
+    where to look when it exits or never gets ready."""
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"daemon exited with {proc.returncode}; {logs()}")
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(f"{url}/readyz") as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"daemon at {url} not ready in 60 s; {logs()}")
+
+
 def work_dir(
     stack: contextlib.ExitStack, given: Path | None, *, prefix: str, under: str | None = None
 ) -> Path:
