@@ -100,8 +100,16 @@ def rule_mismatch(rule: Rule, signal: Signal) -> str | None:
 
 
 def match_rule(signal: Signal, *, pack: RulePack) -> Rule | None:
-    """The first matching rule in pack order (files in the order given, rules in file order)."""
-    return next((rule for rule in pack.rules if rule_mismatch(rule, signal) is None), None)
+    """The first matching rule in pack order (files in the order given, rules in file order).
+
+    The same answer as the first rule whose ``rule_mismatch`` is ``None``, without
+    building a reason for each rule that does not match (every signal is matched)."""
+    for rule in pack.candidates(signal.source, signal.kind):
+        if rule.match.services and signal.service not in rule.match.services:
+            continue
+        if first_mismatch(rule.match.matchers, signal.labels) is None:
+            return rule
+    return None
 
 
 def decide(

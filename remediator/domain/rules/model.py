@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    PrivateAttr,
     StringConstraints,
     WithJsonSchema,
     field_validator,
@@ -396,6 +397,9 @@ class RuleFile(_Strict):
     defaults: Defaults | None = None
 
 
+_MAX_CANDIDATE_KEYS = 4096
+
+
 class RulePack(_Strict):
     services: Mapping[str, ServiceSpec]
     rules: tuple[Rule, ...]
@@ -409,8 +413,35 @@ class RulePack(_Strict):
         own = spec.automation if spec is not None else None
         return own if own is not None else self.defaults.automation
 
+    # (source, kind) -> the enabled rules that can match it, in pack order, kept with the
+    # rules they were found in: model_copy shares private attributes, and a copy with
+    # other rules must not find these. Filled as signals arrive; a kind is sender-chosen
+    # text, so only so many are kept.
+    _candidates: tuple[tuple[Rule, ...], dict[tuple[Source, str], tuple[Rule, ...]]] = PrivateAttr(
+        default=((), {})
+    )
+
     def rule(self, name: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.name == name), None)
+
+    def candidates(self, source: Source, kind: str) -> tuple[Rule, ...]:
+        """The enabled rules for signals of ``source`` and ``kind``, in pack order: the
+        only ones worth matching further (services and label matchers)."""
+        rules, kept = self._candidates
+        if rules is not self.rules:
+            kept = {}
+            self._candidates = (self.rules, kept)
+        key = (source, kind)
+        found = kept.get(key)
+        if found is None:
+            found = tuple(
+                rule for rule in self.rules
+                if rule.enabled and rule.match.source is source
+                and (not rule.match.kinds or kind in rule.match.kinds)
+            )  # fmt: skip
+            if len(kept) < _MAX_CANDIDATE_KEYS:
+                kept[key] = found
+        return found
 
     def out_of_scope(self, service: str, namespace: str | None) -> str | None:
         """Why remediator may not act on ``service`` in ``namespace`` (``None``: it may).

@@ -30,6 +30,8 @@ from remediator.domain.rules import (
     ServiceState,
     decide,
     load_rule_pack,
+    match_rule,
+    rule_mismatch,
 )
 from remediator.domain.signals import Signal, Status
 from remediator.domain.steps import (
@@ -966,3 +968,63 @@ def test_canary_abort_scales_the_stable_side_to_its_pre_canary_size(pack: RulePa
     assert isinstance(canary, ScaleDeploymentParams)
     assert (stable.replicas, stable.from_replicas) == (None, None)
     assert canary.replicas == 0
+
+
+# --- matching --------------------------------------------------------------------------
+
+MATCHING_RULES = """\
+rules:
+  - name: disabled-errors
+    enabled: false
+    match: {source: alertmanager, kinds: [HighErrorRate]}
+    action: rollback
+  - name: only-payments
+    match: {source: alertmanager, kinds: [HighErrorRate], services: [payments]}
+    action: rollback
+  - name: critical-any-kind
+    match: {source: alertmanager, matchers: ['severity=~"crit.*"']}
+    action: notify_only
+  - name: errors
+    match: {source: alertmanager, kinds: [HighErrorRate, HighLatencyP99]}
+    action: rollback
+  - name: events
+    match: {source: kafka, kinds: [HighErrorRate]}
+    action: notify_only
+"""
+SOURCES = st.sampled_from([alert, event, manual])
+KINDS = st.sampled_from(["HighErrorRate", "HighLatencyP99", "Other", "rollback", "HighErrorRatE"])
+
+
+@given(
+    make=SOURCES,
+    kind=KINDS,
+    service=st.sampled_from(["checkout", "payments", "elsewhere"]),
+    severity=st.sampled_from(["critical", "warning", ""]),
+)
+def test_the_rule_matched_is_the_first_without_a_mismatch(
+    make: Any, kind: str, service: str, severity: str
+) -> None:
+    """match_rule skips the reasons; the answer is rule_mismatch's, in pack order."""
+    pack = with_rules(MATCHING_RULES)
+    labels = {"severity": severity} if severity else {}
+    signal = make(kind, service=service, **labels)
+    first = next((r for r in pack.rules if rule_mismatch(r, signal) is None), None)
+    assert match_rule(signal, pack=pack) == first
+    assert match_rule(signal, pack=pack) == first  # and again, from the kept candidates
+
+
+def test_kinds_a_sender_makes_up_do_not_grow_the_kept_candidates_without_bound() -> None:
+    pack = with_rules(MATCHING_RULES)
+    for n in range(5000):
+        assert match_rule(alert(f"Made{n}"), pack=pack) is None
+    assert match_rule(alert("Made1", severity="critical"), pack=pack).name == "critical-any-kind"
+    assert len(pack._candidates[1]) <= 4096
+
+
+def test_a_copy_with_other_rules_matches_with_its_own() -> None:
+    pack = with_rules(MATCHING_RULES)
+    signal = alert("HighErrorRate")
+    assert match_rule(signal, pack=pack).name == "errors"
+    rules = tuple(r for r in pack.rules if r.name != "errors")
+    assert match_rule(signal, pack=pack.model_copy(update={"rules": rules})) is None
+    assert match_rule(signal, pack=pack).name == "errors"
