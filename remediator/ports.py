@@ -112,6 +112,16 @@ class CircuitRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitInputs:
+    """What the breaker weighs, from one snapshot of the journal."""
+
+    record: CircuitRecord
+    # Since the breaker last changed (record.changed_at; everything when it never did):
+    automated_action_times: tuple[datetime, ...]  # automated, non-skipped remediations
+    consecutive_failures: int  # finished remediations that failed in a row, newest first
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RemediationPage:
     items: Sequence[Remediation]
     next_cursor: str | None
@@ -360,12 +370,9 @@ class DecisionStore(Protocol):
         """Remediations of a service created since ``since`` (skipped ones excluded)."""
         ...
 
-    async def automated_actions_since(self, *, since: datetime | None) -> list[datetime]:
-        """Creation times of automated, non-skipped remediations on any service."""
-        ...
-
-    async def consecutive_failures(self, *, since: datetime | None) -> int:
-        """Finished remediations that failed in a row, newest first, since ``since``."""
+    async def circuit_inputs(self) -> CircuitInputs:
+        """The breaker's record and what it weighs since the record last changed, read
+        together (one read a batch, and no reset slips in between the parts)."""
         ...
 
 

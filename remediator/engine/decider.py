@@ -338,8 +338,11 @@ class DecisionEngine:
         now: datetime,
     ) -> tuple[Decision, DecisionRecord]:
         self._failpoints.hit("decider.signal", item.signal.service)
-        history = await self._history(item.signal, histories, now=now)
-        state = await self._state(item, history, circuit, view)
+        if self._weighs_state(item.signal):
+            history = await self._history(item.signal, histories, now=now)
+            state = await self._state(item, history, circuit, view)
+        else:
+            state = ServiceState(circuit=circuit)
         decision = decide(item.signal, pack=self._pack, state=state, now=now,
                           dry_run=self._dry_run)  # fmt: skip
         return decision, self._record(item, decision, now=now)
@@ -501,14 +504,23 @@ class DecisionEngine:
     async def _history(
         self, signal: Signal, cache: dict[str, list[RemediationRecord]], *, now: datetime
     ) -> list[RemediationRecord]:
-        if signal.service is None:
-            return []
+        assert signal.service is not None  # _weighs_state
         if signal.service not in cache:
             rows = await self._journal.remediation_history(
                 service=signal.service, since=now - HISTORY_WINDOW
             )
             cache[signal.service] = [r for r in map(_history_record, rows) if r is not None]
         return cache[signal.service]
+
+    def _weighs_state(self, signal: Signal) -> bool:
+        """Whether ``decide`` looks past the signal itself. It answers a resolved,
+        unroutable or out-of-catalog signal first, so those read nothing: a forged
+        service or namespace costs no cluster or history reads."""
+        return (
+            signal.status is not Status.RESOLVED
+            and signal.service is not None
+            and self._pack.out_of_scope(signal.service, signal.namespace or None) is None
+        )
 
     async def _state(
         self,
@@ -518,12 +530,7 @@ class DecisionEngine:
         view: _BatchView,
     ) -> ServiceState:
         signal = item.signal
-        if signal.service is None or self._pack.out_of_scope(
-            signal.service, signal.namespace or None
-        ):
-            # Decided not_in_catalog without reading anything: a forged service or
-            # namespace costs no cluster or history reads.
-            return ServiceState(remediations=tuple(history), circuit=circuit)
+        assert signal.service is not None  # _weighs_state
         spec = self._pack.services[signal.service]
         # Replicas only matter to a scale-up, for a service with scale bounds; resolved
         # alerts never act. Reading them is two apiserver requests (the scale
@@ -552,12 +559,11 @@ class DecisionEngine:
         return rule is not None and rule.action in _SCALING
 
     async def _circuit_state(self) -> CircuitState:
-        record = await self._journal.circuit()
-        since = record.changed_at
+        inputs = await self._journal.circuit_inputs()
         return CircuitState(
-            open=record.open,
-            automated_action_times=tuple(await self._journal.automated_actions_since(since=since)),
-            consecutive_failures=await self._journal.consecutive_failures(since=since),
+            open=inputs.record.open,
+            automated_action_times=inputs.automated_action_times,
+            consecutive_failures=inputs.consecutive_failures,
         )
 
     async def _latch_circuit(self, circuit: CircuitState, *, now: datetime) -> None:

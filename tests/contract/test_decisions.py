@@ -212,8 +212,13 @@ async def test_automated_actions_count_what_acted_or_will(journal: Journal) -> N
     await plant(journal, automated=False)
     await plant(journal, created_at=NOW - timedelta(days=1))
     assert acted
-    assert await journal.automated_actions_since(since=NOW - timedelta(hours=1)) == [NOW]
-    assert len(await journal.automated_actions_since(since=None)) == 2
+    # Never changed: everything counts.
+    assert len((await journal.circuit_inputs()).automated_action_times) == 2
+    # Only what came after the breaker last changed.
+    await journal.set_circuit(open=False, reason="reset", at=NOW - timedelta(hours=1), by="al")
+    inputs = await journal.circuit_inputs()
+    assert inputs.automated_action_times == (NOW,)
+    assert (inputs.record.open, inputs.record.changed_by) == (False, "al")
 
 
 async def test_consecutive_failures_count_back_to_the_last_success(journal: Journal) -> None:
@@ -224,11 +229,16 @@ async def test_consecutive_failures_count_back_to_the_last_success(journal: Jour
             at=NOW + timedelta(minutes=minutes),
         )  # fmt: skip
 
-    assert await journal.consecutive_failures(since=None) == 0
+    async def failures() -> int:
+        return (await journal.circuit_inputs()).consecutive_failures
+
+    assert await failures() == 0
     await ended(RemediationStatus.FAILED, 1)
     await ended(RemediationStatus.SUCCEEDED, 2)
     await ended(RemediationStatus.FAILED, 3)
     await ended(RemediationStatus.NEEDS_HUMAN, 4)  # neither breaks nor extends the run
     await ended(RemediationStatus.FAILED, 5)
-    assert await journal.consecutive_failures(since=None) == 2
-    assert await journal.consecutive_failures(since=NOW + timedelta(minutes=4)) == 1
+    assert await failures() == 2
+    await journal.set_circuit(open=True, reason="2 failures", at=NOW + timedelta(minutes=4))
+    assert await failures() == 1  # a failure before the breaker changed no longer counts
+    assert (await journal.circuit_inputs()).record.open

@@ -16,13 +16,8 @@ class PgCircuitStore:
 
     async def circuit(self) -> CircuitRecord:
         async def query(conn: asyncpg.Connection) -> CircuitRecord:
-            row = await conn.fetchrow("SELECT open, reason, changed_at, changed_by FROM circuit")
-            assert row is not None  # inserted by the first migration, never deleted
-            return CircuitRecord(
-                open=row["open"],
-                reason=row["reason"],
-                changed_at=row["changed_at"],
-                changed_by=row["changed_by"],
+            return circuit_record(
+                await conn.fetchrow("SELECT open, reason, changed_at, changed_by FROM circuit")
             )
 
         return await self._db.read("read circuit", query)
@@ -40,3 +35,13 @@ class PgCircuitStore:
             )
 
         await self._db.write("set circuit", write)
+
+
+def circuit_record(row: asyncpg.Record | None) -> CircuitRecord:
+    assert row is not None  # inserted by the first migration, never deleted
+    return CircuitRecord(
+        open=row["open"],
+        reason=row["reason"],
+        changed_at=row["changed_at"],
+        changed_by=row["changed_by"],
+    )

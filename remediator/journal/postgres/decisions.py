@@ -17,6 +17,7 @@ from remediator.domain.errors import PermanentError
 from remediator.domain.lifecycle import RemediationStatus
 from remediator.domain.plans import ActionKind
 from remediator.domain.signals import Signal
+from remediator.journal.postgres.circuit import circuit_record
 from remediator.journal.postgres.database import Database
 from remediator.journal.postgres.rows import (
     INSERT_OUTBOX,
@@ -30,6 +31,7 @@ from remediator.journal.postgres.rows import (
     stored_signal,
 )
 from remediator.ports import (
+    CircuitInputs,
     DecisionRecord,
     NewRemediation,
     OutboxMessage,
@@ -209,33 +211,37 @@ class PgDecisionStore:
 
         return await self._db.read("read remediation history", query)
 
-    async def automated_actions_since(self, *, since: datetime | None) -> list[datetime]:
-        async def query(conn: asyncpg.Connection) -> list[datetime]:
-            rows = await conn.fetch(
-                f"SELECT created_at FROM remediations WHERE {_AUTOMATED_ACTED}"
-                " AND created_at >= $1 ORDER BY seq",
-                since or datetime.min.replace(tzinfo=UTC),
-            )
-            return [row["created_at"] for row in rows]
-
-        return await self._db.read("read automated actions", query)
-
-    async def consecutive_failures(self, *, since: datetime | None) -> int:
-        async def query(conn: asyncpg.Connection) -> int:
-            rows = await conn.fetch(
-                "SELECT status FROM remediations WHERE status IN ('succeeded', 'failed')"
-                " AND ($1::timestamptz IS NULL OR updated_at >= $1)"
-                " ORDER BY updated_at DESC, seq DESC LIMIT 100",
-                since,
-            )
-            count = 0
-            for row in rows:
+    async def circuit_inputs(self) -> CircuitInputs:
+        async def query(conn: asyncpg.Connection) -> CircuitInputs:
+            # One snapshot for the three parts: a reset cannot fall between them.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                record = circuit_record(
+                    await conn.fetchrow("SELECT open, reason, changed_at, changed_by FROM circuit")
+                )
+                since = record.changed_at
+                times = await conn.fetch(
+                    f"SELECT created_at FROM remediations WHERE {_AUTOMATED_ACTED}"
+                    " AND created_at >= $1 ORDER BY seq",
+                    since or datetime.min.replace(tzinfo=UTC),
+                )
+                ended = await conn.fetch(
+                    "SELECT status FROM remediations WHERE status IN ('succeeded', 'failed')"
+                    " AND ($1::timestamptz IS NULL OR updated_at >= $1)"
+                    " ORDER BY updated_at DESC, seq DESC LIMIT 100",
+                    since,
+                )
+            failures = 0
+            for row in ended:
                 if row["status"] != "failed":
                     break
-                count += 1
-            return count
+                failures += 1
+            return CircuitInputs(
+                record=record,
+                automated_action_times=tuple(row["created_at"] for row in times),
+                consecutive_failures=failures,
+            )
 
-        return await self._db.read("read consecutive failures", query)
+        return await self._db.read("read the circuit's inputs", query)
 
 
 def _decision_columns(decisions: Sequence[DecisionRecord]) -> tuple[list[object], ...]:

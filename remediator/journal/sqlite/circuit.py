@@ -15,19 +15,7 @@ from remediator.ports import CircuitRecord
 
 class SqliteCircuit(Role):
     async def circuit(self) -> CircuitRecord:
-        def query(conn: sqlite3.Connection) -> CircuitRecord:
-            (value,) = conn.execute(
-                "SELECT value FROM engine_state WHERE name = 'circuit'"
-            ).fetchone()
-            doc = orjson.loads(value)
-            return CircuitRecord(
-                open=bool(doc["open"]),
-                reason=doc.get("reason"),
-                changed_at=parse_utc_or_none(doc.get("changed_at")),
-                changed_by=doc.get("changed_by"),
-            )
-
-        return await self._db.read(query)
+        return await self._db.read(circuit_record)
 
     async def set_circuit(
         self, *, open: bool, reason: str | None, at: datetime, by: str | None = None
@@ -39,3 +27,14 @@ class SqliteCircuit(Role):
             conn.execute("UPDATE engine_state SET value = ? WHERE name = 'circuit'", (value,))
 
         await self._db.write(write)
+
+
+def circuit_record(conn: sqlite3.Connection) -> CircuitRecord:
+    (value,) = conn.execute("SELECT value FROM engine_state WHERE name = 'circuit'").fetchone()
+    doc = orjson.loads(value)
+    return CircuitRecord(
+        open=bool(doc["open"]),
+        reason=doc.get("reason"),
+        changed_at=parse_utc_or_none(doc.get("changed_at")),
+        changed_by=doc.get("changed_by"),
+    )

@@ -13,6 +13,7 @@ from remediator.domain.errors import PermanentError
 from remediator.domain.lifecycle import RemediationStatus, utc_text
 from remediator.domain.plans import ActionKind
 from remediator.domain.signals import Signal, Status
+from remediator.journal.sqlite.circuit import circuit_record
 from remediator.journal.sqlite.database import Role, job_error, rollback
 from remediator.journal.sqlite.rows import (
     SIGNAL_COLUMNS,
@@ -24,6 +25,7 @@ from remediator.journal.sqlite.rows import (
     stored_signal,
 )
 from remediator.ports import (
+    CircuitInputs,
     DecisionRecord,
     NewRemediation,
     OutboxMessage,
@@ -211,29 +213,34 @@ class SqliteDecisions(Role):
 
         return await self._db.read(query)
 
-    async def automated_actions_since(self, *, since: datetime | None) -> list[datetime]:
-        def query(conn: sqlite3.Connection) -> list[datetime]:
-            rows = conn.execute(
-                f"SELECT created_at FROM remediations WHERE {_AUTOMATED_ACTED} AND created_at >= ?",
-                (utc_text(since) if since else "",),
-            ).fetchall()
-            return [parse_utc(r[0]) for r in rows]
-
-        return await self._db.read(query)
-
-    async def consecutive_failures(self, *, since: datetime | None) -> int:
-        def query(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(
-                f"SELECT status FROM remediations WHERE status IN ({_marks(_ENDED)})"
-                " AND updated_at >= ? ORDER BY updated_at DESC LIMIT 100",
-                (*_ENDED, utc_text(since) if since else ""),
-            ).fetchall()
-            count = 0
-            for (status,) in rows:
+    async def circuit_inputs(self) -> CircuitInputs:
+        def query(conn: sqlite3.Connection) -> CircuitInputs:
+            conn.execute("BEGIN")  # one snapshot for the three parts
+            try:
+                record = circuit_record(conn)
+                since = utc_text(record.changed_at) if record.changed_at else ""
+                times = conn.execute(
+                    f"SELECT created_at FROM remediations WHERE {_AUTOMATED_ACTED}"
+                    " AND created_at >= ?",
+                    (since,),
+                ).fetchall()
+                ended = conn.execute(
+                    f"SELECT status FROM remediations WHERE status IN ({_marks(_ENDED)})"
+                    " AND updated_at >= ? ORDER BY updated_at DESC LIMIT 100",
+                    (*_ENDED, since),
+                ).fetchall()
+            finally:
+                rollback(conn)
+            failures = 0
+            for (status,) in ended:
                 if status != RemediationStatus.FAILED:
                     break
-                count += 1
-            return count
+                failures += 1
+            return CircuitInputs(
+                record=record,
+                automated_action_times=tuple(parse_utc(t) for (t,) in times),
+                consecutive_failures=failures,
+            )
 
         return await self._db.read(query)
 

@@ -33,9 +33,10 @@ from remediator.engine.decider import DecisionEngine, mark_healthy
 from remediator.ingress.alertmanager import parse_payload, to_signals
 from remediator.journal.sqlite import SqliteJournal
 from remediator.ports import (
-    CircuitRecord,
+    CircuitInputs,
     DecisionRecord,
     OutboxMessage,
+    RemediationSummary,
     UndecidedBatch,
     newly_stored,
 )
@@ -273,6 +274,42 @@ async def test_a_signal_outside_the_catalog_that_a_rule_matches_is_listed_not_ac
     # Nothing about a forged target is read, and nobody is paged for it.
     assert facts.asked == []
     assert await outbox_messages(journal, "slack", limit=10) == []
+
+
+class HistoryCountingJournal(SqliteJournal):
+    """The SQLite journal, noting each service whose remediation history is read."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path=path)
+        self.histories_read: list[str] = []
+
+    async def remediation_history(
+        self, *, service: str, since: datetime
+    ) -> list[RemediationSummary]:
+        self.histories_read.append(service)
+        return await super().remediation_history(service=service, since=since)
+
+
+async def test_signals_decided_before_any_state_read_no_history(tmp_path: Path) -> None:
+    journal = HistoryCountingJournal(tmp_path / "journal.db")
+    await journal.open()
+    try:
+        await journal_alerts(journal, [
+            cpu(1, status="resolved"),  # resolved alerts never act
+            cpu(2, service="unknown-svc"),  # outside the catalog
+            cpu(3, namespace="kube-system"),  # the catalog's service, somewhere else
+            alert(name="CPUSaturation", service=None, fingerprint="nowhere"),  # unroutable
+            cpu(4),  # the one that weighs checkout's history
+            cpu(5),  # the same batch: read once
+        ])  # fmt: skip
+        assert await drain(engine_for(journal, load_rule_pack_from_path(RULES),
+                                      clock=Clock(NOW))) == 6  # fmt: skip
+        reasons = [why for _, _, why, _ in await decisions_table(journal)]
+        assert reasons == ["resolved", "not_in_catalog", "not_in_catalog", "unroutable",
+                           None, "in_progress"]  # fmt: skip
+        assert journal.histories_read == ["checkout"]
+    finally:
+        await journal.close()
 
 
 async def test_unknown_replicas_skip_scale_up_as_not_applicable(
@@ -666,16 +703,16 @@ async def test_unreadable_facts_leave_replicas_unknown_and_rollbacks_still_plan(
 
 
 class FlakyJournal(SqliteJournal):
-    """Fails the first reads of the circuit with ``errors``, one each."""
+    """Fails the first reads of the circuit's inputs with ``errors``, one each."""
 
     def __init__(self, *, path: Path, errors: list[Exception]) -> None:
         super().__init__(path=path)
         self.errors = errors
 
-    async def circuit(self) -> CircuitRecord:
+    async def circuit_inputs(self) -> CircuitInputs:
         if self.errors:
             raise self.errors.pop(0)
-        return await super().circuit()
+        return await super().circuit_inputs()
 
 
 async def test_the_root_task_waits_out_an_unavailable_journal_and_survives_anything_else(
