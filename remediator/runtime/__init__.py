@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from remediator.connectors.email import EmailNotifier
 from remediator.connectors.helm import Helm
@@ -412,15 +413,25 @@ class Runtime:
             log.info("kafka: not configured (no --kafka-bootstrap): webhook-only")
 
     def _decided(self, executor: Executor | None) -> Callable[[Decision], None]:
+        # The labelled counters, looked up once each: a storm counts thousands a second.
+        counters: dict[NoActionReason | None, Counter] = {}
+
+        def counter(reason: NoActionReason | None) -> Counter:
+            found = counters.get(reason)
+            if found is None:
+                found = counters[reason] = self.metrics.decisions.labels(
+                    outcome="plan" if reason is None else "no_action",
+                    reason="" if reason is None else reason.value,
+                )
+            return found
+
         def on_decision(decision: Decision) -> None:
             if isinstance(decision, Plan):
-                self.metrics.decisions.labels(outcome="plan", reason="").inc()
+                counter(None).inc()
                 if executor is not None:
                     executor.wake()
             else:
-                self.metrics.decisions.labels(
-                    outcome="no_action", reason=decision.reason.value
-                ).inc()
+                counter(decision.reason).inc()
                 if executor is not None and decision.reason is NoActionReason.DRY_RUN:
                     executor.wake()  # dry runs are rehearsed too
 

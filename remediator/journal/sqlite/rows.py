@@ -33,8 +33,19 @@ from remediator.ports import NewRemediation, OutboxMessage, PendingMessage, Stor
 T = TypeVar("T")
 
 
+# The last text parsed, and its time: rows read together share instants (the signals of
+# one request share their receipt time, a batch's decisions their decision time).
+_last_parsed: tuple[str, datetime | None] = ("", None)
+
+
 def parse_utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
+    global _last_parsed
+    last, value = _last_parsed  # one read: another thread may replace it meanwhile
+    if text == last and value is not None:
+        return value
+    value = datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
+    _last_parsed = (text, value)
+    return value
 
 
 def parse_utc_or_none(text: str | None) -> datetime | None:
