@@ -220,6 +220,28 @@ async def test_signals_handed_over_at_intake_are_decided_as_if_read_back(
         await plain.close()
 
 
+async def test_hand_offs_out_of_seq_order_are_all_let_go_once_decided(
+    journal: SqliteJournal, pack: RulePack
+) -> None:
+    """Concurrent webhooks hand over in the order their coroutines resume, not in seq
+    order; what was decided leaves the engine's memory all the same."""
+    engine = DecisionEngine(journal=journal, pack=pack, facts=FakeFacts({"checkout": (3, None)}),
+                            dry_run=False, clock=Clock(NOW), batch_size=3)  # fmt: skip
+    handed = []
+    for alerts in ([cpu(1), cpu(2)], [cpu(3), cpu(4)]):
+        signals = to_signals(parse_payload(orjson.dumps(payload(alerts))), received_at=NOW,
+                             service_labels=DEFAULT_SERVICE_LABELS,
+                             namespace_labels=DEFAULT_NAMESPACE_LABELS)  # fmt: skip
+        handed.append(newly_stored(signals, await journal.record_signals(signals)))
+    first, second = handed
+    engine.journaled(second)
+    engine.journaled(first)
+    assert await engine.run_once() == 3
+    assert set(engine._fresh) <= {second[1].seq, *(s.seq for s in first)}  # behind the 4th
+    assert await engine.run_once() == 1
+    assert engine._fresh == {}
+
+
 async def test_each_signal_is_decided_once_across_restarts(
     journal: SqliteJournal, pack: RulePack
 ) -> None:
