@@ -66,12 +66,23 @@ class KubePeer(Peer):
     name = "kube"
     version = versions.KUBERNETES
 
-    def __init__(self, *, audit_policy: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        audit_policy: Mapping[str, Any] | None = None,
+        controller_qps: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         """``audit_policy``: an audit.k8s.io/v1 Policy; when given, the apiserver writes
         the events it selects to ``audit.log`` (JSON lines) in the work dir, and the
-        endpoints name that file as ``audit_log`` (benchmarks time requests by it)."""
+        endpoints name that file as ``audit_log`` (benchmarks time requests by it).
+
+        ``controller_qps``: the controller-manager's and the scheduler's requests a
+        second to the apiserver (burst twice that); their defaults (20 and 50) roll
+        out a few Deployments a second, which is slow to set up hundreds."""
         super().__init__(**kwargs)
         self._audit_policy = audit_policy
+        self._controller_qps = controller_qps
         self._audit_log = self.workdir / "audit.log"
         self._ports: dict[str, int] = {}
         self._token = ""
@@ -227,6 +238,8 @@ class KubePeer(Peer):
 
     def _component_args(self, kubeconfig: Path, name: str) -> list[str]:
         port = self._port(name)
+        qps = self._controller_qps
+        rate = [] if qps is None else [f"--kube-api-qps={qps}", f"--kube-api-burst={2 * qps}"]
         return [
             # No --authentication/--authorization-kubeconfig: nothing scrapes these
             # components, /healthz is always allowed, and delegation only adds log noise.
@@ -236,6 +249,7 @@ class KubePeer(Peer):
             f"--secure-port={port}",
             # Else the self-signed serving cert goes to /var/run/kubernetes.
             f"--cert-dir={self.workdir / 'pki' / name}",
+            *rate,
         ]
 
     def _start_controller_manager(self, kubeconfig: Path) -> None:
