@@ -42,6 +42,10 @@ async def test_a_seq_given_at_intake_reads_back_as_the_signal_handed_in(journal:
         signal(2, source=Source.KAFKA, kind="dev.cdevents.service.deployed.0.2.0", starts_at=None),
         signal(3, source=Source.MANUAL, received_by="alice", service=None),
         replace(signal(4), labels={"alertname": "X", "ünï": "çödé ✓"}, ends_at=NOW),
+        # A NUL: PostgreSQL stores U+FFFD, so there the alert must not be kept as given.
+        replace(signal(5), labels={"alertname": "X", "pod": "a\x00b"}),
+        replace(signal(6), annotations={"summary": "a\x00b"}, raw={"groupKey": "\x00"}),
+        replace(signal(7), kind="High\x00", service="check\x00out"),
     ]
     results = await journal.record_signals([*handed, signal(1)])
     assert results[-1].duplicate and results[-1].seq is None
@@ -49,7 +53,8 @@ async def test_a_seq_given_at_intake_reads_back_as_the_signal_handed_in(journal:
     given = {r.seq: s for s, r in zip(handed, results, strict=False) if r.seq is not None}
     for seq, kept in given.items():
         assert read_back[seq] == kept
-    assert sorted(given) == sorted(r.seq for r in results[:4] if r.seq is not None)
+    # Alerts, the bulk of intake, are given back by every journal.
+    assert results[0].seq is not None and results[3].seq is not None
 
 
 async def test_known_signals_never_add_skip_or_reorder_what_follows_the_cursor(

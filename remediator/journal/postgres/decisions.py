@@ -61,6 +61,15 @@ LEFT JOIN LATERAL (
 ORDER BY s.seq
 """
 
+# The same, seqs only: the caller keeps some of the signals (``known``).
+_UNDECIDED_SEQS = """
+SELECT c.seq AS cursor, s.seq
+FROM decision_cursor c
+LEFT JOIN LATERAL (SELECT seq FROM signals WHERE seq > c.seq ORDER BY seq LIMIT $1) s ON true
+ORDER BY s.seq
+"""
+_SIGNALS_BY_SEQ = f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE seq = ANY($1::bigint[])"
+
 _INSERT_DECISIONS = """
 INSERT INTO decisions (signal_seq, signal_id, service, outcome, reason, rule, remediation_id,
                        decided_at, explanation)
@@ -90,13 +99,29 @@ class PgDecisionStore:
     async def undecided_signals(
         self, *, limit: int, known: Mapping[int, Signal] | None = None
     ) -> UndecidedBatch:
-        # ``known`` is not used: intake does not report seqs here (RecordResult.seq is
-        # None), because text with a NUL reads back changed (rows.py).
         async def query(conn: asyncpg.Connection) -> UndecidedBatch:
-            rows = await conn.fetch(_UNDECIDED, limit)
+            if not known:
+                rows = await conn.fetch(_UNDECIDED, limit)
+                return UndecidedBatch(
+                    cursor=rows[0]["cursor"],
+                    signals=[stored_signal(row) for row in rows if row["seq"] is not None],
+                )
+            # One snapshot: which seqs follow the cursor, and the rows of those not kept.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                heads = await conn.fetch(_UNDECIDED_SEQS, limit)
+                seqs = [row["seq"] for row in heads if row["seq"] is not None]
+                missing = [seq for seq in seqs if seq not in known]
+                read: dict[int, StoredSignal] = {}
+                if missing:
+                    for row in await conn.fetch(_SIGNALS_BY_SEQ, missing):
+                        item = stored_signal(row)
+                        read[item.seq] = item
             return UndecidedBatch(
-                cursor=rows[0]["cursor"],
-                signals=[stored_signal(row) for row in rows if row["seq"] is not None],
+                cursor=heads[0]["cursor"],
+                signals=[
+                    read[seq] if seq in read else StoredSignal(seq=seq, signal=known[seq])
+                    for seq in seqs
+                ],
             )
 
         return await self._db.read("read undecided signals", query)

@@ -18,16 +18,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
 from remediator.domain.errors import RemediatorError, TemporaryError
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
-from remediator.domain.signals import Signal
+from remediator.domain.signals import Signal, Source
 from remediator.journal.postgres.database import Database
 from remediator.journal.postgres.migrate import advisory_key
-from remediator.journal.postgres.rows import json_text, pg_text, signal_body
+from remediator.journal.postgres.rows import NUL, json_text, pg_text, signal_body
 from remediator.ports import RecordResult
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
                            ends_at, received_at, body, ord)
 ORDER BY ord
 ON CONFLICT (id) DO NOTHING
-RETURNING id
+RETURNING id, seq
 """
 
 
@@ -194,10 +193,14 @@ class Intake:
         batch = [job for job in jobs if not job.abandoned]
         if not batch:
             return
-        signals = [signal for job in batch for signal in job.signals]
+        unique: dict[str, Signal] = {}
+        for job in batch:
+            for signal in job.signals:
+                unique.setdefault(signal.id, signal)
+        rows = _Rows(list(unique.values()))
         try:
-            fresh: set[str] = await self._db.write(
-                "intake", lambda conn: _insert_signals(conn, signals)
+            fresh: dict[str, int] = await self._db.write(
+                "intake", lambda conn: _insert_signals(conn, rows)
             )
         except TemporaryError as exc:
             log.error("journal write of %d request(s) failed: %s", len(batch), exc)
@@ -213,7 +216,7 @@ class Intake:
             log.error("journal refused a request's signals: %s", exc)
             batch[0].settle(None, exc)
             return
-        self.last_batch_size = len(signals)
+        self.last_batch_size = sum(len(job.signals) for job in batch)
         # The first occurrence of a fresh id in this batch is the one stored; every
         # other occurrence (an earlier commit, any replica, or this batch) is a duplicate.
         claimed: set[str] = set()
@@ -223,30 +226,51 @@ class Intake:
                 new = signal.id in fresh and signal.id not in claimed
                 if new:
                     claimed.add(signal.id)
-                results.append(RecordResult(signal_id=signal.id, duplicate=not new))
+                seq = fresh[signal.id] if new and signal.id in rows.unchanged else None
+                results.append(RecordResult(signal_id=signal.id, duplicate=not new, seq=seq))
             job.settle(results, None)
 
 
-async def _insert_signals(conn: asyncpg.Connection, signals: Sequence[Signal]) -> set[str]:
-    unique: dict[str, Signal] = {}
-    for signal in signals:
-        unique.setdefault(signal.id, signal)
+class _Rows:
+    """The INSERT_SIGNALS columns of signals with distinct ids, made once (outside the
+    transaction and its retries), and which of them read back unchanged."""
+
+    def __init__(self, signals: Sequence[Signal]) -> None:
+        bodies = [json_text(signal_body(s)) for s in signals]
+        self.columns = (
+            [s.id for s in signals],
+            [pg_text(s.key) for s in signals],
+            [s.source.value for s in signals],
+            [pg_text(s.kind) for s in signals],
+            [s.status.value for s in signals],
+            [pg_text(s.service) for s in signals],
+            [pg_text(s.namespace) for s in signals],
+            [s.starts_at for s in signals],
+            [s.ends_at for s in signals],
+            [s.received_at for s in signals],
+            bodies,
+        )
+        self.unchanged = {
+            s.id for s, body in zip(signals, bodies, strict=True) if _reads_back_equal(s, body)
+        }
+
+
+def _reads_back_equal(signal: Signal, body: str) -> bool:
+    """Whether the stored row reads back equal to ``signal``, so that the decider may
+    keep it instead of reading it (RecordResult.seq). Only an alert's: every value it
+    carries is text (the payload is validated strictly), which PostgreSQL keeps as
+    given unless it holds a NUL (stored as U+FFFD). A Kafka event's body may hold
+    numbers, which jsonb may give back as another type (1e16 as an integer)."""
+    # json_text stored an escaped NUL as an escaped U+FFFD; either escape is taken as a
+    # NUL (an alert's text has no reason to carry the six characters literally).
+    if signal.source is not Source.ALERTMANAGER or "\\ufffd" in body or "\\u0000" in body:
+        return False
+    texts = (signal.key, signal.kind, signal.service or "", signal.namespace or "")
+    return not any(NUL in text for text in texts)
+
+
+async def _insert_signals(conn: asyncpg.Connection, rows: _Rows) -> dict[str, int]:
+    """Insert what is not yet journaled; the id and seq of each signal stored now."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", INTAKE_LOCK)
-    rows = await conn.fetch(INSERT_SIGNALS, *_columns(list(unique.values())))
-    return {row["id"] for row in rows}
-
-
-def _columns(signals: Sequence[Signal]) -> tuple[list[Any], ...]:
-    return (
-        [s.id for s in signals],
-        [pg_text(s.key) for s in signals],
-        [s.source.value for s in signals],
-        [pg_text(s.kind) for s in signals],
-        [s.status.value for s in signals],
-        [pg_text(s.service) for s in signals],
-        [pg_text(s.namespace) for s in signals],
-        [s.starts_at for s in signals],
-        [s.ends_at for s in signals],
-        [s.received_at for s in signals],
-        [json_text(signal_body(s)) for s in signals],
-    )
+    inserted = await conn.fetch(INSERT_SIGNALS, *rows.columns)
+    return {row["id"]: row["seq"] for row in inserted}
