@@ -112,8 +112,8 @@ POLL_SECONDS = 2.0
 DECIDE_SLICE = 8
 # Journaled signals kept in memory for deciding, at most (a backlog beyond it is read
 # back from the journal when its turn comes): some 40 MB of Alertmanager-sized signals
-# (about 2 KB each). A 10,000-alert storm fits; reading a signal back costs about as
-# much CPU as deciding it.
+# (about 2 KB each). A 10,000-alert storm fits; reading a signal back cost a fifth of
+# the decider's time while it drained a backlog (docs/benchmarks.md).
 FRESH_SIGNALS = 20_000
 # How much of an exception's message a decision's explanation keeps.
 MAX_ERROR_TEXT = 500
