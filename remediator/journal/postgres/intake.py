@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from remediator.domain.errors import RemediatorError, TemporaryError
+from remediator.domain.errors import PermanentError, RemediatorError, TemporaryError
 from remediator.domain.failpoints import NO_FAILPOINTS, Failpoints
 from remediator.domain.signals import Signal, Source
 from remediator.journal.postgres.database import Database
@@ -197,11 +197,8 @@ class Intake:
         for job in batch:
             for signal in job.signals:
                 unique.setdefault(signal.id, signal)
-        rows = _Rows(list(unique.values()))
         try:
-            fresh: dict[str, int] = await self._db.write(
-                "intake", lambda conn: _insert_signals(conn, rows)
-            )
+            rows, fresh = await self._insert(list(unique.values()))
         except TemporaryError as exc:
             log.error("journal write of %d request(s) failed: %s", len(batch), exc)
             for job in batch:
@@ -229,6 +226,15 @@ class Intake:
                 seq = fresh[signal.id] if new and signal.id in rows.unchanged else None
                 results.append(RecordResult(signal_id=signal.id, duplicate=not new, seq=seq))
             job.settle(results, None)
+
+    async def _insert(self, signals: Sequence[Signal]) -> tuple[_Rows, dict[str, int]]:
+        try:
+            rows = _Rows(signals)
+        except Exception as exc:
+            # Input that cannot be encoded is refused like input the server refuses: one
+            # request's alone (see _commit), never the writer task's end.
+            raise PermanentError(f"journal intake: {type(exc).__name__}: {exc}") from exc
+        return rows, await self._db.write("intake", lambda conn: _insert_signals(conn, rows))
 
 
 class _Rows:

@@ -320,6 +320,41 @@ async def test_concurrent_calls_share_one_commit(
     assert all(not r.duplicate for batch in results for r in batch)
 
 
+async def test_a_request_that_cannot_be_stored_fails_alone_in_a_shared_commit(
+    opened: Callable[..., Any], dsn: SecretStr
+) -> None:
+    """A body the journal cannot encode (an integer past 64 bits) is refused for its
+    request only: the others in the commit are stored, and intake goes on."""
+    journal = await opened(instance="shared", call_timeout_seconds=30)
+    blocker, watcher = await raw(dsn), await raw(dsn)
+    try:
+        await blocker.execute("BEGIN")
+        await blocker.execute("SELECT pg_advisory_xact_lock($1)", INTAKE_LOCK)
+        first = asyncio.create_task(journal.record_signals([signal(0)]))
+        await eventually(
+            lambda: backend_waiting_for_a_lock(watcher, "remediator shared"), bool,
+            timeout=30, what="the first commit waiting",
+        )  # fmt: skip
+        # These two queue behind the first commit and go in the next one together.
+        bad = asyncio.create_task(journal.record_signals([replace(signal(1), raw={"n": 2**70})]))
+        good = asyncio.create_task(journal.record_signals([signal(2)]))
+        await asyncio.sleep(0)
+        await blocker.execute("COMMIT")
+        await first
+        with pytest.raises(PermanentError, match="journal intake"):
+            await bad
+        [stored] = await good
+    finally:
+        await blocker.close()
+        await watcher.close()
+    assert not stored.duplicate
+    assert journal.alive()
+    [after] = await journal.record_signals([signal(3)])
+    assert not after.duplicate
+    ids = {s["id"] for s in (await journal.list_signals(limit=10)).items}
+    assert ids == {signal(n).id for n in (0, 2, 3)}
+
+
 # -- liveness -----------------------------------------------------------------------------------
 async def test_a_dead_intake_writer_fails_every_call_and_is_not_alive(
     opened: Callable[..., Any],
