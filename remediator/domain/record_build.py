@@ -238,6 +238,8 @@ def _evidence(detail: Mapping[str, Any] | None, *, claimed: bool, when: str = ""
         parsed = [EvidenceEvent.model_validate(e) for e in events if isinstance(e, dict)]
     else:
         notes.append(f"Kubernetes events {events}")
+    if isinstance(detail.get("events_note"), str):
+        notes.append(detail["events_note"])
     history = detail.get("helm_history")
     lines: list[str] = []
     if isinstance(history, list):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -133,21 +133,30 @@ class KubeClient:
         self, ref: Ref, *, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         """Every item of a collection (follows ``continue`` tokens)."""
+        items: list[dict[str, Any]] = []
+        async for page in self.pages(ref, label_selector=label_selector):
+            items.extend(page)
+        return items
+
+    async def pages(
+        self, ref: Ref, *, label_selector: str | None = None, page_size: int = 500
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """A collection one page at a time, so a caller that keeps only some items holds
+        one page in memory, and may stop early."""
         if ref.name is not None:
             raise ValueError(f"list needs a collection, got {ref}")
-        items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            query: list[tuple[str, str]] = [("limit", "500")]
+            query: list[tuple[str, str]] = [("limit", str(page_size))]
             if label_selector:
                 query.append(("labelSelector", label_selector))
             if token:
                 query.append(("continue", token))
             page = await self._call("GET", ref, query=query)
-            items.extend(page.get("items") or [])
+            yield list(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return items
+                return
 
     # -- writes ----------------------------------------------------------------------
     async def create(self, ref: Ref, body: Mapping[str, Any], *, dry_run: bool) -> dict[str, Any]:

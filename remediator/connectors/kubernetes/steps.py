@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -115,6 +116,33 @@ def _event_time(event: Mapping[str, Any]) -> datetime | None:
     return None
 
 
+def _workload_event(
+    item: Mapping[str, Any], deployment: str, *, since: datetime
+) -> dict[str, Any] | None:
+    """The record's form of an event about ``deployment``, its ReplicaSets or its Pods,
+    at or after ``since``; ``None`` for any other event."""
+    involved = item.get("involvedObject") or {}
+    name = str(involved.get("name") or "")
+    if name != deployment and not name.startswith(f"{deployment}-"):
+        return None
+    at = _event_time(item)
+    if at is None or at < since:
+        return None
+    return {
+        "at": at.isoformat(),
+        "kind": str(involved.get("kind") or ""),
+        "name": name,
+        "type": str(item.get("type") or ""),
+        "reason": str(item.get("reason") or ""),
+        "message": str(item.get("message") or "")[:_EVENT_MESSAGE_CHARS],
+        "count": int(item.get("count") or 1),
+    }
+
+
+def _by_time(kept: list[tuple[str, int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [event for _, _, event in sorted(kept)]
+
+
 class VerificationFailed(NeedsHuman):
     """A check after a change did not pass: the change is not done, people decide."""
 
@@ -143,10 +171,17 @@ class KubernetesStepRunner:
         poll_seconds: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        event_page_size: int = 500,
+        events_read_at_most: int = 20_000,
     ) -> None:
         """``health_grace_seconds``: how long after a change its health URL may keep
-        failing before the check fails (traffic moves to the restored pods meanwhile)."""
+        failing before the check fails (traffic moves to the restored pods meanwhile).
+        ``events_read_at_most``: the record reads a namespace's events up to this many
+        (they live an hour, the apiserver's ``--event-ttl``), ``event_page_size`` a
+        request."""
         self._kube = kube
+        self._event_page_size = event_page_size
+        self._events_read_at_most = events_read_at_most
         self._health_grace = health_grace_seconds
         self._monotonic = monotonic
         self._sleep = sleep
@@ -357,9 +392,11 @@ class KubernetesStepRunner:
     async def _record_evidence(self, p: RecordEvidenceParams) -> dict[str, Any]:
         """Evidence for the record; each part that cannot be read says why, never fails."""
         now = datetime.now(UTC)
-        events = await self._workload_events(p.namespace, p.deployment, since=p.since)
+        events, cut = await self._workload_events(p.namespace, p.deployment, since=p.since)
         detail: dict[str, Any] = {"summary": "evidence recorded", "since": p.since.isoformat(),
                                   "until": now.isoformat(), "events": events}  # fmt: skip
+        if cut is not None:
+            detail["events_note"] = cut
         if isinstance(events, list):
             pods = sorted({e["name"] for e in events if e["kind"] == "Pod"})
             detail["pods_affected"] = pods
@@ -370,36 +407,41 @@ class KubernetesStepRunner:
 
     async def _workload_events(
         self, namespace: str, deployment: str, *, since: datetime
-    ) -> list[dict[str, Any]] | str:
-        try:
-            items = await self._kube.list_all(Ref("Event", namespace))
-        except (TemporaryError, PermanentError) as exc:
-            return f"unavailable: {exc}"
-        kept: list[dict[str, Any]] = []
+    ) -> tuple[list[dict[str, Any]] | str, str | None]:
+        """The workload's newest events since ``since``, and a note when not every event of
+        the namespace was read.
+
+        Events cannot be selected by name prefix (the workload's ReplicaSets and Pods), so
+        the namespace's events are read a page at a time, keeping only the newest matches:
+        memory stays one page, and a namespace with very many events costs at most
+        ``events_read_at_most`` events' parsing on the event loop."""
+        newest: list[tuple[str, int, dict[str, Any]]] = []  # a heap: the oldest kept first
         # Event times are whole seconds (lastTimestamp): an event in the incident's first
         # second reads as earlier than its start, so compare at that precision.
         since = since.replace(microsecond=0)
-        for item in items:
-            involved = item.get("involvedObject") or {}
-            name = str(involved.get("name") or "")
-            if name != deployment and not name.startswith(f"{deployment}-"):
-                continue
-            at = _event_time(item)
-            if at is None or at < since:
-                continue
-            kept.append(
-                {
-                    "at": at.isoformat(),
-                    "kind": str(involved.get("kind") or ""),
-                    "name": name,
-                    "type": str(item.get("type") or ""),
-                    "reason": str(item.get("reason") or ""),
-                    "message": str(item.get("message") or "")[:_EVENT_MESSAGE_CHARS],
-                    "count": int(item.get("count") or 1),
-                }
-            )
-        kept.sort(key=lambda e: str(e["at"]))
-        return kept[-_MAX_EVENTS:]
+        read = 0
+        try:
+            async with contextlib.aclosing(
+                self._kube.pages(Ref("Event", namespace), page_size=self._event_page_size)
+            ) as pages:
+                async for page in pages:
+                    if read >= self._events_read_at_most:  # and the namespace has more
+                        return _by_time(newest), (
+                            f"only the first {read:,} events of namespace {namespace} were "
+                            "read; the workload's may be among the others"
+                        )
+                    for item in page:
+                        kept = _workload_event(item, deployment, since=since)
+                        if kept is not None:
+                            entry = (str(kept["at"]), read, kept)
+                            if len(newest) < _MAX_EVENTS:
+                                heapq.heappush(newest, entry)
+                            else:
+                                heapq.heappushpop(newest, entry)
+                        read += 1
+        except (TemporaryError, PermanentError) as exc:
+            return f"unavailable: {exc}", None
+        return _by_time(newest), None
 
     async def _helm_history(self, release: str, namespace: str) -> list[dict[str, Any]] | str:
         if self._helm is None:
