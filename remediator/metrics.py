@@ -268,6 +268,19 @@ class Metrics:
             "approvals.check_interval_seconds (0 until the first read).",
             registry=r,
         )
+        self.undecided_signals = Gauge(
+            "remediator_undecided_signals",
+            "Signals journaled and not yet decided (after the decision cursor), read from the "
+            "journal every approvals.check_interval_seconds: deciding's backlog.",
+            registry=r,
+        )
+        self.undecided_age = Gauge(
+            "remediator_undecided_age_seconds",
+            "How long the oldest undecided signal has waited since it was received (0 when "
+            "none waits), read with remediator_undecided_signals. Growing: deciding is "
+            "behind intake, or stopped.",
+            registry=r,
+        )
         self.circuit_open = Gauge(
             "remediator_circuit_open",
             "1 while the circuit breaker is open (automated actions stopped until someone "

@@ -122,6 +122,14 @@ class CircuitInputs:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionBacklog:
+    """Signals journaled after the decision cursor: what deciding has still to do."""
+
+    signals: int
+    oldest_received_at: datetime | None  # when the first of them arrived; None: none wait
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RemediationPage:
     items: Sequence[Remediation]
     next_cursor: str | None
@@ -373,6 +381,13 @@ class DecisionStore(Protocol):
     async def circuit_inputs(self) -> CircuitInputs:
         """The breaker's record and what it weighs since the record last changed, read
         together (one read a batch, and no reset slips in between the parts)."""
+        ...
+
+
+class DecisionBacklogs(Protocol):
+    async def decision_backlog(self) -> DecisionBacklog:
+        """How many signals wait after the decision cursor, and since when, from one
+        snapshot (for the gauges: deciding that falls behind shows before it is done)."""
         ...
 
 
@@ -695,6 +710,7 @@ class Journal(
     JournalLifecycle,
     SignalStore,
     DecisionStore,
+    DecisionBacklogs,
     CircuitStore,
     RemediationStore,
     ApprovalStore,

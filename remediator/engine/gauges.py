@@ -1,5 +1,5 @@
-"""Gauges of journal state: plans awaiting approval, and whether the circuit breaker is
-open.
+"""Gauges of journal state: plans awaiting approval, whether the circuit breaker is
+open, and how far deciding is behind intake.
 
 Read on a timer by a root task, never at scrape time: a scrape must not wait for the
 journal (a slow or unavailable one would make /metrics time out exactly when it is
@@ -13,11 +13,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from remediator.domain.errors import PermanentError, TemporaryError
 from remediator.domain.lifecycle import RemediationStatus
-from remediator.ports import CircuitStore, RemediationStore
+from remediator.ports import CircuitStore, DecisionBacklogs, RemediationStore
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,22 @@ REFRESH_SECONDS = 15.0  # about one scrape interval: fresh enough, two cheap rea
 PAGE = 500
 
 
-class GaugeJournal(CircuitStore, RemediationStore, Protocol):
-    """The journal roles read: the circuit breaker, and remediations by status."""
+class GaugeJournal(CircuitStore, RemediationStore, DecisionBacklogs, Protocol):
+    """The journal roles read: the circuit breaker, remediations by status, and the
+    signals not yet decided."""
 
 
 @dataclass(frozen=True, slots=True)
 class JournalState:
     approvals_waiting: int
     circuit_open: bool
+    undecided_signals: int = 0
+    # How long the first undecided signal has waited (0 when none waits).
+    undecided_seconds: float = 0.0
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class JournalGauges:
@@ -45,8 +54,10 @@ class JournalGauges:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_internal_error: Callable[[str], None] | None = None,
         page_size: int = PAGE,
+        clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._journal = journal
+        self._clock = clock
         self._page = page_size
         self._on_state = on_state
         self._interval = interval_seconds
@@ -68,9 +79,16 @@ class JournalGauges:
             await self._sleep(self._interval)
 
     async def refresh(self) -> JournalState:
+        backlog = await self._journal.decision_backlog()
+        waited = 0.0
+        if backlog.oldest_received_at is not None:
+            # Another replica's clock may run ahead of this one's: never below 0.
+            waited = max((self._clock() - backlog.oldest_received_at).total_seconds(), 0.0)
         state = JournalState(
             approvals_waiting=await self._count(RemediationStatus.AWAITING_APPROVAL),
             circuit_open=(await self._journal.circuit()).open,
+            undecided_signals=backlog.signals,
+            undecided_seconds=waited,
         )
         self._on_state(state)
         return state

@@ -269,6 +269,7 @@ class Runtime:
             on_internal_error=lambda _kind: self.metrics.internal_errors.labels(
                 component="journal-gauges"
             ).inc(),
+            clock=lambda: datetime.now(UTC),
         )
         roots: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "decision-engine": engine.run,
@@ -605,6 +606,8 @@ class Runtime:
     def _journal_state(self, state: JournalState) -> None:
         self.metrics.approvals_waiting.set(state.approvals_waiting)
         self.metrics.circuit_open.set(1 if state.circuit_open else 0)
+        self.metrics.undecided_signals.set(state.undecided_signals)
+        self.metrics.undecided_age.set(state.undecided_seconds)
 
     def _root_crashed(self, name: str) -> None:
         self.metrics.internal_errors.labels(component=name).inc()

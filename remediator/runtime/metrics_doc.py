@@ -53,9 +53,12 @@ signal, and hop 1 is milliseconds. Across replicas, hops 2 to 5 include the cloc
 between hosts (negative values are counted as 0). Dry runs are not counted in hops 3
 to 5; hop 4 counts succeeded plans that verify (every acting plan does: docs/rules.md).
 
-The gauges `remediator_approvals_waiting` and `remediator_circuit_open` are read from the
+The gauges `remediator_approvals_waiting`, `remediator_circuit_open`,
+`remediator_undecided_signals` and `remediator_undecided_age_seconds` are read from the
 shared journal on every replica, as often as the approval clock looks
 (`approvals.check_interval_seconds`, 15 s by default): aggregate them with `max`, not `sum`.
+Hop 2's histogram counts only what was decided; the two `undecided` gauges show deciding
+that falls behind, or has stopped, while it is happening.
 
 """
 

@@ -90,6 +90,31 @@ async def test_recording_decisions_moves_the_cursor_past_them(journal: Journal) 
     assert [s.signal.id for s in rest.signals] == [signal(4).id, signal(5).id]
 
 
+async def test_the_backlog_is_what_follows_the_cursor_and_when_its_first_arrived(
+    journal: Journal,
+) -> None:
+    empty = await journal.decision_backlog()
+    assert (empty.signals, empty.oldest_received_at) == (0, None)
+    arrivals = [NOW + timedelta(seconds=n) for n in range(4)]
+    await journal.record_signals([signal(n, received_at=at) for n, at in enumerate(arrivals)])
+    # A duplicate adds nothing to decide.
+    await journal.record_signals([signal(0, received_at=NOW + timedelta(hours=1))])
+    waiting = await journal.decision_backlog()
+    assert (waiting.signals, waiting.oldest_received_at) == (4, arrivals[0])
+
+    batch = (await journal.undecided_signals(limit=3)).signals
+    records = [decision(s.seq, s.signal) for s in batch]
+    assert await journal.record_decisions(records, cursor=0, through_seq=batch[-1].seq)
+    left = await journal.decision_backlog()
+    assert (left.signals, left.oldest_received_at) == (1, arrivals[3])
+
+    rest = (await journal.undecided_signals(limit=3)).signals
+    records = [decision(s.seq, s.signal) for s in rest]
+    assert await journal.record_decisions(records, cursor=batch[-1].seq, through_seq=rest[-1].seq)
+    done = await journal.decision_backlog()
+    assert (done.signals, done.oldest_received_at) == (0, None)
+
+
 async def test_a_stale_cursor_writes_nothing_and_says_so(journal: Journal) -> None:
     await journal.record_signals([signal(1), signal(2)])
     batch = await journal.undecided_signals(limit=10)

@@ -56,6 +56,11 @@ def test_a_running_daemon_serves_every_documented_family(daemon: Daemon) -> None
     assert daemon.metric("process_open_fds") > 0
     assert "python_info{" in text
     assert "remediator_approvals_waiting 0.0" in text
+    wait_for(
+        lambda: "remediator_undecided_signals 0.0" in scrape(daemon)[1],
+        timeout=30, what="the backlog gauge",
+    )  # fmt: skip
+    assert "remediator_undecided_age_seconds 0.0" in scrape(daemon)[1]
 
     documented = (DOCS / "metrics.md").read_text()
     served = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))

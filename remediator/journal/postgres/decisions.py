@@ -32,6 +32,7 @@ from remediator.journal.postgres.rows import (
 )
 from remediator.ports import (
     CircuitInputs,
+    DecisionBacklog,
     DecisionRecord,
     NewRemediation,
     OutboxMessage,
@@ -69,6 +70,13 @@ LEFT JOIN LATERAL (SELECT seq FROM signals WHERE seq > c.seq ORDER BY seq LIMIT 
 ORDER BY s.seq
 """
 _SIGNALS_BY_SEQ = f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE seq = ANY($1::bigint[])"
+
+# One statement, one snapshot; an index range on seq, empty while deciding keeps up.
+_BACKLOG = """
+SELECT (SELECT count(*) FROM signals WHERE seq > c.seq) AS signals,
+       (SELECT received_at FROM signals WHERE seq > c.seq ORDER BY seq LIMIT 1) AS oldest
+FROM decision_cursor c
+"""
 
 _INSERT_DECISIONS = """
 INSERT INTO decisions (signal_seq, signal_id, service, outcome, reason, rule, remediation_id,
@@ -235,6 +243,15 @@ class PgDecisionStore:
             ]
 
         return await self._db.read("read remediation history", query)
+
+    async def decision_backlog(self) -> DecisionBacklog:
+        async def query(conn: asyncpg.Connection) -> DecisionBacklog:
+            row = await conn.fetchrow(_BACKLOG)
+            if row is None:  # the schema's migration puts the one row there
+                raise PermanentError("the journal has no decision cursor")
+            return DecisionBacklog(signals=int(row["signals"]), oldest_received_at=row["oldest"])
+
+        return await self._db.read("read the decision backlog", query)
 
     async def circuit_inputs(self) -> CircuitInputs:
         async def query(conn: asyncpg.Connection) -> CircuitInputs:

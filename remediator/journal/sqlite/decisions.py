@@ -26,6 +26,7 @@ from remediator.journal.sqlite.rows import (
 )
 from remediator.ports import (
     CircuitInputs,
+    DecisionBacklog,
     DecisionRecord,
     NewRemediation,
     OutboxMessage,
@@ -210,6 +211,29 @@ class SqliteDecisions(Role):
                 )
                 for rid, action, status, rule, manual, automated, created_at in rows
             ]
+
+        return await self._db.read(query)
+
+    async def decision_backlog(self) -> DecisionBacklog:
+        def query(conn: sqlite3.Connection) -> DecisionBacklog:
+            conn.execute("BEGIN")
+            try:
+                (cursor,) = conn.execute(
+                    "SELECT value FROM engine_state WHERE name = 'decided_seq'"
+                ).fetchone()
+                # A range of the rowid: nothing to count when deciding keeps up.
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM signals WHERE seq > ?", (int(cursor),)
+                ).fetchone()
+                first = conn.execute(
+                    "SELECT received_at FROM signals WHERE seq > ? ORDER BY seq LIMIT 1",
+                    (int(cursor),),
+                ).fetchone()
+            finally:
+                rollback(conn)
+            return DecisionBacklog(
+                signals=int(count), oldest_received_at=parse_utc(first[0]) if first else None
+            )
 
         return await self._db.read(query)
 

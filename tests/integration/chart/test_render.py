@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from remediator.settings import JournalSettings, load_settings
 from tests.integration.chart.conftest import CHART, FULL_VALUES, POSTGRES_VALUES, REPO, Cli, only
 from tests.integration.kube.test_rbac import documented_rules
+from tests.unit.rules.test_rules_promtool import promtool
 
 pytestmark = pytest.mark.integration
 
@@ -178,8 +179,8 @@ def test_prometheus_rule_carries_the_shipped_alerts_and_the_health_alerts(cli: C
     assert groups[: len(shipped["groups"])] == shipped["groups"]
     health = {r["alert"]: r for r in groups[-1]["rules"]}
     assert set(health) == {
-        "RemediatorDown", "RemediatorJournalWriterDown", "RemediatorInternalErrors",
-        "RemediatorWebhook5xx",
+        "RemediatorDown", "RemediatorJournalWriterDown", "RemediatorDecisionsBehind",
+        "RemediatorInternalErrors", "RemediatorWebhook5xx",
     }  # fmt: skip
     selector = 'job="rem-remediator", namespace="remediator"'
     assert health["RemediatorJournalWriterDown"]["expr"] == (
@@ -191,6 +192,62 @@ def test_prometheus_rule_carries_the_shipped_alerts_and_the_health_alerts(cli: C
     )
     # Prometheus' own templates reach it untouched by helm's.
     assert "{{ $labels.component }}" in health["RemediatorInternalErrors"]["annotations"]["summary"]
+
+
+def test_the_decisions_behind_alert_fires_only_when_deciding_stays_behind(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """promtool evaluates the rendered rule: a storm's few seconds of queue never fire
+    it; an oldest undecided signal over a minute old for five minutes does."""
+    objects = cli.template("--set", "prometheusRule.enabled=true")
+    [rule] = only(objects, "PrometheusRule")
+    health = rule["spec"]["groups"][-1]
+    behind = [r for r in health["rules"] if r["alert"] == "RemediatorDecisionsBehind"]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{**health, "rules": behind}]}))
+    series = 'remediator_undecided_age_seconds{job="rem-remediator", namespace="remediator"}'
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [
+                    # A storm: 0-8 s of queue, for 20 minutes.
+                    {
+                        "series": series.replace("}", ', instance="a"}'),
+                        "values": "0 8 0 5 0 8 0 5 0 8 0 5 0 8 0 5 0 8 0 5 0 8 0 5 0 8 0 5 0 8 0 5 0 8 0 5 0 8 0 5",
+                    },
+                    # Deciding stopped 20 s in: the oldest's wait grows 15 s a read.
+                    {"series": series.replace("}", ', instance="b"}'), "values": "0 0 15+15x80"},
+                ],
+                "alert_rule_test": [
+                    # Over a minute since 90 s: not yet for five minutes at 6 min.
+                    {"eval_time": "6m", "alertname": "RemediatorDecisionsBehind", "exp_alerts": []},
+                    {
+                        "eval_time": "11m",
+                        "alertname": "RemediatorDecisionsBehind",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "critical"},
+                                "exp_annotations": {
+                                    "summary": "remediator's deciding is behind by more than a minute",
+                                    "description": (
+                                        "Alerts are journaled but not decided, so nothing is "
+                                        "remediated; 10m 45s is the oldest's wait. Look for "
+                                        "decision-engine restarts (remediator_root_task_restarts_total) "
+                                        "and ERROR lines in the pod's log."
+                                    ),
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = promtool("test", "rules", str(tmp_path / "tests.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Gauges of journal state, over the real SQLite journal: plans awaiting approval and
-the circuit breaker, read on a timer and set on the daemon's registry."""
+"""Gauges of journal state, over the real SQLite journal: plans awaiting approval, the
+circuit breaker and deciding's backlog, read on a timer and set on the daemon's
+registry."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from remediator.domain.lifecycle import RemediationStatus
 from remediator.engine.gauges import JournalGauges, JournalState
 from remediator.journal.sqlite import SqliteJournal
 from remediator.metrics import Metrics
-from tests.contract.builders import NOW, plant
+from tests.contract.builders import NOW, decision, plant, signal
 
 
 @pytest.fixture
@@ -35,9 +36,11 @@ async def waiting(journal: SqliteJournal) -> str:
 
 
 def set_gauges(metrics: Metrics, state: JournalState) -> None:
-    # As the runtime does.
+    # As the runtime does (tests/e2e/test_metrics.py scrapes a daemon's).
     metrics.approvals_waiting.set(state.approvals_waiting)
     metrics.circuit_open.set(1 if state.circuit_open else 0)
+    metrics.undecided_signals.set(state.undecided_signals)
+    metrics.undecided_age.set(state.undecided_seconds)
 
 
 async def test_counts_waiting_plans_and_reads_the_circuit(journal: SqliteJournal) -> None:
@@ -61,7 +64,47 @@ async def test_counts_waiting_plans_and_reads_the_circuit(journal: SqliteJournal
     assert metrics.registry.get_sample_value("remediator_circuit_open") == 0
 
 
+async def test_the_backlog_counts_undecided_signals_and_how_long_the_first_waited(
+    journal: SqliteJournal,
+) -> None:
+    metrics = Metrics()
+    now = [NOW]
+    gauges = JournalGauges(journal=journal, on_state=lambda s: set_gauges(metrics, s),
+                           clock=lambda: now[0])  # fmt: skip
+    assert (await gauges.refresh()).undecided_signals == 0
+
+    await journal.record_signals(
+        [signal(n, received_at=NOW + timedelta(seconds=n)) for n in range(3)]
+    )
+    now[0] = NOW + timedelta(seconds=42.5)
+    state = await gauges.refresh()
+    assert (state.undecided_signals, state.undecided_seconds) == (3, 42.5)
+    assert metrics.registry.get_sample_value("remediator_undecided_signals") == 3
+    assert metrics.registry.get_sample_value("remediator_undecided_age_seconds") == 42.5
+
+    first = (await journal.undecided_signals(limit=1)).signals
+    assert await journal.record_decisions([decision(first[0].seq, first[0].signal)], cursor=0,
+                                          through_seq=first[0].seq)  # fmt: skip
+    state = await gauges.refresh()
+    assert (state.undecided_signals, state.undecided_seconds) == (2, 41.5)
+
+    # A signal received by a replica whose clock runs ahead has not waited less than 0.
+    now[0] = NOW
+    assert (await gauges.refresh()).undecided_seconds == 0
+
+    rest = (await journal.undecided_signals(limit=5)).signals
+    records = [decision(s.seq, s.signal) for s in rest]
+    assert await journal.record_decisions(records, cursor=first[0].seq, through_seq=rest[-1].seq)
+    now[0] = NOW + timedelta(hours=1)
+    assert await gauges.refresh() == JournalState(approvals_waiting=0, circuit_open=False)
+    assert metrics.registry.get_sample_value("remediator_undecided_signals") == 0
+    assert metrics.registry.get_sample_value("remediator_undecided_age_seconds") == 0
+
+
 class Unavailable:
+    async def decision_backlog(self) -> None:
+        raise TemporaryError("journal unavailable")
+
     async def circuit(self) -> None:
         raise TemporaryError("journal unavailable")
 
