@@ -63,7 +63,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -866,7 +866,7 @@ def shown_args(args: argparse.Namespace) -> dict[str, str]:
 # -- shared by the benchmark scripts -------------------------------------------------------
 async def wait_ready(
     session: aiohttp.ClientSession,
-    proc: subprocess.Popen[bytes],
+    proc: subprocess.Popen[Any],
     url: str,
     *,
     logs: Callable[[], str],

@@ -147,7 +147,9 @@ class JournalSettings(_Group):
     )
     # Alertmanager resends for as long as an alert fires; keys must outlive a day of resends.
     retention_hours: float = Field(
-        24.0 * 7, ge=24.0, description="How long signals and their idempotency keys are kept."
+        24.0 * 7,
+        ge=24.0,
+        description="How long signals, their idempotency keys and their decisions are kept.",
     )
     max_batch: int = Field(
         5000, ge=1, description="Most alerts written in one transaction (group commit)."

@@ -703,7 +703,8 @@ class Runtime:
             else:
                 self.metrics.pruned_signals.inc(deleted)
                 if deleted:
-                    log.info("pruned %d signal(s) older than %.0fh", deleted, retention / 3600)
+                    log.info("pruned %d signal(s) older than %.0fh, and their decisions",
+                             deleted, retention / 3600)  # fmt: skip
             await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
 
     def _install_signal_handlers(self) -> None:

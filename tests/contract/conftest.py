@@ -8,11 +8,13 @@ as a second replica would: its own connections, its own instance name.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from pydantic import SecretStr
 
@@ -30,6 +32,19 @@ class Storage:
     kind: str  # sqlite | postgres
     make: MakeJournal
     dsn: SecretStr | None = None
+    path: Path | None = None  # the SQLite file
+
+    async def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """What ``sql`` reads straight from the storage: for the tables no port reads."""
+        if self.path is not None:
+            with contextlib.closing(sqlite3.connect(self.path)) as conn:
+                return list(conn.execute(sql).fetchall())
+        assert self.dsn is not None
+        conn = await asyncpg.connect(self.dsn.get_secret_value())
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -55,6 +70,7 @@ async def open_storage(
         yield Storage(
             kind="sqlite",
             make=lambda instance, clock: SqliteJournal(path=path, clock=clock, instance=instance),
+            path=path,
         )
         return
     server: Any = request.getfixturevalue("postgres")

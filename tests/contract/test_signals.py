@@ -11,8 +11,8 @@ import pytest
 from remediator.domain.errors import InvalidInput
 from remediator.domain.signals import Source, Status
 from remediator.ports import Journal
-from tests.contract.builders import NOW, Clock, signal
-from tests.contract.conftest import OpenReplica
+from tests.contract.builders import NOW, Clock, decision, signal
+from tests.contract.conftest import OpenReplica, Storage
 
 
 async def test_a_new_key_is_stored_and_a_replay_is_a_duplicate(journal: Journal) -> None:
@@ -134,6 +134,42 @@ async def test_prune_forgets_old_signals_and_their_keys(journal: Journal, clock:
     (again,) = await journal.record_signals([signal(1, received_at=clock.now)])
     assert not again.duplicate
     assert await journal.prune(older_than_seconds=7 * 86400) == 0
+
+
+async def decide_all(journal: Journal) -> None:
+    batch = await journal.undecided_signals(limit=100_000)
+    records = [decision(s.seq, s.signal) for s in batch.signals]
+    assert await journal.record_decisions(records, cursor=batch.cursor,
+                                          through_seq=batch.signals[-1].seq)  # fmt: skip
+
+
+async def test_prune_takes_the_decisions_of_the_signals_it_forgets(
+    storage: Storage, replica: OpenReplica, clock: Clock
+) -> None:
+    journal = await replica()
+    old = NOW - timedelta(days=8)
+    await journal.record_signals([signal(n, received_at=old) for n in range(1, 4)])
+    await journal.record_signals([signal(4)])
+    await journal.record_signals([signal(5, received_at=old)])  # the clock stepped back
+    await journal.record_signals([signal(6)])
+    await decide_all(journal)
+    decided = sorted(row[0] for row in await storage.rows("SELECT signal_seq FROM decisions"))
+    assert len(decided) == 6
+    clock.now = NOW + timedelta(hours=1)
+    assert await journal.prune(older_than_seconds=7 * 86400) == 4
+    # The three oldest go with their signals; the 5th's waits behind the kept 4th.
+    left = sorted(row[0] for row in await storage.rows("SELECT signal_seq FROM decisions"))
+    assert left == decided[3:]
+    assert [s.id for s in (await journal.undecided_signals(limit=10)).signals] == []
+    assert sorted(i["labels"]["n"] for i in (await journal.list_signals()).items) == ["4", "6"]
+
+    # With every signal gone, so is every decision, however many batches it takes.
+    clock.now = NOW + timedelta(days=9)
+    await journal.record_signals([signal(n, received_at=old) for n in range(100, 5_200)])
+    await decide_all(journal)
+    assert await journal.prune(older_than_seconds=86400) == 5_100 + 2
+    assert await storage.rows("SELECT signal_seq FROM decisions") == []
+    assert (await journal.list_signals()).items == []
 
 
 async def test_prune_follows_the_injected_clock(journal: Journal, clock: Clock) -> None:

@@ -34,6 +34,28 @@ SELECT (SELECT count(*) FROM chunk) AS examined,
 """
 
 
+# The decisions of signals the journal no longer holds: every one below the oldest
+# signal's seq (seq only grows), at most $1 seqs' worth a statement. Nothing reads a
+# decision but the audit of its signal, so it goes with the signal.
+_PRUNE_DECISIONS = """
+WITH bounds AS (
+    SELECT (SELECT min(signal_seq) FROM decisions) AS lowest,
+           (SELECT min(seq) FROM signals) AS oldest_signal
+), cut AS (
+    SELECT lowest, oldest_signal,
+           CASE WHEN oldest_signal IS NULL THEN lowest + $1
+                ELSE least(oldest_signal, lowest + $1) END AS upto
+    FROM bounds
+), gone AS (
+    DELETE FROM decisions d USING cut WHERE d.signal_seq < cut.upto RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS deleted,
+       lowest IS NOT NULL AND (oldest_signal IS NULL OR upto < oldest_signal) AS more
+FROM cut
+"""
+DECISIONS_PRUNED_A_BATCH = 5000
+
+
 @dataclass(frozen=True, slots=True)
 class _PruneBatch:
     examined: int
@@ -90,7 +112,8 @@ class PgSignalStore:
         first batch holding no old signal: seq grows with received_at, so that is where
         the signals within retention begin. A newer signal among old ones (a clock
         stepped back) is kept, never forgotten early. No index on received_at: it would
-        tax every insert on the webhook's hot path.
+        tax every insert on the webhook's hot path. Then the decisions of the signals
+        gone, a batch per transaction.
         """
         cutoff = self._clock() - timedelta(seconds=older_than_seconds)
         total, after = 0, 0
@@ -103,9 +126,12 @@ class PgSignalStore:
             )
             total += batch.deleted
             if batch.deleted == 0 or batch.examined < self._prune_batch_size:
-                return total
+                break
             assert batch.last_seq is not None
             after = batch.last_seq
+        while await self._db.write("prune decisions", _prune_decisions_batch):
+            pass
+        return total
 
 
 async def _prune_batch(
@@ -114,6 +140,13 @@ async def _prune_batch(
     row = await conn.fetchrow(_PRUNE_BATCH, after, limit, cutoff)
     assert row is not None
     return _PruneBatch(examined=row["examined"], deleted=row["deleted"], last_seq=row["last_seq"])
+
+
+async def _prune_decisions_batch(conn: asyncpg.Connection) -> bool:
+    """One batch of decisions of pruned signals; True while more may remain."""
+    row = await conn.fetchrow(_PRUNE_DECISIONS, DECISIONS_PRUNED_A_BATCH)
+    assert row is not None
+    return bool(row["more"])
 
 
 def _filters(*, service: str | None, before: int | None) -> tuple[str, list[Any]]:

@@ -32,6 +32,9 @@ DEFAULT_PRUNE_BATCH_SIZE = 5000
 # long (commit included) and examine rows this many at a time.
 PRUNE_BATCH_TARGET_SECONDS = 0.03
 PRUNE_CHUNK_ROWS = 200
+# Decisions of pruned signals deleted per transaction: a range of the table's key,
+# no other index to update, so a few milliseconds.
+DECISIONS_PRUNED_A_BATCH = 5000
 # Signals encoded for the writer between yields to the event loop.
 _STAGE_SLICE = 256
 # SQLite's default limit on host parameters is 999 before 3.32 and 32766 after.
@@ -94,7 +97,8 @@ class SqliteSignals(Role):
         Between batches the writer serves whatever queued meanwhile (webhooks). Deleting
         a signal rewrites a random page of the id index, so a batch costs about a page
         write per row: batches shrink until each takes about PRUNE_BATCH_TARGET_SECONDS
-        on this disk, and end early when another write is waiting.
+        on this disk, and end early when another write is waiting. Then the decisions
+        of the signals gone, a batch per transaction.
         """
         cutoff = utc_text(self._clock() - timedelta(seconds=older_than_seconds))
         limit = min(self._prune_batch_size, PRUNE_CHUNK_ROWS)
@@ -109,6 +113,11 @@ class SqliteSignals(Role):
             total += batch.deleted
             after = batch.next_after
             limit = next_prune_limit(batch, limit, most=self._prune_batch_size)
+        more = True
+        while more:
+            more = await self._db.write(
+                functools.partial(prune_decisions_batch, limit=DECISIONS_PRUNED_A_BATCH)
+            )
         return total
 
 
@@ -251,6 +260,32 @@ def prune_batch(
     return PruneBatch(deleted, examined, next_after, time.monotonic() - started)
 
 
+def prune_decisions_batch(conn: sqlite3.Connection, *, limit: int) -> bool:
+    """Delete the decisions of signals the journal no longer holds, at most ``limit``
+    seqs' worth; True while more may remain.
+
+    Nothing reads a decision but the audit of its signal, so it goes with the signal.
+    Every decision below the oldest signal's seq is one whose signal was pruned (seq
+    only grows); a decision among newer signals waits until they go too. The decisions
+    table has no index but its key, so a range of it is cheap to delete."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (lowest,) = conn.execute("SELECT min(signal_seq) FROM decisions").fetchone()
+        (oldest_signal,) = conn.execute("SELECT min(seq) FROM signals").fetchone()
+        if lowest is None or (oldest_signal is not None and lowest >= oldest_signal):
+            conn.execute("COMMIT")
+            return False
+        upto = lowest + limit
+        if oldest_signal is not None:
+            upto = min(upto, oldest_signal)
+        conn.execute("DELETE FROM decisions WHERE signal_seq < ?", (upto,))
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    return oldest_signal is None or upto < oldest_signal
+
+
 def next_prune_limit(batch: PruneBatch, limit: int, *, most: int) -> int:
     """As many rows as the last batch's pace fits in the target time; at most doubling,
     so one quick batch (e.g. cut short by a waiting write) cannot overshoot."""
@@ -269,4 +304,5 @@ __all__ = [
     "insert_signal_batches",
     "next_prune_limit",
     "prune_batch",
+    "prune_decisions_batch",
 ]
