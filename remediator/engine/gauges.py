@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 15.0  # about one scrape interval: fresh enough, two cheap reads each
 PAGE = 500
+# An undecided signal this old is no storm's queue (seconds): say so in the log too,
+# for whoever has no alert on the gauge, at most once a minute while it lasts.
+BEHIND_SECONDS = 60.0
 
 
 class GaugeJournal(CircuitStore, RemediationStore, DecisionBacklogs, Protocol):
@@ -63,6 +66,7 @@ class JournalGauges:
         self._interval = interval_seconds
         self._sleep = sleep
         self._on_internal_error = on_internal_error
+        self._behind_told: datetime | None = None  # None: deciding keeps up
 
     async def run(self) -> None:
         """Root task: refresh every ``interval_seconds`` until cancelled. A failed read
@@ -91,7 +95,27 @@ class JournalGauges:
             undecided_seconds=waited,
         )
         self._on_state(state)
+        self._tell_backlog(state)
         return state
+
+    def _tell_backlog(self, state: JournalState) -> None:
+        now = self._clock()
+        if state.undecided_seconds >= BEHIND_SECONDS:
+            told = self._behind_told
+            if told is None or (now - told).total_seconds() >= BEHIND_SECONDS:
+                log.warning(
+                    "deciding is behind: %d signal(s) journaled and not yet decided, the "
+                    "oldest for %.0fs (the decision engine stopped, or a storm outruns it); "
+                    "remediations start that much late",
+                    state.undecided_signals, state.undecided_seconds,
+                )  # fmt: skip
+                self._behind_told = now
+        elif self._behind_told is not None:
+            log.info(
+                "deciding caught up: %d signal(s) wait, the oldest for %.1fs",
+                state.undecided_signals, state.undecided_seconds,
+            )  # fmt: skip
+            self._behind_told = None
 
     async def _count(self, status: RemediationStatus) -> int:
         # Pages of list rows (no decisions or steps): few plans wait at a time.

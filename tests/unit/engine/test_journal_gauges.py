@@ -101,6 +101,44 @@ async def test_the_backlog_counts_undecided_signals_and_how_long_the_first_waite
     assert metrics.registry.get_sample_value("remediator_undecided_age_seconds") == 0
 
 
+async def test_a_backlog_over_a_minute_old_is_logged_once_a_minute_until_it_clears(
+    journal: SqliteJournal, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [NOW]
+    gauges = JournalGauges(journal=journal, on_state=lambda _: None, clock=lambda: now[0])
+    await journal.record_signals([signal(n) for n in range(3)])
+
+    def said() -> list[tuple[str, str]]:
+        lines = [(r.levelname, r.getMessage()) for r in caplog.records
+                 if r.name == "remediator.engine.gauges"]  # fmt: skip
+        caplog.clear()
+        return lines
+
+    caplog.set_level("INFO", logger="remediator.engine.gauges")
+    for seconds, expected in [
+        (59, []),  # a storm's queue: nothing to say
+        (60, [("WARNING", "deciding is behind: 3 signal(s) journaled and not yet decided, "
+                          "the oldest for 60s (the decision engine stopped, or a storm "
+                          "outruns it); remediations start that much late")]),
+        (75, []),  # said a moment ago
+        (119, []),
+        (120, [("WARNING", "deciding is behind: 3 signal(s) journaled and not yet decided, "
+                           "the oldest for 120s (the decision engine stopped, or a storm "
+                           "outruns it); remediations start that much late")]),
+    ]:  # fmt: skip
+        now[0] = NOW + timedelta(seconds=seconds)
+        await gauges.refresh()
+        assert said() == expected, seconds
+
+    batch = (await journal.undecided_signals(limit=5)).signals
+    records = [decision(s.seq, s.signal) for s in batch]
+    assert await journal.record_decisions(records, cursor=0, through_seq=batch[-1].seq)
+    await gauges.refresh()
+    assert said() == [("INFO", "deciding caught up: 0 signal(s) wait, the oldest for 0.0s")]
+    await gauges.refresh()
+    assert said() == []
+
+
 class Unavailable:
     async def decision_backlog(self) -> None:
         raise TemporaryError("journal unavailable")
