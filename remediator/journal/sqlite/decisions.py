@@ -69,6 +69,12 @@ def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 
 
+def _decided_seq(conn: sqlite3.Connection) -> int:
+    """The decision cursor: every signal up to this seq is decided."""
+    (value,) = conn.execute("SELECT value FROM engine_state WHERE name = 'decided_seq'").fetchone()
+    return int(value)
+
+
 class SqliteDecisions(Role):
     async def undecided_signals(
         self, *, limit: int, known: Mapping[int, Signal] | None = None
@@ -77,20 +83,18 @@ class SqliteDecisions(Role):
             # One read transaction: the cursor and the signals after it from one snapshot.
             conn.execute("BEGIN")
             try:
-                (cursor,) = conn.execute(
-                    "SELECT value FROM engine_state WHERE name = 'decided_seq'"
-                ).fetchone()
+                cursor = _decided_seq(conn)
                 if known:
-                    signals = _known_or_read(conn, int(cursor), limit, known)
+                    signals = _known_or_read(conn, cursor, limit, known)
                 else:
                     rows = conn.execute(
                         f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE seq > ? ORDER BY seq LIMIT ?",
-                        (int(cursor), limit),
+                        (cursor, limit),
                     ).fetchall()
                     signals = [stored_signal(r) for r in rows]
             finally:
                 rollback(conn)
-            return UndecidedBatch(cursor=int(cursor), signals=signals)
+            return UndecidedBatch(cursor=cursor, signals=signals)
 
         return await self._db.read(query)
 
@@ -218,16 +222,14 @@ class SqliteDecisions(Role):
         def query(conn: sqlite3.Connection) -> DecisionBacklog:
             conn.execute("BEGIN")
             try:
-                (cursor,) = conn.execute(
-                    "SELECT value FROM engine_state WHERE name = 'decided_seq'"
-                ).fetchone()
+                cursor = _decided_seq(conn)
                 # A range of the rowid: nothing to count when deciding keeps up.
                 (count,) = conn.execute(
-                    "SELECT count(*) FROM signals WHERE seq > ?", (int(cursor),)
+                    "SELECT count(*) FROM signals WHERE seq > ?", (cursor,)
                 ).fetchone()
                 first = conn.execute(
                     "SELECT received_at FROM signals WHERE seq > ? ORDER BY seq LIMIT 1",
-                    (int(cursor),),
+                    (cursor,),
                 ).fetchone()
             finally:
                 rollback(conn)

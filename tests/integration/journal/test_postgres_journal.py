@@ -4,6 +4,7 @@ lose and reconnect to, the intake lock that orders seqs, a DSN holding a passwor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -291,31 +292,41 @@ async def test_a_signal_committing_late_is_not_skipped(
     assert [s.signal.id for s in batch.signals] == ["sig_first", signal(2).id]
 
 
-async def test_concurrent_calls_share_one_commit(
-    opened: Callable[..., Any], dsn: SecretStr
-) -> None:
-    journal = await opened(instance="grouped", call_timeout_seconds=30)
+@contextlib.asynccontextmanager
+async def the_next_commit(
+    journal: PostgresJournal, dsn: SecretStr, instance: str
+) -> AsyncIterator[None]:
+    """Calls made inside go in one commit together: another session holds the intake
+    lock while a first call's commit waits for it; on leaving, the lock is released and
+    the first call completes."""
     blocker, watcher = await raw(dsn), await raw(dsn)
     try:
         await blocker.execute("BEGIN")
         await blocker.execute("SELECT pg_advisory_xact_lock($1)", INTAKE_LOCK)
         first = asyncio.create_task(journal.record_signals([signal(0)]))
         await eventually(
-            lambda: backend_waiting_for_a_lock(watcher, "remediator grouped"), bool,
+            lambda: backend_waiting_for_a_lock(watcher, f"remediator {instance}"), bool,
             timeout=30, what="the first commit waiting",
         )  # fmt: skip
-        # These queue up behind the first commit, and go in the next one together.
+        yield
+        await asyncio.sleep(0)  # the calls made inside reach the writer's queue
+        await blocker.execute("COMMIT")
+        await first
+    finally:
+        await blocker.close()
+        await watcher.close()
+
+
+async def test_concurrent_calls_share_one_commit(
+    opened: Callable[..., Any], dsn: SecretStr
+) -> None:
+    journal = await opened(instance="grouped", call_timeout_seconds=30)
+    async with the_next_commit(journal, dsn, "grouped"):
         queued = [
             asyncio.create_task(journal.record_signals([signal(n), signal(n + 100)]))
             for n in range(1, 21)
         ]
-        await asyncio.sleep(0)
-        await blocker.execute("COMMIT")
-        await first
-        results = await asyncio.gather(*queued)
-    finally:
-        await blocker.close()
-        await watcher.close()
+    results = await asyncio.gather(*queued)
     assert journal.last_batch_size == 40
     assert all(not r.duplicate for batch in results for r in batch)
 
@@ -326,27 +337,12 @@ async def test_a_request_that_cannot_be_stored_fails_alone_in_a_shared_commit(
     """A body the journal cannot encode (an integer past 64 bits) is refused for its
     request only: the others in the commit are stored, and intake goes on."""
     journal = await opened(instance="shared", call_timeout_seconds=30)
-    blocker, watcher = await raw(dsn), await raw(dsn)
-    try:
-        await blocker.execute("BEGIN")
-        await blocker.execute("SELECT pg_advisory_xact_lock($1)", INTAKE_LOCK)
-        first = asyncio.create_task(journal.record_signals([signal(0)]))
-        await eventually(
-            lambda: backend_waiting_for_a_lock(watcher, "remediator shared"), bool,
-            timeout=30, what="the first commit waiting",
-        )  # fmt: skip
-        # These two queue behind the first commit and go in the next one together.
+    async with the_next_commit(journal, dsn, "shared"):
         bad = asyncio.create_task(journal.record_signals([replace(signal(1), raw={"n": 2**70})]))
         good = asyncio.create_task(journal.record_signals([signal(2)]))
-        await asyncio.sleep(0)
-        await blocker.execute("COMMIT")
-        await first
-        with pytest.raises(PermanentError, match="journal intake"):
-            await bad
-        [stored] = await good
-    finally:
-        await blocker.close()
-        await watcher.close()
+    with pytest.raises(PermanentError, match="journal intake"):
+        await bad
+    [stored] = await good
     assert not stored.duplicate
     assert journal.alive()
     [after] = await journal.record_signals([signal(3)])
