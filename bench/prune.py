@@ -221,6 +221,16 @@ async def post_at_rate(url: str, args: argparse.Namespace, load: Load, stop: asy
         await asyncio.gather(*in_flight)
 
 
+def latencies(summary: dict[str, Any]) -> str:
+    """One line of a summary; a short prune may see no request at all."""
+    if not summary["requests"]:
+        return "no request was sent meanwhile"
+    return (
+        f"p50 {summary['p50_ms']:.1f} ms  p99 {summary['p99_ms']:.1f} ms  "
+        f"max {summary['max_ms']:.1f} ms  ({summary['requests']} requests, {summary['statuses']})"
+    )
+
+
 def summary(samples: list[Sample]) -> dict[str, Any]:
     latencies = sorted(s.latency for s in samples)
     statuses: dict[int, int] = {}
@@ -368,10 +378,8 @@ def main() -> int:
         f"{result['decision_seconds']:.1f} s; time on the writer p50 "
         f"{result['decision_batch_p50_ms']:.1f} ms  max {result['decision_batch_max_ms']:.1f} ms; "
         f"decisions of signals gone left: {decisions_left:,}\n"
-        f"  webhooks before:  p50 {base['p50_ms']:.1f} ms  p99 {base['p99_ms']:.1f} ms  "
-        f"max {base['max_ms']:.1f} ms  ({base['requests']} requests, {base['statuses']})\n"
-        f"  during prune:     p50 {during['p50_ms']:.1f} ms  p99 {during['p99_ms']:.1f} ms  "
-        f"max {during['max_ms']:.1f} ms  ({during['requests']} requests, {during['statuses']})\n"
+        f"  webhooks before:  {latencies(base)}\n"
+        f"  during prune:     {latencies(during)}\n"
         f"  client errors:    {result['client_errors']}"
     )
     for n, window in enumerate(result["windows"]):
